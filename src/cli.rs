@@ -1,0 +1,302 @@
+//! The command line: `turnd [FLAGS]` serves, `turnd credentials ...` mints a REST credential.
+//!
+//! Every serve flag is optional and overrides the matching key of the config file (or of the
+//! embedded example when no `--config` is given); see [`crate::config::Config::load`].
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The URI put in the ICE server entry when `--uri` is not given.
+pub const DEFAULT_URI: &str = "turn:127.0.0.1:3478?transport=udp";
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "turnd",
+    version,
+    about = "A STUN/TURN relay server",
+    long_about = "A STUN/TURN relay server.\n\n\
+        With no arguments it serves the embedded example config (loopback only). Flags override \
+        the keys of the config file; a list flag given once or more replaces the file's list.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Print a time-limited REST credential as an RTCIceServer JSON object.
+    Credentials(CredentialsArgs),
+}
+
+/// Flags of the server; each overrides the config key named in its help.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML). Default: the embedded example config.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// UDP listen address; repeatable [server.listen]. Without a config file and without
+    /// --relay-ip, the relay IPs follow these addresses.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Authentication realm [server.realm].
+    #[arg(long, value_name = "REALM")]
+    pub realm: Option<String>,
+    /// Static user; repeatable [auth.users]. Split at the first ':'. Visible to other local
+    /// users in the process list: prefer the config file for real passwords.
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    pub user: Vec<UserArg>,
+    /// REST API shared secret; repeatable [auth.secrets].
+    #[arg(long, value_name = "SECRET")]
+    pub auth_secret: Vec<String>,
+    /// Address relay sockets bind to, one per family; repeatable [relay.ips].
+    #[arg(long, value_name = "IP")]
+    pub relay_ip: Vec<IpAddr>,
+    /// Address advertised instead of the relay IP (behind NAT), one per family; repeatable
+    /// [relay.external-ips].
+    #[arg(long, value_name = "IP")]
+    pub external_ip: Vec<IpAddr>,
+    /// Lowest relay port [relay.min-port].
+    #[arg(long, value_name = "PORT")]
+    pub min_port: Option<u16>,
+    /// Highest relay port [relay.max-port].
+    #[arg(long, value_name = "PORT")]
+    pub max_port: Option<u16>,
+    /// Peer prefix to allow despite the default deny list; repeatable [peers.allow].
+    #[arg(long, value_name = "CIDR")]
+    pub allow_peer: Vec<String>,
+    /// Peer prefix to deny; repeatable [peers.deny].
+    #[arg(long, value_name = "CIDR")]
+    pub deny_peer: Vec<String>,
+    /// Worker threads, 0 for one per CPU core [server.workers].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// error, warn, info, debug or trace [log.level].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// `--user NAME:PASSWORD`, split at the first ':' (the password may contain more).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserArg {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserArg")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl FromStr for UserArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<UserArg, String> {
+        let Some((name, password)) = s.split_once(':') else {
+            return Err("expected NAME:PASSWORD".to_owned());
+        };
+        if name.is_empty() {
+            return Err("the user name before ':' is empty".to_owned());
+        }
+        if password.is_empty() {
+            return Err("the password after ':' is empty".to_owned());
+        }
+        Ok(UserArg {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+}
+
+/// `turnd credentials`: a REST credential (username `<expiry><sep><user>`, password
+/// base64(HMAC-SHA1(secret, username))) wrapped as an RTCIceServer JSON object.
+#[derive(Clone, Debug, Args)]
+pub struct CredentialsArgs {
+    /// Shared secret, one of the server's auth.secrets.
+    #[arg(long, value_name = "SECRET")]
+    pub secret: String,
+    /// User the credential is issued to.
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+    /// Lifetime of the credential in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl: u64,
+    /// TURN/STUN URI for the ICE server entry; repeatable.
+    #[arg(long, value_name = "URI", default_value = DEFAULT_URI)]
+    pub uri: Vec<String>,
+    /// Separator between expiry and user; must match the server's auth.rest-separator.
+    #[arg(long, value_name = "CHAR", default_value_t = ':', value_parser = parse_separator)]
+    pub separator: char,
+}
+
+fn parse_separator(s: &str) -> Result<char, String> {
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if !c.is_ascii_digit() && !c.is_whitespace() => Ok(c),
+        (Some(_), None) => Err("must not be a digit or whitespace".to_owned()),
+        _ => Err("must be exactly one character".to_owned()),
+    }
+}
+
+/// The RTCIceServer JSON for a credential valid until `unix_now + ttl`.
+pub fn credentials_json(args: &CredentialsArgs, unix_now: u64) -> String {
+    let expiry = unix_now.saturating_add(args.ttl);
+    let (username, password) =
+        crate::auth::rest_credential(&args.secret, &args.user, expiry, args.separator);
+    let default_uris = [DEFAULT_URI.to_owned()];
+    let uris: &[String] = if args.uri.is_empty() {
+        &default_uris
+    } else {
+        &args.uri
+    };
+    crate::auth::ice_server_json(uris, &username, &password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("turnd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn user_splits_at_the_first_colon() {
+        let u: UserArg = "alice:a:b:c".parse().unwrap();
+        assert_eq!((u.name.as_str(), u.password.as_str()), ("alice", "a:b:c"));
+        assert!("alice".parse::<UserArg>().is_err());
+        assert!(":pw".parse::<UserArg>().is_err());
+        assert!("alice:".parse::<UserArg>().is_err());
+        assert!(!format!("{u:?}").contains("a:b:c"));
+    }
+
+    #[test]
+    fn no_arguments_serve() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.serve.config.is_none() && cli.serve.listen.is_empty());
+    }
+
+    #[test]
+    fn credentials_defaults() {
+        let cli = parse(&["credentials", "--secret", "s", "--user", "u"]).unwrap();
+        let Some(Command::Credentials(c)) = cli.command else {
+            panic!("expected credentials")
+        };
+        assert_eq!(c.ttl, 86400);
+        assert_eq!(c.uri, vec![DEFAULT_URI]);
+        assert_eq!(c.separator, ':');
+
+        let cli = parse(&[
+            "credentials",
+            "--secret",
+            "s",
+            "--user",
+            "u",
+            "--ttl",
+            "60",
+            "--uri",
+            "turn:a",
+            "--uri",
+            "turns:b",
+            "--separator",
+            "-",
+        ])
+        .unwrap();
+        let Some(Command::Credentials(c)) = cli.command else {
+            panic!("expected credentials")
+        };
+        assert_eq!(c.ttl, 60);
+        assert_eq!(c.uri, vec!["turn:a", "turns:b"]);
+        assert_eq!(c.separator, '-');
+    }
+
+    #[test]
+    fn credentials_json_is_an_ice_server() {
+        let cli = parse(&[
+            "credentials",
+            "--secret",
+            "s3",
+            "--user",
+            "alice",
+            "--ttl",
+            "3600",
+            "--uri",
+            "turn:a:3478",
+            "--uri",
+            "turns:b:5349",
+        ])
+        .unwrap();
+        let Some(Command::Credentials(args)) = cli.command else {
+            panic!("expected credentials")
+        };
+        let json = credentials_json(&args, 1_700_000_000);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let (username, password) = crate::auth::rest_credential("s3", "alice", 1_700_003_600, ':');
+        assert_eq!(username, "1700003600:alice");
+        assert_eq!(v["username"], username.as_str());
+        assert_eq!(v["credential"], password.as_str());
+        // RTCIceServer.urls: both URIs, in order.
+        let urls = v["urls"].to_string();
+        let (a, b) = (urls.find("turn:a:3478"), urls.find("turns:b:5349"));
+        assert!(matches!((a, b), (Some(a), Some(b)) if a < b), "{json}");
+    }
+
+    #[test]
+    fn credentials_rejects_bad_arguments() {
+        assert!(parse(&["credentials", "--user", "u"]).is_err());
+        assert!(parse(&["credentials", "--secret", "s"]).is_err());
+        assert!(parse(&["credentials", "--secret", "s", "--user", "u", "--ttl", "0"]).is_err());
+        assert!(
+            parse(&[
+                "credentials",
+                "--secret",
+                "s",
+                "--user",
+                "u",
+                "--separator",
+                "1"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "credentials",
+                "--secret",
+                "s",
+                "--user",
+                "u",
+                "--separator",
+                "::"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "--realm",
+                "r",
+                "credentials",
+                "--secret",
+                "s",
+                "--user",
+                "u"
+            ])
+            .is_err()
+        );
+    }
+}

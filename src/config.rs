@@ -1,0 +1,1289 @@
+//! `turnserver.toml`: the schema, its defaults, and the checks run at load.
+//!
+//! The struct fields below are the interface the rest of the server reads. Every section has
+//! `#[serde(default)]`, so a file only needs the keys it changes; `deny_unknown_fields` makes a
+//! misspelt key an error instead of a silently ignored line. [`Config::validate`] checks what the
+//! types cannot, and every [`ConfigError`] names the key (`relay.min-port`) and says what is
+//! wrong. [`Config::load`] reads the file (or the embedded example) and applies the command-line
+//! overrides of [`crate::cli::ServeArgs`].
+
+use crate::auth::UserSecret;
+use crate::cli::ServeArgs;
+use crate::turn::peer_policy::Cidr;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// The documented example config, embedded so `turnd` runs with no file.
+pub const DEFAULT_CONFIG: &str = include_str!("../turnserver.toml");
+
+/// The password of the example user in [`DEFAULT_CONFIG`]; refused off loopback.
+pub const EXAMPLE_PASSWORD: &str = "change-me";
+
+/// REALM and SOFTWARE: fewer than 128 characters and at most 763 bytes (RFC 8489 §14.9, §14.14).
+const MAX_TEXT_BYTES: usize = 763;
+const MAX_TEXT_CHARS: usize = 127;
+/// USERNAME: fewer than 513 bytes (RFC 8489 §14.3).
+const MAX_USERNAME_BYTES: usize = 512;
+const MAX_WORKERS: usize = 1024;
+const MAX_LIFETIME_LIMIT: u32 = 604_800;
+const NONCE_LIFETIME_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub relay: RelaySection,
+    pub allocation: AllocationSection,
+    pub auth: AuthSection,
+    pub peers: PeersSection,
+    pub log: LogSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ServerSection {
+    /// UDP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    pub realm: String,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// SOFTWARE attribute value; empty means the attribute is never sent.
+    pub software: String,
+    /// Also send MAPPED-ADDRESS in Binding responses (for RFC 3489 clients).
+    pub mapped_address: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> ServerSection {
+        ServerSection {
+            listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478)],
+            realm: "turnd".to_owned(),
+            workers: 0,
+            software: String::new(),
+            mapped_address: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RelaySection {
+    /// Addresses relay sockets bind to, at most one per family. Empty: the listen addresses' IPs.
+    pub ips: Vec<IpAddr>,
+    /// Addresses advertised in XOR-RELAYED-ADDRESS instead of the bound ones, at most one per family.
+    pub external_ips: Vec<IpAddr>,
+    pub min_port: u16,
+    pub max_port: u16,
+}
+
+impl Default for RelaySection {
+    fn default() -> RelaySection {
+        RelaySection {
+            ips: Vec::new(),
+            external_ips: Vec::new(),
+            min_port: 49152,
+            max_port: 65535,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AllocationSection {
+    pub default_lifetime: u32,
+    pub max_lifetime: u32,
+}
+
+impl Default for AllocationSection {
+    fn default() -> AllocationSection {
+        AllocationSection {
+            default_lifetime: 600,
+            max_lifetime: 3600,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UserEntry {
+    pub name: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Hex MD5(name:realm:password), as coturn's `turnadmin -k` prints it (optional `0x`).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// Redacts the password and key, so a logged config leaks no credential.
+impl fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserEntry")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AuthSection {
+    pub users: Vec<UserEntry>,
+    /// REST API shared secrets; several may be active for rotation.
+    pub secrets: Vec<String>,
+    pub rest_separator: char,
+    /// Refuse expired REST credentials on Refresh, CreatePermission and ChannelBind too.
+    pub enforce_credential_expiry: bool,
+    pub nonce_lifetime: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> AuthSection {
+        AuthSection {
+            users: Vec::new(),
+            secrets: Vec::new(),
+            rest_separator: ':',
+            enforce_credential_expiry: true,
+            nonce_lifetime: 600,
+        }
+    }
+}
+
+/// Redacts the REST secrets, so a logged config leaks no credential.
+impl fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthSection")
+            .field("users", &self.users)
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .field("rest_separator", &self.rest_separator)
+            .field("enforce_credential_expiry", &self.enforce_credential_expiry)
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PeersSection {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LogSection {
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> LogSection {
+        LogSection {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// A config that cannot be used: which key, and what is wrong with it.
+///
+/// Displays as `config error: <key>: <what is wrong>`. For a file that cannot be read or parsed
+/// the key is the file's name, and the message carries the TOML error (key, line and column).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    key: String,
+    message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+    /// The dotted key path (`relay.min-port`), or the file name for read and parse errors.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error: {}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::new(key, message))
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// Loopback, looking through IPv4-mapped IPv6 (`::ffff:127.0.0.1`).
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+fn is_broadcast(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// At most one address per family; `key` names the list in the error.
+fn check_one_per_family(key: &str, ips: &[IpAddr]) -> Result<(), ConfigError> {
+    for (i, a) in ips.iter().enumerate() {
+        if let Some(b) = ips[..i].iter().find(|b| b.is_ipv4() == a.is_ipv4()) {
+            return err(
+                key,
+                format!(
+                    "at most one {} address allowed, got {b} and {a}",
+                    family(*a)
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A text attribute value (REALM, SOFTWARE) that fits the RFC 8489 limits.
+fn check_text(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.len() > MAX_TEXT_BYTES {
+        return err(
+            key,
+            format!(
+                "must be at most {MAX_TEXT_BYTES} bytes, got {}",
+                value.len()
+            ),
+        );
+    }
+    let chars = value.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return err(
+            key,
+            format!("must be fewer than 128 characters, got {chars}"),
+        );
+    }
+    if value.chars().any(char::is_control) {
+        return err(key, "must not contain control characters");
+    }
+    Ok(())
+}
+
+/// Decodes a coturn-style key: 32 hex digits, optionally prefixed with `0x`.
+pub fn decode_md5_key(key: &str) -> Option<[u8; 16]> {
+    let hex = key
+        .strip_prefix("0x")
+        .or_else(|| key.strip_prefix("0X"))
+        .unwrap_or(key)
+        .as_bytes();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *byte = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+impl Config {
+    /// Parses and validates a config file's text.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(s, "<input>")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses without validating; `source` names the text in errors.
+    fn parse(s: &str, source: &str) -> Result<Config, ConfigError> {
+        toml::from_str(s).map_err(|e| ConfigError::new(source, e.to_string().trim_end()))
+    }
+
+    /// Reads the file given by `--config` (or the embedded [`DEFAULT_CONFIG`]), applies the
+    /// command-line overrides, then validates the result.
+    ///
+    /// A list flag given on the command line replaces the file's list; a scalar flag replaces
+    /// the file's value. Two conveniences apply only to the embedded example config: `--listen`
+    /// without `--relay-ip` makes the relay IPs follow the new listen addresses (instead of the
+    /// example's loopback ones), and `--user` or `--auth-secret` drops the example user.
+    pub fn load(cli: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(name.as_str(), format!("cannot read: {e}")))?;
+                Config::parse(&text, &name)?
+            }
+            None => {
+                let mut config = Config::parse(DEFAULT_CONFIG, "<embedded turnserver.toml>")?;
+                if !cli.listen.is_empty() && cli.relay_ip.is_empty() {
+                    config.relay.ips.clear();
+                }
+                if !cli.user.is_empty() || !cli.auth_secret.is_empty() {
+                    config.auth.users.clear();
+                }
+                config
+            }
+        };
+        config.apply_overrides(cli);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the command-line flags over the file's values, without validating.
+    pub fn apply_overrides(&mut self, cli: &ServeArgs) {
+        fn replace<T: Clone>(target: &mut Vec<T>, flag: &[T]) {
+            if !flag.is_empty() {
+                *target = flag.to_vec();
+            }
+        }
+        fn set<T: Clone>(target: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *target = v.clone();
+            }
+        }
+        replace(&mut self.server.listen, &cli.listen);
+        set(&mut self.server.realm, &cli.realm);
+        set(&mut self.server.workers, &cli.workers);
+        if !cli.user.is_empty() {
+            self.auth.users = cli
+                .user
+                .iter()
+                .map(|u| UserEntry {
+                    name: u.name.clone(),
+                    password: Some(u.password.clone()),
+                    key: None,
+                })
+                .collect();
+        }
+        replace(&mut self.auth.secrets, &cli.auth_secret);
+        replace(&mut self.relay.ips, &cli.relay_ip);
+        replace(&mut self.relay.external_ips, &cli.external_ip);
+        set(&mut self.relay.min_port, &cli.min_port);
+        set(&mut self.relay.max_port, &cli.max_port);
+        replace(&mut self.peers.allow, &cli.allow_peer);
+        replace(&mut self.peers.deny, &cli.deny_peer);
+        set(&mut self.log.level, &cli.log_level);
+    }
+
+    /// Checks everything the types do not; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_relay()?;
+        self.validate_allocation()?;
+        self.validate_auth()?;
+        self.validate_peers()?;
+        self.validate_log()?;
+        Ok(())
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return err("server.listen", "must list at least one address");
+        }
+        for (i, a) in s.listen.iter().enumerate() {
+            if s.listen[..i].contains(a) {
+                return err("server.listen", format!("duplicate address {a}"));
+            }
+            let ip = a.ip();
+            if ip.is_multicast() || is_broadcast(ip) {
+                return err("server.listen", format!("{a} is not a unicast address"));
+            }
+        }
+        if s.realm.is_empty() {
+            return err("server.realm", "must not be empty");
+        }
+        check_text("server.realm", &s.realm)?;
+        if s.workers > MAX_WORKERS {
+            return err(
+                "server.workers",
+                format!(
+                    "must be at most {MAX_WORKERS} (0 means one per CPU core), got {}",
+                    s.workers
+                ),
+            );
+        }
+        check_text("server.software", &s.software)?;
+        Ok(())
+    }
+
+    fn validate_relay(&self) -> Result<(), ConfigError> {
+        let r = &self.relay;
+        check_one_per_family("relay.ips", &r.ips)?;
+        check_one_per_family("relay.external-ips", &r.external_ips)?;
+        let relay_ips = self.relay_ips();
+        if relay_ips.is_empty() {
+            return err(
+                "relay.ips",
+                "must be set when every listen address is unspecified (0.0.0.0 or ::): \
+                 give the address relay sockets bind to, one per family",
+            );
+        }
+        let key = if r.ips.is_empty() {
+            "server.listen"
+        } else {
+            "relay.ips"
+        };
+        for ip in &relay_ips {
+            if ip.is_unspecified() || ip.is_multicast() || is_broadcast(*ip) {
+                return err(
+                    key,
+                    format!("relay address {ip} must be a specific unicast address"),
+                );
+            }
+        }
+        for ip in &r.external_ips {
+            if ip.is_unspecified() || ip.is_multicast() || is_broadcast(*ip) {
+                return err(
+                    "relay.external-ips",
+                    format!("{ip} must be a specific unicast address"),
+                );
+            }
+            if !relay_ips.iter().any(|r| r.is_ipv4() == ip.is_ipv4()) {
+                return err(
+                    "relay.external-ips",
+                    format!(
+                        "{ip} has no {} relay address to stand for \
+                         (set relay.ips or listen on an {} address)",
+                        family(*ip),
+                        family(*ip)
+                    ),
+                );
+            }
+        }
+        if r.min_port == 0 {
+            return err("relay.min-port", "must be at least 1");
+        }
+        if r.min_port > r.max_port {
+            return err(
+                "relay.min-port",
+                format!(
+                    "must not exceed relay.max-port ({} > {})",
+                    r.min_port, r.max_port
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_allocation(&self) -> Result<(), ConfigError> {
+        let a = &self.allocation;
+        if a.default_lifetime < 1 {
+            return err("allocation.default-lifetime", "must be at least 1 second");
+        }
+        if a.max_lifetime < a.default_lifetime {
+            return err(
+                "allocation.max-lifetime",
+                format!(
+                    "must not be less than allocation.default-lifetime ({} < {})",
+                    a.max_lifetime, a.default_lifetime
+                ),
+            );
+        }
+        if a.max_lifetime > MAX_LIFETIME_LIMIT {
+            return err(
+                "allocation.max-lifetime",
+                format!(
+                    "must be at most {MAX_LIFETIME_LIMIT} seconds (7 days), got {}",
+                    a.max_lifetime
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let mut names = HashSet::new();
+        for u in &a.users {
+            if u.name.is_empty() {
+                return err("auth.users", "a user has an empty name");
+            }
+            if u.name.len() > MAX_USERNAME_BYTES {
+                return err(
+                    "auth.users",
+                    format!(
+                        "user name {:?}... is longer than {MAX_USERNAME_BYTES} bytes",
+                        u.name.chars().take(16).collect::<String>()
+                    ),
+                );
+            }
+            if u.name.chars().any(char::is_control) {
+                return err(
+                    "auth.users",
+                    format!("user name {:?} contains control characters", u.name),
+                );
+            }
+            if !names.insert(u.name.as_str()) {
+                return err("auth.users", format!("duplicate user {:?}", u.name));
+            }
+            match (&u.password, &u.key) {
+                (Some(_), Some(_)) => {
+                    return err(
+                        "auth.users",
+                        format!(
+                            "user {:?} has both password and key; give exactly one",
+                            u.name
+                        ),
+                    );
+                }
+                (None, None) => {
+                    return err(
+                        "auth.users",
+                        format!(
+                            "user {:?} has neither password nor key; give exactly one",
+                            u.name
+                        ),
+                    );
+                }
+                (Some(p), None) if p.is_empty() => {
+                    return err(
+                        "auth.users",
+                        format!("user {:?} has an empty password", u.name),
+                    );
+                }
+                (None, Some(k)) if decode_md5_key(k).is_none() => {
+                    return err(
+                        "auth.users",
+                        format!(
+                            "user {:?}: key must be 32 hex digits (optionally prefixed 0x), \
+                             MD5(name:realm:password) as `turnadmin -k` prints it",
+                            u.name
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let mut secrets = HashSet::new();
+        for (i, s) in a.secrets.iter().enumerate() {
+            if s.is_empty() {
+                return err("auth.secrets", format!("secret #{} is empty", i + 1));
+            }
+            if !secrets.insert(s.as_str()) {
+                return err(
+                    "auth.secrets",
+                    format!("secret #{} is a duplicate of an earlier one", i + 1),
+                );
+            }
+        }
+        let sep = a.rest_separator;
+        if sep.is_ascii_digit() || sep.is_whitespace() {
+            return err(
+                "auth.rest-separator",
+                format!("must not be a digit or whitespace, got {sep:?}"),
+            );
+        }
+        if !NONCE_LIFETIME_RANGE.contains(&a.nonce_lifetime) {
+            return err(
+                "auth.nonce-lifetime",
+                format!(
+                    "must be between {} and {} seconds, got {}",
+                    NONCE_LIFETIME_RANGE.start(),
+                    NONCE_LIFETIME_RANGE.end(),
+                    a.nonce_lifetime
+                ),
+            );
+        }
+        let uses_example = a
+            .users
+            .iter()
+            .any(|u| u.password.as_deref() == Some(EXAMPLE_PASSWORD));
+        let public = self.server.listen.iter().find(|a| !is_loopback(a.ip()));
+        if let (true, Some(addr)) = (uses_example, public) {
+            return err(
+                "auth.users",
+                format!(
+                    "the example password {EXAMPLE_PASSWORD:?} may only be used on loopback, \
+                     but server.listen has {addr}; replace that user \
+                     (or pass --user / --auth-secret)"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_peers(&self) -> Result<(), ConfigError> {
+        for (key, list) in [
+            ("peers.allow", &self.peers.allow),
+            ("peers.deny", &self.peers.deny),
+        ] {
+            for s in list {
+                if let Err(e) = s.parse::<Cidr>() {
+                    return err(key, format!("invalid CIDR {s:?}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_log(&self) -> Result<(), ConfigError> {
+        if !LOG_LEVELS.contains(&self.log.level.as_str()) {
+            return err(
+                "log.level",
+                format!(
+                    "must be one of {}, got {:?}",
+                    LOG_LEVELS.join(", "),
+                    self.log.level
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The IPs relay sockets bind to: `relay.ips` if set, else the first specific (not
+    /// unspecified) listen IP of each family, IPv4 first.
+    pub fn relay_ips(&self) -> Vec<IpAddr> {
+        if !self.relay.ips.is_empty() {
+            return self.relay.ips.clone();
+        }
+        let first = |v4: bool| {
+            self.server
+                .listen
+                .iter()
+                .map(SocketAddr::ip)
+                .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified())
+        };
+        [first(true), first(false)].into_iter().flatten().collect()
+    }
+
+    /// The address advertised for a relay socket bound to `relay`: the external IP of the same
+    /// family, or `relay` itself.
+    pub fn external_ip_for(&self, relay: IpAddr) -> IpAddr {
+        self.relay
+            .external_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == relay.is_ipv4())
+            .unwrap_or(relay)
+    }
+
+    /// The static users in the form the authenticator takes. Entries that do not validate are
+    /// skipped (call [`Config::validate`] first; [`Config::load`] does).
+    pub fn user_secrets(&self) -> Vec<(String, UserSecret)> {
+        self.auth
+            .users
+            .iter()
+            .filter_map(|u| {
+                let secret = match (&u.password, &u.key) {
+                    (Some(p), None) => UserSecret::Password(p.clone()),
+                    (None, Some(k)) => UserSecret::Md5Key(decode_md5_key(k)?),
+                    _ => return None,
+                };
+                Some((u.name.clone(), secret))
+            })
+            .collect()
+    }
+
+    /// The operator's peer rules as (allow, deny). Entries that do not parse are skipped (call
+    /// [`Config::validate`] first; [`Config::load`] does).
+    pub fn peer_rules(&self) -> (Vec<Cidr>, Vec<Cidr>) {
+        let parse = |list: &[String]| list.iter().filter_map(|s| s.parse().ok()).collect();
+        (parse(&self.peers.allow), parse(&self.peers.deny))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    /// Parses a config (without validating) and returns the validation error.
+    fn invalid(toml: &str) -> ConfigError {
+        let config = Config::parse(toml, "<test>").expect("test config parses");
+        match config.validate() {
+            Ok(()) => panic!("expected a validation error for:\n{toml}"),
+            Err(e) => e,
+        }
+    }
+
+    fn assert_invalid(toml: &str, key: &str, needle: &str) {
+        let e = invalid(toml);
+        assert_eq!(e.key(), key, "wrong key in {e}");
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("config error: {key}: ")),
+            "bad format: {shown}"
+        );
+        assert!(shown.contains(needle), "{shown:?} lacks {needle:?}");
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let argv = std::iter::once("turnd").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("args parse").serve
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::from_toml_str("").expect("empty config is valid");
+        assert_eq!(c.server.listen, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(c.server.realm, "turnd");
+        assert_eq!(c.server.workers, 0);
+        assert_eq!(c.server.software, "");
+        assert!(!c.server.mapped_address);
+        assert!(c.relay.ips.is_empty() && c.relay.external_ips.is_empty());
+        assert_eq!((c.relay.min_port, c.relay.max_port), (49152, 65535));
+        assert_eq!(c.allocation.default_lifetime, 600);
+        assert_eq!(c.allocation.max_lifetime, 3600);
+        assert!(c.auth.users.is_empty() && c.auth.secrets.is_empty());
+        assert_eq!(c.auth.rest_separator, ':');
+        assert!(c.auth.enforce_credential_expiry);
+        assert_eq!(c.auth.nonce_lifetime, 600);
+        assert!(c.peers.allow.is_empty() && c.peers.deny.is_empty());
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.relay_ips(), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn embedded_example_parses_and_validates() {
+        let c = Config::from_toml_str(DEFAULT_CONFIG).expect("valid");
+        assert_eq!(c.server.realm, "turnd.local");
+        assert_eq!(c.relay_ips().len(), 2);
+        assert_eq!(c.auth.users.len(), 1);
+        assert_eq!(c.auth.users[0].name, "demo");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("[server]\nbogus = 1\n").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("bogus"), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
+        let e = Config::from_toml_str("[sever]\n").unwrap_err();
+        assert!(e.to_string().contains("sever"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_are_reported() {
+        let e = Config::from_toml_str("[relay]\nmin-port = 70000\n").unwrap_err();
+        assert!(e.to_string().contains("min-port"), "{e}");
+        let e = Config::from_toml_str("[server]\nlisten = [\"nope\"]\n").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn server_errors() {
+        assert_invalid("[server]\nlisten = []", "server.listen", "at least one");
+        assert_invalid(
+            "[server]\nlisten = [\"127.0.0.1:3478\", \"127.0.0.1:3478\"]",
+            "server.listen",
+            "duplicate",
+        );
+        assert_invalid("[server]\nrealm = \"\"", "server.realm", "empty");
+        let long = "r".repeat(764);
+        assert_invalid(
+            &format!("[server]\nrealm = \"{long}\""),
+            "server.realm",
+            "763 bytes",
+        );
+        let long = "é".repeat(128);
+        assert_invalid(
+            &format!("[server]\nrealm = \"{long}\""),
+            "server.realm",
+            "128 characters",
+        );
+        assert_invalid("[server]\nrealm = \"a\\nb\"", "server.realm", "control");
+        assert_invalid("[server]\nworkers = 1025", "server.workers", "1024");
+        let long = "s".repeat(764);
+        assert_invalid(
+            &format!("[server]\nsoftware = \"{long}\""),
+            "server.software",
+            "763",
+        );
+        Config::from_toml_str("[server]\nworkers = 1024\nsoftware = \"turnd 0.1\"").unwrap();
+    }
+
+    #[test]
+    fn relay_errors() {
+        assert_invalid(
+            "[relay]\nips = [\"127.0.0.1\", \"127.0.0.2\"]",
+            "relay.ips",
+            "at most one IPv4",
+        );
+        assert_invalid(
+            "[relay]\nexternal-ips = [\"::1\", \"::2\"]",
+            "relay.external-ips",
+            "at most one IPv6",
+        );
+        assert_invalid(
+            "[relay]\nexternal-ips = [\"2001:db8::1\"]",
+            "relay.external-ips",
+            "no IPv6 relay address",
+        );
+        assert_invalid(
+            "[server]\nlisten = [\"0.0.0.0:3478\", \"[::]:3478\"]",
+            "relay.ips",
+            "must be set when every listen address is unspecified",
+        );
+        assert_invalid(
+            "[relay]\nips = [\"0.0.0.0\"]",
+            "relay.ips",
+            "specific unicast",
+        );
+        assert_invalid(
+            "[relay]\nips = [\"ff02::1\"]",
+            "relay.ips",
+            "specific unicast",
+        );
+        assert_invalid(
+            "[relay]\nips = [\"224.0.0.1\"]",
+            "relay.ips",
+            "specific unicast",
+        );
+        assert_invalid(
+            "[relay]\nexternal-ips = [\"0.0.0.0\"]",
+            "relay.external-ips",
+            "specific unicast",
+        );
+        assert_invalid("[relay]\nmin-port = 0", "relay.min-port", "at least 1");
+        let e = invalid("[relay]\nmin-port = 60000\nmax-port = 50000");
+        assert_eq!(
+            e.to_string(),
+            "config error: relay.min-port: must not exceed relay.max-port (60000 > 50000)"
+        );
+        Config::from_toml_str("[relay]\nmin-port = 50000\nmax-port = 50000").unwrap();
+    }
+
+    #[test]
+    fn relay_ips_derive_from_listen() {
+        let c = Config::from_toml_str(
+            "[server]\nlisten = [\"0.0.0.0:3478\", \"[::]:3478\", \"192.0.2.1:3478\", \
+             \"192.0.2.2:3478\", \"[2001:db8::1]:3478\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.relay_ips(),
+            vec![
+                "192.0.2.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        // Unspecified for one family, specific for the other: only the specific family relays.
+        let c =
+            Config::from_toml_str("[server]\nlisten = [\"0.0.0.0:3478\", \"[2001:db8::1]:3478\"]")
+                .unwrap();
+        assert_eq!(
+            c.relay_ips(),
+            vec!["2001:db8::1".parse::<IpAddr>().unwrap()]
+        );
+        // Explicit relay IPs win.
+        let c = Config::from_toml_str(
+            "[server]\nlisten = [\"0.0.0.0:3478\"]\n[relay]\nips = [\"192.0.2.7\"]",
+        )
+        .unwrap();
+        assert_eq!(c.relay_ips(), vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn external_ip_for_picks_the_same_family() {
+        let c = Config::from_toml_str(
+            "[server]\nlisten = [\"10.0.0.5:3478\", \"[fd00::5]:3478\"]\n\
+             [relay]\nexternal-ips = [\"203.0.113.9\"]",
+        )
+        .unwrap();
+        let v4: IpAddr = "10.0.0.5".parse().unwrap();
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        assert_eq!(
+            c.external_ip_for(v4),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(c.external_ip_for(v6), v6);
+    }
+
+    #[test]
+    fn allocation_errors() {
+        assert_invalid(
+            "[allocation]\ndefault-lifetime = 0",
+            "allocation.default-lifetime",
+            "at least 1",
+        );
+        assert_invalid(
+            "[allocation]\ndefault-lifetime = 700\nmax-lifetime = 600",
+            "allocation.max-lifetime",
+            "(600 < 700)",
+        );
+        assert_invalid(
+            "[allocation]\nmax-lifetime = 604801",
+            "allocation.max-lifetime",
+            "604800",
+        );
+        Config::from_toml_str("[allocation]\ndefault-lifetime = 1\nmax-lifetime = 604800").unwrap();
+    }
+
+    #[test]
+    fn user_errors() {
+        assert_invalid(
+            "[auth]\nusers = [{ name = \"\", password = \"p\" }]",
+            "auth.users",
+            "empty name",
+        );
+        assert_invalid(
+            "[auth]\nusers = [{ name = \"a\", password = \"p\" }, { name = \"a\", password = \"q\" }]",
+            "auth.users",
+            "duplicate user \"a\"",
+        );
+        assert_invalid(
+            "[auth]\nusers = [{ name = \"a\", password = \"p\", key = \"00112233445566778899aabbccddeeff\" }]",
+            "auth.users",
+            "both password and key",
+        );
+        assert_invalid(
+            "[auth]\nusers = [{ name = \"a\" }]",
+            "auth.users",
+            "neither password nor key",
+        );
+        assert_invalid(
+            "[auth]\nusers = [{ name = \"a\", password = \"\" }]",
+            "auth.users",
+            "empty password",
+        );
+        for bad in [
+            "0011",
+            "0x0011223344556677889900aabbccddeeff",
+            "zz112233445566778899aabbccddeeff",
+            "",
+        ] {
+            assert_invalid(
+                &format!("[auth]\nusers = [{{ name = \"a\", key = \"{bad}\" }}]"),
+                "auth.users",
+                "32 hex digits",
+            );
+        }
+        let long = "u".repeat(513);
+        assert_invalid(
+            &format!("[auth]\nusers = [{{ name = \"{long}\", password = \"p\" }}]"),
+            "auth.users",
+            "512 bytes",
+        );
+    }
+
+    #[test]
+    fn unknown_user_field_fails_parsing() {
+        let e = Config::from_toml_str(
+            "[auth]\nusers = [{ name = \"a\", password = \"p\", extra = 1 }]",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn secret_and_rest_errors() {
+        assert_invalid("[auth]\nsecrets = [\"\"]", "auth.secrets", "empty");
+        assert_invalid(
+            "[auth]\nsecrets = [\"s1\", \"s1\"]",
+            "auth.secrets",
+            "duplicate",
+        );
+        assert_invalid(
+            "[auth]\nrest-separator = \"5\"",
+            "auth.rest-separator",
+            "digit",
+        );
+        assert_invalid(
+            "[auth]\nrest-separator = \" \"",
+            "auth.rest-separator",
+            "whitespace",
+        );
+        assert_invalid(
+            "[auth]\nnonce-lifetime = 29",
+            "auth.nonce-lifetime",
+            "between 30 and 86400",
+        );
+        assert_invalid(
+            "[auth]\nnonce-lifetime = 86401",
+            "auth.nonce-lifetime",
+            "between 30 and 86400",
+        );
+        Config::from_toml_str(
+            "[auth]\nsecrets = [\"a\", \"b\"]\nrest-separator = \"-\"\nnonce-lifetime = 30",
+        )
+        .unwrap();
+        // A separator must be one character: the type says so.
+        assert!(Config::from_toml_str("[auth]\nrest-separator = \"::\"").is_err());
+    }
+
+    #[test]
+    fn peer_errors() {
+        assert_invalid(
+            "[peers]\nallow = [\"10.0.0.0/33\"]",
+            "peers.allow",
+            "10.0.0.0/33",
+        );
+        assert_invalid("[peers]\ndeny = [\"not-an-ip\"]", "peers.deny", "not-an-ip");
+        let c = Config::from_toml_str(
+            "[peers]\nallow = [\"10.0.0.0/8\", \"fd00::1\"]\ndeny = [\"10.1.0.0/16\"]",
+        )
+        .unwrap();
+        let (allow, deny) = c.peer_rules();
+        assert_eq!(allow.len(), 2);
+        assert_eq!(deny.len(), 1);
+        assert_eq!(allow[0].prefix(), 8);
+        assert_eq!(deny[0].prefix(), 16);
+    }
+
+    #[test]
+    fn log_errors() {
+        assert_invalid(
+            "[log]\nlevel = \"verbose\"",
+            "log.level",
+            "error, warn, info, debug, trace",
+        );
+        for level in LOG_LEVELS {
+            Config::from_toml_str(&format!("[log]\nlevel = \"{level}\"")).unwrap();
+        }
+    }
+
+    #[test]
+    fn example_password_only_on_loopback() {
+        let user = "[auth]\nusers = [{ name = \"demo\", password = \"change-me\" }]\n";
+        Config::from_toml_str(&format!(
+            "[server]\nlisten = [\"127.0.0.1:3478\", \"[::1]:3478\", \"[::ffff:127.0.0.1]:3479\"]\n{user}"
+        ))
+        .unwrap();
+        for listen in ["0.0.0.0:3478", "192.0.2.1:3478", "[::]:3478"] {
+            let e = invalid(&format!(
+                "[server]\nlisten = [\"127.0.0.1:3478\", \"{listen}\"]\n\
+                 [relay]\nips = [\"127.0.0.1\", \"::1\"]\n{user}"
+            ));
+            assert_eq!(e.key(), "auth.users", "{e}");
+            assert!(
+                e.to_string().contains("may only be used on loopback"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn hex_keys_decode() {
+        let want = [
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ];
+        assert_eq!(
+            decode_md5_key("00112233445566778899aabbccddeeff"),
+            Some(want)
+        );
+        assert_eq!(
+            decode_md5_key("0x00112233445566778899AABBCCDDEEFF"),
+            Some(want)
+        );
+        assert_eq!(
+            decode_md5_key("0X00112233445566778899aAbBcCdDeEfF"),
+            Some(want)
+        );
+        assert_eq!(decode_md5_key("00112233445566778899aabbccddeef"), None);
+        assert_eq!(decode_md5_key("00112233445566778899aabbccddeeff0"), None);
+        assert_eq!(decode_md5_key("0x0x112233445566778899aabbccddeeff"), None);
+        assert_eq!(decode_md5_key("+0112233445566778899aabbccddeeff"), None);
+        assert_eq!(decode_md5_key("ü0112233445566778899aabbccddeef"), None);
+
+        let c = Config::from_toml_str(
+            "[auth]\nusers = [{ name = \"k\", key = \"0x00112233445566778899aabbccddeeff\" }, \
+             { name = \"p\", password = \"pw\" }]",
+        )
+        .unwrap();
+        let users = c.user_secrets();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].0, "k");
+        assert!(matches!(users[0].1, UserSecret::Md5Key(k) if k == want));
+        assert_eq!(users[1].0, "p");
+        assert!(matches!(&users[1].1, UserSecret::Password(p) if p == "pw"));
+    }
+
+    #[test]
+    fn debug_redacts_credentials() {
+        let c = Config::from_toml_str(
+            "[auth]\nusers = [{ name = \"alice\", password = \"hunter2\" }]\nsecrets = [\"s3cr3t\"]",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("alice"));
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn cli_without_flags_uses_the_embedded_example() {
+        let c = Config::load(&serve(&[])).unwrap();
+        assert_eq!(c.server.realm, "turnd.local");
+        assert_eq!(c.server.listen.len(), 2);
+        assert_eq!(c.auth.users.len(), 1);
+    }
+
+    #[test]
+    fn cli_scalars_and_lists_replace_the_file() {
+        let file = Config::from_toml_str(
+            "[server]\nlisten = [\"127.0.0.1:3478\"]\nrealm = \"file\"\nworkers = 2\n\
+             [relay]\nmin-port = 40000\nmax-port = 41000\n\
+             [auth]\nusers = [{ name = \"f\", password = \"fp\" }]\nsecrets = [\"fs\"]\n\
+             [peers]\nallow = [\"10.0.0.0/8\"]\ndeny = [\"192.0.2.0/24\"]\n",
+        )
+        .unwrap();
+
+        // No flags: nothing changes.
+        let mut c = file.clone();
+        c.apply_overrides(&serve(&[]));
+        assert_eq!(c.server.realm, "file");
+        assert_eq!(c.auth.users.len(), 1);
+        assert_eq!(c.peers.allow, vec!["10.0.0.0/8"]);
+
+        let mut c = file.clone();
+        c.apply_overrides(&serve(&[
+            "--listen",
+            "127.0.0.1:4000",
+            "--listen",
+            "[::1]:4000",
+            "--realm",
+            "cli",
+            "--user",
+            "alice:pa:ss",
+            "--user",
+            "bob:pw",
+            "--auth-secret",
+            "s1",
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "::1",
+            "--external-ip",
+            "203.0.113.1",
+            "--min-port",
+            "50000",
+            "--allow-peer",
+            "172.16.0.0/12",
+            "--deny-peer",
+            "198.51.100.0/24",
+            "--deny-peer",
+            "2001:db8::/32",
+            "--workers",
+            "4",
+            "--log-level",
+            "debug",
+        ]));
+        assert_eq!(c.server.listen.len(), 2);
+        assert_eq!(c.server.realm, "cli");
+        assert_eq!(c.server.workers, 4);
+        let users: Vec<_> = c
+            .auth
+            .users
+            .iter()
+            .map(|u| (u.name.as_str(), u.password.as_deref(), u.key.as_deref()))
+            .collect();
+        assert_eq!(
+            users,
+            vec![("alice", Some("pa:ss"), None), ("bob", Some("pw"), None)]
+        );
+        assert_eq!(c.auth.secrets, vec!["s1"]);
+        assert_eq!(c.relay.ips.len(), 2);
+        assert_eq!(
+            c.relay.external_ips,
+            vec!["203.0.113.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!((c.relay.min_port, c.relay.max_port), (50000, 41000));
+        assert_eq!(c.peers.allow, vec!["172.16.0.0/12"]);
+        assert_eq!(c.peers.deny, vec!["198.51.100.0/24", "2001:db8::/32"]);
+        assert_eq!(c.log.level, "debug");
+        // --min-port moved above the file's max-port: validation judges the merged result.
+        assert_eq!(c.validate().unwrap_err().key(), "relay.min-port");
+    }
+
+    #[test]
+    fn cli_overrides_are_validated() {
+        let e = Config::load(&serve(&["--log-level", "loud"])).unwrap_err();
+        assert_eq!(e.key(), "log.level");
+        let e = Config::load(&serve(&["--min-port", "60000", "--max-port", "50000"])).unwrap_err();
+        assert_eq!(e.key(), "relay.min-port");
+        // The example user is refused off loopback...
+        let e = Config::load(&serve(&["--listen", "192.0.2.1:3478"])).unwrap_err();
+        assert_eq!(e.key(), "auth.users");
+        // ...and dropped by --user or --auth-secret; relay IPs then follow --listen.
+        let c = Config::load(&serve(&[
+            "--listen",
+            "192.0.2.1:3478",
+            "--auth-secret",
+            "s",
+        ]))
+        .unwrap();
+        assert!(c.auth.users.is_empty());
+        assert_eq!(c.relay_ips(), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        let c = Config::load(&serve(&[
+            "--listen",
+            "0.0.0.0:3478",
+            "--relay-ip",
+            "192.0.2.1",
+            "--user",
+            "a:b",
+        ]))
+        .unwrap();
+        assert_eq!(c.relay_ips(), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.auth.users.len(), 1);
+    }
+
+    #[test]
+    fn load_reads_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("turnd-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "[server]\nrealm = \"from-file\"\n[log]\nlevel = \"warn\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(&serve(&["--config", p])).unwrap();
+        assert_eq!(c.server.realm, "from-file");
+        // File mode: no embedded-example conveniences, defaults apply to missing keys.
+        assert!(c.auth.users.is_empty());
+        let c = Config::load(&serve(&["--config", p, "--log-level", "trace"])).unwrap();
+        assert_eq!(c.log.level, "trace");
+
+        std::fs::write(&path, "[server]\nbogus = 1\n").unwrap();
+        let e = Config::load(&serve(&["--config", p])).unwrap_err();
+        assert_eq!(e.key(), p);
+        assert!(e.to_string().contains("bogus"), "{e}");
+
+        let missing = dir.join("missing.toml");
+        let m = missing.to_str().unwrap();
+        let e = Config::load(&serve(&["--config", m])).unwrap_err();
+        assert_eq!(e.key(), m);
+        assert!(e.message().starts_with("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cli_rejects_bad_flags() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("turnd").chain(args.iter().copied()))
+        };
+        assert!(parse(&["--listen", "127.0.0.1"]).is_err());
+        assert!(parse(&["--user", "nopassword"]).is_err());
+        assert!(parse(&["--user", ":pw"]).is_err());
+        assert!(parse(&["--user", "name:"]).is_err());
+        assert!(parse(&["--relay-ip", "not-an-ip"]).is_err());
+        assert!(parse(&["--min-port", "70000"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        let cli = parse(&["credentials", "--secret", "s", "--user", "u"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Credentials(_))));
+    }
+}

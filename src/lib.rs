@@ -1,0 +1,11 @@
+//! turnd: a STUN/TURN relay server.
+//!
+//! The protocol core (`stun`, `auth`, `turn`) does no I/O: time, randomness and sockets are
+//! the driver's (`net`). See `../shared/DESIGN.md` for the picture.
+
+pub mod auth;
+pub mod cli;
+pub mod stun;
+pub mod config;
+pub mod net;
+pub mod turn;

@@ -1,0 +1,158 @@
+//! The tokio side: sockets, worker threads, the clock.
+//!
+//! One worker per core. Each worker is a thread with a single-threaded runtime that owns one
+//! SO_REUSEPORT socket per UDP listen address, a [`Server`] (the sans-IO core) and the relay
+//! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path never
+//! leaves the worker: no lock, no channel, no other thread.
+
+mod udp;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::auth::{AuthConfig, Authenticator};
+use crate::config::Config;
+use crate::turn::peer_policy::PeerPolicy;
+use crate::turn::ports::PortPool;
+use crate::turn::{ServerConfig, Time};
+
+/// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
+const LISTENER_BUFFER: usize = 4 << 20;
+/// Most permissions one allocation may hold.
+const MAX_PERMISSIONS: usize = 1024;
+
+/// The driver's clock.
+pub fn now() -> Time {
+    Time {
+        mono: std::time::Instant::now(),
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
+
+/// A running server: its worker threads and the switch that stops them.
+pub struct Running {
+    workers: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Running {
+    /// Ends every allocation, closes every socket and joins the workers.
+    pub fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(b)
+}
+
+/// A UDP socket bound with SO_REUSEPORT so each worker can hold its own.
+fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    let _ = s.set_recv_buffer_size(LISTENER_BUFFER);
+    let _ = s.set_send_buffer_size(LISTENER_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Binds every listener and starts the workers. Errors name what failed.
+pub fn start(cfg: &Config) -> Result<Running, String> {
+    let workers = match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let nonce_key = random_bytes::<32>().map_err(|e| format!("random: {e}"))?;
+    let auth = Arc::new(Authenticator::new(AuthConfig {
+        realm: cfg.server.realm.clone(),
+        users: cfg.user_secrets(),
+        secrets: cfg.auth.secrets.clone(),
+        rest_separator: cfg.auth.rest_separator,
+        nonce_lifetime_secs: cfg.auth.nonce_lifetime,
+        nonce_key,
+    }));
+    let (allow, deny) = cfg.peer_rules();
+    let policy = PeerPolicy::new(allow, deny);
+    let ports = Arc::new(Mutex::new(PortPool::new(
+        cfg.relay.min_port,
+        cfg.relay.max_port,
+    )));
+    let mut relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [None, None];
+    for ip in cfg.relay_ips() {
+        let fam = usize::from(ip.is_ipv6());
+        relay_ips[fam].get_or_insert((ip, cfg.external_ip_for(ip)));
+    }
+
+    // Bind everything before starting anything, so a taken port fails the start.
+    let mut sockets: Vec<Vec<(SocketAddr, UdpSocket)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut listen = Vec::new();
+    for &addr in &cfg.server.listen {
+        let mut bound = addr;
+        for per_worker in sockets.iter_mut() {
+            let s = reuseport_udp(bound).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+            // Port 0 asks the kernel for one; the other workers join that same port.
+            bound = s.local_addr().map_err(|e| format!("udp {addr}: {e}"))?;
+            per_worker.push((bound, s));
+        }
+        listen.push(bound);
+    }
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut handles = Vec::new();
+    for (i, socks) in sockets.into_iter().enumerate() {
+        let core = ServerConfig {
+            auth: auth.clone(),
+            policy: policy.clone(),
+            ports: ports.clone(),
+            relay_ips,
+            default_lifetime: Duration::from_secs(cfg.allocation.default_lifetime as u64),
+            max_lifetime: Duration::from_secs(cfg.allocation.max_lifetime as u64),
+            software: (!cfg.server.software.is_empty()).then(|| cfg.server.software.clone()),
+            mapped_address: cfg.server.mapped_address,
+            enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
+            rest_separator: cfg.auth.rest_separator,
+            max_permissions: MAX_PERMISSIONS,
+            secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
+        };
+        let rx = stop_rx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("turnd-worker-{i}"))
+            .spawn(move || udp::run_worker(i, socks, core, rx))
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        handles.push(h);
+    }
+    for a in &listen {
+        info!(listen = %a, transport = "udp", workers, "listening");
+    }
+    for (fam, r) in relay_ips.iter().enumerate() {
+        if let Some((bind, adv)) = r {
+            info!(family = if fam == 0 { "ipv4" } else { "ipv6" }, relay = %bind, advertised = %adv,
+                ports = %format!("{}-{}", cfg.relay.min_port, cfg.relay.max_port), "relay");
+        }
+    }
+    Ok(Running {
+        workers: handles,
+        stop,
+        listen,
+    })
+}

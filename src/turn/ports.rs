@@ -1,0 +1,206 @@
+//! The relay port pool, shared by the workers of one server (setup path only: taken at
+//! Allocate, given back when an allocation ends), and RESERVATION-TOKENs (RFC 8656 §7.2).
+
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+/// How long a port reserved by EVEN-PORT (R bit) waits for its RESERVATION-TOKEN
+/// (RFC 8656 §14.9 suggests about 30 seconds).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Address family index: 0 for IPv4, 1 for IPv6.
+pub type Family = usize;
+
+#[derive(Debug)]
+struct Reservation {
+    family: Family,
+    port: u16,
+    expires: Instant,
+}
+
+/// Free/used ports of one range, per family, and the reserved ones.
+#[derive(Debug)]
+pub struct PortPool {
+    min: u16,
+    max: u16,
+    used: [Vec<u64>; 2],
+    in_use: [usize; 2],
+    reservations: FxHashMap<u64, Reservation>,
+}
+
+impl PortPool {
+    pub fn new(min: u16, max: u16) -> PortPool {
+        let (min, max) = if min <= max { (min, max) } else { (max, min) };
+        let words = (max as usize - min as usize) / 64 + 1;
+        PortPool {
+            min,
+            max,
+            used: [vec![0; words], vec![0; words]],
+            in_use: [0, 0],
+            reservations: FxHashMap::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max as usize - self.min as usize + 1
+    }
+
+    /// Ports taken (including reserved ones) in a family.
+    pub fn in_use(&self, family: Family) -> usize {
+        self.in_use[family]
+    }
+
+    fn is_used(&self, family: Family, port: u16) -> bool {
+        let i = (port - self.min) as usize;
+        self.used[family][i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn mark(&mut self, family: Family, port: u16, used: bool) {
+        let i = (port - self.min) as usize;
+        let bit = 1u64 << (i % 64);
+        let word = &mut self.used[family][i / 64];
+        let was = *word & bit != 0;
+        if used && !was {
+            *word |= bit;
+            self.in_use[family] += 1;
+        } else if !used && was {
+            *word &= !bit;
+            self.in_use[family] -= 1;
+        }
+    }
+
+    fn in_range(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+
+    /// Takes a free port, searching from a random point so ports are hard to guess.
+    pub fn take(&mut self, family: Family, now: Instant, random: u64) -> Option<u16> {
+        self.expire_reservations(now);
+        let n = self.capacity();
+        let start = (random % n as u64) as usize;
+        (0..n)
+            .map(|k| self.min + ((start + k) % n) as u16)
+            .find(|&p| !self.is_used(family, p))
+            .inspect(|&p| self.mark(family, p, true))
+    }
+
+    /// Takes an even port; with `reserve_next`, also the port above it, held under a
+    /// reservation token for [`RESERVATION_LIFETIME`].
+    pub fn take_even(
+        &mut self,
+        family: Family,
+        reserve_next: Option<u64>,
+        now: Instant,
+        random: u64,
+    ) -> Option<u16> {
+        self.expire_reservations(now);
+        let n = self.capacity();
+        let start = (random % n as u64) as usize;
+        let found = (0..n)
+            .map(|k| self.min + ((start + k) % n) as u16)
+            .find(|&p| {
+                p % 2 == 0
+                    && !self.is_used(family, p)
+                    && (reserve_next.is_none()
+                        || (p < u16::MAX && self.in_range(p + 1) && !self.is_used(family, p + 1)))
+            })?;
+        self.mark(family, found, true);
+        if let Some(token) = reserve_next {
+            self.mark(family, found + 1, true);
+            self.reservations.insert(
+                token,
+                Reservation {
+                    family,
+                    port: found + 1,
+                    expires: now + RESERVATION_LIFETIME,
+                },
+            );
+        }
+        Some(found)
+    }
+
+    /// Claims a reserved port by its token; the port stays taken, now by the caller.
+    pub fn claim(&mut self, token: u64, now: Instant) -> Option<(Family, u16)> {
+        self.expire_reservations(now);
+        self.reservations.remove(&token).map(|r| (r.family, r.port))
+    }
+
+    pub fn release(&mut self, family: Family, port: u16) {
+        if self.in_range(port) {
+            self.mark(family, port, false);
+        }
+    }
+
+    /// Drops a reservation (when the allocation that made it fails), freeing its port.
+    pub fn cancel(&mut self, token: u64) {
+        if let Some(r) = self.reservations.remove(&token) {
+            self.mark(r.family, r.port, false);
+        }
+    }
+
+    fn expire_reservations(&mut self, now: Instant) {
+        if self.reservations.is_empty() {
+            return;
+        }
+        let expired: Vec<u64> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.expires <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            self.cancel(t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_every_port_once_then_none() {
+        let now = Instant::now();
+        let mut p = PortPool::new(50000, 50009);
+        let mut got: Vec<u16> = (0..10).map(|i| p.take(0, now, i * 7).unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (50000..=50009).collect::<Vec<_>>());
+        assert_eq!(p.take(0, now, 3), None);
+        // The other family has its own ports.
+        assert!(p.take(1, now, 3).is_some());
+        p.release(0, 50004);
+        assert_eq!(p.take(0, now, 0), Some(50004));
+    }
+
+    #[test]
+    fn even_port_with_reservation() {
+        let now = Instant::now();
+        let mut p = PortPool::new(50000, 50003);
+        let even = p.take_even(0, Some(42), now, 1).unwrap();
+        assert_eq!(even % 2, 0);
+        assert_eq!(p.in_use(0), 2);
+        assert_eq!(p.claim(42, now), Some((0, even + 1)));
+        assert_eq!(p.claim(42, now), None);
+        assert_eq!(p.in_use(0), 2);
+    }
+
+    #[test]
+    fn reservation_expires_and_frees_its_port() {
+        let now = Instant::now();
+        let mut p = PortPool::new(50000, 50001);
+        assert_eq!(p.take_even(0, Some(7), now, 0), Some(50000));
+        assert_eq!(p.take(0, now, 0), None);
+        let later = now + RESERVATION_LIFETIME;
+        assert_eq!(p.take(0, later, 0), Some(50001));
+        assert_eq!(p.claim(7, later), None);
+    }
+
+    #[test]
+    fn full_range_edges() {
+        let now = Instant::now();
+        let mut p = PortPool::new(65535, 65535);
+        assert_eq!(p.take_even(0, Some(1), now, 0), None);
+        assert_eq!(p.take(0, now, 0), Some(65535));
+    }
+}

@@ -1,0 +1,1118 @@
+//! The request handlers and the data path of one worker's TURN server.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+use super::allocation::{
+    Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, PERMISSION_LIFETIME,
+    Relay,
+};
+use super::error::{self, reason};
+use super::peer_policy::PeerPolicy;
+use super::ports::{Family, PortPool};
+use super::{
+    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time,
+    Transport,
+};
+use crate::auth::{AuthError, Authenticator, Key, PasswordAlgorithm, display_user};
+use crate::stun::{
+    Class, HEADER_LEN, Integrity, MAGIC_COOKIE, Message, MessageWriter, attr, channel_data,
+    decode_xor_address, encode_xor_address, message_type, method,
+};
+
+/// PASSWORD-ALGORITHMS as this server sends it: SHA-256 preferred, then MD5
+/// (RFC 8489 §14.11), each with empty parameters.
+const PASSWORD_ALGORITHMS_VALUE: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
+/// RFC 8489 §14.3: USERNAME is less than 513 bytes.
+const MAX_USERNAME: usize = 513;
+/// How many times Allocate tries another port when a bind finds it taken.
+const BIND_ATTEMPTS: usize = 8;
+
+/// Everything one worker's server needs; shared parts are behind `Arc`.
+pub struct ServerConfig {
+    pub auth: Arc<Authenticator>,
+    pub policy: PeerPolicy,
+    pub ports: Arc<Mutex<PortPool>>,
+    /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise.
+    pub relay_ips: [Option<(IpAddr, IpAddr)>; 2],
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    /// SOFTWARE for authenticated responses; None sends none.
+    pub software: Option<String>,
+    pub mapped_address: bool,
+    pub enforce_credential_expiry: bool,
+    pub rest_separator: char,
+    /// Most permissions one allocation may hold.
+    pub max_permissions: usize,
+    /// Random bytes from the driver: seeds transaction ids and reservation tokens.
+    pub secret: [u8; 32],
+}
+
+/// Server-wide counters of one worker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub malformed: u64,
+    pub requests: u64,
+    pub error_responses: u64,
+    pub auth_failures: u64,
+    pub allocations_created: u64,
+    pub allocations_deleted: u64,
+    pub relayed_to_peer: u64,
+    pub relayed_from_peer: u64,
+    pub dropped: u64,
+}
+
+/// The result of a successful authentication.
+struct Authed {
+    key: Key,
+    integrity: Integrity,
+    expiry: Option<u64>,
+}
+
+/// Why an allocation ended, for the log line.
+#[derive(Clone, Copy, Debug)]
+pub enum EndReason {
+    Refreshed0,
+    Expired,
+    Shutdown,
+}
+
+pub struct Server {
+    cfg: ServerConfig,
+    slots: Vec<Option<Allocation>>,
+    free_slots: Vec<usize>,
+    by_tuple: FxHashMap<FiveTuple, usize>,
+    by_relay: FxHashMap<RelayId, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    next_relay: u64,
+    rng: u64,
+    token_counter: u64,
+    out: Vec<u8>,
+    stats: Stats,
+}
+
+impl Server {
+    pub fn new(cfg: ServerConfig) -> Server {
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&cfg.secret[..8]);
+        Server {
+            rng: u64::from_le_bytes(seed) | 1,
+            cfg,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_tuple: FxHashMap::default(),
+            by_relay: FxHashMap::default(),
+            timers: BinaryHeap::new(),
+            next_relay: 1,
+            token_counter: 0,
+            out: Vec::with_capacity(1500),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.by_tuple.len()
+    }
+
+    /// The relayed addresses of the allocation on a 5-tuple, for tests and the admin side.
+    pub fn relayed_addresses(&self, ft: &FiveTuple) -> Vec<SocketAddr> {
+        self.alloc(ft)
+            .map(|a| a.relays.iter().flatten().map(|r| r.advertised).collect())
+            .unwrap_or_default()
+    }
+
+    /// The traffic counters of the allocation on a 5-tuple.
+    pub fn counters(&self, ft: &FiveTuple) -> Option<Counters> {
+        self.alloc(ft).map(|a| a.counters)
+    }
+
+    fn alloc(&self, ft: &FiveTuple) -> Option<&Allocation> {
+        let &i = self.by_tuple.get(ft)?;
+        self.slots.get(i)?.as_ref()
+    }
+
+    /// SplitMix64: cheap, seeded by the driver's randomness.
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// A datagram (or a frame cut from a stream) from a client.
+    pub fn handle_client(&mut self, now: Time, ft: FiveTuple, data: &[u8], io: &mut impl Io) {
+        let Some(&first) = data.first() else {
+            return;
+        };
+        if channel_data::is_channel_data(first) {
+            self.handle_channel_data(now.mono, &ft, data, io);
+            return;
+        }
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(client = %ft.client, error = ?e, "dropped malformed message");
+                return;
+            }
+        };
+        match msg.class() {
+            Class::Request => {
+                self.stats.requests += 1;
+                self.handle_request(now, &ft, &msg, io);
+            }
+            Class::Indication if msg.method() == method::SEND => {
+                self.handle_send(now.mono, &ft, &msg, io)
+            }
+            _ => {}
+        }
+    }
+
+    /// A datagram from a peer to a relay socket. The payload is `buf[start..start + len]`;
+    /// the driver leaves [`PEER_HEADROOM`] bytes before it and [`PEER_TAILROOM`] after it so
+    /// the header can be written in place.
+    pub fn handle_peer(
+        &mut self,
+        now: Time,
+        relay: RelayId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        io: &mut impl Io,
+    ) {
+        let end = start + len;
+        if start < PEER_HEADROOM || end + PEER_TAILROOM > buf.len() || len > 0xFFFF - 64 {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(&slot) = self.by_relay.get(&relay) else {
+            return;
+        };
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let now = now.mono;
+        if !a.has_permission(&peer.ip(), now) {
+            a.counters.dropped_no_permission += 1;
+            self.stats.dropped += 1;
+            return;
+        }
+        a.counters.packets_from_peer += 1;
+        a.counters.bytes_from_peer += len as u64;
+        self.stats.relayed_from_peer += 1;
+        let stream = a.five_tuple.transport != Transport::Udp;
+        if let Some(number) = a.channel_for(&peer, now) {
+            // RFC 8656 §12.5: ChannelData over a stream is padded to 4 bytes.
+            let pad = if stream { (4 - len % 4) % 4 } else { 0 };
+            buf[start - 4..start].copy_from_slice(&channel_data::header(number, len as u16));
+            buf[end..end + pad].fill(0);
+            io.send_to_client(&a.five_tuple, &buf[start - 4..end + pad]);
+            return;
+        }
+        // A Data indication written in place around the payload (RFC 8656 §11.6).
+        let mut txid = [0u8; 12];
+        let r1 = self.random().to_le_bytes();
+        let r2 = self.random().to_le_bytes();
+        txid[..8].copy_from_slice(&r1);
+        txid[8..].copy_from_slice(&r2[..4]);
+        let mut xaddr = [0u8; 20];
+        let alen = encode_xor_address(peer, &txid, &mut xaddr);
+        let pad = (4 - len % 4) % 4;
+        let prefix = HEADER_LEN + 4 + alen + 4;
+        let h = start - prefix;
+        let body_len = (prefix - HEADER_LEN + len + pad) as u16;
+        buf[h..h + 2].copy_from_slice(&message_type(method::DATA, Class::Indication).to_be_bytes());
+        buf[h + 2..h + 4].copy_from_slice(&body_len.to_be_bytes());
+        buf[h + 4..h + 8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        buf[h + 8..h + 20].copy_from_slice(&txid);
+        let mut p = h + 20;
+        buf[p..p + 2].copy_from_slice(&attr::XOR_PEER_ADDRESS.to_be_bytes());
+        buf[p + 2..p + 4].copy_from_slice(&(alen as u16).to_be_bytes());
+        buf[p + 4..p + 4 + alen].copy_from_slice(&xaddr[..alen]);
+        p += 4 + alen;
+        buf[p..p + 2].copy_from_slice(&attr::DATA.to_be_bytes());
+        buf[p + 2..p + 4].copy_from_slice(&(len as u16).to_be_bytes());
+        buf[end..end + pad].fill(0);
+        let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        io.send_to_client(&a.five_tuple, &buf[h..end + pad]);
+    }
+
+    /// The earliest moment [`Server::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Expires permissions, channels and allocations whose time has come.
+    pub fn handle_timeout(&mut self, now: Time, io: &mut impl Io) {
+        while let Some(&Reverse((t, slot))) = self.timers.peek() {
+            if t > now.mono {
+                break;
+            }
+            self.timers.pop();
+            let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            if a.scheduled != Some(t) {
+                continue;
+            }
+            a.scheduled = None;
+            if a.expires <= now.mono {
+                self.delete(slot, EndReason::Expired, io);
+                continue;
+            }
+            a.sweep(now.mono);
+            self.schedule(slot);
+        }
+    }
+
+    /// Ends every allocation (shutdown).
+    pub fn close_all(&mut self, io: &mut impl Io) {
+        let slots: Vec<usize> = self.by_tuple.values().copied().collect();
+        for s in slots {
+            self.delete(s, EndReason::Shutdown, io);
+        }
+    }
+
+    /// Ends the allocation on a 5-tuple now (its transport connection closed).
+    pub fn close_tuple(&mut self, ft: &FiveTuple, io: &mut impl Io) {
+        if let Some(&s) = self.by_tuple.get(ft) {
+            self.delete(s, EndReason::Shutdown, io);
+        }
+    }
+
+    // ----------------------------------------------------------- data path
+
+    fn handle_channel_data(&mut self, now: Instant, ft: &FiveTuple, data: &[u8], io: &mut impl Io) {
+        let Some((number, payload)) = channel_data::parse(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(&slot) = self.by_tuple.get(ft) else {
+            return;
+        };
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let Some(peer) = a.channel_peer(number, now) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if !a.has_permission(&peer.ip(), now) {
+            a.counters.dropped_no_permission += 1;
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(relay) = a.relay_for(&peer) else {
+            return;
+        };
+        let id = relay.id;
+        a.counters.packets_to_peer += 1;
+        a.counters.bytes_to_peer += payload.len() as u64;
+        self.stats.relayed_to_peer += 1;
+        io.send_to_peer(id, peer, payload);
+    }
+
+    /// Send indication (RFC 8656 §11.3): no authentication, no answer; dropped unless a
+    /// permission exists.
+    fn handle_send(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
+        let Some(&slot) = self.by_tuple.get(ft) else {
+            return;
+        };
+        let (Some(Ok(peer)), Some(data)) =
+            (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
+        else {
+            return;
+        };
+        if msg
+            .attributes()
+            .any(|(t, _)| !attr::is_understood(t))
+        {
+            return;
+        }
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        if !a.has_permission(&peer.ip(), now) {
+            a.counters.dropped_no_permission += 1;
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(relay) = a.relay_for(&peer) else {
+            return;
+        };
+        let id = relay.id;
+        a.counters.packets_to_peer += 1;
+        a.counters.bytes_to_peer += data.len() as u64;
+        self.stats.relayed_to_peer += 1;
+        io.send_to_peer(id, peer, data);
+    }
+
+    // ------------------------------------------------------------ requests
+
+    fn handle_request(&mut self, now: Time, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
+        let m = msg.method();
+        if m == method::BINDING {
+            self.handle_binding(ft, msg, io);
+            return;
+        }
+        if !matches!(
+            m,
+            method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
+        ) {
+            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            return;
+        }
+        // A retransmission gets the answer the original got (RFC 8489 §6.3.1).
+        if let Some(a) = self.alloc(ft) {
+            let txid = msg.transaction_id();
+            if let Some(r) = a.cached_response(&txid, now.mono) {
+                io.send_to_client(ft, r);
+                return;
+            }
+        }
+        let Some(auth) = self.authenticate(now, ft, msg, io) else {
+            return;
+        };
+        let mut unknown = [0u16; 16];
+        let mut n_unknown = 0;
+        for (t, _) in msg.attributes() {
+            if !attr::is_understood(t) && n_unknown < unknown.len() && !unknown[..n_unknown].contains(&t) {
+                unknown[n_unknown] = t;
+                n_unknown += 1;
+            }
+        }
+        if n_unknown > 0 {
+            let mut v = [0u8; 32];
+            for (i, t) in unknown[..n_unknown].iter().enumerate() {
+                v[2 * i..2 * i + 2].copy_from_slice(&t.to_be_bytes());
+            }
+            let mut w = self.writer(msg, Class::Error);
+            w.error_code(error::UNKNOWN_ATTRIBUTE, reason(error::UNKNOWN_ATTRIBUTE))
+                .attr(attr::UNKNOWN_ATTRIBUTES, &v[..2 * n_unknown]);
+            self.stats.error_responses += 1;
+            self.seal_and_send(ft, msg, Some(&auth), io);
+            return;
+        }
+        match m {
+            method::ALLOCATE => self.handle_allocate(now, ft, msg, &auth, io),
+            method::REFRESH => self.handle_refresh(now, ft, msg, &auth, io),
+            method::CREATE_PERMISSION => self.handle_create_permission(now, ft, msg, &auth, io),
+            _ => self.handle_channel_bind(now, ft, msg, &auth, io),
+        }
+    }
+
+    /// Binding (RFC 8489 §6.3.1): stateless, unauthenticated.
+    fn handle_binding(&mut self, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
+        let mut unknown = [0u8; 32];
+        let mut n = 0;
+        for (t, _) in msg.attributes() {
+            if !attr::is_understood(t) && n < unknown.len() {
+                unknown[n..n + 2].copy_from_slice(&t.to_be_bytes());
+                n += 2;
+            }
+        }
+        let mapped = self.cfg.mapped_address;
+        let mut w = self.writer(msg, if n > 0 { Class::Error } else { Class::Success });
+        if n > 0 {
+            w.error_code(error::UNKNOWN_ATTRIBUTE, reason(error::UNKNOWN_ATTRIBUTE))
+                .attr(attr::UNKNOWN_ATTRIBUTES, &unknown[..n]);
+        } else {
+            w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
+            if mapped {
+                w.address(attr::MAPPED_ADDRESS, ft.client);
+            }
+        }
+        self.seal_and_send(ft, msg, None, io);
+    }
+
+    /// The long-term credential mechanism (RFC 8489 §9.2.4). Sends the error and returns
+    /// None when the request does not pass.
+    fn authenticate(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        io: &mut impl Io,
+    ) -> Option<Authed> {
+        if !msg.has_integrity() {
+            self.challenge(now, ft, msg, error::UNAUTHENTICATED, io);
+            return None;
+        }
+        let (Some(user), Some(realm), Some(nonce)) = (
+            msg.get(attr::USERNAME),
+            msg.get(attr::REALM),
+            msg.get(attr::NONCE),
+        ) else {
+            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            return None;
+        };
+        let Ok(user) = std::str::from_utf8(user) else {
+            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            return None;
+        };
+        if user.len() >= MAX_USERNAME {
+            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            return None;
+        }
+        if !self.cfg.auth.check_nonce(nonce, now.unix, ft.client.ip()) {
+            self.challenge(now, ft, msg, error::STALE_NONCE, io);
+            return None;
+        }
+        let alg = match (
+            msg.get(attr::PASSWORD_ALGORITHMS),
+            msg.get(attr::PASSWORD_ALGORITHM),
+        ) {
+            (None, None) => PasswordAlgorithm::Md5,
+            (Some(list), Some(one)) if list == PASSWORD_ALGORITHMS_VALUE => match one {
+                [0x00, 0x01, 0x00, 0x00] => PasswordAlgorithm::Md5,
+                [0x00, 0x02, 0x00, 0x00] => PasswordAlgorithm::Sha256,
+                _ => {
+                    self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+                    return None;
+                }
+            },
+            _ => {
+                self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+                return None;
+            }
+        };
+        if realm != self.cfg.auth.realm().as_bytes() {
+            self.stats.auth_failures += 1;
+            self.challenge(now, ft, msg, error::UNAUTHENTICATED, io);
+            return None;
+        }
+        let has_alloc = self.by_tuple.contains_key(ft);
+        let candidates = match self.cfg.auth.lookup(user, alg, now.unix) {
+            Ok(c) => Some(c),
+            Err(AuthError::Expired)
+                if !self.cfg.enforce_credential_expiry
+                    && has_alloc
+                    && msg.method() != method::ALLOCATE =>
+            {
+                // The operator lets live sessions outlast their credential, as coturn does.
+                self.cfg.auth.lookup(user, alg, 0).ok()
+            }
+            Err(_) => None,
+        };
+        let found = candidates.and_then(|c| {
+            let expiry = c.expiry;
+            c.keys
+                .into_iter()
+                .find_map(|k| msg.verify_integrity(k.as_bytes()).map(|i| (k, i)))
+                .map(|(key, integrity)| Authed {
+                    key,
+                    integrity,
+                    expiry,
+                })
+        });
+        let Some(auth) = found else {
+            self.stats.auth_failures += 1;
+            debug!(client = %ft.client, user = display_user(user, self.cfg.rest_separator), "authentication failed");
+            self.challenge(now, ft, msg, error::UNAUTHENTICATED, io);
+            return None;
+        };
+        if let Some(a) = self.alloc(ft) {
+            if a.username != user {
+                self.send_error(ft, msg, error::WRONG_CREDENTIALS, Some(&auth), io);
+                return None;
+            }
+        }
+        Some(auth)
+    }
+
+    /// 401 or 438 with a fresh nonce: the smallest answer that lets a client go on.
+    fn challenge(&mut self, now: Time, ft: &FiveTuple, msg: &Message<'_>, code: u16, io: &mut impl Io) {
+        let nonce = self.cfg.auth.mint_nonce(now.unix, ft.client.ip());
+        let auth = self.cfg.auth.clone();
+        let mut w = self.writer(msg, Class::Error);
+        w.error_code(code, reason(code))
+            .attr(attr::REALM, auth.realm().as_bytes())
+            .attr(attr::NONCE, nonce.as_bytes())
+            .attr(attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS_VALUE);
+        self.stats.error_responses += 1;
+        self.seal_and_send(ft, msg, None, io);
+    }
+
+    fn handle_allocate(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        if self.by_tuple.contains_key(ft) {
+            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            return;
+        }
+        let fail = |s: &mut Self, code, io: &mut _| s.send_error(ft, msg, code, Some(auth), io);
+        match msg.get(attr::REQUESTED_TRANSPORT) {
+            Some([p, _, _, _]) if *p == attr::TRANSPORT_UDP => {}
+            Some([_, _, _, _]) => return fail(self, error::UNSUPPORTED_TRANSPORT_PROTOCOL, io),
+            _ => return fail(self, error::BAD_REQUEST, io),
+        }
+        let dont_fragment = msg.get(attr::DONT_FRAGMENT).is_some();
+        let even_port = match msg.get(attr::EVEN_PORT) {
+            None => None,
+            Some([b, ..]) => Some(b & 0x80 != 0),
+            Some([]) => return fail(self, error::BAD_REQUEST, io),
+        };
+        let token = match msg.get(attr::RESERVATION_TOKEN) {
+            None => None,
+            Some(v) if v.len() == 8 => {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(v);
+                Some(u64::from_be_bytes(t))
+            }
+            Some(_) => return fail(self, error::BAD_REQUEST, io),
+        };
+        let requested = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some([attr::FAMILY_IPV4, _, _, _]) => Some(0),
+            Some([attr::FAMILY_IPV6, _, _, _]) => Some(1),
+            Some([_, _, _, _]) => return fail(self, error::ADDRESS_FAMILY_NOT_SUPPORTED, io),
+            Some(_) => return fail(self, error::BAD_REQUEST, io),
+        };
+        let additional = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
+            None => false,
+            Some([attr::FAMILY_IPV6, _, _, _]) => true,
+            Some(_) => return fail(self, error::BAD_REQUEST, io),
+        };
+        // RFC 8656 §7.2: these combinations are contradictory.
+        if (token.is_some() && (even_port.is_some() || requested.is_some() || additional))
+            || (requested.is_some() && additional)
+        {
+            return fail(self, error::BAD_REQUEST, io);
+        }
+        let mut family: Family = requested.unwrap_or(0);
+        if self.cfg.relay_ips[family].is_none() {
+            return fail(self, error::ADDRESS_FAMILY_NOT_SUPPORTED, io);
+        }
+        let opts = RelayOptions { dont_fragment };
+        let mut new_token = None;
+        let primary = if let Some(t) = token {
+            let claimed = self.lock_ports().claim(t, now.mono);
+            let Some((fam, port)) = claimed else {
+                return fail(self, error::INSUFFICIENT_CAPACITY, io);
+            };
+            family = fam;
+            self.bind_port(fam, port, opts, io)
+        } else {
+            let reserve = if even_port == Some(true) {
+                self.token_counter += 1;
+                let mut h = Sha256::new();
+                h.update(self.cfg.secret);
+                h.update(self.token_counter.to_be_bytes());
+                let d = h.finalize();
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&d[..8]);
+                Some(u64::from_be_bytes(t))
+            } else {
+                None
+            };
+            let r = self.open_relay(now.mono, family, even_port.is_some(), reserve, opts, io);
+            if r.is_some() {
+                new_token = reserve;
+            }
+            r
+        };
+        let Some(primary) = primary else {
+            return fail(self, error::INSUFFICIENT_CAPACITY, io);
+        };
+        let mut relays = [None, None];
+        relays[family] = Some(primary);
+        let mut address_error = None;
+        if additional {
+            if self.cfg.relay_ips[1].is_none() {
+                address_error = Some(error::ADDRESS_FAMILY_NOT_SUPPORTED);
+            } else if let Some(r) = self.open_relay(now.mono, 1, false, None, opts, io) {
+                relays[1] = Some(r);
+            } else {
+                address_error = Some(error::INSUFFICIENT_CAPACITY);
+            }
+        }
+        let lifetime = self.lifetime(msg);
+        let username = msg
+            .get(attr::USERNAME)
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default()
+            .to_string();
+        let alloc = Allocation {
+            five_tuple: *ft,
+            relays,
+            username,
+            credential_expiry: auth.expiry,
+            expires: now.mono + lifetime,
+            created: now.mono,
+            created_unix: now.unix,
+            permissions: FxHashMap::default(),
+            channels: FxHashMap::default(),
+            channel_by_peer: FxHashMap::default(),
+            allocate_txid: msg.transaction_id(),
+            responses: VecDeque::new(),
+            scheduled: None,
+            counters: Counters::default(),
+        };
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        for r in alloc.relays.iter().flatten() {
+            self.by_relay.insert(r.id, slot);
+        }
+        self.by_tuple.insert(*ft, slot);
+        let user = display_user(&alloc.username, self.cfg.rest_separator).to_string();
+        info!(
+            client = %ft.client,
+            transport = ft.transport.as_str(),
+            relayed = %DisplayRelays(&alloc.relays),
+            user = %user,
+            lifetime = lifetime.as_secs(),
+            "allocation created"
+        );
+        let txid = alloc.allocate_txid;
+        self.slots[slot] = Some(alloc);
+        self.stats.allocations_created += 1;
+        self.schedule(slot);
+
+        let mut w = self.writer(msg, Class::Success);
+        for r in relays.iter().flatten() {
+            w.xor_address(attr::XOR_RELAYED_ADDRESS, r.advertised);
+        }
+        if let Some(code) = address_error {
+            w.error_code_family(
+                attr::ADDRESS_ERROR_CODE,
+                attr::FAMILY_IPV6,
+                code,
+                reason(code),
+            );
+        }
+        w.u32_attr(attr::LIFETIME, lifetime.as_secs() as u32);
+        if let Some(t) = new_token {
+            w.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+        }
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
+        self.seal_and_send(ft, msg, Some(auth), io);
+        self.cache_last(slot, txid, now.mono);
+    }
+
+    /// RFC 8656 §7.2/§8: min(requested, maximum), but never below the default.
+    fn lifetime(&self, msg: &Message<'_>) -> Duration {
+        match msg.u32_attr(attr::LIFETIME) {
+            Some(Ok(secs)) => Duration::from_secs(secs as u64)
+                .min(self.cfg.max_lifetime)
+                .max(self.cfg.default_lifetime),
+            _ => self.cfg.default_lifetime,
+        }
+    }
+
+    fn lock_ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
+        match self.cfg.ports.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Takes a port and binds a relay socket on it, trying other ports when one is taken.
+    fn open_relay(
+        &mut self,
+        now: Instant,
+        family: Family,
+        even: bool,
+        reserve: Option<u64>,
+        opts: RelayOptions,
+        io: &mut impl Io,
+    ) -> Option<Relay> {
+        for _ in 0..BIND_ATTEMPTS {
+            let random = self.random();
+            let port = {
+                let mut pool = self.lock_ports();
+                if even {
+                    pool.take_even(family, reserve, now, random)
+                } else {
+                    pool.take(family, now, random)
+                }
+            }?;
+            match self.bind_port(family, port, opts, io) {
+                Some(r) => return Some(r),
+                None => {
+                    let mut pool = self.lock_ports();
+                    pool.release(family, port);
+                    if let Some(t) = reserve {
+                        pool.cancel(t);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn bind_port(&mut self, family: Family, port: u16, opts: RelayOptions, io: &mut impl Io) -> Option<Relay> {
+        let (bind_ip, adv_ip) = self.cfg.relay_ips[family]?;
+        let id = RelayId(self.next_relay);
+        self.next_relay += 1;
+        let bound = SocketAddr::new(bind_ip, port);
+        match io.bind_relay(id, bound, opts) {
+            Ok(()) => Some(Relay {
+                id,
+                family,
+                port,
+                bound,
+                advertised: SocketAddr::new(adv_ip, port),
+            }),
+            Err(BindError::AddrInUse) | Err(BindError::Other) => {
+                debug!(%bound, "relay bind failed");
+                None
+            }
+        }
+    }
+
+    fn handle_refresh(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        let Some(&slot) = self.by_tuple.get(ft) else {
+            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            return;
+        };
+        let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some([attr::FAMILY_IPV4, _, _, _]) => Some(0),
+            Some([attr::FAMILY_IPV6, _, _, _]) => Some(1),
+            Some(_) => {
+                self.send_error(ft, msg, error::PEER_ADDRESS_FAMILY_MISMATCH, Some(auth), io);
+                return;
+            }
+        };
+        let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        if family.is_some_and(|f| a.relays[f].is_none()) {
+            self.send_error(ft, msg, error::PEER_ADDRESS_FAMILY_MISMATCH, Some(auth), io);
+            return;
+        }
+        let dual = a.relays.iter().flatten().count() == 2;
+        let zero = matches!(msg.u32_attr(attr::LIFETIME), Some(Ok(0)));
+        let lifetime = if zero { Duration::ZERO } else { self.lifetime(msg) };
+        let txid = msg.transaction_id();
+        if zero {
+            match (family, dual) {
+                (Some(f), true) => self.close_family(slot, f, io),
+                _ => self.delete(slot, EndReason::Refreshed0, io),
+            }
+        } else if let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) {
+            a.expires = now.mono + lifetime;
+            a.credential_expiry = auth.expiry.or(a.credential_expiry);
+        }
+        let mut w = self.writer(msg, Class::Success);
+        w.u32_attr(attr::LIFETIME, lifetime.as_secs() as u32);
+        self.seal_and_send(ft, msg, Some(auth), io);
+        if !zero || self.slots.get(slot).is_some_and(|s| s.is_some()) {
+            self.cache_last(slot, txid, now.mono);
+            self.schedule(slot);
+        }
+    }
+
+    /// Deletes one family of a dual allocation (Refresh with LIFETIME 0 and
+    /// REQUESTED-ADDRESS-FAMILY).
+    fn close_family(&mut self, slot: usize, family: Family, io: &mut impl Io) {
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        if let Some(r) = a.relays[family].take() {
+            self.by_relay.remove(&r.id);
+            io.close_relay(r.id);
+            self.lock_ports().release(r.family, r.port);
+        }
+    }
+
+    /// Reads the XOR-PEER-ADDRESS values and checks each against the allocation's
+    /// families and the peer policy; Err is the error code to answer.
+    fn check_peer(&self, slot: usize, peer: SocketAddr) -> Result<(), u16> {
+        let a = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.as_ref())
+            .ok_or(error::ALLOCATION_MISMATCH)?;
+        if a.relay_for(&peer).is_none() {
+            return Err(error::PEER_ADDRESS_FAMILY_MISMATCH);
+        }
+        if !self.cfg.policy.is_allowed(peer.ip()) {
+            return Err(error::FORBIDDEN);
+        }
+        Ok(())
+    }
+
+    fn handle_create_permission(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        let Some(&slot) = self.by_tuple.get(ft) else {
+            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            return;
+        };
+        let txid = msg.transaction_id();
+        let mut peers: [Option<IpAddr>; 32] = [None; 32];
+        let mut n = 0;
+        for v in msg.get_all(attr::XOR_PEER_ADDRESS) {
+            let Some(peer) = decode_xor_address(v, &txid) else {
+                self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+                return;
+            };
+            if let Err(code) = self.check_peer(slot, peer) {
+                debug!(client = %ft.client, peer = %peer.ip(), code, "permission refused");
+                self.send_error(ft, msg, code, Some(auth), io);
+                return;
+            }
+            if n == peers.len() {
+                self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+                return;
+            }
+            peers[n] = Some(peer.ip());
+            n += 1;
+        }
+        if n == 0 {
+            self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return;
+        }
+        let max = self.cfg.max_permissions;
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let new = peers[..n]
+            .iter()
+            .flatten()
+            .filter(|ip| !a.permissions.contains_key(ip))
+            .count();
+        if a.permissions.len() + new > max {
+            a.sweep(now.mono);
+            if a.permissions.len() + new > max {
+                self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+                return;
+            }
+        }
+        for ip in peers[..n].iter().flatten() {
+            a.permissions.insert(*ip, now.mono + PERMISSION_LIFETIME);
+        }
+        self.writer(msg, Class::Success);
+        self.seal_and_send(ft, msg, Some(auth), io);
+        self.cache_last(slot, txid, now.mono);
+        self.schedule(slot);
+    }
+
+    fn handle_channel_bind(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        let Some(&slot) = self.by_tuple.get(ft) else {
+            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            return;
+        };
+        let number = match msg.get(attr::CHANNEL_NUMBER) {
+            Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
+            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+        };
+        if !(channel_data::MIN_CHANNEL..=channel_data::MAX_CHANNEL).contains(&number) {
+            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+        }
+        let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
+            Some(Ok(p)) => p,
+            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+        };
+        if let Err(code) = self.check_peer(slot, peer) {
+            return self.send_error(ft, msg, code, Some(auth), io);
+        }
+        let max = self.cfg.max_permissions;
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let t = now.mono;
+        // RFC 8656 §11.2: a number stays with its peer (and a peer with its number) while
+        // bound and for 5 minutes after.
+        let number_taken = a
+            .channels
+            .get(&number)
+            .is_some_and(|c| c.peer != peer && t < c.expires + CHANNEL_QUARANTINE);
+        let peer_taken = a.channel_by_peer.get(&peer).is_some_and(|&other| {
+            other != number
+                && a.channels
+                    .get(&other)
+                    .is_some_and(|c| t < c.expires + CHANNEL_QUARANTINE)
+        });
+        if number_taken || peer_taken {
+            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+        }
+        if !a.permissions.contains_key(&peer.ip()) && a.permissions.len() >= max {
+            a.sweep(t);
+            if a.permissions.len() >= max {
+                return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+            }
+        }
+        if let Some(old) = a.channels.get(&number) {
+            if old.peer != peer {
+                a.channel_by_peer.remove(&old.peer);
+            }
+        }
+        if let Some(old) = a.channel_by_peer.get(&peer).copied() {
+            if old != number {
+                a.channels.remove(&old);
+            }
+        }
+        a.channels.insert(
+            number,
+            Channel {
+                peer,
+                expires: t + CHANNEL_LIFETIME,
+            },
+        );
+        a.channel_by_peer.insert(peer, number);
+        a.permissions.insert(peer.ip(), t + PERMISSION_LIFETIME);
+        let txid = msg.transaction_id();
+        self.writer(msg, Class::Success);
+        self.seal_and_send(ft, msg, Some(auth), io);
+        self.cache_last(slot, txid, t);
+        self.schedule(slot);
+    }
+
+    // ------------------------------------------------------------- helpers
+
+    /// Starts a response to `msg` in the scratch buffer.
+    fn writer(&mut self, msg: &Message<'_>, class: Class) -> MessageWriter<'_> {
+        MessageWriter::new(&mut self.out, msg.method(), class, msg.transaction_id())
+    }
+
+    fn send_error(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        code: u16,
+        auth: Option<&Authed>,
+        io: &mut impl Io,
+    ) {
+        let mut w = self.writer(msg, Class::Error);
+        w.error_code(code, reason(code));
+        self.stats.error_responses += 1;
+        self.seal_and_send(ft, msg, auth, io);
+    }
+
+    /// Appends SOFTWARE (authenticated answers only), the integrity attribute matching the
+    /// request's, and FINGERPRINT if the request had one; then sends the scratch buffer.
+    fn seal_and_send(&mut self, ft: &FiveTuple, msg: &Message<'_>, auth: Option<&Authed>, io: &mut impl Io) {
+        let mut w = MessageWriter::resume(&mut self.out, msg.transaction_id());
+        if let Some(a) = auth {
+            if let Some(s) = &self.cfg.software {
+                w.attr(attr::SOFTWARE, s.as_bytes());
+            }
+            match a.integrity {
+                Integrity::Sha1 => w.integrity(a.key.as_bytes()),
+                Integrity::Sha256 => w.integrity_sha256(a.key.as_bytes()),
+            };
+        }
+        if msg.has_fingerprint() {
+            w.fingerprint();
+        }
+        io.send_to_client(ft, &self.out);
+    }
+
+    /// Keeps the response just sent for retransmissions of its request.
+    fn cache_last(&mut self, slot: usize, txid: [u8; 12], now: Instant) {
+        if let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) {
+            a.cache_response(txid, now, &self.out);
+        }
+    }
+
+    /// Queues the allocation's next deadline unless an earlier one is already queued.
+    fn schedule(&mut self, slot: usize) {
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let d = a.next_deadline();
+        if a.scheduled.is_none_or(|s| d < s) {
+            a.scheduled = Some(d);
+            self.timers.push(Reverse((d, slot)));
+        }
+    }
+
+    fn delete(&mut self, slot: usize, why: EndReason, io: &mut impl Io) {
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.take()) else {
+            return;
+        };
+        self.free_slots.push(slot);
+        self.by_tuple.remove(&a.five_tuple);
+        {
+            let mut pool = match self.cfg.ports.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            for r in a.relays.iter().flatten() {
+                pool.release(r.family, r.port);
+            }
+        }
+        for r in a.relays.iter().flatten() {
+            self.by_relay.remove(&r.id);
+            io.close_relay(r.id);
+        }
+        self.stats.allocations_deleted += 1;
+        let c = a.counters;
+        info!(
+            client = %a.five_tuple.client,
+            transport = a.five_tuple.transport.as_str(),
+            relayed = %DisplayRelays(&a.relays),
+            user = display_user(&a.username, self.cfg.rest_separator),
+            bytes_to_peer = c.bytes_to_peer,
+            bytes_from_peer = c.bytes_from_peer,
+            packets_to_peer = c.packets_to_peer,
+            packets_from_peer = c.packets_from_peer,
+            reason = ?why,
+            "allocation deleted"
+        );
+    }
+}
+
+struct DisplayRelays<'a>(&'a [Option<Relay>; 2]);
+
+impl std::fmt::Display for DisplayRelays<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for r in self.0.iter().flatten() {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{}", r.advertised)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! Shared helpers for the integration tests: start the real `turnd` binary on loopback, end
+//! it by its pid, and talk to it with the webrtc-rs `stun` crate (an implementation we did
+//! not write).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stun::agent::TransactionId;
+use stun::attributes::*;
+use stun::error_code::ErrorCodeAttribute;
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+use stun::textattrs::{Nonce, Realm, Username};
+use stun::xoraddr::XorMappedAddress;
+
+pub const REALM: &str = "turnd.test";
+
+/// A `turnd` process; killed (by its own pid) and reaped on drop.
+pub struct TestServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+}
+
+/// A UDP port that was free a moment ago.
+pub fn free_udp_port(ip: &str) -> u16 {
+    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+impl TestServer {
+    /// Starts turnd listening on `ip` (a free port) with a test user `alice:wonderland`,
+    /// relaying on the same IP; `extra` flags are appended.
+    pub fn start(ip: &str, extra: &[&str]) -> TestServer {
+        for _ in 0..5 {
+            let port = free_udp_port(ip);
+            let addr: SocketAddr = if ip.contains(':') {
+                format!("[{ip}]:{port}").parse().unwrap()
+            } else {
+                format!("{ip}:{port}").parse().unwrap()
+            };
+            let mut args: Vec<String> = vec![
+                "--listen".into(),
+                addr.to_string(),
+                "--realm".into(),
+                REALM.into(),
+                "--workers".into(),
+                "2".into(),
+            ];
+            if !extra.iter().any(|a| *a == "--relay-ip") {
+                args.extend(["--relay-ip".into(), ip.into()]);
+            }
+            if !extra.iter().any(|a| *a == "--user" || *a == "--auth-secret") {
+                args.extend(["--user".into(), "alice:wonderland".into()]);
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
+                .args(&args)
+                .env("RUST_LOG", "turnd=debug")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn turnd");
+            let mut server = TestServer {
+                child: None,
+                addr,
+            };
+            if server.wait_ready(&mut child) {
+                server.child = Some(child);
+                return server;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("turnd did not start");
+    }
+
+    /// Polls with Binding requests until the server answers (or the process exits).
+    fn wait_ready(&self, child: &mut Child) -> bool {
+        let sock = UdpSocket::bind(if self.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            let req = binding_request();
+            let _ = sock.send_to(&req, self.addr);
+            let mut buf = [0u8; 1500];
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if n >= 20 && buf[0] == 0x01 && buf[1] == 0x01 {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal to the server (by its pid).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status();
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn binding_request() -> Vec<u8> {
+    let mut m = Message::new();
+    m.build(&[Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)]).unwrap();
+    m.raw.clone()
+}
+
+/// A blocking STUN/TURN client built on the `stun` crate, for what the `turn` crate's client
+/// cannot ask (address families, raw errors).
+pub struct RawClient {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+    pub user: String,
+    pub pass: String,
+    pub nonce: Option<String>,
+    pub realm: String,
+}
+
+pub struct Reply {
+    pub msg: Message,
+}
+
+impl Reply {
+    pub fn code(&self) -> Option<u16> {
+        if self.msg.typ.class == CLASS_SUCCESS_RESPONSE {
+            return None;
+        }
+        let mut e = ErrorCodeAttribute::default();
+        e.get_from(&self.msg).ok()?;
+        Some(e.code.0)
+    }
+    pub fn xor_addrs(&self, t: AttrType) -> Vec<SocketAddr> {
+        // The stun crate reads the first attribute of a type; walk them all.
+        self.msg
+            .attributes
+            .0
+            .iter()
+            .filter(|a| a.typ == t)
+            .map(|a| {
+                let mut single = Message::new();
+                single.transaction_id = self.msg.transaction_id;
+                single.add(t, &a.value);
+                let mut x = XorMappedAddress::default();
+                x.get_from_as(&single, t).unwrap();
+                SocketAddr::new(x.ip, x.port)
+            })
+            .collect()
+    }
+}
+
+impl RawClient {
+    pub fn new(server: SocketAddr, user: &str, pass: &str) -> RawClient {
+        let bind = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+        let sock = UdpSocket::bind(bind).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        RawClient {
+            sock,
+            server,
+            user: user.into(),
+            pass: pass.into(),
+            nonce: None,
+            realm: REALM.into(),
+        }
+    }
+
+    /// Sends a request with `attrs` (type, value), authenticating with the long-term
+    /// mechanism, retrying after 401/438 and after a lost datagram.
+    pub fn request(&mut self, method: Method, attrs: &[(AttrType, Vec<u8>)]) -> Reply {
+        for _ in 0..6 {
+            let mut m = Message::new();
+            m.build(&[Box::new(TransactionId::new()), Box::new(MessageType::new(method, CLASS_REQUEST))])
+                .unwrap();
+            for (t, v) in attrs {
+                if *t == ATTR_XOR_PEER_ADDRESS || *t == ATTR_XOR_MAPPED_ADDRESS {
+                    // Values given as "ip:port" text are XOR-encoded with this transaction id.
+                    let addr: SocketAddr = std::str::from_utf8(v).unwrap().parse().unwrap();
+                    XorMappedAddress { ip: addr.ip(), port: addr.port() }.add_to_as(&mut m, *t).unwrap();
+                } else {
+                    m.add(*t, v);
+                }
+            }
+            if let Some(n) = &self.nonce {
+                let setters: Vec<Box<dyn Setter>> = vec![
+                    Box::new(Username::new(ATTR_USERNAME, self.user.clone())),
+                    Box::new(Realm::new(ATTR_REALM, self.realm.clone())),
+                    Box::new(Nonce::new(ATTR_NONCE, n.clone())),
+                    Box::new(MessageIntegrity::new_long_term_integrity(
+                        self.user.clone(),
+                        self.realm.clone(),
+                        self.pass.clone(),
+                    )),
+                    Box::new(FINGERPRINT),
+                ];
+                for s in setters {
+                    s.add_to(&mut m).unwrap();
+                }
+            } else {
+                FINGERPRINT.add_to(&mut m).unwrap();
+            }
+            self.sock.send_to(&m.raw, self.server).unwrap();
+            let Some(reply) = self.recv_response(m.transaction_id) else {
+                continue;
+            };
+            match reply.code() {
+                Some(401) if self.nonce.is_none() => {}
+                Some(438) => {}
+                _ => return reply,
+            }
+            let mut nonce = Nonce::default();
+            nonce.get_from(&reply.msg).unwrap();
+            self.nonce = Some(nonce.text);
+        }
+        panic!("no usable response");
+    }
+
+    fn recv_response(&self, txid: TransactionId) -> Option<Reply> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                return None;
+            };
+            let mut msg = Message::new();
+            if msg.unmarshal_binary(&buf[..n]).is_ok() && msg.transaction_id == txid {
+                return Some(Reply { msg });
+            }
+        }
+        None
+    }
+
+    /// Receives the next datagram from the server (a Data indication or ChannelData).
+    pub fn recv_raw(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        self.sock.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+    }
+
+    pub fn send_raw(&self, data: &[u8]) {
+        self.sock.send_to(data, self.server).unwrap();
+    }
+}
+
+pub fn udp_transport() -> (AttrType, Vec<u8>) {
+    (ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+}
+
+pub fn peer_attr(addr: SocketAddr) -> (AttrType, Vec<u8>) {
+    (ATTR_XOR_PEER_ADDRESS, addr.to_string().into_bytes())
+}
+
+/// A Send indication built with the `stun` crate.
+pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut m = Message::new();
+    m.build(&[Box::new(TransactionId::new()), Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION))])
+        .unwrap();
+    XorMappedAddress { ip: peer.ip(), port: peer.port() }.add_to_as(&mut m, ATTR_XOR_PEER_ADDRESS).unwrap();
+    m.add(ATTR_DATA, data);
+    m.raw.clone()
+}
+
+/// Parses a Data indication into (peer, data).
+pub fn parse_data_indication(raw: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+    let mut m = Message::new();
+    m.unmarshal_binary(raw).ok()?;
+    if m.typ != MessageType::new(METHOD_DATA, CLASS_INDICATION) {
+        return None;
+    }
+    let mut x = XorMappedAddress::default();
+    x.get_from_as(&m, ATTR_XOR_PEER_ADDRESS).ok()?;
+    let data = m.get(ATTR_DATA).ok()?;
+    Some((SocketAddr::new(x.ip, x.port), data))
+}
+
+pub fn method_name(m: Method) -> Method {
+    m
+}
