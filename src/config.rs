@@ -1109,6 +1109,24 @@ mod tests {
         assert!(matches!(&users[1].1, UserSecret::Password(p) if p == "pw"));
     }
 
+    /// A key written as `turnadmin -k` prints it decodes to the key turnd derives itself.
+    #[test]
+    fn hex_key_matches_the_derived_md5_key() {
+        use crate::auth::{PasswordAlgorithm, long_term_key};
+        let derived = long_term_key(PasswordAlgorithm::Md5, "alice", "turnd.local", "pw");
+        let hex: String = derived
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let c = Config::from_toml_str(&format!(
+            "[server]\nrealm = \"turnd.local\"\n[auth]\nusers = [{{ name = \"alice\", key = \"0x{hex}\" }}]"
+        ))
+        .unwrap();
+        let users = c.user_secrets();
+        assert!(matches!(&users[0].1, UserSecret::Md5Key(k) if k[..] == *derived.as_bytes()));
+    }
+
     #[test]
     fn debug_redacts_credentials() {
         let c = Config::from_toml_str(

@@ -203,7 +203,7 @@ impl RawClient {
             m.build(&[Box::new(TransactionId::new()), Box::new(MessageType::new(method, CLASS_REQUEST))])
                 .unwrap();
             for (t, v) in attrs {
-                if *t == ATTR_XOR_PEER_ADDRESS || *t == ATTR_XOR_MAPPED_ADDRESS {
+                if *t == ATTR_XOR_PEER_ADDRESS || *t == ATTR_XORMAPPED_ADDRESS {
                     // Values given as "ip:port" text are XOR-encoded with this transaction id.
                     let addr: SocketAddr = std::str::from_utf8(v).unwrap().parse().unwrap();
                     XorMappedAddress { ip: addr.ip(), port: addr.port() }.add_to_as(&mut m, *t).unwrap();
@@ -238,8 +238,7 @@ impl RawClient {
                 Some(438) => {}
                 _ => return reply,
             }
-            let mut nonce = Nonce::default();
-            nonce.get_from(&reply.msg).unwrap();
+            let nonce = Nonce::get_from_as(&reply.msg, ATTR_NONCE).unwrap();
             self.nonce = Some(nonce.text);
         }
         panic!("no usable response");
@@ -305,3 +304,25 @@ pub fn parse_data_indication(raw: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
 pub fn method_name(m: Method) -> Method {
     m
 }
+
+/// A `turn` crate client (webrtc-rs) connected to the server, listening.
+pub async fn turn_client(server: &TestServer, user: &str, pass: &str) -> turn::client::Client {
+    let bind = if server.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+    let conn = std::sync::Arc::new(tokio::net::UdpSocket::bind(bind).await.unwrap());
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.addr.to_string(),
+        turn_serv_addr: server.addr.to_string(),
+        username: user.into(),
+        password: pass.into(),
+        realm: REALM.into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
