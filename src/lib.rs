@@ -5,7 +5,7 @@
 
 pub mod auth;
 pub mod cli;
-pub mod stun;
 pub mod config;
 pub mod net;
+pub mod stun;
 pub mod turn;

@@ -109,7 +109,8 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     for &addr in &cfg.server.listen {
         let mut bound = addr;
         for per_worker in sockets.iter_mut() {
-            let s = reuseport_udp(bound).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+            let s =
+                reuseport_udp(bound).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
             // Port 0 asks the kernel for one; the other workers join that same port.
             bound = s.local_addr().map_err(|e| format!("udp {addr}: {e}"))?;
             per_worker.push((bound, s));

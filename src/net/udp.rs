@@ -38,18 +38,22 @@ struct DriverIo {
 
 impl Io for DriverIo {
     fn send_to_client(&mut self, to: &FiveTuple, data: &[u8]) {
-        if let Some(s) = self.listeners.get(&to.server) {
-            if s.try_send_to(data, to.client).is_err() {
-                self.send_drops += 1;
-            }
+        let sent = self
+            .listeners
+            .get(&to.server)
+            .map(|s| s.try_send_to(data, to.client));
+        if matches!(sent, Some(Err(_))) {
+            self.send_drops += 1;
         }
     }
 
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, data: &[u8]) {
-        if let Some((s, _)) = self.relays.get(&relay) {
-            if s.try_send_to(data, peer).is_err() {
-                self.send_drops += 1;
-            }
+        let sent = self
+            .relays
+            .get(&relay)
+            .map(|(s, _)| s.try_send_to(data, peer));
+        if matches!(sent, Some(Err(_))) {
+            self.send_drops += 1;
         }
     }
 
@@ -61,7 +65,9 @@ impl Io for DriverIo {
     ) -> Result<(), BindError> {
         let sock = match relay_socket(addr, opts) {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(BindError::AddrInUse),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(BindError::AddrInUse);
+            }
             Err(e) => {
                 warn!(%addr, error = %e, "cannot open relay socket");
                 return Err(BindError::Other);
@@ -104,9 +110,17 @@ fn relay_socket(addr: SocketAddr, opts: RelayOptions) -> std::io::Result<StdUdpS
 fn set_dont_fragment(s: &Socket, v6: bool) {
     use std::os::fd::AsRawFd;
     let (level, name, val) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     };
     // SAFETY: setsockopt on a valid fd with a pointer to a live c_int and its size.
     let rc = unsafe {
@@ -119,7 +133,10 @@ fn set_dont_fragment(s: &Socket, v6: bool) {
         )
     };
     if rc != 0 {
-        debug!("IP_MTU_DISCOVER failed: {}", std::io::Error::last_os_error());
+        debug!(
+            "IP_MTU_DISCOVER failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -216,8 +233,14 @@ async fn relay_loop(state: Weak<RefCell<Worker>>, sock: Rc<UdpSocket>, relay: Re
         };
         let mut g = state.borrow_mut();
         let w = &mut *g;
-        w.core
-            .handle_peer(now(), relay, from, &mut buf, PEER_HEADROOM, n, &mut w.io);
+        w.core.handle_peer(
+            now(),
+            relay,
+            from,
+            &mut buf,
+            PEER_HEADROOM..PEER_HEADROOM + n,
+            &mut w.io,
+        );
     }
 }
 
@@ -227,8 +250,7 @@ async fn timer_loop(state: Weak<RefCell<Worker>>) {
             let Some(s) = state.upgrade() else {
                 return;
             };
-            let d = s.borrow().core.poll_timeout();
-            d
+            s.borrow().core.poll_timeout()
         };
         let cap = Instant::now() + MAX_TIMER_SLEEP;
         let at = next.map_or(cap, |t| t.min(cap));

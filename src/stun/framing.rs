@@ -24,11 +24,10 @@ pub fn next_frame(buf: &[u8]) -> Frame {
     }
     let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
     let total = if first & 0xC0 == 0 {
-        if len % 4 != 0 {
+        if !len.is_multiple_of(4) {
             return Frame::Invalid;
         }
-        if buf.len() >= 8 && u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE
-        {
+        if buf.len() >= 8 && u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE {
             return Frame::Invalid;
         }
         HEADER_LEN + len

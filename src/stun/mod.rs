@@ -126,7 +126,7 @@ impl<'a> Message<'a> {
         if u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]) != MAGIC_COOKIE {
             return Err(ParseError::BadMagicCookie);
         }
-        if len % 4 != 0 || HEADER_LEN + len != raw.len() {
+        if !len.is_multiple_of(4) || HEADER_LEN + len != raw.len() {
             return Err(ParseError::BadLength);
         }
         let (method, class) = split_type(t);
@@ -145,7 +145,9 @@ impl<'a> Message<'a> {
             }
             let (ty, value, next) = read_tlv(raw, pos)?;
             match ty {
-                attr::MESSAGE_INTEGRITY if msg.mi_offset.is_none() && msg.mi256_offset.is_none() => {
+                attr::MESSAGE_INTEGRITY
+                    if msg.mi_offset.is_none() && msg.mi256_offset.is_none() =>
+                {
                     if value.len() != 20 {
                         return Err(ParseError::BadAttribute(ty));
                     }
@@ -228,8 +230,9 @@ impl<'a> Message<'a> {
 
     /// Decodes an XOR-encoded address attribute (XOR-MAPPED, XOR-PEER, XOR-RELAYED).
     pub fn xor_address(&self, ty: u16) -> Option<Result<SocketAddr, ParseError>> {
-        self.get(ty)
-            .map(|v| decode_xor_address(v, &self.transaction_id()).ok_or(ParseError::BadAttribute(ty)))
+        self.get(ty).map(|v| {
+            decode_xor_address(v, &self.transaction_id()).ok_or(ParseError::BadAttribute(ty))
+        })
     }
 
     /// A 32-bit attribute (LIFETIME, say).
@@ -250,7 +253,10 @@ impl<'a> Message<'a> {
             let tag = attr_value(self.raw, off)?;
             let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).ok()?;
             self.feed_prefix(&mut mac, off, tag.len());
-            return mac.verify_truncated_left(tag).ok().map(|_| Integrity::Sha256);
+            return mac
+                .verify_truncated_left(tag)
+                .ok()
+                .map(|_| Integrity::Sha256);
         }
         let off = self.mi_offset?;
         let tag = attr_value(self.raw, off)?;

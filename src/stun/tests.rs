@@ -89,9 +89,15 @@ fn rfc5769_long_term_authentication() {
     let raw = hex(SAMPLE_LONG_TERM);
     let m = Message::parse(&raw).unwrap();
     let user = m.get(attr::USERNAME).unwrap();
-    assert_eq!(std::str::from_utf8(user).unwrap(), "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}");
+    assert_eq!(
+        std::str::from_utf8(user).unwrap(),
+        "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}"
+    );
     assert_eq!(m.get(attr::REALM), Some(&b"example.org"[..]));
-    assert_eq!(m.get(attr::NONCE), Some(&b"f//499k954d6OL34oL9FSTvy64sA"[..]));
+    assert_eq!(
+        m.get(attr::NONCE),
+        Some(&b"f//499k954d6OL34oL9FSTvy64sA"[..])
+    );
     let mut h = Md5::new();
     h.update(user);
     h.update(b":example.org:TheMatrIX");
@@ -104,13 +110,19 @@ fn writer_round_trip_with_both_integrities_and_fingerprint() {
     let txid = [7u8; 12];
     let mut buf = Vec::new();
     let mut w = MessageWriter::new(&mut buf, method::ALLOCATE, Class::Success, txid);
-    w.xor_address(attr::XOR_RELAYED_ADDRESS, "[2001:db8::1]:5000".parse().unwrap())
-        .xor_address(attr::XOR_MAPPED_ADDRESS, "203.0.113.9:40000".parse().unwrap())
-        .u32_attr(attr::LIFETIME, 600)
-        .attr(attr::SOFTWARE, b"x")
-        .integrity(b"key")
-        .integrity_sha256(b"key")
-        .fingerprint();
+    w.xor_address(
+        attr::XOR_RELAYED_ADDRESS,
+        "[2001:db8::1]:5000".parse().unwrap(),
+    )
+    .xor_address(
+        attr::XOR_MAPPED_ADDRESS,
+        "203.0.113.9:40000".parse().unwrap(),
+    )
+    .u32_attr(attr::LIFETIME, 600)
+    .attr(attr::SOFTWARE, b"x")
+    .integrity(b"key")
+    .integrity_sha256(b"key")
+    .fingerprint();
     let raw = w.finish().to_vec();
     let m = Message::parse(&raw).unwrap();
     assert_eq!(m.method(), method::ALLOCATE);
@@ -133,14 +145,19 @@ fn sha1_integrity_alone_round_trips() {
     let mut w = MessageWriter::new(&mut buf, method::REFRESH, Class::Request, [1; 12]);
     w.u32_attr(attr::LIFETIME, 0).integrity(b"k");
     let raw = w.finish().to_vec();
-    assert_eq!(Message::parse(&raw).unwrap().verify_integrity(b"k"), Some(Integrity::Sha1));
+    assert_eq!(
+        Message::parse(&raw).unwrap().verify_integrity(b"k"),
+        Some(Integrity::Sha1)
+    );
 }
 
 #[test]
 fn attributes_after_integrity_are_ignored() {
     let mut buf = Vec::new();
     let mut w = MessageWriter::new(&mut buf, method::BINDING, Class::Request, [1; 12]);
-    w.attr(attr::USERNAME, b"u").integrity(b"k").attr(attr::REALM, b"evil");
+    w.attr(attr::USERNAME, b"u")
+        .integrity(b"k")
+        .attr(attr::REALM, b"evil");
     let raw = w.finish().to_vec();
     let m = Message::parse(&raw).unwrap();
     assert_eq!(m.get(attr::USERNAME), Some(&b"u"[..]));
@@ -152,21 +169,33 @@ fn attributes_after_integrity_are_ignored() {
 #[test]
 fn parse_errors() {
     let raw = hex(SAMPLE_REQUEST);
-    assert_eq!(Message::parse(&raw[..10]).unwrap_err(), ParseError::Truncated);
+    assert_eq!(
+        Message::parse(&raw[..10]).unwrap_err(),
+        ParseError::Truncated
+    );
     let mut bad = raw.clone();
     bad[0] |= 0x40;
     assert_eq!(Message::parse(&bad).unwrap_err(), ParseError::NotStun);
     let mut bad = raw.clone();
     bad[4] = 0;
-    assert_eq!(Message::parse(&bad).unwrap_err(), ParseError::BadMagicCookie);
+    assert_eq!(
+        Message::parse(&bad).unwrap_err(),
+        ParseError::BadMagicCookie
+    );
     let mut bad = raw.clone();
     bad[3] = 0x57;
     assert_eq!(Message::parse(&bad).unwrap_err(), ParseError::BadLength);
-    assert_eq!(Message::parse(&raw[..raw.len() - 4]).unwrap_err(), ParseError::BadLength);
+    assert_eq!(
+        Message::parse(&raw[..raw.len() - 4]).unwrap_err(),
+        ParseError::BadLength
+    );
     let mut bad = raw.clone();
     let n = bad.len();
     bad[n - 1] ^= 1;
-    assert_eq!(Message::parse(&bad).unwrap_err(), ParseError::FingerprintMismatch);
+    assert_eq!(
+        Message::parse(&bad).unwrap_err(),
+        ParseError::FingerprintMismatch
+    );
     // An attribute whose length runs past the end.
     let mut bad = raw.clone();
     bad[22] = 0;
@@ -186,13 +215,21 @@ fn parse_errors() {
     let mut w = MessageWriter::new(&mut buf, method::BINDING, Class::Request, [1; 12]);
     w.fingerprint().attr(attr::SOFTWARE, b"late");
     let raw3 = w.finish().to_vec();
-    assert_eq!(Message::parse(&raw3).unwrap_err(), ParseError::FingerprintNotLast);
+    assert_eq!(
+        Message::parse(&raw3).unwrap_err(),
+        ParseError::FingerprintNotLast
+    );
 }
 
 #[test]
 fn message_type_round_trips_for_every_method_and_class() {
     for m in 0..0x1000u16 {
-        for c in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+        for c in [
+            Class::Request,
+            Class::Indication,
+            Class::Success,
+            Class::Error,
+        ] {
             assert_eq!(split_type(message_type(m, c)), (m, c));
         }
     }
@@ -208,16 +245,25 @@ fn error_code_round_trip() {
     w.error_code(438, "Stale Nonce");
     let raw = w.finish().to_vec();
     let m = Message::parse(&raw).unwrap();
-    assert_eq!(decode_error_code(m.get(attr::ERROR_CODE).unwrap()), Some((438, "Stale Nonce")));
+    assert_eq!(
+        decode_error_code(m.get(attr::ERROR_CODE).unwrap()),
+        Some((438, "Stale Nonce"))
+    );
 }
 
 #[test]
 fn channel_data_parse() {
-    assert_eq!(channel_data::parse(&[0x40, 0x00, 0x00, 0x02, 9, 8, 0, 0]), Some((0x4000, &[9u8, 8][..])));
+    assert_eq!(
+        channel_data::parse(&[0x40, 0x00, 0x00, 0x02, 9, 8, 0, 0]),
+        Some((0x4000, &[9u8, 8][..]))
+    );
     assert_eq!(channel_data::parse(&[0x40, 0x00, 0x00, 0x05, 1]), None);
     assert_eq!(channel_data::parse(&[0x50, 0x00, 0x00, 0x00]), None);
     assert_eq!(channel_data::parse(&[0x40]), None);
-    assert_eq!(channel_data::parse(&[0x4F, 0xFF, 0x00, 0x00]), Some((0x4FFF, &[][..])));
+    assert_eq!(
+        channel_data::parse(&[0x4F, 0xFF, 0x00, 0x00]),
+        Some((0x4FFF, &[][..]))
+    );
 }
 
 #[test]
@@ -227,15 +273,26 @@ fn framing_cuts_stun_and_padded_channel_data() {
     assert_eq!(next_frame(&raw), Frame::Complete(raw.len()));
     assert_eq!(next_frame(&raw[..3]), Frame::NeedMore(4));
     assert_eq!(next_frame(&raw[..30]), Frame::NeedMore(raw.len()));
-    assert_eq!(next_frame(&[0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]), Frame::NeedMore(12));
-    assert_eq!(next_frame(&[0x40, 0x01, 0x00, 0x04, 1, 2, 3, 4, 0x40]), Frame::Complete(8));
+    assert_eq!(
+        next_frame(&[0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]),
+        Frame::NeedMore(12)
+    );
+    assert_eq!(
+        next_frame(&[0x40, 0x01, 0x00, 0x04, 1, 2, 3, 4, 0x40]),
+        Frame::Complete(8)
+    );
     assert_eq!(next_frame(&[0xFF, 0, 0, 0]), Frame::Invalid);
     assert_eq!(next_frame(&[0x00, 0x01, 0x00, 0x03]), Frame::Invalid);
 }
 
 #[test]
 fn every_truncation_and_bit_flip_of_the_vectors_is_handled() {
-    for v in [SAMPLE_REQUEST, SAMPLE_IPV4_RESPONSE, SAMPLE_IPV6_RESPONSE, SAMPLE_LONG_TERM] {
+    for v in [
+        SAMPLE_REQUEST,
+        SAMPLE_IPV4_RESPONSE,
+        SAMPLE_IPV6_RESPONSE,
+        SAMPLE_LONG_TERM,
+    ] {
         let raw = hex(v);
         for n in 0..raw.len() {
             let _ = Message::parse(&raw[..n]);

@@ -39,7 +39,8 @@ impl<'b> MessageWriter<'b> {
     pub fn attr(&mut self, ty: u16, value: &[u8]) -> &mut Self {
         let value = &value[..value.len().min(0xFFFF)];
         self.out.extend_from_slice(&ty.to_be_bytes());
-        self.out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        self.out
+            .extend_from_slice(&(value.len() as u16).to_be_bytes());
         self.out.extend_from_slice(value);
         let pad = (4 - value.len() % 4) % 4;
         self.out.extend_from_slice(&[0u8; 3][..pad]);

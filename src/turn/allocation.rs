@@ -87,10 +87,7 @@ impl Allocation {
     /// The live channel bound to a peer, if any.
     pub fn channel_for(&self, peer: &SocketAddr, now: Instant) -> Option<u16> {
         let n = *self.channel_by_peer.get(peer)?;
-        self.channels
-            .get(&n)
-            .filter(|c| now < c.expires)
-            .map(|_| n)
+        self.channels.get(&n).filter(|c| now < c.expires).map(|_| n)
     }
 
     /// The cached response of a retransmitted request.
@@ -103,7 +100,10 @@ impl Allocation {
 
     pub fn cache_response(&mut self, txid: [u8; 12], now: Instant, response: &[u8]) {
         while self.responses.len() >= RETRANSMIT_CACHE
-            || self.responses.front().is_some_and(|(_, exp, _)| *exp <= now)
+            || self
+                .responses
+                .front()
+                .is_some_and(|(_, exp, _)| *exp <= now)
         {
             self.responses.pop_front();
         }
@@ -119,8 +119,7 @@ impl Allocation {
             .retain(|_, c| now < c.expires + CHANNEL_QUARANTINE);
         if self.channels.len() != before {
             let channels = &self.channels;
-            self.channel_by_peer
-                .retain(|_, n| channels.contains_key(n));
+            self.channel_by_peer.retain(|_, n| channels.contains_key(n));
         }
     }
 
@@ -134,14 +133,6 @@ impl Allocation {
             d = d.min(c.expires + CHANNEL_QUARANTINE);
         }
         d
-    }
-
-    pub fn live_permissions(&self, now: Instant) -> usize {
-        self.permissions.values().filter(|e| now < **e).count()
-    }
-
-    pub fn live_channels(&self, now: Instant) -> usize {
-        self.channels.values().filter(|c| now < c.expires).count()
     }
 }
 

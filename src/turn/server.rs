@@ -11,15 +11,13 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use super::allocation::{
-    Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, PERMISSION_LIFETIME,
-    Relay,
+    Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, PERMISSION_LIFETIME, Relay,
 };
 use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
 use super::{
-    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time,
-    Transport,
+    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
 };
 use crate::auth::{AuthError, Authenticator, Key, PasswordAlgorithm, display_user};
 use crate::stun::{
@@ -182,7 +180,7 @@ impl Server {
         }
     }
 
-    /// A datagram from a peer to a relay socket. The payload is `buf[start..start + len]`;
+    /// A datagram from a peer to a relay socket. The payload is `buf[payload]`;
     /// the driver leaves [`PEER_HEADROOM`] bytes before it and [`PEER_TAILROOM`] after it so
     /// the header can be written in place.
     pub fn handle_peer(
@@ -191,11 +189,11 @@ impl Server {
         relay: RelayId,
         peer: SocketAddr,
         buf: &mut [u8],
-        start: usize,
-        len: usize,
+        payload: std::ops::Range<usize>,
         io: &mut impl Io,
     ) {
-        let end = start + len;
+        let (start, end) = (payload.start, payload.end);
+        let len = end.saturating_sub(start);
         if start < PEER_HEADROOM || end + PEER_TAILROOM > buf.len() || len > 0xFFFF - 64 {
             self.stats.dropped += 1;
             return;
@@ -340,10 +338,7 @@ impl Server {
         else {
             return;
         };
-        if msg
-            .attributes()
-            .any(|(t, _)| !attr::is_understood(t))
-        {
+        if msg.attributes().any(|(t, _)| !attr::is_understood(t)) {
             return;
         }
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
@@ -393,7 +388,10 @@ impl Server {
         let mut unknown = [0u16; 16];
         let mut n_unknown = 0;
         for (t, _) in msg.attributes() {
-            if !attr::is_understood(t) && n_unknown < unknown.len() && !unknown[..n_unknown].contains(&t) {
+            if !attr::is_understood(t)
+                && n_unknown < unknown.len()
+                && !unknown[..n_unknown].contains(&t)
+            {
                 unknown[n_unknown] = t;
                 n_unknown += 1;
             }
@@ -528,17 +526,22 @@ impl Server {
             self.challenge(now, ft, msg, error::UNAUTHENTICATED, io);
             return None;
         };
-        if let Some(a) = self.alloc(ft) {
-            if a.username != user {
-                self.send_error(ft, msg, error::WRONG_CREDENTIALS, Some(&auth), io);
-                return None;
-            }
+        if self.alloc(ft).is_some_and(|a| a.username != user) {
+            self.send_error(ft, msg, error::WRONG_CREDENTIALS, Some(&auth), io);
+            return None;
         }
         Some(auth)
     }
 
     /// 401 or 438 with a fresh nonce: the smallest answer that lets a client go on.
-    fn challenge(&mut self, now: Time, ft: &FiveTuple, msg: &Message<'_>, code: u16, io: &mut impl Io) {
+    fn challenge(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        code: u16,
+        io: &mut impl Io,
+    ) {
         let nonce = self.cfg.auth.mint_nonce(now.unix, ft.client.ip());
         let auth = self.cfg.auth.clone();
         let mut w = self.writer(msg, Class::Error);
@@ -686,6 +689,7 @@ impl Server {
             client = %ft.client,
             transport = ft.transport.as_str(),
             relayed = %DisplayRelays(&alloc.relays),
+            bound = %DisplayBound(&alloc.relays),
             user = %user,
             lifetime = lifetime.as_secs(),
             "allocation created"
@@ -767,7 +771,13 @@ impl Server {
         None
     }
 
-    fn bind_port(&mut self, family: Family, port: u16, opts: RelayOptions, io: &mut impl Io) -> Option<Relay> {
+    fn bind_port(
+        &mut self,
+        family: Family,
+        port: u16,
+        opts: RelayOptions,
+        io: &mut impl Io,
+    ) -> Option<Relay> {
         let (bind_ip, adv_ip) = self.cfg.relay_ips[family]?;
         let id = RelayId(self.next_relay);
         self.next_relay += 1;
@@ -817,7 +827,11 @@ impl Server {
         }
         let dual = a.relays.iter().flatten().count() == 2;
         let zero = matches!(msg.u32_attr(attr::LIFETIME), Some(Ok(0)));
-        let lifetime = if zero { Duration::ZERO } else { self.lifetime(msg) };
+        let lifetime = if zero {
+            Duration::ZERO
+        } else {
+            self.lifetime(msg)
+        };
         let txid = msg.transaction_id();
         if zero {
             match (family, dual) {
@@ -980,15 +994,16 @@ impl Server {
                 return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
             }
         }
-        if let Some(old) = a.channels.get(&number) {
-            if old.peer != peer {
-                a.channel_by_peer.remove(&old.peer);
-            }
+        if let Some(old) = a.channels.get(&number).filter(|c| c.peer != peer) {
+            a.channel_by_peer.remove(&old.peer);
         }
-        if let Some(old) = a.channel_by_peer.get(&peer).copied() {
-            if old != number {
-                a.channels.remove(&old);
-            }
+        if let Some(old) = a
+            .channel_by_peer
+            .get(&peer)
+            .copied()
+            .filter(|&n| n != number)
+        {
+            a.channels.remove(&old);
         }
         a.channels.insert(
             number,
@@ -1029,7 +1044,13 @@ impl Server {
 
     /// Appends SOFTWARE (authenticated answers only), the integrity attribute matching the
     /// request's, and FINGERPRINT if the request had one; then sends the scratch buffer.
-    fn seal_and_send(&mut self, ft: &FiveTuple, msg: &Message<'_>, auth: Option<&Authed>, io: &mut impl Io) {
+    fn seal_and_send(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: Option<&Authed>,
+        io: &mut impl Io,
+    ) {
         let mut w = MessageWriter::resume(&mut self.out, msg.transaction_id());
         if let Some(a) = auth {
             if let Some(s) = &self.cfg.software {
@@ -1095,6 +1116,8 @@ impl Server {
             bytes_from_peer = c.bytes_from_peer,
             packets_to_peer = c.packets_to_peer,
             packets_from_peer = c.packets_from_peer,
+            started_unix = a.created_unix,
+            seconds = a.created.elapsed().as_secs(),
             reason = ?why,
             "allocation deleted"
         );
@@ -1112,6 +1135,23 @@ impl std::fmt::Display for DisplayRelays<'_> {
             }
             first = false;
             write!(f, "{}", r.advertised)?;
+        }
+        Ok(())
+    }
+}
+
+/// The bound addresses, when they differ from the advertised ones (behind 1:1 NAT).
+struct DisplayBound<'a>(&'a [Option<Relay>; 2]);
+
+impl std::fmt::Display for DisplayBound<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for r in self.0.iter().flatten() {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{}", r.bound)?;
         }
         Ok(())
     }

@@ -32,7 +32,12 @@ impl Io for SimIo {
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, data: &[u8]) {
         self.to_peer.push((relay, peer, data.to_vec()));
     }
-    fn bind_relay(&mut self, relay: RelayId, addr: SocketAddr, _: RelayOptions) -> Result<(), BindError> {
+    fn bind_relay(
+        &mut self,
+        relay: RelayId,
+        addr: SocketAddr,
+        _: RelayOptions,
+    ) -> Result<(), BindError> {
         if self.taken.contains(&addr) {
             return Err(BindError::AddrInUse);
         }
@@ -148,8 +153,14 @@ impl Sim {
         let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
         buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
         let now = self.now();
-        self.server
-            .handle_peer(now, relay, peer, &mut buf, PEER_HEADROOM, payload.len(), &mut self.io);
+        self.server.handle_peer(
+            now,
+            relay,
+            peer,
+            &mut buf,
+            PEER_HEADROOM..PEER_HEADROOM + payload.len(),
+            &mut self.io,
+        );
         self.io.to_client.drain(..).map(|(_, d)| d).collect()
     }
 }
@@ -305,15 +316,19 @@ fn permit(c: &mut Client, sim: &mut Sim, peers: &[SocketAddr]) -> Resp {
 
 fn bind(c: &mut Client, sim: &mut Sim, number: u16, p: SocketAddr) -> Resp {
     c.request(sim, method::CHANNEL_BIND, &move |w| {
-        w.attr(attr::CHANNEL_NUMBER, &[(number >> 8) as u8, number as u8, 0, 0])
-            .xor_address(attr::XOR_PEER_ADDRESS, p);
+        w.attr(
+            attr::CHANNEL_NUMBER,
+            &[(number >> 8) as u8, number as u8, 0, 0],
+        )
+        .xor_address(attr::XOR_PEER_ADDRESS, p);
     })
 }
 
 fn send_indication(ft: FiveTuple, p: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut w = MessageWriter::new(&mut buf, method::SEND, Class::Indication, [5; 12]);
-    w.xor_address(attr::XOR_PEER_ADDRESS, p).attr(attr::DATA, data);
+    w.xor_address(attr::XOR_PEER_ADDRESS, p)
+        .attr(attr::DATA, data);
     let _ = ft;
     buf
 }
@@ -334,7 +349,10 @@ fn binding_answers_with_xor_mapped_address_and_echoes_fingerprint() {
     let out = s.client_send(ft(1000), &buf);
     let m = Message::parse(&out[0]).unwrap();
     assert_eq!(m.class(), Class::Success);
-    assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(), ft(1000).client);
+    assert_eq!(
+        m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
+        ft(1000).client
+    );
     assert!(m.has_fingerprint());
     assert!(m.get(attr::MAPPED_ADDRESS).is_none());
     assert!(m.get(attr::SOFTWARE).is_none());
@@ -356,12 +374,16 @@ fn unknown_comprehension_required_attribute_gets_420() {
     let out = s.client_send(ft(1000), &buf);
     let r = Resp(out[0].clone());
     assert_eq!(r.code(), Some(420));
-    assert_eq!(r.msg().get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x00, 0x03, 0x77, 0x77][..]));
+    assert_eq!(
+        r.msg().get(attr::UNKNOWN_ATTRIBUTES),
+        Some(&[0x00, 0x03, 0x77, 0x77][..])
+    );
 
     // On an authenticated TURN request too, after authentication.
     let mut c = Client::new(ft(1001), "alice", "wonderland");
     let r = c.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(0x0031, b"zz");
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(0x0031, b"zz");
     });
     assert_eq!(r.code(), Some(420));
     assert!(r.msg().verify_integrity(&c.key()).is_some());
@@ -405,7 +427,10 @@ fn unauthenticated_allocate_gets_a_minimal_401() {
     assert_eq!(m.get(attr::REALM), Some(REALM.as_bytes()));
     let nonce = m.get(attr::NONCE).unwrap();
     assert!(nonce.starts_with(b"obMatJos2"));
-    assert_eq!(m.get(attr::PASSWORD_ALGORITHMS), Some(&[0, 2, 0, 0, 0, 1, 0, 0][..]));
+    assert_eq!(
+        m.get(attr::PASSWORD_ALGORITHMS),
+        Some(&[0, 2, 0, 0, 0, 1, 0, 0][..])
+    );
     assert!(!m.has_integrity());
     assert!(m.get(attr::SOFTWARE).is_none());
     // No state was created for the stranger.
@@ -425,9 +450,15 @@ fn allocate_negotiates_lifetime_and_advertises_external_address() {
     assert_eq!(relayed[0].ip(), "203.0.113.1".parse::<IpAddr>().unwrap());
     assert!((50000..=50999).contains(&relayed[0].port()));
     // Bound on the relay IP, advertised as the external one.
-    assert_eq!(s.io.bound[0].1, SocketAddr::new("10.0.0.1".parse().unwrap(), relayed[0].port()));
     assert_eq!(
-        r.msg().xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
+        s.io.bound[0].1,
+        SocketAddr::new("10.0.0.1".parse().unwrap(), relayed[0].port())
+    );
+    assert_eq!(
+        r.msg()
+            .xor_address(attr::XOR_MAPPED_ADDRESS)
+            .unwrap()
+            .unwrap(),
         ft(1000).client
     );
 
@@ -440,7 +471,8 @@ fn allocate_negotiates_lifetime_and_advertises_external_address() {
     assert_eq!(r.lifetime(), 3600);
     let mut c3 = Client::new(ft(1002), "alice", "wonderland");
     let r = c3.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).u32_attr(attr::LIFETIME, 30);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .u32_attr(attr::LIFETIME, 30);
     });
     assert_eq!(r.lifetime(), 600);
 }
@@ -518,7 +550,8 @@ fn stale_nonce_gets_438_and_the_client_recovers() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     let r = c.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).u32_attr(attr::LIFETIME, 3600);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .u32_attr(attr::LIFETIME, 3600);
     });
     assert!(r.is_ok());
     s.advance(601);
@@ -552,7 +585,10 @@ fn nonce_is_bound_to_the_client_address() {
     let req = other.build(method::ALLOCATE, txid, &|w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     });
-    assert_eq!(Resp(s.client_send(other.ft, &req).remove(0)).code(), Some(438));
+    assert_eq!(
+        Resp(s.client_send(other.ft, &req).remove(0)).code(),
+        Some(438)
+    );
 }
 
 #[test]
@@ -560,13 +596,19 @@ fn sha256_password_algorithm_and_integrity() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     c.allocate(&mut s); // nonce
-    s.client_send(c.ft, &c.build(method::REFRESH, [1; 12], &|w| {
-        w.u32_attr(attr::LIFETIME, 0);
-    }));
+    s.client_send(
+        c.ft,
+        &c.build(method::REFRESH, [1; 12], &|w| {
+            w.u32_attr(attr::LIFETIME, 0);
+        }),
+    );
     c.sha256 = true;
     let r = c.allocate(&mut s);
     assert!(r.is_ok(), "{:?}", r.code());
-    assert_eq!(r.msg().verify_integrity(&c.key()), Some(crate::stun::Integrity::Sha256));
+    assert_eq!(
+        r.msg().verify_integrity(&c.key()),
+        Some(crate::stun::Integrity::Sha256)
+    );
     assert!(r.msg().get(attr::MESSAGE_INTEGRITY).is_none());
     // A bid-down attempt: PASSWORD-ALGORITHMS that differs from the server's list.
     let txid = c.txid();
@@ -577,7 +619,15 @@ fn sha256_password_algorithm_and_integrity() {
         .attr(attr::NONCE, c.nonce.as_ref().unwrap())
         .attr(attr::PASSWORD_ALGORITHMS, &[0, 1, 0, 0])
         .attr(attr::PASSWORD_ALGORITHM, &[0, 1, 0, 0])
-        .integrity(&crate::auth::long_term_key(crate::auth::PasswordAlgorithm::Md5, "alice", REALM, "wonderland").as_bytes().to_vec());
+        .integrity(
+            crate::auth::long_term_key(
+                crate::auth::PasswordAlgorithm::Md5,
+                "alice",
+                REALM,
+                "wonderland",
+            )
+            .as_bytes(),
+        );
     assert_eq!(Resp(s.client_send(c.ft, &buf).remove(0)).code(), Some(400));
 }
 
@@ -590,7 +640,10 @@ fn rest_credentials_work_until_they_expire_and_then_refresh_is_refused() {
     s.advance(50);
     assert!(c.request(&mut s, method::REFRESH, &|_| {}).is_ok());
     s.advance(60);
-    assert_eq!(c.request(&mut s, method::REFRESH, &|_| {}).code(), Some(401));
+    assert_eq!(
+        c.request(&mut s, method::REFRESH, &|_| {}).code(),
+        Some(401)
+    );
     let r = permit(&mut c, &mut s, &[peer("8.8.8.8:1")]);
     assert_eq!(r.code(), Some(401));
     // A new Allocate with the expired credential fails too.
@@ -619,7 +672,10 @@ fn another_user_on_the_same_allocation_gets_441() {
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     assert!(c.allocate(&mut s).is_ok());
     let mut b = Client::new(ft(1000), "bob", "builder");
-    assert_eq!(b.request(&mut s, method::REFRESH, &|_| {}).code(), Some(441));
+    assert_eq!(
+        b.request(&mut s, method::REFRESH, &|_| {}).code(),
+        Some(441)
+    );
 }
 
 #[test]
@@ -642,7 +698,10 @@ fn refresh_zero_deletes_and_frees_the_port() {
     assert_eq!(s.server.allocation_count(), 0);
     assert!(c2.allocate(&mut s).is_ok());
     // Refresh without an allocation: 437.
-    assert_eq!(c.request(&mut s, method::REFRESH, &|_| {}).code(), Some(437));
+    assert_eq!(
+        c.request(&mut s, method::REFRESH, &|_| {}).code(),
+        Some(437)
+    );
 }
 
 #[test]
@@ -671,7 +730,8 @@ fn port_in_use_by_another_process_is_skipped() {
         ..Opts::default()
     });
     for p in 50000..50003 {
-        s.io.taken.insert(SocketAddr::new("10.0.0.1".parse().unwrap(), p));
+        s.io.taken
+            .insert(SocketAddr::new("10.0.0.1".parse().unwrap(), p));
     }
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     let r = c.allocate(&mut s);
@@ -712,7 +772,10 @@ fn permissions_send_and_data_indications() {
     assert_eq!(m.method(), method::DATA);
     assert_eq!(m.class(), Class::Indication);
     assert_eq!(m.get(attr::DATA), Some(&b"reply!"[..]));
-    assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(), peer("8.8.8.8:9999"));
+    assert_eq!(
+        m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(),
+        peer("8.8.8.8:9999")
+    );
 
     // Permissions last 300 s.
     s.advance(299);
@@ -733,7 +796,10 @@ fn permissions_send_and_data_indications() {
 fn create_permission_needs_a_peer_and_checks_them_all() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
-    assert_eq!(permit(&mut c, &mut s, &[peer("8.8.8.8:1")]).code(), Some(437));
+    assert_eq!(
+        permit(&mut c, &mut s, &[peer("8.8.8.8:1")]).code(),
+        Some(437)
+    );
     assert!(c.allocate(&mut s).is_ok());
     assert_eq!(permit(&mut c, &mut s, &[]).code(), Some(400));
     // One bad peer spoils the request: nothing is installed.
@@ -742,7 +808,10 @@ fn create_permission_needs_a_peer_and_checks_them_all() {
     let relay = relay_of(&s, false);
     assert!(s.peer_send(relay, peer("8.8.8.8:1"), b"x").is_empty());
     // An IPv6 peer on an IPv4-only allocation.
-    assert_eq!(permit(&mut c, &mut s, &[peer("[2606:4700::1111]:1")]).code(), Some(443));
+    assert_eq!(
+        permit(&mut c, &mut s, &[peer("[2606:4700::1111]:1")]).code(),
+        Some(443)
+    );
 }
 
 #[test]
@@ -752,7 +821,10 @@ fn permission_cap_answers_508() {
     assert!(c.allocate(&mut s).is_ok());
     let peers: Vec<SocketAddr> = (1..=8).map(|i| peer(&format!("8.8.4.{i}:1"))).collect();
     assert!(permit(&mut c, &mut s, &peers).is_ok());
-    assert_eq!(permit(&mut c, &mut s, &[peer("9.9.9.9:1")]).code(), Some(508));
+    assert_eq!(
+        permit(&mut c, &mut s, &[peer("9.9.9.9:1")]).code(),
+        Some(508)
+    );
     // Refreshing an existing one is fine.
     assert!(permit(&mut c, &mut s, &[peers[0]]).is_ok());
 }
@@ -762,9 +834,19 @@ fn peer_policy_denies_private_peers_unless_allowed() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     assert!(c.allocate(&mut s).is_ok());
-    for p in ["127.0.0.1:1", "10.1.2.3:1", "169.254.169.254:80", "100.64.0.1:1", "0.0.0.0:1"] {
+    for p in [
+        "127.0.0.1:1",
+        "10.1.2.3:1",
+        "169.254.169.254:80",
+        "100.64.0.1:1",
+        "0.0.0.0:1",
+    ] {
         assert_eq!(permit(&mut c, &mut s, &[peer(p)]).code(), Some(403), "{p}");
-        assert_eq!(bind(&mut c, &mut s, 0x4000, peer(p)).code(), Some(403), "{p}");
+        assert_eq!(
+            bind(&mut c, &mut s, 0x4000, peer(p)).code(),
+            Some(403),
+            "{p}"
+        );
     }
     let mut s = sim_with(Opts {
         allow: vec!["127.0.0.0/8".parse().unwrap()],
@@ -773,7 +855,10 @@ fn peer_policy_denies_private_peers_unless_allowed() {
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     assert!(c.allocate(&mut s).is_ok());
     assert!(permit(&mut c, &mut s, &[peer("127.0.0.1:1")]).is_ok());
-    assert_eq!(permit(&mut c, &mut s, &[peer("10.0.0.1:1")]).code(), Some(403));
+    assert_eq!(
+        permit(&mut c, &mut s, &[peer("10.0.0.1:1")]).code(),
+        Some(403)
+    );
 }
 
 #[test]
@@ -785,7 +870,10 @@ fn channel_bind_relays_channel_data_both_ways() {
     let p = peer("8.8.8.8:4000");
     assert!(bind(&mut c, &mut s, 0x4001, p).is_ok());
     s.client_send(c.ft, &channel_data(0x4001, b"over the channel"));
-    assert_eq!(s.io.to_peer.last().unwrap(), &(relay, p, b"over the channel".to_vec()));
+    assert_eq!(
+        s.io.to_peer.last().unwrap(),
+        &(relay, p, b"over the channel".to_vec())
+    );
     // ChannelData for an unbound number is dropped.
     let n = s.io.to_peer.len();
     s.client_send(c.ft, &channel_data(0x4002, b"nope"));
@@ -842,7 +930,10 @@ fn channel_bind_rules() {
     });
     assert_eq!(r.code(), Some(400));
     // Family mismatch.
-    assert_eq!(bind(&mut c, &mut s, 0x4002, peer("[2606:4700::1]:1")).code(), Some(443));
+    assert_eq!(
+        bind(&mut c, &mut s, 0x4002, peer("[2606:4700::1]:1")).code(),
+        Some(443)
+    );
 }
 
 #[test]
@@ -865,7 +956,11 @@ fn channel_expires_after_600s_and_stays_reserved_for_300s_more() {
     s.advance(2); // 601 s
     s.client_send(c.ft, &channel_data(0x4000, b"b"));
     assert_eq!(s.io.to_peer.len(), 1, "expired channel relays nothing");
-    assert_eq!(bind(&mut c, &mut s, 0x4000, q).code(), Some(400), "quarantined");
+    assert_eq!(
+        bind(&mut c, &mut s, 0x4000, q).code(),
+        Some(400),
+        "quarantined"
+    );
     s.advance(290);
     assert!(c.request(&mut s, method::REFRESH, &|_| {}).is_ok());
     s.advance(10); // past 900 s
@@ -876,9 +971,13 @@ fn channel_expires_after_600s_and_stays_reserved_for_300s_more() {
 fn expired_channel_can_be_rebound_to_the_same_peer() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
-    assert!(c.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).u32_attr(attr::LIFETIME, 3600);
-    }).is_ok());
+    assert!(
+        c.request(&mut s, method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .u32_attr(attr::LIFETIME, 3600);
+        })
+        .is_ok()
+    );
     let p = peer("8.8.8.8:4000");
     assert!(bind(&mut c, &mut s, 0x4000, p).is_ok());
     s.advance(700);
@@ -892,7 +991,8 @@ fn even_port_and_reservation_token() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     let r = c.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(attr::EVEN_PORT, &[0x80]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80]);
     });
     assert!(r.is_ok());
     let port = r.relayed()[0].port();
@@ -910,19 +1010,22 @@ fn even_port_and_reservation_token() {
     assert_eq!(r.code(), Some(400));
     let t = token.clone();
     let r = c2.request(&mut s, method::ALLOCATE, &move |w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(attr::RESERVATION_TOKEN, &t);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &t);
     });
     assert!(r.is_ok());
     assert_eq!(r.relayed()[0].port(), port + 1);
     // A token works once.
     let mut c3 = Client::new(ft(1002), "alice", "wonderland");
     let r = c3.request(&mut s, method::ALLOCATE, &move |w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(attr::RESERVATION_TOKEN, &token);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
     });
     assert_eq!(r.code(), Some(508));
     // EVEN-PORT without R: even port, no token.
     let r = c3.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(attr::EVEN_PORT, &[0x00]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x00]);
     });
     assert!(r.is_ok());
     assert_eq!(r.relayed()[0].port() % 2, 0);
@@ -938,9 +1041,15 @@ fn requested_and_additional_address_family() {
             .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
     });
     assert!(r.is_ok());
-    assert_eq!(r.relayed()[0].ip(), "2001:db8::1".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        r.relayed()[0].ip(),
+        "2001:db8::1".parse::<IpAddr>().unwrap()
+    );
     // An IPv4 peer on an IPv6 allocation.
-    assert_eq!(permit(&mut c, &mut s, &[peer("8.8.8.8:1")]).code(), Some(443));
+    assert_eq!(
+        permit(&mut c, &mut s, &[peer("8.8.8.8:1")]).code(),
+        Some(443)
+    );
     assert!(permit(&mut c, &mut s, &[peer("[2606:4700::1111]:1")]).is_ok());
 
     let mut d = Client::new(ft(1001), "alice", "wonderland");
@@ -953,15 +1062,29 @@ fn requested_and_additional_address_family() {
     assert_eq!(relayed.len(), 2);
     assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6());
     // Both families relay.
-    assert!(permit(&mut d, &mut s, &[peer("8.8.8.8:1"), peer("[2606:4700::1111]:1")]).is_ok());
+    assert!(
+        permit(
+            &mut d,
+            &mut s,
+            &[peer("8.8.8.8:1"), peer("[2606:4700::1111]:1")]
+        )
+        .is_ok()
+    );
     s.io.to_peer.clear();
-    s.client_send(d.ft, &send_indication(d.ft, peer("[2606:4700::1111]:1"), b"six"));
+    s.client_send(
+        d.ft,
+        &send_indication(d.ft, peer("[2606:4700::1111]:1"), b"six"),
+    );
     s.client_send(d.ft, &send_indication(d.ft, peer("8.8.8.8:1"), b"four"));
     assert_eq!(s.io.to_peer.len(), 2);
-    assert_ne!(s.io.to_peer[0].0, s.io.to_peer[1].0, "each family has its own relay");
+    assert_ne!(
+        s.io.to_peer[0].0, s.io.to_peer[1].0,
+        "each family has its own relay"
+    );
     // Refresh LIFETIME 0 with a family drops just that one.
     let r = d.request(&mut s, method::REFRESH, &|w| {
-        w.u32_attr(attr::LIFETIME, 0).attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        w.u32_attr(attr::LIFETIME, 0)
+            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
     });
     assert!(r.is_ok());
     assert_eq!(s.server.relayed_addresses(&d.ft).len(), 1);
@@ -1013,7 +1136,10 @@ fn unknown_method_is_400_and_responses_are_ignored() {
     let mut s = sim();
     let mut buf = Vec::new();
     MessageWriter::new(&mut buf, 0x0FF, Class::Request, [1; 12]);
-    assert_eq!(Resp(s.client_send(ft(1000), &buf).remove(0)).code(), Some(400));
+    assert_eq!(
+        Resp(s.client_send(ft(1000), &buf).remove(0)).code(),
+        Some(400)
+    );
     let mut buf = Vec::new();
     MessageWriter::new(&mut buf, method::BINDING, Class::Success, [1; 12]);
     assert!(s.client_send(ft(1000), &buf).is_empty());

@@ -26,7 +26,11 @@ pub struct TestServer {
 
 /// A UDP port that was free a moment ago.
 pub fn free_udp_port(ip: &str) -> u16 {
-    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestServer {
@@ -48,10 +52,13 @@ impl TestServer {
                 "--workers".into(),
                 "2".into(),
             ];
-            if !extra.iter().any(|a| *a == "--relay-ip") {
+            if !extra.contains(&"--relay-ip") {
                 args.extend(["--relay-ip".into(), ip.into()]);
             }
-            if !extra.iter().any(|a| *a == "--user" || *a == "--auth-secret") {
+            if !extra
+                .iter()
+                .any(|a| *a == "--user" || *a == "--auth-secret")
+            {
                 args.extend(["--user".into(), "alice:wonderland".into()]);
             }
             args.extend(extra.iter().map(|s| s.to_string()));
@@ -62,10 +69,7 @@ impl TestServer {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn turnd");
-            let mut server = TestServer {
-                child: None,
-                addr,
-            };
+            let mut server = TestServer { child: None, addr };
             if server.wait_ready(&mut child) {
                 server.child = Some(child);
                 return server;
@@ -78,8 +82,14 @@ impl TestServer {
 
     /// Polls with Binding requests until the server answers (or the process exits).
     fn wait_ready(&self, child: &mut Child) -> bool {
-        let sock = UdpSocket::bind(if self.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let sock = UdpSocket::bind(if self.addr.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        })
+        .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -88,10 +98,12 @@ impl TestServer {
             let req = binding_request();
             let _ = sock.send_to(&req, self.addr);
             let mut buf = [0u8; 1500];
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if n >= 20 && buf[0] == 0x01 && buf[1] == 0x01 {
-                    return true;
-                }
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && n >= 20
+                && buf[0] == 0x01
+                && buf[1] == 0x01
+            {
+                return true;
             }
         }
         false
@@ -103,7 +115,9 @@ impl TestServer {
 
     /// Sends a signal to the server (by its pid).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status();
     }
 
     /// Waits for the process to exit and returns its status code.
@@ -133,7 +147,8 @@ impl Drop for TestServer {
 
 pub fn binding_request() -> Vec<u8> {
     let mut m = Message::new();
-    m.build(&[Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)]).unwrap();
+    m.build(&[Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)])
+        .unwrap();
     m.raw.clone()
 }
 
@@ -182,9 +197,14 @@ impl Reply {
 
 impl RawClient {
     pub fn new(server: SocketAddr, user: &str, pass: &str) -> RawClient {
-        let bind = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+        let bind = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
         let sock = UdpSocket::bind(bind).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         RawClient {
             sock,
             server,
@@ -200,13 +220,21 @@ impl RawClient {
     pub fn request(&mut self, method: Method, attrs: &[(AttrType, Vec<u8>)]) -> Reply {
         for _ in 0..6 {
             let mut m = Message::new();
-            m.build(&[Box::new(TransactionId::new()), Box::new(MessageType::new(method, CLASS_REQUEST))])
-                .unwrap();
+            m.build(&[
+                Box::new(TransactionId::new()),
+                Box::new(MessageType::new(method, CLASS_REQUEST)),
+            ])
+            .unwrap();
             for (t, v) in attrs {
                 if *t == ATTR_XOR_PEER_ADDRESS || *t == ATTR_XORMAPPED_ADDRESS {
                     // Values given as "ip:port" text are XOR-encoded with this transaction id.
                     let addr: SocketAddr = std::str::from_utf8(v).unwrap().parse().unwrap();
-                    XorMappedAddress { ip: addr.ip(), port: addr.port() }.add_to_as(&mut m, *t).unwrap();
+                    XorMappedAddress {
+                        ip: addr.ip(),
+                        port: addr.port(),
+                    }
+                    .add_to_as(&mut m, *t)
+                    .unwrap();
                 } else {
                     m.add(*t, v);
                 }
@@ -262,7 +290,10 @@ impl RawClient {
     /// Receives the next datagram from the server (a Data indication or ChannelData).
     pub fn recv_raw(&self) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 2048];
-        self.sock.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+        self.sock
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| buf[..n].to_vec())
     }
 
     pub fn send_raw(&self, data: &[u8]) {
@@ -281,9 +312,17 @@ pub fn peer_attr(addr: SocketAddr) -> (AttrType, Vec<u8>) {
 /// A Send indication built with the `stun` crate.
 pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut m = Message::new();
-    m.build(&[Box::new(TransactionId::new()), Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION))])
-        .unwrap();
-    XorMappedAddress { ip: peer.ip(), port: peer.port() }.add_to_as(&mut m, ATTR_XOR_PEER_ADDRESS).unwrap();
+    m.build(&[
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+    ])
+    .unwrap();
+    XorMappedAddress {
+        ip: peer.ip(),
+        port: peer.port(),
+    }
+    .add_to_as(&mut m, ATTR_XOR_PEER_ADDRESS)
+    .unwrap();
     m.add(ATTR_DATA, data);
     m.raw.clone()
 }
@@ -307,7 +346,11 @@ pub fn method_name(m: Method) -> Method {
 
 /// A `turn` crate client (webrtc-rs) connected to the server, listening.
 pub async fn turn_client(server: &TestServer, user: &str, pass: &str) -> turn::client::Client {
-    let bind = if server.addr.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+    let bind = if server.addr.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
     let conn = std::sync::Arc::new(tokio::net::UdpSocket::bind(bind).await.unwrap());
     let client = turn::client::Client::new(turn::client::ClientConfig {
         stun_serv_addr: server.addr.to_string(),
@@ -325,4 +368,3 @@ pub async fn turn_client(server: &TestServer, user: &str, pass: &str) -> turn::c
     client.listen().await.unwrap();
     client
 }
-
