@@ -368,3 +368,70 @@ pub async fn turn_client(server: &TestServer, user: &str, pass: &str) -> turn::c
     client.listen().await.unwrap();
     client
 }
+
+/// Runs the `turnd` binary with `args` to completion and returns (exit code, stdout,
+/// stderr). The process is killed (by its pid) if it is still running after `limit`; the code
+/// is then `None` (as it is when it dies by a signal).
+pub fn run_turnd(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn turnd");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let mut code = None;
+    let mut exited = false;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            code = st.code();
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (
+        code,
+        out_reader.join().unwrap_or_default(),
+        err_reader.join().unwrap_or_default(),
+    )
+}
+
+/// Receives datagrams on the client's socket until a Data indication arrives (or about
+/// five seconds pass) and returns its (peer, data).
+pub fn recv_data_indication(c: &RawClient) -> Option<(SocketAddr, Vec<u8>)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(raw) = c.recv_raw() {
+            if let Some(d) = parse_data_indication(&raw) {
+                return Some(d);
+            }
+        }
+    }
+    None
+}
+
+/// A loopback UDP socket standing in for a TURN peer, with a generous read timeout.
+pub fn peer_socket(ip: &str) -> UdpSocket {
+    let sock = UdpSocket::bind((ip, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock
+}
