@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// Peer prefix to deny; repeatable [peers.deny].
     #[arg(long, value_name = "CIDR")]
     pub deny_peer: Vec<String>,
+    /// Most live allocations per user, 0 for no limit [allocation.user-quota].
+    #[arg(long, value_name = "N")]
+    pub user_quota: Option<u32>,
+    /// Most live allocations on the server, 0 for no limit [allocation.total-quota].
+    #[arg(long, value_name = "N")]
+    pub total_quota: Option<u32>,
     /// Worker threads, 0 for one per CPU core [server.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,

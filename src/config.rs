@@ -95,6 +95,11 @@ impl Default for RelaySection {
 pub struct AllocationSection {
     pub default_lifetime: u32,
     pub max_lifetime: u32,
+    /// Most live allocations one user may hold (REST users counted without the
+    /// timestamp); 0 means no limit. Over it: 486.
+    pub user_quota: u32,
+    /// Most live allocations on the whole server; 0 means no limit. Over it: 508.
+    pub total_quota: u32,
 }
 
 impl Default for AllocationSection {
@@ -102,6 +107,8 @@ impl Default for AllocationSection {
         AllocationSection {
             default_lifetime: 600,
             max_lifetime: 3600,
+            user_quota: 0,
+            total_quota: 0,
         }
     }
 }
@@ -378,6 +385,8 @@ impl Config {
         replace(&mut self.relay.external_ips, &cli.external_ip);
         set(&mut self.relay.min_port, &cli.min_port);
         set(&mut self.relay.max_port, &cli.max_port);
+        set(&mut self.allocation.user_quota, &cli.user_quota);
+        set(&mut self.allocation.total_quota, &cli.total_quota);
         replace(&mut self.peers.allow, &cli.allow_peer);
         replace(&mut self.peers.deny, &cli.deny_peer);
         set(&mut self.log.level, &cli.log_level);

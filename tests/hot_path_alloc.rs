@@ -104,6 +104,7 @@ fn relaying_packets_allocates_nothing() {
         auth: Arc::new(auth),
         policy: PeerPolicy::new(vec![], vec![]),
         ports: Arc::new(Mutex::new(PortPool::new(50000, 50100))),
+        quotas: Arc::new(turnd::turn::quota::Quotas::new(0, 0)),
         relay_ips: [
             Some(("192.0.2.1".parse().unwrap(), "192.0.2.1".parse().unwrap())),
             None,

@@ -130,5 +130,8 @@ async fn credential_for_an_unknown_secret_is_refused_with_401() {
     // The same user and expiry from a secret the server has is fine.
     let (user, pass) = turnd::auth::rest_credential("south", "carol", expiry, ':');
     let mut raw = RawClient::new(server.addr, &user, &pass);
-    assert_eq!(raw.request(METHOD_ALLOCATE, &[udp_transport()]).code(), None);
+    assert_eq!(
+        raw.request(METHOD_ALLOCATE, &[udp_transport()]).code(),
+        None
+    );
 }

@@ -21,6 +21,7 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Config;
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
+use crate::turn::quota::Quotas;
 use crate::turn::{ServerConfig, Time};
 
 /// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
@@ -97,6 +98,10 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         cfg.relay.min_port,
         cfg.relay.max_port,
     )));
+    let quotas = Arc::new(Quotas::new(
+        cfg.allocation.user_quota,
+        cfg.allocation.total_quota,
+    ));
     let mut relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [None, None];
     for ip in cfg.relay_ips() {
         let fam = usize::from(ip.is_ipv6());
@@ -125,6 +130,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             auth: auth.clone(),
             policy: policy.clone(),
             ports: ports.clone(),
+            quotas: quotas.clone(),
             relay_ips,
             default_lifetime: Duration::from_secs(cfg.allocation.default_lifetime as u64),
             max_lifetime: Duration::from_secs(cfg.allocation.max_lifetime as u64),

@@ -9,6 +9,7 @@ mod allocation;
 pub mod error;
 pub mod peer_policy;
 pub mod ports;
+pub mod quota;
 mod server;
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use super::allocation::{
 use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
+use super::quota::Quotas;
 use super::{
     BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
 };
@@ -38,6 +39,7 @@ pub struct ServerConfig {
     pub auth: Arc<Authenticator>,
     pub policy: PeerPolicy,
     pub ports: Arc<Mutex<PortPool>>,
+    pub quotas: Arc<Quotas>,
     /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise.
     pub relay_ips: [Option<(IpAddr, IpAddr)>; 2],
     pub default_lifetime: Duration,
@@ -608,15 +610,30 @@ impl Server {
         if self.cfg.relay_ips[family].is_none() {
             return fail(self, error::ADDRESS_FAMILY_NOT_SUPPORTED, io);
         }
+        let username = msg
+            .get(attr::USERNAME)
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default()
+            .to_string();
+        let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
+        if let Err(code) = self.cfg.quotas.acquire(&quota_user) {
+            return fail(self, code, io);
+        }
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
         let primary = if let Some(t) = token {
             let claimed = self.lock_ports().claim(t, now.mono);
-            let Some((fam, port)) = claimed else {
-                return fail(self, error::INSUFFICIENT_CAPACITY, io);
-            };
-            family = fam;
-            self.bind_port(fam, port, opts, io)
+            match claimed {
+                Some((fam, port)) => {
+                    family = fam;
+                    let r = self.bind_port(fam, port, opts, io);
+                    if r.is_none() {
+                        self.lock_ports().release(fam, port);
+                    }
+                    r
+                }
+                None => None,
+            }
         } else {
             let reserve = if even_port == Some(true) {
                 self.token_counter += 1;
@@ -637,6 +654,7 @@ impl Server {
             r
         };
         let Some(primary) = primary else {
+            self.cfg.quotas.release(&quota_user);
             return fail(self, error::INSUFFICIENT_CAPACITY, io);
         };
         let mut relays = [None, None];
@@ -652,11 +670,6 @@ impl Server {
             }
         }
         let lifetime = self.lifetime(msg);
-        let username = msg
-            .get(attr::USERNAME)
-            .and_then(|u| std::str::from_utf8(u).ok())
-            .unwrap_or_default()
-            .to_string();
         let alloc = Allocation {
             five_tuple: *ft,
             relays,
@@ -1105,6 +1118,9 @@ impl Server {
             self.by_relay.remove(&r.id);
             io.close_relay(r.id);
         }
+        self.cfg
+            .quotas
+            .release(display_user(&a.username, self.cfg.rest_separator));
         self.stats.allocations_deleted += 1;
         let c = a.counters;
         info!(

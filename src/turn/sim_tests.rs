@@ -62,6 +62,8 @@ struct Opts {
     v6: bool,
     enforce_expiry: bool,
     allow: Vec<Cidr>,
+    user_quota: u32,
+    total_quota: u32,
 }
 
 impl Default for Opts {
@@ -72,6 +74,8 @@ impl Default for Opts {
             v6: true,
             enforce_expiry: true,
             allow: vec![],
+            user_quota: 0,
+            total_quota: 0,
         }
     }
 }
@@ -92,6 +96,7 @@ fn sim_with(o: Opts) -> Sim {
         auth: Arc::new(auth),
         policy: PeerPolicy::new(o.allow, vec![]),
         ports: Arc::new(Mutex::new(PortPool::new(o.min_port, o.max_port))),
+        quotas: Arc::new(super::quota::Quotas::new(o.user_quota, o.total_quota)),
         relay_ips: [
             Some(("10.0.0.1".parse().unwrap(), "203.0.113.1".parse().unwrap())),
             if o.v6 {
@@ -1143,4 +1148,59 @@ fn unknown_method_is_400_and_responses_are_ignored() {
     let mut buf = Vec::new();
     MessageWriter::new(&mut buf, method::BINDING, Class::Success, [1; 12]);
     assert!(s.client_send(ft(1000), &buf).is_empty());
+}
+
+#[test]
+fn user_quota_486_and_total_quota_508_free_up_when_allocations_end() {
+    let mut s = sim_with(Opts {
+        user_quota: 2,
+        total_quota: 3,
+        ..Opts::default()
+    });
+    // REST users count without their timestamp: two credentials of carol are one user.
+    let (u1, p1) = rest_credential("s3cret", "carol", UNIX0 + 1000, ':');
+    let (u2, p2) = rest_credential("s3cret", "carol", UNIX0 + 2000, ':');
+    let mut a = Client::new(ft(1000), &u1, &p1);
+    let mut b = Client::new(ft(1001), &u2, &p2);
+    let mut c = Client::new(ft(1002), &u1, &p1);
+    assert!(a.allocate(&mut s).is_ok());
+    assert!(b.allocate(&mut s).is_ok());
+    assert_eq!(c.allocate(&mut s).code(), Some(486));
+    let mut d = Client::new(ft(1003), "alice", "wonderland");
+    assert!(d.allocate(&mut s).is_ok());
+    let mut e = Client::new(ft(1004), "bob", "builder");
+    assert_eq!(e.allocate(&mut s).code(), Some(508));
+    // Ending allocations frees both quotas.
+    assert!(
+        a.request(&mut s, method::REFRESH, &|w| {
+            w.u32_attr(attr::LIFETIME, 0);
+        })
+        .is_ok()
+    );
+    assert!(c.allocate(&mut s).is_ok());
+    s.advance(601);
+    assert_eq!(s.server.allocation_count(), 0);
+    assert!(e.allocate(&mut s).is_ok());
+}
+
+#[test]
+fn failed_allocations_do_not_leak_quota_or_ports() {
+    let mut s = sim_with(Opts {
+        min_port: 50000,
+        max_port: 50001,
+        total_quota: 2,
+        ..Opts::default()
+    });
+    let mut a = Client::new(ft(1000), "alice", "wonderland");
+    let mut b = Client::new(ft(1001), "alice", "wonderland");
+    s.io.taken
+        .insert(SocketAddr::new("10.0.0.1".parse().unwrap(), 50000));
+    s.io.taken
+        .insert(SocketAddr::new("10.0.0.1".parse().unwrap(), 50001));
+    for _ in 0..5 {
+        assert_eq!(a.allocate(&mut s).code(), Some(508));
+    }
+    s.io.taken.clear();
+    assert!(a.allocate(&mut s).is_ok());
+    assert!(b.allocate(&mut s).is_ok());
 }
