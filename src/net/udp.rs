@@ -38,21 +38,17 @@ struct DriverIo {
 
 impl Io for DriverIo {
     fn send_to_client(&mut self, to: &FiveTuple, data: &[u8]) {
-        let sent = self
-            .listeners
-            .get(&to.server)
-            .map(|s| s.try_send_to(data, to.client));
-        if matches!(sent, Some(Err(_))) {
+        if let Some(s) = self.listeners.get(&to.server)
+            && send_now(s, data, to.client).is_err()
+        {
             self.send_drops += 1;
         }
     }
 
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, data: &[u8]) {
-        let sent = self
-            .relays
-            .get(&relay)
-            .map(|(s, _)| s.try_send_to(data, peer));
-        if matches!(sent, Some(Err(_))) {
+        if let Some((s, _)) = self.relays.get(&relay)
+            && send_now(s, data, peer).is_err()
+        {
             self.send_drops += 1;
         }
     }
@@ -90,6 +86,14 @@ impl Io for DriverIo {
             task.abort();
         }
     }
+}
+
+/// One non-blocking `sendto`, straight to the kernel. tokio's `try_send_to` answers
+/// WouldBlock until its reactor has seen the socket writable, which for a relay socket opened
+/// a moment ago (or after one full buffer) is only after the worker next parks: the first
+/// datagrams to a new peer were being dropped. A full kernel buffer still drops, as UDP does.
+fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(data, &to.into())
 }
 
 fn relay_socket(addr: SocketAddr, opts: RelayOptions) -> std::io::Result<StdUdpSocket> {

@@ -394,22 +394,16 @@ pub fn run_turnd(args: &[&str], limit: Duration) -> (Option<i32>, String, String
         s
     });
     let deadline = Instant::now() + limit;
-    let mut code = None;
-    let mut exited = false;
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = child.try_wait() {
-            code = st.code();
-            exited = true;
-            break;
-        }
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if !exited {
+    let timed_out = matches!(child.try_wait(), Ok(None));
+    if timed_out {
         let _ = child.kill();
-        let _ = child.wait();
     }
+    let status = child.wait();
     (
-        code,
+        status.ok().filter(|_| !timed_out).and_then(|st| st.code()),
         out_reader.join().unwrap_or_default(),
         err_reader.join().unwrap_or_default(),
     )
@@ -420,10 +414,8 @@ pub fn run_turnd(args: &[&str], limit: Duration) -> (Option<i32>, String, String
 pub fn recv_data_indication(c: &RawClient) -> Option<(SocketAddr, Vec<u8>)> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if let Some(raw) = c.recv_raw() {
-            if let Some(d) = parse_data_indication(&raw) {
-                return Some(d);
-            }
+        if let Some(d) = c.recv_raw().and_then(|raw| parse_data_indication(&raw)) {
+            return Some(d);
         }
     }
     None
