@@ -320,7 +320,14 @@ impl Config {
 
     /// Parses without validating; `source` names the text in errors.
     fn parse(s: &str, source: &str) -> Result<Config, ConfigError> {
-        toml::from_str(s).map_err(|e| ConfigError::new(source, e.to_string().trim_end()))
+        toml::from_str(s).map_err(|e| {
+            let key = e
+                .span()
+                .and_then(|span| key_at(s, span.start))
+                .map(|k| format!("{source}: {k}"))
+                .unwrap_or_else(|| source.to_string());
+            ConfigError::new(key, e.to_string().trim_end())
+        })
     }
 
     /// Reads the file given by `--config` (or the embedded [`DEFAULT_CONFIG`]), applies the
@@ -708,6 +715,29 @@ impl Config {
         let parse = |list: &[String]| list.iter().filter_map(|s| s.parse().ok()).collect();
         (parse(&self.peers.allow), parse(&self.peers.deny))
     }
+}
+
+/// The dotted key (`relay.min-port`) of the `key = value` line holding byte `offset`, found
+/// from the line itself and the last `[table]` header above it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?;
+    let (name, _) = line.split_once('=')?;
+    let name = name.trim().trim_matches('"');
+    if name.is_empty() || name.starts_with('[') {
+        return None;
+    }
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{name}"),
+        _ => name.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -1287,7 +1317,7 @@ mod tests {
 
         std::fs::write(&path, "[server]\nbogus = 1\n").unwrap();
         let e = Config::load(&serve(&["--config", p])).unwrap_err();
-        assert_eq!(e.key(), p);
+        assert_eq!(e.key(), format!("{p}: server.bogus"));
         assert!(e.to_string().contains("bogus"), "{e}");
 
         let missing = dir.join("missing.toml");
@@ -1312,5 +1342,15 @@ mod tests {
         assert!(parse(&["--bogus"]).is_err());
         let cli = parse(&["credentials", "--secret", "s", "--user", "u"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Credentials(_))));
+    }
+
+    #[test]
+    fn parse_errors_name_the_dotted_key() {
+        let e = Config::from_toml_str("[relay]\nmin-port = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("relay.min-port"), "{e}");
+        let e = Config::from_toml_str("[server]\nrealm = \"r\"\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("server.bogus"), "{e}");
+        assert_eq!(key_at("a = 1\n[x]\nb = 2", 14).as_deref(), Some("x.b"));
+        assert_eq!(key_at("[x]\n", 1), None);
     }
 }
