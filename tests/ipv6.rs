@@ -48,27 +48,7 @@ async fn turn_client_over_ipv6_relays_to_an_ipv4_peer() {
     assert_eq!(mapped.ip().to_string(), "::1");
 
     let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let mut buf = vec![0u8; 1500];
-    for i in 0..5u32 {
-        let msg = format!("client->peer {i}");
-        relay.send_to(msg.as_bytes(), peer_addr).await.unwrap();
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
-            .await
-            .expect("peer receives")
-            .unwrap();
-        assert_eq!(&buf[..n], msg.as_bytes());
-        assert_eq!(from, relayed, "the peer sees the relayed address");
-
-        let reply = format!("peer->client {i}");
-        peer.send_to(reply.as_bytes(), relayed).await.unwrap();
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
-            .await
-            .expect("client receives")
-            .unwrap();
-        assert_eq!(&buf[..n], reply.as_bytes());
-        assert_eq!(from, peer_addr);
-    }
+    common::echo_rounds(&relay, &peer, 5, Duration::ZERO).await;
     relay.close().await.unwrap();
     client.close().await.unwrap();
 }

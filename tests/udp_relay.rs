@@ -18,34 +18,13 @@ async fn data_flows_both_ways_through_indications_and_channel() {
     assert_eq!(relayed.ip().to_string(), "127.0.0.1");
 
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
 
     // The mapped address the server sees for us.
     let mapped = client.send_binding_request().await.unwrap();
     assert_eq!(mapped.ip().to_string(), "127.0.0.1");
 
-    let mut buf = vec![0u8; 1500];
-    for i in 0..20u32 {
-        let msg = format!("client->peer {i}");
-        relay.send_to(msg.as_bytes(), peer_addr).await.unwrap();
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
-            .await
-            .expect("peer receives")
-            .unwrap();
-        assert_eq!(&buf[..n], msg.as_bytes());
-        assert_eq!(from, relayed, "the peer sees the relayed address");
-
-        let reply = format!("peer->client {i}");
-        peer.send_to(reply.as_bytes(), relayed).await.unwrap();
-        let (n, from) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
-            .await
-            .expect("client receives")
-            .unwrap();
-        assert_eq!(&buf[..n], reply.as_bytes());
-        assert_eq!(from, peer_addr);
-        // Give the client's background ChannelBind time to land so later rounds use it.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The pause gives the client's background ChannelBind time to land so later rounds use it.
+    common::echo_rounds(&relay, &peer, 20, Duration::from_millis(20)).await;
     relay.close().await.unwrap();
     client.close().await.unwrap();
 }

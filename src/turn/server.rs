@@ -215,13 +215,14 @@ impl Server {
         a.counters.packets_from_peer += 1;
         a.counters.bytes_from_peer += len as u64;
         self.stats.relayed_from_peer += 1;
-        let stream = a.five_tuple.transport != Transport::Udp;
+        let client = a.five_tuple;
+        let stream = client.transport != Transport::Udp;
         if let Some(number) = a.channel_for(&peer, now) {
             // RFC 8656 §12.5: ChannelData over a stream is padded to 4 bytes.
             let pad = if stream { (4 - len % 4) % 4 } else { 0 };
             buf[start - 4..start].copy_from_slice(&channel_data::header(number, len as u16));
             buf[end..end + pad].fill(0);
-            io.send_to_client(&a.five_tuple, &buf[start - 4..end + pad]);
+            io.send_to_client(&client, &buf[start - 4..end + pad]);
             return;
         }
         // A Data indication written in place around the payload (RFC 8656 §11.6).
@@ -248,10 +249,7 @@ impl Server {
         buf[p..p + 2].copy_from_slice(&attr::DATA.to_be_bytes());
         buf[p + 2..p + 4].copy_from_slice(&(len as u16).to_be_bytes());
         buf[end..end + pad].fill(0);
-        let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
-            return;
-        };
-        io.send_to_client(&a.five_tuple, &buf[h..end + pad]);
+        io.send_to_client(&client, &buf[h..end + pad]);
     }
 
     /// The earliest moment [`Server::handle_timeout`] has work.
@@ -701,8 +699,8 @@ impl Server {
         info!(
             client = %ft.client,
             transport = ft.transport.as_str(),
-            relayed = %DisplayRelays(&alloc.relays),
-            bound = %DisplayBound(&alloc.relays),
+            relayed = %DisplayRelays { relays: &alloc.relays, bound: false },
+            bound = %DisplayRelays { relays: &alloc.relays, bound: true },
             user = %user,
             lifetime = lifetime.as_secs(),
             "allocation created"
@@ -1126,7 +1124,7 @@ impl Server {
         info!(
             client = %a.five_tuple.client,
             transport = a.five_tuple.transport.as_str(),
-            relayed = %DisplayRelays(&a.relays),
+            relayed = %DisplayRelays { relays: &a.relays, bound: false },
             user = display_user(&a.username, self.cfg.rest_separator),
             bytes_to_peer = c.bytes_to_peer,
             bytes_from_peer = c.bytes_from_peer,
@@ -1140,34 +1138,21 @@ impl Server {
     }
 }
 
-struct DisplayRelays<'a>(&'a [Option<Relay>; 2]);
+/// The advertised relayed addresses, or with `bound` the addresses the sockets are bound to
+/// (they differ behind 1:1 NAT), comma-separated for the log.
+struct DisplayRelays<'a> {
+    relays: &'a [Option<Relay>; 2],
+    bound: bool,
+}
 
 impl std::fmt::Display for DisplayRelays<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut first = true;
-        for r in self.0.iter().flatten() {
-            if !first {
+        for (i, r) in self.relays.iter().flatten().enumerate() {
+            if i > 0 {
                 f.write_str(",")?;
             }
-            first = false;
-            write!(f, "{}", r.advertised)?;
-        }
-        Ok(())
-    }
-}
-
-/// The bound addresses, when they differ from the advertised ones (behind 1:1 NAT).
-struct DisplayBound<'a>(&'a [Option<Relay>; 2]);
-
-impl std::fmt::Display for DisplayBound<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut first = true;
-        for r in self.0.iter().flatten() {
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
-            write!(f, "{}", r.bound)?;
+            let addr = if self.bound { r.bound } else { r.advertised };
+            write!(f, "{addr}")?;
         }
         Ok(())
     }

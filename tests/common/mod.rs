@@ -427,3 +427,36 @@ pub fn peer_socket(ip: &str) -> UdpSocket {
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     sock
 }
+
+/// Relays `rounds` messages client->peer and back through a `turn` client's relay, checking
+/// contents and addresses each way; `pause` between rounds lets background ChannelBinds land.
+pub async fn echo_rounds(
+    relay: &impl webrtc_util::Conn,
+    peer: &tokio::net::UdpSocket,
+    rounds: u32,
+    pause: Duration,
+) {
+    let relayed = relay.local_addr().unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut buf = vec![0u8; 1500];
+    for i in 0..rounds {
+        let msg = format!("client->peer {i}");
+        relay.send_to(msg.as_bytes(), peer_addr).await.unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("peer receives")
+            .unwrap();
+        assert_eq!(&buf[..n], msg.as_bytes());
+        assert_eq!(from, relayed, "the peer sees the relayed address");
+
+        let reply = format!("peer->client {i}");
+        peer.send_to(reply.as_bytes(), relayed).await.unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+            .await
+            .expect("client receives")
+            .unwrap();
+        assert_eq!(&buf[..n], reply.as_bytes());
+        assert_eq!(from, peer_addr);
+        tokio::time::sleep(pause).await;
+    }
+}
