@@ -44,7 +44,8 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(wait_for_signal());
-    tracing::info!("shutting down");
+    let allocations = rt.block_on(running.control().allocation_count());
+    tracing::info!(allocations, "shutting down");
     running.shutdown();
     ExitCode::SUCCESS
 }

@@ -7,6 +7,8 @@
 
 mod udp;
 
+pub(crate) use udp::{DriverIo, Job};
+
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use crate::auth::{AuthConfig, Authenticator};
@@ -22,7 +24,7 @@ use crate::config::Config;
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
-use crate::turn::{ServerConfig, Time};
+use crate::turn::{Server, ServerConfig, Time};
 
 /// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
 const LISTENER_BUFFER: usize = 4 << 20;
@@ -44,10 +46,66 @@ pub fn now() -> Time {
 pub struct Running {
     workers: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    control: Control,
     pub listen: Vec<SocketAddr>,
 }
 
+/// A handle that runs work on every worker thread, for the admin API, reload and drain.
+/// Cheap to clone and usable from any thread.
+#[derive(Clone)]
+pub struct Control {
+    workers: Vec<mpsc::UnboundedSender<Job>>,
+}
+
+impl Control {
+    /// Runs `f` once on each worker, with that worker's core and I/O, and returns the results
+    /// in worker order. A worker that has already stopped contributes nothing.
+    pub(crate) async fn on_each_worker<T, F>(&self, f: F) -> Vec<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Server, &mut DriverIo) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for w in &self.workers {
+            let (tx, rx) = oneshot::channel();
+            let f = f.clone();
+            let job: Job = Box::new(move |core, io| {
+                let _ = tx.send(f(core, io));
+            });
+            if w.send(job).is_ok() {
+                replies.push(rx);
+            }
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            if let Ok(v) = rx.await {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// Live allocations over all workers.
+    pub async fn allocation_count(&self) -> usize {
+        self.on_each_worker(|core, _| core.allocation_count())
+            .await
+            .into_iter()
+            .sum()
+    }
+
+    /// How many workers there are.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+}
+
 impl Running {
+    /// A handle for running work on the workers.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
     /// Ends every allocation, closes every socket and joins the workers.
     pub fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -125,6 +183,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
 
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
+    let mut job_txs = Vec::new();
     for (i, socks) in sockets.into_iter().enumerate() {
         let core = ServerConfig {
             auth: auth.clone(),
@@ -142,9 +201,11 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
         };
         let rx = stop_rx.clone();
+        let (job_tx, job_rx) = mpsc::unbounded_channel();
+        job_txs.push(job_tx);
         let h = std::thread::Builder::new()
             .name(format!("turnd-worker-{i}"))
-            .spawn(move || udp::run_worker(i, socks, core, rx))
+            .spawn(move || udp::run_worker(i, socks, core, rx, job_rx))
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         handles.push(h);
     }
@@ -160,6 +221,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     Ok(Running {
         workers: handles,
         stop,
+        control: Control { workers: job_txs },
         listen,
     })
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, LocalSet};
 use tracing::{debug, error, warn};
 
@@ -29,7 +29,13 @@ struct Worker {
     io: DriverIo,
 }
 
-struct DriverIo {
+/// Work sent to a worker from another thread (admin API, reload, drain): it runs on the
+/// worker's thread between packets, with the worker's core and I/O, and never on the packet
+/// path of another worker.
+pub(crate) type Job = Box<dyn FnOnce(&mut Server, &mut DriverIo) + Send>;
+
+/// The worker's side of the sans-IO [`Io`] trait: its listener and relay sockets.
+pub(crate) struct DriverIo {
     listeners: FxHashMap<SocketAddr, Rc<UdpSocket>>,
     relays: FxHashMap<RelayId, (Rc<UdpSocket>, AbortHandle)>,
     me: Weak<RefCell<Worker>>,
@@ -149,6 +155,7 @@ pub(super) fn run_worker(
     sockets: Vec<(SocketAddr, StdUdpSocket)>,
     cfg: ServerConfig,
     mut stop: watch::Receiver<bool>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -184,8 +191,17 @@ pub(super) fn run_worker(
         }
         tokio::task::spawn_local(timer_loop(Rc::downgrade(&state)));
         while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some(job) = jobs.recv() => {
+                    let mut g = state.borrow_mut();
+                    let w = &mut *g;
+                    job(&mut w.core, &mut w.io);
+                }
             }
         }
         let mut g = state.borrow_mut();
