@@ -1,4 +1,5 @@
-//! The command line: `turnd [FLAGS]` serves, `turnd credentials ...` mints a REST credential.
+//! The command line: `turnd [FLAGS]` serves, `turnd credentials ...` mints a REST credential,
+//! `turnd migrate-coturn PATH` translates a coturn config, `turnd check-config PATH` checks one.
 //!
 //! Every serve flag is optional and overrides the matching key of the config file (or of the
 //! embedded example when no `--config` is given); see [`crate::config::Config::load`].
@@ -32,6 +33,20 @@ pub struct Cli {
 pub enum Command {
     /// Print a time-limited REST credential as an RTCIceServer JSON object.
     Credentials(CredentialsArgs),
+    /// Translate a coturn turnserver.conf into turnserver.toml (on stdout); every option
+    /// not carried over is listed, with the reason, on stderr.
+    MigrateCoturn(PathArg),
+    /// Validate a config file and print the effective settings, secrets masked; exits
+    /// non-zero if the config is invalid.
+    CheckConfig(PathArg),
+}
+
+/// A subcommand's one file argument.
+#[derive(Clone, Debug, Args)]
+pub struct PathArg {
+    /// The file to read.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
 }
 
 /// Flags of the server; each overrides the config key named in its help.
@@ -196,6 +211,20 @@ mod tests {
         let cli = parse(&[]).unwrap();
         assert!(cli.command.is_none());
         assert!(cli.serve.config.is_none() && cli.serve.listen.is_empty());
+    }
+
+    #[test]
+    fn file_subcommands_take_a_path() {
+        let cli = parse(&["migrate-coturn", "/etc/turnserver.conf"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::MigrateCoturn(a)) if a.path == PathBuf::from("/etc/turnserver.conf"))
+        );
+        let cli = parse(&["check-config", "t.toml"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::CheckConfig(a)) if a.path == PathBuf::from("t.toml"))
+        );
+        assert!(parse(&["check-config"]).is_err());
+        assert!(parse(&["migrate-coturn"]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::auth::UserSecret;
 use crate::cli::ServeArgs;
 use crate::turn::peer_policy::Cidr;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,8 +30,11 @@ const MAX_WORKERS: usize = 1024;
 const MAX_LIFETIME_LIMIT: u32 = 604_800;
 const NONCE_LIFETIME_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+const LOG_FORMATS: [&str; 2] = ["text", "json"];
+/// Longest `server.drain-timeout`, one day.
+const MAX_DRAIN_TIMEOUT: u64 = 86_400;
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Config {
     pub server: ServerSection,
@@ -42,7 +45,7 @@ pub struct Config {
     pub log: LogSection,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ServerSection {
     /// UDP listen addresses.
@@ -54,6 +57,11 @@ pub struct ServerSection {
     pub software: String,
     /// Also send MAPPED-ADDRESS in Binding responses (for RFC 3489 clients).
     pub mapped_address: bool,
+    /// Where a draining server sends new allocations (300 Try Alternate with
+    /// ALTERNATE-SERVER), at most one per family; empty: they get 508.
+    pub alternate_server: Vec<SocketAddr>,
+    /// Seconds a drain (SIGTERM) waits for the live allocations to end before exiting.
+    pub drain_timeout: u64,
 }
 
 impl Default for ServerSection {
@@ -64,11 +72,13 @@ impl Default for ServerSection {
             workers: 0,
             software: String::new(),
             mapped_address: false,
+            alternate_server: Vec::new(),
+            drain_timeout: 300,
         }
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RelaySection {
     /// Addresses relay sockets bind to, at most one per family. Empty: the listen addresses' IPs.
@@ -90,7 +100,7 @@ impl Default for RelaySection {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct AllocationSection {
     pub default_lifetime: u32,
@@ -113,14 +123,14 @@ impl Default for AllocationSection {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UserEntry {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// Hex MD5(name:realm:password), as coturn's `turnadmin -k` prints it (optional `0x`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
@@ -135,7 +145,7 @@ impl fmt::Debug for UserEntry {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct AuthSection {
     pub users: Vec<UserEntry>,
@@ -175,23 +185,26 @@ impl fmt::Debug for AuthSection {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct PeersSection {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct LogSection {
     pub level: String,
+    /// "text" (human-readable lines) or "json" (one JSON object per line).
+    pub format: String,
 }
 
 impl Default for LogSection {
     fn default() -> LogSection {
         LogSection {
             level: "info".to_owned(),
+            format: "text".to_owned(),
         }
     }
 }
@@ -438,6 +451,31 @@ impl Config {
             );
         }
         check_text("server.software", &s.software)?;
+        check_one_per_family(
+            "server.alternate-server",
+            &s.alternate_server
+                .iter()
+                .map(SocketAddr::ip)
+                .collect::<Vec<_>>(),
+        )?;
+        for a in &s.alternate_server {
+            let ip = a.ip();
+            if ip.is_unspecified() || ip.is_multicast() || is_broadcast(ip) || a.port() == 0 {
+                return err(
+                    "server.alternate-server",
+                    format!("{a} must be a specific unicast address with a port"),
+                );
+            }
+        }
+        if s.drain_timeout > MAX_DRAIN_TIMEOUT {
+            return err(
+                "server.drain-timeout",
+                format!(
+                    "must be at most {MAX_DRAIN_TIMEOUT} seconds, got {}",
+                    s.drain_timeout
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -659,6 +697,16 @@ impl Config {
                     "must be one of {}, got {:?}",
                     LOG_LEVELS.join(", "),
                     self.log.level
+                ),
+            );
+        }
+        if !LOG_FORMATS.contains(&self.log.format.as_str()) {
+            return err(
+                "log.format",
+                format!(
+                    "must be one of {}, got {:?}",
+                    LOG_FORMATS.join(", "),
+                    self.log.format
                 ),
             );
         }
@@ -1089,6 +1137,37 @@ mod tests {
         for level in LOG_LEVELS {
             Config::from_toml_str(&format!("[log]\nlevel = \"{level}\"")).unwrap();
         }
+    }
+
+    #[test]
+    fn log_format_and_drain_errors() {
+        assert_invalid("[log]\nformat = \"xml\"", "log.format", "text, json");
+        let c = Config::from_toml_str("[log]\nformat = \"json\"").unwrap();
+        assert_eq!(c.log.format, "json");
+        assert_eq!(Config::default().log.format, "text");
+        assert_eq!(Config::default().server.drain_timeout, 300);
+        assert_invalid(
+            "[server]\ndrain-timeout = 86401",
+            "server.drain-timeout",
+            "86400",
+        );
+        assert_invalid(
+            "[server]\nalternate-server = [\"192.0.2.1:3478\", \"192.0.2.2:3478\"]",
+            "server.alternate-server",
+            "at most one IPv4",
+        );
+        assert_invalid(
+            "[server]\nalternate-server = [\"0.0.0.0:3478\"]",
+            "server.alternate-server",
+            "specific unicast",
+        );
+        let c = Config::from_toml_str(
+            "[server]\nalternate-server = [\"192.0.2.1:3478\", \"[2001:db8::1]:3478\"]\n\
+             drain-timeout = 5",
+        )
+        .unwrap();
+        assert_eq!(c.server.alternate_server.len(), 2);
+        assert_eq!(c.server.drain_timeout, 5);
     }
 
     #[test]

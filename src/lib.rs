@@ -4,8 +4,13 @@
 //! the driver's (`net`). See `../shared/DESIGN.md` for the picture.
 
 pub mod auth;
+pub mod check_config;
 pub mod cli;
 pub mod config;
+pub mod lifecycle;
+pub mod logging;
+pub mod migrate;
 pub mod net;
+pub mod sd_notify;
 pub mod stun;
 pub mod turn;

@@ -3,15 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use turnd::cli::{Cli, Command, credentials_json};
 use turnd::config::Config;
+use turnd::lifecycle::{DrainEnd, Lifecycle};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Credentials(args)) = &cli.command {
-        println!("{}", credentials_json(args, turnd::net::now().unix));
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::Credentials(args)) => {
+            println!("{}", credentials_json(args, turnd::net::now().unix));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::MigrateCoturn(args)) => return turnd::migrate::run(args),
+        Some(Command::CheckConfig(args)) => return turnd::check_config::run(args),
+        None => {}
     }
     let config = match Config::load(&cli.serve) {
         Ok(c) => c,
@@ -20,9 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("turnd={}", config.log.level)));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let log = turnd::logging::init(&config.log);
     if config.auth.users.is_empty() && config.auth.secrets.is_empty() {
         tracing::warn!("no users and no auth secrets configured: every Allocate will be refused");
     }
@@ -43,24 +46,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(wait_for_signal());
-    let allocations = rt.block_on(running.control().allocation_count());
-    tracing::info!(allocations, "shutting down");
+    // Every listener is bound: tell systemd (Type=notify) we are ready.
+    turnd::sd_notify::notify_logged("READY=1\nSTATUS=serving");
+    let lifecycle = Lifecycle::new(cli.serve.clone(), config, &running, Some(log));
+    match rt.block_on(lifecycle.serve()) {
+        Ok(DrainEnd::Empty) => tracing::info!("drained: no allocation left"),
+        Ok(DrainEnd::Timeout { left }) => {
+            tracing::info!(allocations = left, "drain timeout passed")
+        }
+        Ok(DrainEnd::Aborted { left }) => tracing::info!(allocations = left, "drain cut short"),
+        Err(e) => {
+            // Without signal handlers, wait for Ctrl-C as before and end at once.
+            tracing::warn!(error = %e, "cannot install signal handlers");
+            let _ = rt.block_on(tokio::signal::ctrl_c());
+        }
+    }
+    tracing::info!("shutting down");
     running.shutdown();
     ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

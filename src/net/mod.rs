@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
-use crate::turn::{Server, ServerConfig, Time};
+use crate::turn::{Reconfigure, Server, ServerConfig, Time};
 
 /// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
 const LISTENER_BUFFER: usize = 4 << 20;
@@ -55,6 +55,8 @@ pub struct Running {
 #[derive(Clone)]
 pub struct Control {
     workers: Vec<mpsc::UnboundedSender<Job>>,
+    /// The key nonces are signed with; a reload keeps it so issued nonces stay valid.
+    nonce_key: [u8; 32],
 }
 
 impl Control {
@@ -97,6 +99,23 @@ impl Control {
     /// How many workers there are.
     pub fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    /// The nonce key of the running server, for building a reloaded [`Authenticator`].
+    pub(crate) fn nonce_key(&self) -> [u8; 32] {
+        self.nonce_key
+    }
+
+    /// Swaps reloaded settings into every worker's core (see [`Server::reconfigure`]).
+    pub async fn reconfigure(&self, r: Reconfigure) {
+        self.on_each_worker(move |core, _| core.reconfigure(r.clone()))
+            .await;
+    }
+
+    /// Puts every worker into drain mode (see [`Server::drain`]).
+    pub async fn drain(&self, alternates: Vec<SocketAddr>) {
+        self.on_each_worker(move |core, _| core.drain(&alternates))
+            .await;
     }
 }
 
@@ -221,7 +240,10 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     Ok(Running {
         workers: handles,
         stop,
-        control: Control { workers: job_txs },
+        control: Control {
+            workers: job_txs,
+            nonce_key,
+        },
         listen,
     })
 }

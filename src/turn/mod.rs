@@ -15,7 +15,7 @@ mod server;
 #[cfg(test)]
 mod sim_tests;
 
-pub use server::{Server, ServerConfig, Stats};
+pub use server::{Reconfigure, Server, ServerConfig, Stats};
 
 use std::net::SocketAddr;
 use std::time::Instant;

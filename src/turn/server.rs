@@ -96,6 +96,27 @@ pub struct Server {
     token_counter: u64,
     out: Vec<u8>,
     stats: Stats,
+    /// Set by [`Server::drain`]: Allocate is refused, per client family (0: IPv4, 1: IPv6)
+    /// with a 300 pointing at that alternate server, or 508 where there is none.
+    draining: Option<[Option<SocketAddr>; 2]>,
+}
+
+/// What a reload may change on a live server without ending any allocation or rebinding any
+/// socket. Applied by [`Server::reconfigure`]; new requests see it, existing allocations keep
+/// their relays, permissions and channels.
+#[derive(Clone, Debug)]
+pub struct Reconfigure {
+    /// New users, REST secrets and realm. Build it with the running nonce key so the
+    /// nonces already handed out stay valid, and with the running REST separator.
+    pub auth: Arc<Authenticator>,
+    pub policy: PeerPolicy,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub software: Option<String>,
+    pub mapped_address: bool,
+    pub enforce_credential_expiry: bool,
 }
 
 impl Server {
@@ -114,7 +135,38 @@ impl Server {
             token_counter: 0,
             out: Vec::with_capacity(1500),
             stats: Stats::default(),
+            draining: None,
         }
+    }
+
+    /// Swaps in reloaded settings (see [`Reconfigure`]). The quota limits live in the
+    /// [`Quotas`] every worker shares, so their live counts carry over unchanged.
+    pub fn reconfigure(&mut self, r: Reconfigure) {
+        self.cfg.auth = r.auth;
+        self.cfg.policy = r.policy;
+        self.cfg.quotas.set_limits(r.user_quota, r.total_quota);
+        self.cfg.default_lifetime = r.default_lifetime;
+        self.cfg.max_lifetime = r.max_lifetime;
+        self.cfg.software = r.software;
+        self.cfg.mapped_address = r.mapped_address;
+        self.cfg.enforce_credential_expiry = r.enforce_credential_expiry;
+    }
+
+    /// Stops granting new allocations; existing ones go on relaying and may be refreshed.
+    /// From now on Allocate is answered with 300 (Try Alternate) and an ALTERNATE-SERVER of
+    /// the client's address family from `alternates` (RFC 8656 §7.2, RFC 8489 §10), or with
+    /// 508 (Insufficient Capacity) when there is none of that family.
+    pub fn drain(&mut self, alternates: &[SocketAddr]) {
+        let mut by_family = [None, None];
+        for a in alternates {
+            by_family[usize::from(a.is_ipv6())].get_or_insert(*a);
+        }
+        self.draining = Some(by_family);
+    }
+
+    /// Whether [`Server::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
     }
 
     pub fn stats(&self) -> Stats {
@@ -613,6 +665,9 @@ impl Server {
             .and_then(|u| std::str::from_utf8(u).ok())
             .unwrap_or_default()
             .to_string();
+        if let Some(alternates) = self.draining {
+            return self.refuse_draining(ft, msg, auth, alternates, io);
+        }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
         if let Err(code) = self.cfg.quotas.acquire(&quota_user) {
             return fail(self, code, io);
@@ -729,6 +784,29 @@ impl Server {
         w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
         self.seal_and_send(ft, msg, Some(auth), io);
         self.cache_last(slot, txid, now.mono);
+    }
+
+    /// Allocate while draining. RFC 8489 §14.15: the ALTERNATE-SERVER's family MUST be
+    /// that of the request's source address, so a client of a family without an alternate
+    /// gets 508. No ALTERNATE-DOMAIN: it is only needed for (D)TLS redirects to another
+    /// certificate (RFC 8489 §10), and no alternate is configured by name.
+    fn refuse_draining(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        alternates: [Option<SocketAddr>; 2],
+        io: &mut impl Io,
+    ) {
+        let family = usize::from(ft.client.ip().to_canonical().is_ipv6());
+        let Some(alt) = alternates[family] else {
+            return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+        };
+        let mut w = self.writer(msg, Class::Error);
+        w.error_code(error::TRY_ALTERNATE, reason(error::TRY_ALTERNATE))
+            .address(attr::ALTERNATE_SERVER, alt);
+        self.stats.error_responses += 1;
+        self.seal_and_send(ft, msg, Some(auth), io);
     }
 
     /// RFC 8656 §7.2/§8: min(requested, maximum), but never below the default.

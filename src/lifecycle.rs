@@ -1,0 +1,267 @@
+//! Running the server as a service: readiness (sd_notify), reload (SIGHUP), drain (SIGTERM,
+//! SIGINT) and exit.
+//!
+//! * **Reload** re-reads the `--config` file (command-line flags keep overriding it) and
+//!   validates it; a config that fails to load is logged and the old one stays in force.
+//!   Otherwise users, REST secrets, realm, peer policy, quotas, lifetimes and the log level
+//!   take effect for new requests without ending any allocation; keys that need a rebind or a
+//!   new worker layout are named in a warning as needing a restart.
+//! * **Drain** stops granting allocations (300 to `server.alternate-server`, else 508), keeps
+//!   relaying for the live ones until they end or `server.drain-timeout` passes, then ends the
+//!   server. A SIGINT during a drain ends it at once.
+//!
+//! [`Lifecycle`] is cheap to clone, so an admin endpoint can call [`Lifecycle::reload`] and
+//! [`Lifecycle::request_drain`] too.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::auth::{AuthConfig, Authenticator};
+use crate::cli::ServeArgs;
+use crate::config::{Config, ConfigError};
+use crate::logging::LogHandle;
+use crate::net::{Control, Running};
+use crate::sd_notify::{monotonic_usec, notify_logged};
+use crate::turn::Reconfigure;
+use crate::turn::peer_policy::PeerPolicy;
+
+/// How often a drain counts the live allocations.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+/// Reload and drain for one running server.
+#[derive(Clone)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    args: ServeArgs,
+    control: Control,
+    log: Option<LogHandle>,
+    /// The config in force. Keys that need a restart keep their running values here.
+    applied: Mutex<Config>,
+    drain_requested: Notify,
+}
+
+/// What a successful reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Changed keys that only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// Every allocation had ended.
+    Empty,
+    /// `server.drain-timeout` passed with allocations still live.
+    Timeout { left: usize },
+    /// Cut short (a second SIGINT).
+    Aborted { left: usize },
+}
+
+/// The keys whose change a reload cannot apply: they need sockets rebound, the worker layout
+/// rebuilt, or would split the quota accounting of live allocations.
+pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |key, changed: bool| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check("server.listen", old.server.listen != new.server.listen);
+    check("server.workers", old.server.workers != new.server.workers);
+    check("relay.ips", old.relay_ips() != new.relay_ips());
+    check(
+        "relay.external-ips",
+        old.relay.external_ips != new.relay.external_ips,
+    );
+    check("relay.min-port", old.relay.min_port != new.relay.min_port);
+    check("relay.max-port", old.relay.max_port != new.relay.max_port);
+    check(
+        "auth.rest-separator",
+        old.auth.rest_separator != new.auth.rest_separator,
+    );
+    check("log.format", old.log.format != new.log.format);
+    keys
+}
+
+/// `new` with the restart-only keys put back to their running values from `old`.
+fn keep_running_values(old: &Config, mut new: Config) -> Config {
+    new.server.listen = old.server.listen.clone();
+    new.server.workers = old.server.workers;
+    new.relay.ips = old.relay.ips.clone();
+    new.relay.external_ips = old.relay.external_ips.clone();
+    new.relay.min_port = old.relay.min_port;
+    new.relay.max_port = old.relay.max_port;
+    new.auth.rest_separator = old.auth.rest_separator;
+    new.log.format = old.log.format.clone();
+    new
+}
+
+/// The live-changeable settings of `cfg`, keeping `nonce_key` so issued nonces stay valid.
+pub fn reconfigure_for(cfg: &Config, nonce_key: [u8; 32]) -> Reconfigure {
+    let (allow, deny) = cfg.peer_rules();
+    Reconfigure {
+        auth: Arc::new(Authenticator::new(AuthConfig {
+            realm: cfg.server.realm.clone(),
+            users: cfg.user_secrets(),
+            secrets: cfg.auth.secrets.clone(),
+            rest_separator: cfg.auth.rest_separator,
+            nonce_lifetime_secs: cfg.auth.nonce_lifetime,
+            nonce_key,
+        })),
+        policy: PeerPolicy::new(allow, deny),
+        user_quota: cfg.allocation.user_quota,
+        total_quota: cfg.allocation.total_quota,
+        default_lifetime: Duration::from_secs(u64::from(cfg.allocation.default_lifetime)),
+        max_lifetime: Duration::from_secs(u64::from(cfg.allocation.max_lifetime)),
+        software: (!cfg.server.software.is_empty()).then(|| cfg.server.software.clone()),
+        mapped_address: cfg.server.mapped_address,
+        enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
+    }
+}
+
+impl Lifecycle {
+    /// `config` is the config the server was started with, `args` the command line it was
+    /// loaded from (re-read on reload).
+    pub fn new(
+        args: ServeArgs,
+        config: Config,
+        running: &Running,
+        log: Option<LogHandle>,
+    ) -> Lifecycle {
+        Lifecycle {
+            inner: Arc::new(Inner {
+                args,
+                control: running.control(),
+                log,
+                applied: Mutex::new(config),
+                drain_requested: Notify::new(),
+            }),
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Config {
+        self.lock_applied().clone()
+    }
+
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, Config> {
+        match self.inner.applied.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Re-reads and applies the config. On error nothing changes.
+    pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let new = Config::load(&self.inner.args)?;
+        let old = self.config();
+        let needs_restart = restart_keys(&old, &new);
+        let new = keep_running_values(&old, new);
+        // Everything that can fail is built before anything is swapped in.
+        let reconfigure = reconfigure_for(&new, self.inner.control.nonce_key());
+        if let Some(log) = &self.inner.log
+            && let Err(e) = log.set_level(&new.log.level)
+        {
+            warn!(error = %e, "cannot change the log level");
+        }
+        self.inner.control.reconfigure(reconfigure).await;
+        *self.lock_applied() = new;
+        Ok(ReloadReport { needs_restart })
+    }
+
+    /// [`Lifecycle::reload`] with the outcome logged and reported to systemd.
+    pub async fn reload_logged(&self) {
+        notify_logged(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        match self.reload().await {
+            Ok(report) => {
+                if !report.needs_restart.is_empty() {
+                    warn!(
+                        keys = %report.needs_restart.join(", "),
+                        "config reloaded, but these changed keys need a restart to take effect"
+                    );
+                }
+                info!("config reloaded");
+                notify_logged("READY=1\nSTATUS=config reloaded");
+            }
+            Err(e) => {
+                error!(error = %e, "config reload failed; the old config stays in force");
+                notify_logged(&format!("READY=1\nSTATUS=reload failed: {e}"));
+            }
+        }
+    }
+
+    /// Asks the serving loop ([`Lifecycle::serve`]) to drain, as SIGTERM does.
+    pub fn request_drain(&self) {
+        self.inner.drain_requested.notify_one();
+    }
+
+    /// Drains: refuses new allocations, then waits until none is live, the drain timeout
+    /// passes or `abort` completes.
+    pub async fn drain(&self, abort: impl std::future::Future<Output = ()>) -> DrainEnd {
+        let cfg = self.config();
+        let control = &self.inner.control;
+        control.drain(cfg.server.alternate_server.clone()).await;
+        let left = control.allocation_count().await;
+        info!(
+            allocations = left,
+            timeout_secs = cfg.server.drain_timeout,
+            "draining: new allocations are refused"
+        );
+        notify_logged(&format!("STOPPING=1\nSTATUS=draining {left} allocations"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.server.drain_timeout);
+        tokio::pin!(abort);
+        loop {
+            let left = control.allocation_count().await;
+            if left == 0 {
+                return DrainEnd::Empty;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return DrainEnd::Timeout { left };
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DRAIN_POLL) => {}
+                _ = &mut abort => return DrainEnd::Aborted { left },
+            }
+        }
+    }
+
+    /// Serves until told to stop: SIGHUP reloads; SIGTERM, SIGINT or
+    /// [`Lifecycle::request_drain`] drains; a SIGINT during the drain ends it at once.
+    pub async fn serve(&self) -> Result<DrainEnd, std::io::Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let why = loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload_logged().await,
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = self.inner.drain_requested.notified() => break "drain request",
+            }
+        };
+        info!(signal = why, "drain started (SIGINT ends it at once)");
+        let end = {
+            let abort = async {
+                let _ = int.recv().await;
+            };
+            let drain = self.drain(abort);
+            tokio::pin!(drain);
+            // Reloads still apply while draining.
+            loop {
+                tokio::select! {
+                    end = &mut drain => break end,
+                    _ = hup.recv() => self.reload_logged().await,
+                }
+            }
+        };
+        Ok(end)
+    }
+}

@@ -1,0 +1,664 @@
+//! `turnd migrate-coturn PATH`: translates a coturn `turnserver.conf` into a
+//! `turnserver.toml` of the same meaning (stdout), and lists on stderr every option it could
+//! not carry over, with the reason.
+//!
+//! coturn's file is one option a line: `name=value`, `name value` or a bare flag `name`,
+//! optionally with coturn's command-line `--` prefix; lines starting with `#` are comments;
+//! list options (`user`, `listening-ip`, `denied-peer-ip`, ...) may repeat.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use crate::cli::PathArg;
+
+/// coturn's default listening port.
+const COTURN_PORT: u16 = 3478;
+/// coturn's `stale-nonce` value when the flag is given bare.
+const COTURN_STALE_NONCE: u64 = 600;
+
+/// The result of a translation.
+#[derive(Clone, Debug, Default)]
+pub struct Migration {
+    /// The turnserver.toml text.
+    pub toml: String,
+    /// One line per option not carried over: `line N: option: why`.
+    pub skipped: Vec<String>,
+}
+
+/// One option of the coturn file.
+struct Opt<'a> {
+    line: usize,
+    name: String,
+    value: &'a str,
+}
+
+fn parse_line(line_no: usize, line: &str) -> Option<Opt<'_>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (name, value) = match line.split_once('=') {
+        Some((n, v)) => (n.trim(), v.trim()),
+        None => match line.split_once(char::is_whitespace) {
+            Some((n, v)) => (n, v.trim()),
+            None => (line, ""),
+        },
+    };
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    Some(Opt {
+        line: line_no,
+        name: name.trim_start_matches('-').to_ascii_lowercase(),
+        value,
+    })
+}
+
+/// What was read from the coturn file, before it is written as TOML.
+#[derive(Default)]
+struct Coturn {
+    listening_port: Option<u16>,
+    listening_ips: Vec<IpAddr>,
+    relay_ips: Vec<IpAddr>,
+    /// (public, private) pairs of `external-ip`.
+    external_ips: Vec<(IpAddr, Option<IpAddr>)>,
+    min_port: Option<u16>,
+    max_port: Option<u16>,
+    realm: Option<String>,
+    lt_cred_mech: bool,
+    users: Vec<(String, String)>,
+    use_auth_secret: bool,
+    secrets: Vec<String>,
+    rest_separator: Option<char>,
+    user_quota: Option<u32>,
+    total_quota: Option<u32>,
+    allow: Vec<String>,
+    deny: Vec<String>,
+    allow_loopback: bool,
+    no_multicast: bool,
+    stale_nonce: Option<u64>,
+    max_lifetime: Option<u32>,
+    alternate: Vec<SocketAddr>,
+    verbose: Option<&'static str>,
+    software_off: bool,
+    skipped: Vec<String>,
+}
+
+impl Coturn {
+    fn skip(&mut self, o: &Opt<'_>, why: &str) {
+        let shown = if o.value.is_empty() || is_sensitive(&o.name) {
+            o.name.clone()
+        } else {
+            format!("{}={}", o.name, o.value)
+        };
+        self.skipped
+            .push(format!("line {}: {shown}: {why}", o.line));
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, o: &Opt<'_>) -> Option<T> {
+        match o.value.parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.skip(o, "not a valid number");
+                None
+            }
+        }
+    }
+
+    fn ip(&mut self, o: &Opt<'_>) -> Option<IpAddr> {
+        match o.value.parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.skip(
+                    o,
+                    "not an IP address (turnd takes addresses, not device or host names)",
+                );
+                None
+            }
+        }
+    }
+
+    fn read(&mut self, o: &Opt<'_>) {
+        match o.name.as_str() {
+            "listening-port" | "port" | "p" => self.listening_port = self.number(o),
+            "listening-ip" | "l" => {
+                if let Some(ip) = self.ip(o) {
+                    self.listening_ips.push(ip);
+                }
+            }
+            "relay-ip" | "e" => {
+                if let Some(ip) = self.ip(o) {
+                    self.relay_ips.push(ip);
+                }
+            }
+            "external-ip" | "x" => {
+                let (public, private) = match o.value.split_once('/') {
+                    Some((p, q)) => (p.trim().parse(), Some(q.trim().parse())),
+                    None => (o.value.parse(), None),
+                };
+                match (public, private) {
+                    (Ok(p), None) => self.external_ips.push((p, None)),
+                    (Ok(p), Some(Ok(q))) => self.external_ips.push((p, Some(q))),
+                    _ => self.skip(o, "expected IP or PUBLIC-IP/PRIVATE-IP"),
+                }
+            }
+            "min-port" => self.min_port = self.number(o),
+            "max-port" => self.max_port = self.number(o),
+            "realm" | "r" => self.realm = Some(o.value.to_owned()),
+            "lt-cred-mech" | "a" => self.lt_cred_mech = true,
+            "user" | "u" => match o.value.split_once(':') {
+                Some((n, p)) if !n.is_empty() && !p.is_empty() => {
+                    self.users.push((n.to_owned(), p.to_owned()))
+                }
+                _ => self.skip(o, "expected NAME:PASSWORD or NAME:0xKEY"),
+            },
+            "use-auth-secret" => self.use_auth_secret = true,
+            "static-auth-secret" => {
+                if o.value.is_empty() {
+                    self.skip(o, "no secret given");
+                } else {
+                    self.secrets.push(o.value.to_owned());
+                }
+            }
+            "rest-api-separator" => {
+                let mut c = o.value.chars();
+                match (c.next(), c.next()) {
+                    (Some(ch), None) => self.rest_separator = Some(ch),
+                    _ => self.skip(o, "must be exactly one character"),
+                }
+            }
+            "user-quota" => self.user_quota = self.number(o),
+            "total-quota" => self.total_quota = self.number(o),
+            "denied-peer-ip" => match range_to_cidrs(o.value) {
+                Some(c) => self.deny.extend(c),
+                None => self.skip(o, "expected IP, IP-IP range or CIDR"),
+            },
+            "allowed-peer-ip" => match range_to_cidrs(o.value) {
+                Some(c) => self.allow.extend(c),
+                None => self.skip(o, "expected IP, IP-IP range or CIDR"),
+            },
+            "allow-loopback-peers" => self.allow_loopback = true,
+            "no-multicast-peers" => self.no_multicast = true,
+            "stale-nonce" => {
+                self.stale_nonce = if o.value.is_empty() {
+                    Some(COTURN_STALE_NONCE)
+                } else {
+                    self.number(o)
+                }
+            }
+            "max-allocate-lifetime" => self.max_lifetime = self.number(o),
+            "alternate-server" => {
+                let parsed = o.value.parse::<SocketAddr>().ok().or_else(|| {
+                    o.value
+                        .parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, COTURN_PORT))
+                });
+                match parsed {
+                    Some(a) => self.alternate.push(a),
+                    None => self.skip(o, "expected IP or IP:PORT"),
+                }
+            }
+            "verbose" | "v" => self.verbose = Some("info"),
+            "very-verbose" | "vv" => self.verbose = Some("debug"),
+            "no-software-attribute" => self.software_off = true,
+            // Always so in turnd: nothing to write.
+            "fingerprint" | "f" | "no-loopback-peers" | "no-stun-backward-compatibility" => {}
+            "cert"
+            | "pkey"
+            | "pkey-pwd"
+            | "cipher-list"
+            | "ca-cert"
+            | "dh-file"
+            | "dh2066"
+            | "ec-curve-name"
+            | "no-tlsv1"
+            | "no-tlsv1_1"
+            | "no-tlsv1_2"
+            | "tls-listening-port"
+            | "alt-tls-listening-port" => self.skip(
+                o,
+                "TLS is not configured by this turnd build's turnserver.toml; \
+                 serve TLS with the [tls] section once available, or in front of turnd",
+            ),
+            "max-bps" | "bps-capacity" => self.skip(
+                o,
+                "turnd has no bandwidth limit yet; use allocation.user-quota and \
+                 allocation.total-quota to bound load",
+            ),
+            "prometheus" | "prometheus-port" | "prometheus-username-labels" => self.skip(
+                o,
+                "this turnd build has no Prometheus endpoint to configure; \
+                 allocations are logged with their traffic counters when they end",
+            ),
+            "channel-lifetime" | "permission-lifetime" => self.skip(
+                o,
+                "turnd uses the RFC 8656 lifetimes (permissions 300 s, channels 600 s)",
+            ),
+            "log-file"
+            | "syslog"
+            | "simple-log"
+            | "new-log-timestamp"
+            | "no-stdout-log"
+            | "new-log-timestamp-format"
+            | "log-binding" => self.skip(
+                o,
+                "turnd logs to stdout (journald under systemd); set log.format = \"json\" \
+                 for machine-readable lines",
+            ),
+            "pidfile" | "proc-user" | "proc-group" | "daemon" | "o" => self.skip(
+                o,
+                "process management is systemd's job (systemd/turnd.service)",
+            ),
+            "userdb" | "b" | "psql-userdb" | "mysql-userdb" | "mongo-userdb" | "redis-userdb"
+            | "redis-statsdb" | "secret-ttl" => self.skip(
+                o,
+                "turnd reads users and secrets from turnserver.toml only (no database)",
+            ),
+            "no-auth" | "z" => self.skip(
+                o,
+                "turnd always authenticates TURN requests (RFC 8656 §5); configure users or \
+                 secrets",
+            ),
+            "no-udp" | "no-tcp" | "no-tls" | "no-dtls" | "no-tcp-relay" | "no-udp-relay"
+            | "tcp-proxy-port" => self.skip(o, "turnd serves and relays UDP only in this build"),
+            "cli-ip"
+            | "cli-port"
+            | "cli-password"
+            | "no-cli"
+            | "web-admin"
+            | "web-admin-ip"
+            | "web-admin-port"
+            | "web-admin-listen-on-workers" => self.skip(o, "turnd has no telnet CLI or web admin"),
+            "server-name"
+            | "oauth"
+            | "mobility"
+            | "m"
+            | "relay-threads"
+            | "general-threads"
+            | "listening-device"
+            | "relay-device"
+            | "aux-server"
+            | "udp-self-balance"
+            | "stun-only"
+            | "no-stun"
+            | "secure-stun"
+            | "check-origin-consistency"
+            | "alt-listening-port"
+            | "response-origin-only-with-rfc5780"
+            | "no-rfc5780" => self.skip(o, "no turnd equivalent"),
+            _ => self.skip(o, "unknown to this migration; no turnd equivalent known"),
+        }
+    }
+}
+
+fn is_sensitive(name: &str) -> bool {
+    matches!(
+        name,
+        "user" | "u" | "static-auth-secret" | "pkey-pwd" | "cli-password"
+    ) || name.ends_with("userdb")
+}
+
+/// `a.b.c.d`, `a.b.c.d/n`, or coturn's `FIRST-LAST` range as the fewest CIDR prefixes.
+pub fn range_to_cidrs(value: &str) -> Option<Vec<String>> {
+    let value = value.trim();
+    if value.contains('/') {
+        return value
+            .parse::<crate::turn::peer_policy::Cidr>()
+            .ok()
+            .map(|_| vec![value.to_owned()]);
+    }
+    let (first, last) = match value.split_once('-') {
+        Some((a, b)) => (a.trim().parse::<IpAddr>().ok()?, b.trim().parse().ok()?),
+        None => {
+            let ip: IpAddr = value.parse().ok()?;
+            (ip, ip)
+        }
+    };
+    let (bits, lo, hi) = match (first, last) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            (32u32, u128::from(u32::from(a)), u128::from(u32::from(b)))
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => (128u32, u128::from(a), u128::from(b)),
+        _ => return None,
+    };
+    if lo > hi {
+        return None;
+    }
+    if bits == 128 && lo == 0 && hi == u128::MAX {
+        return Some(vec!["::/0".to_owned()]);
+    }
+    let mut out = Vec::new();
+    let mut cur = lo;
+    loop {
+        // The largest aligned block starting at `cur` that does not pass `hi`.
+        let mut size_log = cur.trailing_zeros().min(bits);
+        while size_log > 0 {
+            let last = cur.checked_add((1u128 << size_log) - 1);
+            if size_log < 128 && last.is_some_and(|l| l <= hi) {
+                break;
+            }
+            size_log -= 1;
+        }
+        let prefix = bits - size_log;
+        let addr = if bits == 32 {
+            IpAddr::V4((cur as u32).into())
+        } else {
+            IpAddr::V6(cur.into())
+        };
+        out.push(if size_log == 0 {
+            addr.to_string()
+        } else {
+            format!("{addr}/{prefix}")
+        });
+        let step = 1u128 << size_log;
+        match cur.checked_add(step) {
+            Some(next) if next <= hi && next > cur => cur = next,
+            _ => break,
+        }
+    }
+    Some(out)
+}
+
+fn ip_list(ips: &[IpAddr]) -> toml::Value {
+    toml::Value::Array(ips.iter().map(|i| i.to_string().into()).collect())
+}
+
+fn str_list(items: &[String]) -> toml::Value {
+    toml::Value::Array(items.iter().map(|s| s.clone().into()).collect())
+}
+
+/// Translates the text of a coturn config file.
+pub fn migrate(text: &str) -> Migration {
+    let mut c = Coturn::default();
+    for (i, line) in text.lines().enumerate() {
+        if let Some(o) = parse_line(i + 1, line) {
+            c.read(&o);
+        }
+    }
+    let mut notes = std::mem::take(&mut c.skipped);
+    let mut server = toml::Table::new();
+    let mut relay = toml::Table::new();
+    let mut allocation = toml::Table::new();
+    let mut auth = toml::Table::new();
+    let mut peers = toml::Table::new();
+    let mut log = toml::Table::new();
+
+    let port = c.listening_port.unwrap_or(COTURN_PORT);
+    let listen_ips: Vec<IpAddr> = if c.listening_ips.is_empty() {
+        // coturn listens on every address when no listening-ip is given.
+        vec![
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        ]
+    } else {
+        c.listening_ips.clone()
+    };
+    let listen: Vec<toml::Value> = listen_ips
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, port).to_string().into())
+        .collect();
+    server.insert("listen".into(), toml::Value::Array(listen));
+    if let Some(r) = &c.realm {
+        server.insert("realm".into(), r.clone().into());
+    }
+    if !c.alternate.is_empty() {
+        let alts: Vec<toml::Value> = c.alternate.iter().map(|a| a.to_string().into()).collect();
+        server.insert("alternate-server".into(), toml::Value::Array(alts));
+    }
+    if c.software_off {
+        server.insert("software".into(), String::new().into());
+    }
+
+    // Relay addresses: relay-ip, else the private side of PUBLIC/PRIVATE external-ips; one
+    // per family.
+    let mut relay_ips: Vec<IpAddr> = Vec::new();
+    let private: Vec<IpAddr> = c.external_ips.iter().filter_map(|(_, q)| *q).collect();
+    let candidates = if c.relay_ips.is_empty() {
+        &private
+    } else {
+        &c.relay_ips
+    };
+    for ip in candidates {
+        if relay_ips.iter().any(|r| r.is_ipv4() == ip.is_ipv4()) {
+            notes.push(format!(
+                "relay-ip={ip}: turnd relays from one address per family; kept {}",
+                relay_ips
+                    .iter()
+                    .find(|r| r.is_ipv4() == ip.is_ipv4())
+                    .map(IpAddr::to_string)
+                    .unwrap_or_default()
+            ));
+        } else {
+            relay_ips.push(*ip);
+        }
+    }
+    if relay_ips.is_empty() && c.listening_ips.iter().all(IpAddr::is_unspecified) {
+        notes.push(
+            "relay-ip: not set and coturn listens on every address; set relay.ips to the \
+             address relay sockets bind to (turnd needs one per family)"
+                .to_owned(),
+        );
+    }
+    if !relay_ips.is_empty() {
+        relay.insert("ips".into(), ip_list(&relay_ips));
+    }
+    let mut external: Vec<IpAddr> = Vec::new();
+    for (public, _) in &c.external_ips {
+        if external.iter().any(|e| e.is_ipv4() == public.is_ipv4()) {
+            notes.push(format!(
+                "external-ip={public}: turnd advertises one external address per family; \
+                 kept the first"
+            ));
+        } else {
+            external.push(*public);
+        }
+    }
+    if !external.is_empty() {
+        relay.insert("external-ips".into(), ip_list(&external));
+    }
+    if let Some(p) = c.min_port {
+        relay.insert("min-port".into(), i64::from(p).into());
+    }
+    if let Some(p) = c.max_port {
+        relay.insert("max-port".into(), i64::from(p).into());
+    }
+
+    if let Some(n) = c.max_lifetime {
+        allocation.insert("max-lifetime".into(), i64::from(n).into());
+        if n < 600 {
+            // coturn's default lifetime is 600 s too; turnd needs default <= max.
+            allocation.insert("default-lifetime".into(), i64::from(n).into());
+        }
+    }
+    if let Some(n) = c.user_quota {
+        allocation.insert("user-quota".into(), i64::from(n).into());
+    }
+    if let Some(n) = c.total_quota {
+        allocation.insert("total-quota".into(), i64::from(n).into());
+    }
+
+    if !c.users.is_empty() {
+        if !c.lt_cred_mech && c.use_auth_secret {
+            notes.push(
+                "user: coturn ignores static users when only use-auth-secret is set; \
+                 carried over anyway (turnd accepts both)"
+                    .to_owned(),
+            );
+        }
+        let users: Vec<toml::Value> = c
+            .users
+            .iter()
+            .map(|(name, secret)| {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), name.clone().into());
+                let is_key = secret.len() == 34
+                    && (secret.starts_with("0x") || secret.starts_with("0X"))
+                    && crate::config::decode_md5_key(secret).is_some();
+                if is_key {
+                    t.insert("key".into(), secret.clone().into());
+                } else {
+                    t.insert("password".into(), secret.clone().into());
+                }
+                toml::Value::Table(t)
+            })
+            .collect();
+        auth.insert("users".into(), toml::Value::Array(users));
+    }
+    if c.use_auth_secret && !c.secrets.is_empty() {
+        auth.insert("secrets".into(), str_list(&c.secrets));
+    } else if c.use_auth_secret {
+        notes.push(
+            "use-auth-secret: no static-auth-secret given (coturn would read it from its \
+             database); add auth.secrets"
+                .to_owned(),
+        );
+    } else if !c.secrets.is_empty() {
+        notes.push(
+            "static-auth-secret: ignored by coturn without use-auth-secret, so not carried over"
+                .to_owned(),
+        );
+    }
+    if let Some(sep) = c.rest_separator {
+        auth.insert("rest-separator".into(), sep.to_string().into());
+    }
+    if let Some(n) = c.stale_nonce {
+        let clamped = n.clamp(30, 86_400);
+        if clamped != n {
+            notes.push(format!(
+                "stale-nonce={n}: turnd takes 30 to 86400 seconds; using {clamped}"
+            ));
+        }
+        auth.insert(
+            "nonce-lifetime".into(),
+            i64::try_from(clamped).unwrap_or(600).into(),
+        );
+    }
+
+    let mut allow = c.allow.clone();
+    if c.allow_loopback {
+        allow.extend(["127.0.0.0/8".to_owned(), "::1".to_owned()]);
+    }
+    if !allow.is_empty() {
+        peers.insert("allow".into(), str_list(&allow));
+    }
+    if !c.deny.is_empty() {
+        peers.insert("deny".into(), str_list(&c.deny));
+    }
+    if !c.no_multicast {
+        notes.push(
+            "(no no-multicast-peers): coturn would relay to multicast peers; turnd denies \
+             them by default"
+                .to_owned(),
+        );
+    }
+    notes.push(
+        "(peer policy): turnd also denies private, loopback, link-local and other \
+         special-purpose peer ranges by default, which coturn relays to unless denied-peer-ip \
+         says otherwise; add peers.allow entries for networks the relay must reach"
+            .to_owned(),
+    );
+    if let Some(level) = c.verbose {
+        log.insert("level".into(), level.into());
+    }
+
+    let mut root = toml::Table::new();
+    for (name, t) in [
+        ("server", server),
+        ("relay", relay),
+        ("allocation", allocation),
+        ("auth", auth),
+        ("peers", peers),
+        ("log", log),
+    ] {
+        if !t.is_empty() {
+            root.insert(name.into(), toml::Value::Table(t));
+        }
+    }
+    let body = toml::to_string(&root).unwrap_or_default();
+    Migration {
+        toml: format!(
+            "# turnserver.toml generated by `turnd migrate-coturn`; check it with\n\
+             # `turnd check-config`. Keys not written keep their defaults.\n\n{body}"
+        ),
+        skipped: notes,
+    }
+}
+
+/// Runs the subcommand: TOML on stdout, the options not carried over on stderr.
+pub fn run(args: &PathArg) -> ExitCode {
+    let text = match std::fs::read_to_string(&args.path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("turnd: cannot read {}: {e}", args.path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let m = migrate(&text);
+    print!("{}", m.toml);
+    if !m.skipped.is_empty() {
+        eprintln!("turnd: not carried over from {}:", args.path.display());
+        for s in &m.skipped {
+            eprintln!("  {s}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_prefixes() {
+        assert_eq!(
+            range_to_cidrs("172.17.0.0-172.17.255.255").unwrap(),
+            vec!["172.17.0.0/16"]
+        );
+        assert_eq!(range_to_cidrs("10.0.0.1").unwrap(), vec!["10.0.0.1"]);
+        assert_eq!(
+            range_to_cidrs("10.0.0.0-10.0.0.2").unwrap(),
+            vec!["10.0.0.0/31", "10.0.0.2"]
+        );
+        assert_eq!(
+            range_to_cidrs("0.0.0.0-255.255.255.255").unwrap(),
+            vec!["0.0.0.0/0"]
+        );
+        assert_eq!(
+            range_to_cidrs("fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").unwrap(),
+            vec!["fc00::/7"]
+        );
+        assert_eq!(
+            range_to_cidrs("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").unwrap(),
+            vec!["::/0"]
+        );
+        assert_eq!(
+            range_to_cidrs("192.168.0.0/16").unwrap(),
+            vec!["192.168.0.0/16"]
+        );
+        assert!(range_to_cidrs("10.0.0.2-10.0.0.1").is_none());
+        assert!(range_to_cidrs("10.0.0.1-::1").is_none());
+        assert!(range_to_cidrs("nope").is_none());
+    }
+
+    #[test]
+    fn line_forms() {
+        let o = parse_line(1, "  --listening-port = 3479 ").unwrap();
+        assert_eq!((o.name.as_str(), o.value), ("listening-port", "3479"));
+        let o = parse_line(1, "realm \"example.org\"").unwrap();
+        assert_eq!((o.name.as_str(), o.value), ("realm", "example.org"));
+        let o = parse_line(1, "fingerprint").unwrap();
+        assert_eq!((o.name.as_str(), o.value), ("fingerprint", ""));
+        assert!(parse_line(1, "# user=a:b").is_none());
+        assert!(parse_line(1, "   ").is_none());
+    }
+
+    #[test]
+    fn secrets_are_not_echoed_in_notes() {
+        let m = migrate("static-auth-secret=topsecret\nuser=bob\n");
+        let notes = m.skipped.join("\n");
+        assert!(!notes.contains("topsecret"), "{notes}");
+        assert!(notes.contains("static-auth-secret"), "{notes}");
+    }
+}
