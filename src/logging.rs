@@ -29,7 +29,7 @@ pub fn init(log: &LogSection) -> LogHandle {
     };
     let (filter, handle) = reload::Layer::new(filter);
     let json = log.format == "json";
-    let text_layer = (!json).then(|| fmt::layer());
+    let text_layer = (!json).then(fmt::layer);
     let json_layer = json.then(|| fmt::layer().json());
     let _ = tracing_subscriber::registry()
         .with(filter)
