@@ -64,7 +64,11 @@ impl NotifiedServer {
     /// Starts turnd with the config file `config` (flags add a free loopback port, the test
     /// realm and two workers) and waits for READY=1. With `abstract_socket` the notify
     /// socket is in the abstract namespace.
-    pub fn start(scratch: &Scratch, config: &PathBuf, abstract_socket: bool) -> NotifiedServer {
+    pub fn start(
+        scratch: &Scratch,
+        config: &std::path::Path,
+        abstract_socket: bool,
+    ) -> NotifiedServer {
         for attempt in 0..5 {
             let (notify, notify_name) = if abstract_socket {
                 use std::os::linux::net::SocketAddrExt;
