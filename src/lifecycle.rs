@@ -265,3 +265,42 @@ impl Lifecycle {
         Ok(end)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_toml_str(text).unwrap()
+    }
+
+    #[test]
+    fn rebind_keys_are_reported_and_kept() {
+        let old = cfg("[server]\nlisten = [\"127.0.0.1:3478\"]\nrealm = \"a\"\n\
+             [relay]\nmin-port = 50000\nmax-port = 50100\n");
+        let same = cfg("[server]\nlisten = [\"127.0.0.1:3478\"]\nrealm = \"b\"\n\
+             [relay]\nmin-port = 50000\nmax-port = 50100\n\
+             [auth]\nsecrets = [\"s\"]\n[allocation]\nuser-quota = 3\n\
+             [log]\nlevel = \"debug\"\n");
+        assert!(restart_keys(&old, &same).is_empty());
+
+        let moved = cfg("[server]\nlisten = [\"127.0.0.1:3479\"]\nworkers = 3\n\
+             [relay]\nmin-port = 50001\nmax-port = 50100\n\
+             external-ips = [\"203.0.113.1\"]\n\
+             [auth]\nrest-separator = \"-\"\n[log]\nformat = \"json\"\n");
+        assert_eq!(
+            restart_keys(&old, &moved),
+            vec![
+                "server.listen",
+                "server.workers",
+                "relay.external-ips",
+                "relay.min-port",
+                "auth.rest-separator",
+                "log.format"
+            ]
+        );
+        let kept = keep_running_values(&old, moved);
+        assert!(restart_keys(&old, &kept).is_empty());
+        assert_eq!(kept.server.realm, "turnd", "live keys take the new values");
+    }
+}

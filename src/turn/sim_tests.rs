@@ -1204,3 +1204,5 @@ fn failed_allocations_do_not_leak_quota_or_ports() {
     assert!(a.allocate(&mut s).is_ok());
     assert!(b.allocate(&mut s).is_ok());
 }
+
+mod lifecycle;
