@@ -29,7 +29,9 @@ pub fn init(log: &LogSection) -> LogHandle {
     };
     let (filter, handle) = reload::Layer::new(filter);
     let json = log.format == "json";
-    let text_layer = (!json).then(fmt::layer);
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let text_layer = (!json).then(|| fmt::layer().with_ansi(ansi));
     let json_layer = json.then(|| fmt::layer().json());
     let _ = tracing_subscriber::registry()
         .with(filter)
