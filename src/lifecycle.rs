@@ -234,11 +234,12 @@ impl Lifecycle {
 
     /// Serves until told to stop: SIGHUP reloads; SIGTERM, SIGINT or
     /// [`Lifecycle::request_drain`] drains; a SIGINT during the drain ends it at once.
-    pub async fn serve(&self) -> Result<DrainEnd, std::io::Error> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    pub async fn serve(&self, signals: Signals) -> DrainEnd {
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = signals;
         let why = loop {
             tokio::select! {
                 _ = hup.recv() => self.reload_logged().await,
@@ -248,21 +249,38 @@ impl Lifecycle {
             }
         };
         info!(signal = why, "drain started (SIGINT ends it at once)");
-        let end = {
-            let abort = async {
-                let _ = int.recv().await;
-            };
-            let drain = self.drain(abort);
-            tokio::pin!(drain);
-            // Reloads still apply while draining.
-            loop {
-                tokio::select! {
-                    end = &mut drain => break end,
-                    _ = hup.recv() => self.reload_logged().await,
-                }
-            }
+        let abort = async {
+            let _ = int.recv().await;
         };
-        Ok(end)
+        let drain = self.drain(abort);
+        tokio::pin!(drain);
+        // Reloads still apply while draining.
+        loop {
+            tokio::select! {
+                end = &mut drain => break end,
+                _ = hup.recv() => self.reload_logged().await,
+            }
+        }
+    }
+}
+
+/// The signal handlers [`Lifecycle::serve`] listens to. Install them before reporting
+/// readiness: until then SIGTERM and SIGHUP would end the process.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; call inside a tokio runtime (`Runtime::enter`).
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use turnd::cli::{Cli, Command, credentials_json};
 use turnd::config::Config;
-use turnd::lifecycle::{DrainEnd, Lifecycle};
+use turnd::lifecycle::{DrainEnd, Lifecycle, Signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,13 +29,6 @@ fn main() -> ExitCode {
     if config.auth.users.is_empty() && config.auth.secrets.is_empty() {
         tracing::warn!("no users and no auth secrets configured: every Allocate will be refused");
     }
-    let running = match turnd::net::start(&config) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("turnd: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,20 +39,31 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Handlers first, so a signal sent as soon as READY=1 is seen is not fatal.
+    let signals = {
+        let _in_runtime = rt.enter();
+        match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("turnd: cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    };
+    let running = match turnd::net::start(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // Every listener is bound: tell systemd (Type=notify) we are ready.
     turnd::sd_notify::notify_logged("READY=1\nSTATUS=serving");
     let lifecycle = Lifecycle::new(cli.serve.clone(), config, &running, Some(log));
-    match rt.block_on(lifecycle.serve()) {
-        Ok(DrainEnd::Empty) => tracing::info!("drained: no allocation left"),
-        Ok(DrainEnd::Timeout { left }) => {
-            tracing::info!(allocations = left, "drain timeout passed")
-        }
-        Ok(DrainEnd::Aborted { left }) => tracing::info!(allocations = left, "drain cut short"),
-        Err(e) => {
-            // Without signal handlers, wait for Ctrl-C as before and end at once.
-            tracing::warn!(error = %e, "cannot install signal handlers");
-            let _ = rt.block_on(tokio::signal::ctrl_c());
-        }
+    match rt.block_on(lifecycle.serve(signals)) {
+        DrainEnd::Empty => tracing::info!("drained: no allocation left"),
+        DrainEnd::Timeout { left } => tracing::info!(allocations = left, "drain timeout passed"),
+        DrainEnd::Aborted { left } => tracing::info!(allocations = left, "drain cut short"),
     }
     tracing::info!("shutting down");
     running.shutdown();
