@@ -13,6 +13,7 @@
 //! [`Lifecycle`] is cheap to clone, so an admin endpoint can call [`Lifecycle::reload`] and
 //! [`Lifecycle::request_drain`] too.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,10 @@ struct Inner {
     /// The config in force. Keys that need a restart keep their running values here.
     applied: Mutex<Config>,
     drain_requested: Notify,
+    /// One reload at a time (SIGHUP and an admin request may race).
+    reloading: tokio::sync::Mutex<()>,
+    /// Set once a drain has started: readiness is not reported again after a reload.
+    draining: AtomicBool,
 }
 
 /// What a successful reload did.
@@ -142,6 +147,8 @@ impl Lifecycle {
                 log,
                 applied: Mutex::new(config),
                 drain_requested: Notify::new(),
+                reloading: tokio::sync::Mutex::new(()),
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -160,6 +167,7 @@ impl Lifecycle {
 
     /// Re-reads and applies the config. On error nothing changes.
     pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let _one_at_a_time = self.inner.reloading.lock().await;
         let new = Config::load(&self.inner.args)?;
         let old = self.config();
         let needs_restart = restart_keys(&old, &new);
@@ -178,7 +186,12 @@ impl Lifecycle {
 
     /// [`Lifecycle::reload`] with the outcome logged and reported to systemd.
     pub async fn reload_logged(&self) {
-        notify_logged(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        // While stopping, systemd expects no READY=1: only the STATUS line changes.
+        let draining = self.inner.draining.load(Ordering::Relaxed);
+        let ready = if draining { "" } else { "READY=1\n" };
+        if !draining {
+            notify_logged(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        }
         match self.reload().await {
             Ok(report) => {
                 if !report.needs_restart.is_empty() {
@@ -188,11 +201,11 @@ impl Lifecycle {
                     );
                 }
                 info!("config reloaded");
-                notify_logged("READY=1\nSTATUS=config reloaded");
+                notify_logged(&format!("{ready}STATUS=config reloaded"));
             }
             Err(e) => {
                 error!(error = %e, "config reload failed; the old config stays in force");
-                notify_logged(&format!("READY=1\nSTATUS=reload failed: {e}"));
+                notify_logged(&format!("{ready}STATUS=reload failed: {e}"));
             }
         }
     }
@@ -205,6 +218,7 @@ impl Lifecycle {
     /// Drains: refuses new allocations, then waits until none is live, the drain timeout
     /// passes or `abort` completes.
     pub async fn drain(&self, abort: impl std::future::Future<Output = ()>) -> DrainEnd {
+        self.inner.draining.store(true, Ordering::Relaxed);
         let cfg = self.config();
         let control = &self.inner.control;
         control.drain(cfg.server.alternate_server.clone()).await;
