@@ -58,6 +58,9 @@ pub struct NotifiedServer {
     notify: UnixDatagram,
     /// Where the notify socket lives: a path, or `@name` in the abstract namespace.
     pub notify_name: String,
+    /// The server's stdout (its log), line by line, when started with
+    /// [`NotifiedServer::start_capturing_log`].
+    pub log: Option<std::sync::mpsc::Receiver<String>>,
 }
 
 impl NotifiedServer {
@@ -68,6 +71,20 @@ impl NotifiedServer {
         scratch: &Scratch,
         config: &std::path::Path,
         abstract_socket: bool,
+    ) -> NotifiedServer {
+        Self::start_with(scratch, config, abstract_socket, false)
+    }
+
+    /// [`NotifiedServer::start`] with the server's stdout read into [`NotifiedServer::log`].
+    pub fn start_capturing_log(scratch: &Scratch, config: &std::path::Path) -> NotifiedServer {
+        Self::start_with(scratch, config, false, true)
+    }
+
+    fn start_with(
+        scratch: &Scratch,
+        config: &std::path::Path,
+        abstract_socket: bool,
+        capture: bool,
     ) -> NotifiedServer {
         for attempt in 0..5 {
             let (notify, notify_name) = if abstract_socket {
@@ -93,7 +110,7 @@ impl NotifiedServer {
                 .unwrap();
             let port = free_udp_port("127.0.0.1");
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_turnd"))
+            let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
                 .args([
                     "--config",
                     config.to_str().unwrap(),
@@ -109,15 +126,32 @@ impl NotifiedServer {
                 .env("NOTIFY_SOCKET", &notify_name)
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(if capture {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn turnd");
+            let log = child.stdout.take().map(|out| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    use std::io::BufRead;
+                    for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                });
+                rx
+            });
             let mut server = NotifiedServer {
                 child: Some(child),
                 addr,
                 notify,
                 notify_name,
+                log,
             };
             if server.expect_notify("READY=1").is_some() {
                 return server;
@@ -196,6 +230,21 @@ impl NotifiedServer {
         }
         let _ = child.kill();
         let _ = child.wait();
+        None
+    }
+
+    /// Log lines up to and including the first that contains `needle` (None if none comes
+    /// within [`GUARD`]).
+    pub fn log_until(&self, needle: &str) -> Option<Vec<String>> {
+        let rx = self.log.as_ref().expect("started with start_capturing_log");
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(GUARD) {
+            let found = line.contains(needle);
+            lines.push(line);
+            if found {
+                return Some(lines);
+            }
+        }
         None
     }
 
