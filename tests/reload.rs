@@ -75,3 +75,50 @@ fn new_secret_applies_and_live_allocation_keeps_relaying() {
     assert_eq!(code, Some(401), "nothing of the invalid file was applied");
     relay_round_trip(&live, &peer, "after invalid reload");
 }
+
+#[test]
+fn new_peer_policy_and_quota_apply_to_new_requests_only() {
+    let scratch = Scratch::new("reload-policy");
+    let users = "[auth]\nusers = [{ name = \"alice\", password = \"wonderland\" }]\n";
+    let path = scratch.write(
+        "turnd.toml",
+        &format!("{users}[peers]\nallow = [\"127.0.0.1/32\"]\n"),
+    );
+    let mut server = NotifiedServer::start(&scratch, &path, false);
+    let peer = peer_socket("127.0.0.1");
+    let live = allocated_with_permission(
+        server.addr,
+        "alice",
+        "wonderland",
+        peer.local_addr().unwrap(),
+    );
+    relay_round_trip(&live, &peer, "before reload");
+
+    // Loopback peers no longer allowed; at most one allocation on the server.
+    scratch.write(
+        "turnd.toml",
+        &format!("{users}[allocation]\ntotal-quota = 1\n"),
+    );
+    let status = server.reload();
+    assert!(status.contains("STATUS=config reloaded"), "{status}");
+
+    let (_, code) = try_allocate(server.addr, "alice", "wonderland");
+    assert_eq!(
+        code,
+        Some(508),
+        "the live allocation counts against the new total quota"
+    );
+    let mut live = live;
+    let other = peer_socket("127.0.0.1");
+    let r = live.request(
+        stun::message::METHOD_CREATE_PERMISSION,
+        &[common::peer_attr(other.local_addr().unwrap())],
+    );
+    assert_eq!(
+        r.code(),
+        Some(403),
+        "a new permission follows the new policy"
+    );
+    // The allocation and its existing permission were not ended.
+    relay_round_trip(&live, &peer, "after reload");
+}
