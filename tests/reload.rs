@@ -1,6 +1,7 @@
 //! SIGHUP reloads the config file without ending any allocation: a new REST secret is
 //! accepted (and the removed one refused) while an existing allocation keeps relaying; a
-//! config that fails to load changes nothing. Reload completion is observed through the
+//! config that fails to load changes nothing; a new peer policy and total quota apply to new
+//! requests while the live allocation and its permission go on. Reload completion is observed through the
 //! server's sd_notify messages (RELOADING=1, then READY=1 with a STATUS).
 
 mod common;
