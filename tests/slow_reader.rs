@@ -44,7 +44,7 @@ fn slow_reader_is_bounded() {
     }
     // Let the server work through what the relay socket holds (Binding round trips over UDP
     // go through the same workers).
-    let mut probe = common::RawClient::new(server.addr, "alice", "wonderland");
+    let probe = common::RawClient::new(server.addr, "alice", "wonderland");
     for _ in 0..20 {
         probe.send_raw(&common::binding_request());
         let _ = probe.recv_raw();
