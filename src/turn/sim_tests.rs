@@ -23,6 +23,8 @@ struct SimIo {
     closed: Vec<RelayId>,
     /// Addresses some other process holds: binding them fails with AddrInUse.
     taken: HashSet<SocketAddr>,
+    /// RFC 6062 calls, for sim_tcp_tests.
+    tcp: tcp::TcpCalls,
 }
 
 impl Io for SimIo {
@@ -47,7 +49,27 @@ impl Io for SimIo {
     fn close_relay(&mut self, relay: RelayId) {
         self.closed.push(relay);
     }
+    fn listen_relay_tcp(&mut self, relay: RelayId, addr: SocketAddr) -> Result<(), BindError> {
+        self.tcp.listens.push((relay, addr));
+        Ok(())
+    }
+    fn connect_peer(&mut self, id: ConnectionId, from: SocketAddr, peer: SocketAddr) -> bool {
+        self.tcp.connects.push((id, from, peer));
+        true
+    }
+    fn close_peer_connection(&mut self, id: ConnectionId) {
+        self.tcp.closed.push(id);
+    }
+    fn claim_connection(&mut self, id: ConnectionId, data: &FiveTuple, username: &str) {
+        self.tcp.claims.push((id, *data, username.to_string()));
+    }
+    fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
+        self.tcp.binds.push((id, *data));
+    }
 }
+
+#[path = "sim_tcp_tests.rs"]
+mod tcp;
 
 struct Sim {
     server: Server,
