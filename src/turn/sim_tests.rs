@@ -509,9 +509,14 @@ fn allocate_errors_for_transport() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     let r = c.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
     });
     assert_eq!(r.code(), Some(442));
+    // RFC 6062 §5.1: TCP is supported, but not over a UDP client connection.
+    let r = c.request(&mut s, method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(r.code(), Some(400));
     let r = c.request(&mut s, method::ALLOCATE, &|_| {});
     assert_eq!(r.code(), Some(400));
     let r = c.request(&mut s, method::ALLOCATE, &|w| {
