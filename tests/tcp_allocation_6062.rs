@@ -4,6 +4,7 @@
 //! peer connecting in to the relayed address triggers ConnectionAttempt and its connection
 //! is bound the same way; 446 for a second Connect to the same peer, 447 for a peer that
 //! refuses; TCP over UDP is 400; closing the control connection closes the data connections.
+//! The same over TLS control and data connections.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::stream::{StreamClient, relayed};
+use common::stream::{StreamClient, TempDir, TestCert, free_tcp_port, relayed};
 use common::{RawClient, TestServer, peer_attr};
 use stun::attributes::{ATTR_CONNECTION_ID, ATTR_REQUESTED_TRANSPORT, ATTR_XOR_PEER_ADDRESS};
 use stun::message::{
@@ -30,7 +31,10 @@ fn connection_id(msg: &Message) -> Vec<u8> {
 
 /// A new data connection bound to `id`; returns the raw stream after the success response.
 fn bind_data(server: SocketAddr, control: &StreamClient, id: &[u8]) -> StreamClient {
-    let mut d = StreamClient::tcp(server);
+    bind_data_on(StreamClient::tcp(server), control, id)
+}
+
+fn bind_data_on(mut d: StreamClient, control: &StreamClient, id: &[u8]) -> StreamClient {
     d.nonce = control.nonce.clone();
     let reply = d.request(METHOD_CONNECTION_BIND, &[(ATTR_CONNECTION_ID, id.to_vec())]);
     assert_eq!(reply.code(), None, "ConnectionBind");
@@ -139,4 +143,40 @@ fn tcp_allocation_connect_bind_and_incoming() {
         "peer data connection closed"
     );
     assert!(d2.closed_within(Duration::from_secs(10)));
+}
+
+#[test]
+fn tcp_allocation_over_tls() {
+    let dir = TempDir::new("6062-tls");
+    let cert = TestCert::new(&dir);
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let _server = TestServer::start(
+        "127.0.0.1",
+        &[
+            "--allow-peer",
+            "127.0.0.1/32",
+            "--tls-listen",
+            &tls.to_string(),
+            "--cert",
+            cert.cert.to_str().unwrap(),
+            "--key",
+            cert.key.to_str().unwrap(),
+        ],
+    );
+    let mut c = StreamClient::tls(tls, cert.client_config(true, &[]));
+    let alloc = c.request(METHOD_ALLOCATE, &[tcp_transport()]);
+    assert_eq!(alloc.code(), None, "TCP allocation over TLS");
+    let relay = relayed(&alloc);
+    let peer_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reply = c.request(METHOD_CONNECT, &[peer_attr(peer_l.local_addr().unwrap())]);
+    assert_eq!(reply.code(), None, "Connect");
+    let id = connection_id(&reply.msg);
+    let (mut peer, seen) = peer_l.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(seen, relay);
+    let data = StreamClient::tls(tls, cert.client_config(true, &[]));
+    let mut d = bind_data_on(data, &c, &id);
+    for i in 0..3 {
+        exchange(&mut d, &mut peer, &format!("tls {i}"));
+    }
 }
