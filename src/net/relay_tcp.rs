@@ -16,7 +16,7 @@ use super::now;
 use super::tcp::TcpIo;
 use super::udp::Worker;
 use crate::turn::error;
-use crate::turn::{BindError, ConnectionId, FiveTuple, RelayId};
+use crate::turn::{BindError, ConnectionId, FiveTuple, RelayId, connection_owner};
 
 /// A TCP listener on a relayed address. SO_REUSEPORT lets the outgoing connections of
 /// Connect bind the same address (RFC 6062 §5.2: the local endpoint is the relayed address).
@@ -132,7 +132,7 @@ impl TcpIo {
 
     /// Tells the worker owning `id` that its data connection is gone.
     pub(super) fn notify_closed(&mut self, id: ConnectionId) {
-        if let Some(tx) = self.jobs.get((id >> 24) as usize) {
+        if let Some(tx) = self.jobs.get(connection_owner(id)) {
             let _ = tx.send(Box::new(move |core, io| {
                 core.handle_peer_connection_closed(id);
                 io.tcp.moved.remove(&id);
@@ -149,7 +149,7 @@ impl TcpIo {
         let Some(reply) = self.jobs.get(here).cloned() else {
             return;
         };
-        let owner = (id >> 24) as usize;
+        let owner = connection_owner(id);
         let username = username.to_string();
         let ask = move |core: &mut crate::turn::Server, io: &mut super::DriverIo| {
             let mut res = core.take_connection(id, &username);

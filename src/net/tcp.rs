@@ -33,8 +33,11 @@ use crate::config::Config;
 use crate::stun::framing::{Frame, next_frame};
 use crate::turn::{ConnectionId, FiveTuple, RelayId, Transport};
 
-/// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad).
+/// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad): the
+/// most a connection's read buffer grows to.
 const READ_BUF: usize = 65_536 + 64;
+/// A connection's read buffer to begin with; it grows only for a frame that needs more.
+const READ_BUF_START: usize = 4096;
 /// How long a closing connection may take to flush what is queued for it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (EMFILE and the like), so the loop does not spin.
@@ -540,12 +543,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut R,
     outbox: &Outbox,
 ) -> End {
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; READ_BUF_START];
     let mut filled = 0;
     let opened = Instant::now();
     let mut authed = false;
     loop {
         let mut start = 0;
+        let mut need = 0;
         while !outbox.claiming.get() {
             match next_frame(&buf[start..filled]) {
                 Frame::Complete(len) => {
@@ -561,13 +565,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     start += len;
                 }
-                Frame::NeedMore(total) if total <= READ_BUF => break,
+                Frame::NeedMore(total) if total <= READ_BUF => {
+                    need = total;
+                    break;
+                }
                 Frame::NeedMore(_) | Frame::Invalid => return End::Broken,
             }
         }
         if start > 0 {
             buf.copy_within(start..filled, 0);
             filled -= start;
+        }
+        if need > buf.len() {
+            buf.resize(need, 0);
         }
         if outbox.claiming.get() {
             // RFC 6062 §5.4: after ConnectionBind the stream carries the peer's bytes, not

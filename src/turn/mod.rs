@@ -129,6 +129,15 @@ pub trait Io {
     }
 }
 
-/// CONNECTION-ID (RFC 6062 §6.2.1). The top 8 bits name the worker whose core owns the
+/// CONNECTION-ID (RFC 6062 §6.2.1). The top bits name the worker whose core owns the
 /// connection, so a ConnectionBind arriving on any worker can find it.
 pub type ConnectionId = u32;
+
+/// Bits of a [`ConnectionId`] below the worker index: room for 1024 workers and 4 million
+/// live ids per worker.
+pub const CONNECTION_ID_WORKER_SHIFT: u32 = 22;
+
+/// The worker that owns a connection id.
+pub fn connection_owner(id: ConnectionId) -> usize {
+    (id >> CONNECTION_ID_WORKER_SHIFT) as usize
+}

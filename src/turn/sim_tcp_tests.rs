@@ -159,7 +159,7 @@ fn connect_then_bind_and_446_447() {
     });
     assert!(out.is_empty(), "no answer before the connection outcome");
     let (id, from, to) = sim.io.tcp.connects[0];
-    assert_eq!(id >> 24, 3, "the id names the worker");
+    assert_eq!(connection_owner(id), 3, "the id names the worker");
     assert_eq!(to, p);
     assert_eq!(
         from, sim.io.tcp.listens[0].1,

@@ -17,7 +17,9 @@ use tracing::{debug, info};
 use super::super::allocation::{Allocation, Counters, Relay};
 use super::super::error::{self, reason};
 use super::super::ports::Family;
-use super::super::{ConnectionId, FiveTuple, Io, RelayId, Time, Transport};
+use super::super::{
+    CONNECTION_ID_WORKER_SHIFT, ConnectionId, FiveTuple, Io, RelayId, Time, Transport,
+};
 use super::{Authed, BIND_ATTEMPTS, DisplayRelays, Server};
 use crate::auth::{Key, display_user};
 use crate::stun::{Class, Integrity, Message, MessageWriter, attr, method};
@@ -64,12 +66,12 @@ pub(super) struct TcpRelay {
 impl Server {
     /// Tells the core which worker it runs on; CONNECTION-IDs carry it in their top byte.
     pub fn set_worker_index(&mut self, index: usize) {
-        self.tcp.prefix = ((index & 0xFF) as u32) << 24;
+        self.tcp.prefix = ((index & 0x3FF) as u32) << CONNECTION_ID_WORKER_SHIFT;
     }
 
     fn new_connection_id(&mut self) -> ConnectionId {
         loop {
-            self.tcp.next = (self.tcp.next + 1) & 0x00FF_FFFF;
+            self.tcp.next = (self.tcp.next + 1) & ((1 << CONNECTION_ID_WORKER_SHIFT) - 1);
             let id = self.tcp.prefix | self.tcp.next;
             if self.tcp.next != 0 && !self.tcp.conns.contains_key(&id) {
                 return id;
