@@ -1,7 +1,7 @@
 //! Stream framing (RFC 8656 §12.5): a request split across many TCP writes is answered once
 //! whole; several messages in one write are each answered, in order; frames of tens of
-//! kilobytes pass; bytes that cannot start
-//! a STUN or ChannelData message close the connection.
+//! kilobytes pass; bytes that cannot start a STUN or ChannelData message close the
+//! connection.
 
 mod common;
 
