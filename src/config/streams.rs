@@ -204,3 +204,42 @@ mod tests {
         assert!(ok.tls_enabled());
     }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    use crate::cli::Cli;
+    use crate::config::Config;
+    use clap::Parser;
+
+    #[test]
+    fn tls_flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "turnd",
+            "--tls-listen",
+            "127.0.0.1:5349",
+            "--tls-listen",
+            "[::1]:443",
+            "--cert",
+            "/c.pem",
+            "--key",
+            "/k.pem",
+        ])
+        .unwrap();
+        let mut c = Config::from_toml_str(
+            "[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"/old.pem\"\nkey = \"/old.key\"\n",
+        )
+        .unwrap();
+        c.apply_overrides(&cli.serve);
+        assert_eq!(
+            c.tls.listen,
+            vec![
+                "127.0.0.1:5349".parse().unwrap(),
+                "[::1]:443".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.tls.cert.as_deref(), Some(std::path::Path::new("/c.pem")));
+        assert_eq!(c.tls.key.as_deref(), Some(std::path::Path::new("/k.pem")));
+        c.validate().unwrap();
+        assert!(Cli::try_parse_from(["turnd", "--tls-listen", "nope"]).is_err());
+    }
+}
