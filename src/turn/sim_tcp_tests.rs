@@ -281,3 +281,32 @@ fn incoming_peer_needs_permission_and_bind_window_closes() {
     assert!(sim.io.tcp.closed.contains(&id));
     assert_eq!(sim.server.take_connection(id, "alice"), Err(400));
 }
+
+#[test]
+fn peer_connections_per_allocation_are_capped() {
+    let mut sim = sim();
+    let mut c = Client::new(tcp_ft(5000), "alice", "wonderland");
+    assert!(allocate_tcp(&mut c, &mut sim).is_ok());
+    // max_permissions is 8 in the simulator: 8 Connects may be under way at once.
+    for i in 0..8u8 {
+        let p = SocketAddr::new(std::net::IpAddr::from([8, 8, 8, i]), 443);
+        let out = send_one(&mut sim, &mut c, method::CONNECT, &move |w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, p);
+        });
+        assert!(out.is_empty(), "connect {i} starts");
+    }
+    assert_eq!(
+        connect(&mut c, &mut sim, peer("9.9.9.9:443")).code(),
+        Some(508)
+    );
+    // One finishes (fails): room for another.
+    let (id, _, _) = sim.io.tcp.connects[0];
+    let now = sim.now();
+    sim.server
+        .handle_peer_connected(now, id, false, &mut sim.io);
+    let out = send_one(&mut sim, &mut c, method::CONNECT, &|w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer("9.9.9.9:443"));
+    });
+    assert!(out.is_empty());
+    assert_eq!(sim.server.peer_connection_count(), 8);
+}

@@ -61,6 +61,34 @@ pub(super) struct TcpRelay {
     prefix: u32,
     /// ConnectionBind requests waiting for the owning worker, by data connection.
     parked: FxHashMap<FiveTuple, Parked>,
+    /// The connection to each (control connection, peer): 446 for a second one.
+    by_pair: FxHashMap<(FiveTuple, SocketAddr), ConnectionId>,
+    /// Live connections per control connection, capped at `max_permissions`.
+    per_control: FxHashMap<FiveTuple, usize>,
+}
+
+impl TcpRelay {
+    fn insert(&mut self, id: ConnectionId, c: PeerConn) {
+        self.by_pair.insert((c.control, c.peer), id);
+        *self.per_control.entry(c.control).or_insert(0) += 1;
+        self.conns.insert(id, c);
+    }
+
+    fn remove(&mut self, id: ConnectionId) -> Option<PeerConn> {
+        let c = self.conns.remove(&id)?;
+        self.by_pair.remove(&(c.control, c.peer));
+        if let Some(n) = self.per_control.get_mut(&c.control) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_control.remove(&c.control);
+            }
+        }
+        Some(c)
+    }
+
+    fn count(&self, control: &FiveTuple) -> usize {
+        self.per_control.get(control).copied().unwrap_or(0)
+    }
 }
 
 impl Server {
@@ -287,17 +315,15 @@ impl Server {
         else {
             return self.send_error(ft, msg, error::PEER_ADDRESS_FAMILY_MISMATCH, Some(auth), io);
         };
-        if self
-            .tcp
-            .conns
-            .values()
-            .any(|c| c.control == *ft && c.peer == peer)
-        {
+        if self.tcp.by_pair.contains_key(&(*ft, peer)) {
             return self.send_error(ft, msg, error::CONNECTION_ALREADY_EXISTS, Some(auth), io);
+        }
+        if self.tcp.count(ft) >= self.cfg.max_permissions {
+            return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
         }
         let id = self.new_connection_id();
         let parked = self.park(id, msg, auth);
-        self.tcp.conns.insert(
+        self.tcp.insert(
             id,
             PeerConn {
                 control: *ft,
@@ -306,7 +332,7 @@ impl Server {
             },
         );
         if !io.connect_peer(id, from, peer) {
-            self.tcp.conns.remove(&id);
+            self.tcp.remove(id);
             self.send_error(
                 ft,
                 msg,
@@ -342,7 +368,7 @@ impl Server {
             self.tcp.timers.push(Reverse((deadline, id)));
             self.answer_parked(&control, &parked, None, io);
         } else {
-            self.tcp.conns.remove(&id);
+            self.tcp.remove(id);
             self.answer_parked(
                 &control,
                 &parked,
@@ -370,9 +396,15 @@ impl Server {
             return None;
         }
         let control = a.five_tuple;
+        if self.tcp.count(&control) >= self.cfg.max_permissions
+            || self.tcp.by_pair.contains_key(&(control, peer))
+        {
+            debug!(%peer, "peer connection refused: too many connections");
+            return None;
+        }
         let id = self.new_connection_id();
         let deadline = now.mono + BIND_WINDOW;
-        self.tcp.conns.insert(
+        self.tcp.insert(
             id,
             PeerConn {
                 control,
@@ -481,7 +513,7 @@ impl Server {
 
     /// A peer data connection (or its client side) closed in the driver.
     pub fn handle_peer_connection_closed(&mut self, id: ConnectionId) {
-        self.tcp.conns.remove(&id);
+        self.tcp.remove(id);
     }
 
     /// Forgets a ConnectionBind parked for a client connection that closed.
@@ -506,7 +538,7 @@ impl Server {
                 .get(&id)
                 .is_some_and(|c| matches!(c.state, State::Pending(d) if d <= now));
             if expired {
-                self.tcp.conns.remove(&id);
+                self.tcp.remove(id);
                 debug!(id, "peer data connection not bound in time");
                 io.close_peer_connection(id);
             }
@@ -515,6 +547,9 @@ impl Server {
 
     /// Closes every data connection of the allocation on `control` (it is being deleted).
     pub(super) fn tcp_end_allocation(&mut self, control: &FiveTuple, io: &mut impl Io) {
+        if self.tcp.count(control) == 0 {
+            return;
+        }
         let ids: Vec<ConnectionId> = self
             .tcp
             .conns
@@ -523,7 +558,7 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.tcp.conns.remove(&id);
+            self.tcp.remove(id);
             io.close_peer_connection(id);
         }
     }
