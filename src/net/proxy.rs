@@ -200,4 +200,30 @@ mod tests {
         long.extend([0x21, 0x11, 0xFF, 0xFF]);
         assert!(rt.block_on(read(&long)).is_err());
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let rt = rt();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0 {
+                // A valid signature and version, so the rest of the parser is reached.
+                let mut h = SIGNATURE.to_vec();
+                h.push(0x20 | (next() % 3) as u8);
+                h.push(next() as u8);
+                h.extend(((next() % 48) as u16).to_be_bytes());
+                h.extend(v);
+                v = h;
+            }
+            let _ = rt.block_on(read(&v));
+        }
+    }
 }
