@@ -24,7 +24,8 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::cli::ServeArgs;
 use crate::config::{Config, ConfigError};
 use crate::logging::LogHandle;
-use crate::net::{Control, Running};
+use crate::net::tls::server_config;
+use crate::net::{CertStore, Control, Running};
 use crate::sd_notify::{monotonic_usec, notify_logged};
 use crate::turn::Reconfigure;
 use crate::turn::peer_policy::PeerPolicy;
@@ -41,6 +42,8 @@ pub struct Lifecycle {
 struct Inner {
     args: ServeArgs,
     control: Control,
+    /// The TLS certificate in force, renewed on reload (None without TLS listeners).
+    tls: Option<Arc<CertStore>>,
     log: Option<LogHandle>,
     /// The config in force. Keys that need a restart keep their running values here.
     applied: Mutex<Config>,
@@ -92,6 +95,15 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         old.auth.rest_separator != new.auth.rest_separator,
     );
     check("log.format", old.log.format != new.log.format);
+    check("tcp", old.tcp != new.tcp);
+    check("tls.listen", old.tls.listen != new.tls.listen);
+    check(
+        "tls.handshake-timeout",
+        old.tls.handshake_timeout != new.tls.handshake_timeout,
+    );
+    check("tls.mux", old.tls.mux != new.tls.mux);
+    // A certificate can be renewed live, but only where TLS was set up at start.
+    check("tls.cert", old.tls.cert.is_some() != new.tls.cert.is_some());
     keys
 }
 
@@ -105,6 +117,14 @@ fn keep_running_values(old: &Config, mut new: Config) -> Config {
     new.relay.max_port = old.relay.max_port;
     new.auth.rest_separator = old.auth.rest_separator;
     new.log.format = old.log.format.clone();
+    new.tcp = old.tcp.clone();
+    new.tls.listen = old.tls.listen.clone();
+    new.tls.handshake_timeout = old.tls.handshake_timeout;
+    new.tls.mux = old.tls.mux;
+    if old.tls.cert.is_none() {
+        new.tls.cert = None;
+        new.tls.key = None;
+    }
     new
 }
 
@@ -144,6 +164,7 @@ impl Lifecycle {
             inner: Arc::new(Inner {
                 args,
                 control: running.control(),
+                tls: running.tls_certs(),
                 log,
                 applied: Mutex::new(config),
                 drain_requested: Notify::new(),
@@ -174,12 +195,21 @@ impl Lifecycle {
         let new = keep_running_values(&old, new);
         // Everything that can fail is built before anything is swapped in.
         let reconfigure = reconfigure_for(&new, self.inner.control.nonce_key());
+        let tls = match (&self.inner.tls, &new.tls.cert, &new.tls.key) {
+            (Some(_), Some(cert), Some(key)) => {
+                Some(server_config(cert, key).map_err(|e| ConfigError::new("tls.cert", e))?)
+            }
+            _ => None,
+        };
         if let Some(log) = &self.inner.log
             && let Err(e) = log.set_level(&new.log.level)
         {
             warn!(error = %e, "cannot change the log level");
         }
         self.inner.control.reconfigure(reconfigure).await;
+        if let (Some(store), Some(tls)) = (&self.inner.tls, tls) {
+            store.replace(tls);
+        }
         *self.lock_applied() = new;
         Ok(ReloadReport { needs_restart })
     }
