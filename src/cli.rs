@@ -40,7 +40,7 @@ pub struct ServeArgs {
     /// Config file (TOML). Default: the embedded example config.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// UDP listen address; repeatable [server.listen]. Without a config file and without
+    /// UDP and TCP listen address; repeatable [server.listen]. Without a config file and without
     /// --relay-ip, the relay IPs follow these addresses.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
@@ -85,6 +85,15 @@ pub struct ServeArgs {
     /// error, warn, info, debug or trace [log.level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// TLS listen address (turns:); repeatable [tls.listen]. Needs --cert and --key.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS, leaf first [tls.cert].
+    #[arg(long, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for TLS [tls.key].
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
 }
 
 /// `--user NAME:PASSWORD`, split at the first ':' (the password may contain more).

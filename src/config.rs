@@ -7,6 +7,9 @@
 //! wrong. [`Config::load`] reads the file (or the embedded example) and applies the command-line
 //! overrides of [`crate::cli::ServeArgs`].
 
+mod streams;
+pub use streams::{TcpSection, TlsSection};
+
 use crate::auth::UserSecret;
 use crate::cli::ServeArgs;
 use crate::turn::peer_policy::Cidr;
@@ -40,12 +43,14 @@ pub struct Config {
     pub auth: AuthSection,
     pub peers: PeersSection,
     pub log: LogSection,
+    pub tcp: TcpSection,
+    pub tls: TlsSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ServerSection {
-    /// UDP listen addresses.
+    /// UDP listen addresses; TCP listens on them too unless `tcp.enabled` is false.
     pub listen: Vec<SocketAddr>,
     pub realm: String,
     /// Worker threads; 0 means one per CPU core.
@@ -397,6 +402,13 @@ impl Config {
         replace(&mut self.peers.allow, &cli.allow_peer);
         replace(&mut self.peers.deny, &cli.deny_peer);
         set(&mut self.log.level, &cli.log_level);
+        replace(&mut self.tls.listen, &cli.tls_listen);
+        if cli.cert.is_some() {
+            self.tls.cert = cli.cert.clone();
+        }
+        if cli.key.is_some() {
+            self.tls.key = cli.key.clone();
+        }
     }
 
     /// Checks everything the types do not; the error names the offending key.
@@ -407,6 +419,7 @@ impl Config {
         self.validate_auth()?;
         self.validate_peers()?;
         self.validate_log()?;
+        self.validate_streams()?;
         Ok(())
     }
 

@@ -5,9 +5,15 @@
 //! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path never
 //! leaves the worker: no lock, no channel, no other thread.
 
+pub mod proxy;
+mod tcp;
+pub mod tls;
 mod udp;
 
 pub(crate) use udp::{DriverIo, Job};
+
+pub use tcp::StreamStats;
+pub use tls::CertStore;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -48,6 +54,9 @@ pub struct Running {
     stop: watch::Sender<bool>,
     control: Control,
     pub listen: Vec<SocketAddr>,
+    /// TLS listen addresses as bound (port 0 resolved).
+    pub tls_listen: Vec<SocketAddr>,
+    streams: Arc<tcp::Shared>,
 }
 
 /// A handle that runs work on every worker thread, for the admin API, reload and drain.
@@ -104,6 +113,22 @@ impl Running {
     /// A handle for running work on the workers.
     pub fn control(&self) -> Control {
         self.control.clone()
+    }
+
+    /// The TLS certificate store, when TLS is served: `reload` it to renew the certificate
+    /// for new connections (SIGHUP).
+    pub fn tls_certs(&self) -> Option<Arc<CertStore>> {
+        self.streams.certs.clone()
+    }
+
+    /// TCP/TLS connection counters over all workers.
+    pub fn stream_stats(&self) -> &StreamStats {
+        &self.streams.stats
+    }
+
+    /// Open TCP/TLS client connections over all workers.
+    pub fn open_connections(&self) -> usize {
+        self.streams.open_connections()
     }
 
     /// Ends every allocation, closes every socket and joins the workers.
@@ -180,11 +205,12 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         }
         listen.push(bound);
     }
+    let (stream_listeners, tls_listen, streams) = bind_streams(cfg, &listen, workers)?;
 
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     let mut job_txs = Vec::new();
-    for (i, socks) in sockets.into_iter().enumerate() {
+    for ((i, socks), tcp_socks) in sockets.into_iter().enumerate().zip(stream_listeners) {
         let core = ServerConfig {
             auth: auth.clone(),
             policy: policy.clone(),
@@ -203,9 +229,13 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         let rx = stop_rx.clone();
         let (job_tx, job_rx) = mpsc::unbounded_channel();
         job_txs.push(job_tx);
+        let ws = tcp::WorkerStreams {
+            listeners: tcp_socks,
+            shared: streams.clone(),
+        };
         let h = std::thread::Builder::new()
             .name(format!("turnd-worker-{i}"))
-            .spawn(move || udp::run_worker(i, socks, core, rx, job_rx))
+            .spawn(move || udp::run_worker(i, socks, core, rx, job_rx, ws))
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         handles.push(h);
     }
@@ -223,5 +253,53 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         stop,
         control: Control { workers: job_txs },
         listen,
+        tls_listen,
+        streams,
     })
+}
+
+/// Per worker, the TCP listeners (on the UDP listen addresses as bound, unless
+/// `tcp.enabled` is false) and the TLS listeners; the TLS addresses as bound; the shared
+/// stream state with the certificate store.
+#[allow(clippy::type_complexity)]
+fn bind_streams(
+    cfg: &Config,
+    udp_listen: &[SocketAddr],
+    workers: usize,
+) -> Result<
+    (
+        Vec<Vec<(SocketAddr, std::net::TcpListener, crate::turn::Transport)>>,
+        Vec<SocketAddr>,
+        Arc<tcp::Shared>,
+    ),
+    String,
+> {
+    use crate::turn::Transport;
+    let certs = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) if cfg.tls_enabled() => Some(Arc::new(CertStore::load(c, k)?)),
+        _ => None,
+    };
+    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut plan: Vec<(SocketAddr, Transport)> = Vec::new();
+    if cfg.tcp.enabled {
+        plan.extend(udp_listen.iter().map(|a| (*a, Transport::Tcp)));
+    }
+    plan.extend(cfg.tls.listen.iter().map(|a| (*a, Transport::Tls)));
+    let mut tls_listen = Vec::new();
+    for (addr, transport) in plan {
+        let mut bound = addr;
+        let name = transport.as_str();
+        for w in per_worker.iter_mut() {
+            let l = tcp::reuseport_tcp(bound)
+                .map_err(|e| format!("cannot listen on {name} {addr}: {e}"))?;
+            bound = l.local_addr().map_err(|e| format!("{name} {addr}: {e}"))?;
+            w.push((bound, l, transport));
+        }
+        info!(listen = %bound, transport = name, workers, "listening");
+        if transport == Transport::Tls {
+            tls_listen.push(bound);
+        }
+    }
+    let shared = tcp::Shared::new(tcp::StreamConfig::from_config(cfg), certs);
+    Ok((per_worker, tls_listen, shared))
 }

@@ -24,9 +24,9 @@ const RELAY_BUF: usize = PEER_HEADROOM + 65536 + PEER_TAILROOM;
 /// The longest the timer task sleeps, so a missed wakeup costs at most this much.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
-struct Worker {
-    core: Server,
-    io: DriverIo,
+pub(super) struct Worker {
+    pub(super) core: Server,
+    pub(super) io: DriverIo,
 }
 
 /// Work sent to a worker from another thread (admin API, reload, drain): it runs on the
@@ -40,10 +40,16 @@ pub(crate) struct DriverIo {
     relays: FxHashMap<RelayId, (Rc<UdpSocket>, AbortHandle)>,
     me: Weak<RefCell<Worker>>,
     send_drops: u64,
+    /// TCP and TLS client connections (src/net/tcp.rs).
+    pub(super) tcp: super::tcp::TcpIo,
 }
 
 impl Io for DriverIo {
     fn send_to_client(&mut self, to: &FiveTuple, data: &[u8]) {
+        if to.transport != Transport::Udp {
+            self.tcp.send(to, data);
+            return;
+        }
         if let Some(s) = self.listeners.get(&to.server)
             && send_now(s, data, to.client).is_err()
         {
@@ -156,6 +162,7 @@ pub(super) fn run_worker(
     cfg: ServerConfig,
     mut stop: watch::Receiver<bool>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
+    streams: super::tcp::WorkerStreams,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -176,6 +183,7 @@ pub(super) fn run_worker(
                 relays: FxHashMap::default(),
                 me: Weak::new(),
                 send_drops: 0,
+                tcp: Default::default(),
             },
         }));
         state.borrow_mut().io.me = Rc::downgrade(&state);
@@ -189,6 +197,7 @@ pub(super) fn run_worker(
                 Err(e) => error!(worker = index, %addr, error = %e, "cannot register listener"),
             }
         }
+        super::tcp::spawn_listeners(&state, streams);
         tokio::task::spawn_local(timer_loop(Rc::downgrade(&state)));
         while !*stop.borrow() {
             tokio::select! {

@@ -3,6 +3,8 @@
 //! not write).
 #![allow(dead_code)]
 
+pub mod stream;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,616 @@
+//! TCP and TLS client connections ([RFC 8656 §3.1](https://www.rfc-editor.org/rfc/rfc8656#section-3.1)):
+//! accept, PROXY v2, TLS handshake, framing, bounded write queues, limits and timeouts.
+//!
+//! Each worker owns one SO_REUSEPORT listener per stream address, so a connection, the
+//! allocation made on it and that allocation's relay live on the worker that accepted it. A
+//! connection is two tasks on the worker's LocalSet: the reader cuts frames out of the byte
+//! stream ([`crate::stun::framing`]) and hands them to the core; the writer drains a bounded
+//! per-connection queue that [`crate::turn::Io::send_to_client`] appends to. When the
+//! connection closes, its allocation ends (RFC 8656 §3.1: the allocation is bound to it).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::tls::CertStore;
+use super::udp::Worker;
+use super::{now, proxy};
+use crate::config::Config;
+use crate::stun::framing::{Frame, next_frame};
+use crate::turn::{FiveTuple, Transport};
+
+/// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad).
+const READ_BUF: usize = 65_536 + 64;
+/// How long a closing connection may take to flush what is queued for it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (EMFILE and the like), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// TLS record content type "handshake": the first byte of a ClientHello (RFC 8446 §5.1).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Stream settings from `[tcp]` and `[tls]`.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamConfig {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub auth_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub write_queue: usize,
+    pub proxy_protocol: bool,
+    pub mux: bool,
+    /// RFC 6062 §5.2: how long an outgoing Connect may take (at least 30 s by default).
+    #[allow(dead_code)]
+    pub connect_timeout: Duration,
+}
+
+impl StreamConfig {
+    pub fn from_config(cfg: &Config) -> StreamConfig {
+        StreamConfig {
+            max_connections: cfg.tcp.max_connections,
+            max_per_ip: cfg.tcp.max_connections_per_ip,
+            auth_timeout: Duration::from_secs(cfg.tcp.auth_timeout),
+            idle_timeout: Duration::from_secs(cfg.tcp.idle_timeout),
+            handshake_timeout: Duration::from_secs(cfg.tls.handshake_timeout),
+            write_queue: cfg.tcp.write_queue_bytes,
+            proxy_protocol: cfg.tcp.proxy_protocol,
+            mux: cfg.tls.mux,
+            connect_timeout: Duration::from_secs(cfg.tcp.connect_timeout),
+        }
+    }
+}
+
+/// Server-wide stream counters (plain atomics, touched per connection, not per packet).
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub accepted: AtomicU64,
+    pub refused_total: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub auth_timeouts: AtomicU64,
+    pub idle_timeouts: AtomicU64,
+    pub queue_drops: AtomicU64,
+}
+
+/// What every worker's stream side shares: settings, certificates, connection counts.
+pub(crate) struct Shared {
+    pub cfg: StreamConfig,
+    pub certs: Option<Arc<CertStore>>,
+    pub stats: StreamStats,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    pub fn new(cfg: StreamConfig, certs: Option<Arc<CertStore>>) -> Arc<Shared> {
+        Arc::new(Shared {
+            cfg,
+            certs,
+            stats: StreamStats::default(),
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot under `tcp.max-connections`, held until dropped.
+    fn acquire_total(self: &Arc<Shared>) -> Option<TotalSlot> {
+        let max = self.cfg.max_connections;
+        let prev = self.open.fetch_add(1, Ordering::AcqRel);
+        if max != 0 && prev >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.stats.refused_total.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(TotalSlot(self.clone()))
+    }
+
+    /// A slot under `tcp.max-connections-per-ip`, held until dropped.
+    fn acquire_ip(self: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+        let ip = ip.to_canonical();
+        let max = self.cfg.max_per_ip;
+        let mut m = match self.per_ip.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let n = m.entry(ip).or_insert(0);
+        if max != 0 && *n >= max {
+            drop(m);
+            self.stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+
+    /// Open client connections now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+struct TotalSlot(Arc<Shared>);
+
+impl Drop for TotalSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct IpSlot(Arc<Shared>, IpAddr);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = match self.0.per_ip.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// The bytes waiting to be written to one client, at most `cap` of them. A message that does
+/// not fit is dropped whole (the stream stays in frame) and counted.
+pub(crate) struct Outbox {
+    buf: RefCell<Vec<u8>>,
+    cap: usize,
+    wake: Notify,
+    closing: Cell<bool>,
+    drops: Cell<u64>,
+    active: Cell<Instant>,
+}
+
+impl Outbox {
+    pub fn new(cap: usize) -> Outbox {
+        Outbox {
+            buf: RefCell::new(Vec::new()),
+            cap,
+            wake: Notify::new(),
+            closing: Cell::new(false),
+            drops: Cell::new(0),
+            active: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Queues one whole message; false (and counted) when it does not fit.
+    pub fn push(&self, data: &[u8]) -> bool {
+        let mut b = self.buf.borrow_mut();
+        if self.closing.get() || b.len() + data.len() > self.cap {
+            self.drops.set(self.drops.get() + 1);
+            return false;
+        }
+        b.extend_from_slice(data);
+        drop(b);
+        self.wake.notify_one();
+        true
+    }
+
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.buf.borrow().len()
+    }
+
+    pub fn drops(&self) -> u64 {
+        self.drops.get()
+    }
+
+    fn touch(&self) {
+        self.active.set(Instant::now());
+    }
+
+    fn close(&self) {
+        self.closing.set(true);
+        self.wake.notify_one();
+    }
+}
+
+/// The worker's stream side of the sans-IO [`crate::turn::Io`]: client connections by 5-tuple.
+#[derive(Default)]
+pub(crate) struct TcpIo {
+    conns: FxHashMap<FiveTuple, Rc<Outbox>>,
+    shared: Option<Arc<Shared>>,
+    /// Messages dropped because a client's write queue was full.
+    pub dropped: u64,
+}
+
+impl TcpIo {
+    /// Queues a message for a stream client; dropped (and counted) when its queue is full.
+    pub fn send(&mut self, to: &FiveTuple, data: &[u8]) {
+        if let Some(o) = self.conns.get(to)
+            && !o.push(data)
+        {
+            self.dropped += 1;
+            if let Some(s) = &self.shared {
+                s.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One worker's stream listeners, bound before the workers start.
+pub(crate) struct WorkerStreams {
+    pub listeners: Vec<(SocketAddr, StdTcpListener, Transport)>,
+    pub shared: Arc<Shared>,
+}
+
+/// A TCP listener bound with SO_REUSEPORT so each worker can hold its own.
+pub(crate) fn reuseport_tcp(addr: SocketAddr) -> io::Result<StdTcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Starts the accept loops of one worker's stream listeners.
+pub(super) fn spawn_listeners(state: &Rc<RefCell<Worker>>, streams: WorkerStreams) {
+    state.borrow_mut().io.tcp.shared = Some(streams.shared.clone());
+    for (addr, l, transport) in streams.listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::task::spawn_local(accept_loop(
+                    Rc::downgrade(state),
+                    streams.shared.clone(),
+                    l,
+                    addr,
+                    transport,
+                ));
+            }
+            Err(e) => warn!(%addr, error = %e, "cannot register stream listener"),
+        }
+    }
+}
+
+async fn accept_loop(
+    state: Weak<RefCell<Worker>>,
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: SocketAddr,
+    transport: Transport,
+) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(%local, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        if state.strong_count() == 0 {
+            return;
+        }
+        let Some(slot) = shared.acquire_total() else {
+            debug!(%peer, "connection refused: tcp.max-connections reached");
+            continue;
+        };
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = sock.set_nodelay(true);
+        tokio::task::spawn_local(connection(
+            state.clone(),
+            shared.clone(),
+            sock,
+            peer,
+            local,
+            transport,
+            slot,
+        ));
+    }
+}
+
+/// Why a connection ended, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Closed,
+    Error,
+    Broken,
+    Unauthenticated,
+    Idle,
+    Shutdown,
+}
+
+/// One accepted connection: PROXY header, TLS or plain, then the frame loop.
+async fn connection(
+    state: Weak<RefCell<Worker>>,
+    shared: Arc<Shared>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Transport,
+    _slot: TotalSlot,
+) {
+    let hs = shared.cfg.handshake_timeout;
+    let setup = async {
+        let client = if shared.cfg.proxy_protocol {
+            proxy::read_header(&mut sock).await?.unwrap_or(peer)
+        } else {
+            peer
+        };
+        let transport = if shared.cfg.mux && shared.certs.is_some() {
+            let mut first = [0u8; 1];
+            if sock.peek(&mut first).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if first[0] == TLS_HANDSHAKE {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            }
+        } else {
+            listener
+        };
+        Ok::<_, io::Error>((client, transport))
+    };
+    let (client, transport) = match tokio::time::timeout(hs, setup).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            shared
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, error = %e, "connection setup failed");
+            return;
+        }
+        Err(_) => {
+            shared
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "connection setup timed out");
+            return;
+        }
+    };
+    let Some(_ip_slot) = shared.acquire_ip(client.ip()) else {
+        debug!(%client, "connection refused: tcp.max-connections-per-ip reached");
+        return;
+    };
+    let ft = FiveTuple {
+        client,
+        server: local,
+        transport,
+    };
+    if transport == Transport::Tls {
+        let Some(certs) = &shared.certs else {
+            return;
+        };
+        let acceptor = TlsAcceptor::from(certs.current());
+        match tokio::time::timeout(hs, acceptor.accept(sock)).await {
+            Ok(Ok(tls)) => serve(state, &shared, ft, tls).await,
+            Ok(Err(e)) => {
+                shared
+                    .stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%client, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                shared
+                    .stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%client, "TLS handshake timed out (tls.handshake-timeout)");
+            }
+        }
+    } else {
+        serve(state, &shared, ft, sock).await;
+    }
+}
+
+/// Runs a connection's reader here and its writer in a task until either ends, then ends
+/// the allocation bound to it.
+async fn serve<S>(state: Weak<RefCell<Worker>>, shared: &Arc<Shared>, ft: FiveTuple, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let outbox = Rc::new(Outbox::new(shared.cfg.write_queue));
+    {
+        let Some(st) = state.upgrade() else {
+            return;
+        };
+        let mut g = st.borrow_mut();
+        if g.io.tcp.conns.contains_key(&ft) {
+            debug!(client = %ft.client, "connection refused: 5-tuple already in use");
+            return;
+        }
+        g.io.tcp.conns.insert(ft, outbox.clone());
+    }
+    let (mut rd, wr) = tokio::io::split(stream);
+    let writer = tokio::task::spawn_local(write_loop(wr, outbox.clone()));
+    let end = read_loop(&state, shared, &ft, &mut rd, &outbox).await;
+    match end {
+        End::Unauthenticated => {
+            shared.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        End::Idle => {
+            shared.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    if let Some(st) = state.upgrade() {
+        let mut g = st.borrow_mut();
+        let w = &mut *g;
+        w.io.tcp.conns.remove(&ft);
+        w.core.close_tuple(&ft, &mut w.io);
+    }
+    outbox.close();
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
+    debug!(
+        client = %ft.client,
+        transport = ft.transport.as_str(),
+        reason = ?end,
+        dropped = outbox.drops(),
+        "connection closed"
+    );
+}
+
+/// Reads and dispatches frames until the stream ends, breaks, or a timeout fires:
+/// `tcp.auth-timeout` until the connection holds an allocation, then `tcp.idle-timeout`
+/// without a byte either way.
+async fn read_loop<R: AsyncRead + Unpin>(
+    state: &Weak<RefCell<Worker>>,
+    shared: &Shared,
+    ft: &FiveTuple,
+    rd: &mut R,
+    outbox: &Outbox,
+) -> End {
+    let mut buf = vec![0u8; READ_BUF];
+    let mut filled = 0;
+    let opened = Instant::now();
+    let mut authed = false;
+    loop {
+        let deadline = if authed {
+            outbox.active.get() + shared.cfg.idle_timeout
+        } else {
+            opened + shared.cfg.auth_timeout
+        };
+        let n = tokio::select! {
+            r = rd.read(&mut buf[filled..]) => match r {
+                Ok(0) => return End::Closed,
+                Ok(n) => n,
+                Err(_) => return End::Error,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if !authed {
+                    return End::Unauthenticated;
+                }
+                if outbox.active.get() + shared.cfg.idle_timeout <= Instant::now() {
+                    return End::Idle;
+                }
+                continue;
+            }
+        };
+        outbox.touch();
+        filled += n;
+        let mut start = 0;
+        loop {
+            match next_frame(&buf[start..filled]) {
+                Frame::Complete(len) => {
+                    let Some(st) = state.upgrade() else {
+                        return End::Shutdown;
+                    };
+                    let mut g = st.borrow_mut();
+                    let w = &mut *g;
+                    w.core
+                        .handle_client(now(), *ft, &buf[start..start + len], &mut w.io);
+                    if !authed {
+                        authed = w.core.counters(ft).is_some();
+                    }
+                    start += len;
+                }
+                Frame::NeedMore(total) if total <= READ_BUF => break,
+                Frame::NeedMore(_) | Frame::Invalid => return End::Broken,
+            }
+        }
+        if start > 0 {
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+        }
+    }
+}
+
+/// Drains the outbox into the stream; ends when the outbox is closed and empty or a write
+/// fails. At most two buffers of `cap` bytes exist per connection.
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, outbox: Rc<Outbox>) -> W {
+    let mut spare = Vec::new();
+    loop {
+        if outbox.buf.borrow().is_empty() {
+            if outbox.closing.get() {
+                let _ = wr.shutdown().await;
+                break;
+            }
+            outbox.wake.notified().await;
+            continue;
+        }
+        std::mem::swap(&mut *outbox.buf.borrow_mut(), &mut spare);
+        if wr.write_all(&spare).await.is_err() || wr.flush().await.is_err() {
+            outbox.closing.set(true);
+            break;
+        }
+        outbox.touch();
+        spare.clear();
+    }
+    wr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_is_bounded_and_counts_drops() {
+        let o = Outbox::new(10);
+        assert!(o.push(&[1; 6]));
+        assert!(!o.push(&[2; 6]), "would pass the cap");
+        assert!(o.push(&[3; 4]));
+        assert_eq!(o.queued(), 10);
+        assert!(!o.push(&[4]));
+        assert_eq!(o.drops(), 2);
+        o.close();
+        assert!(!o.push(&[5]), "nothing is queued after close");
+        assert_eq!(o.queued(), 10);
+    }
+
+    fn cfg(total: usize, per_ip: usize) -> StreamConfig {
+        StreamConfig {
+            max_connections: total,
+            max_per_ip: per_ip,
+            auth_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            write_queue: 65_600,
+            proxy_protocol: false,
+            mux: false,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn connection_slots_are_capped_and_released() {
+        let s = Shared::new(cfg(2, 1), None);
+        let a = s.acquire_total().unwrap();
+        let _b = s.acquire_total().unwrap();
+        assert!(s.acquire_total().is_none());
+        drop(a);
+        assert!(s.acquire_total().is_some());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let x = s.acquire_ip(ip).unwrap();
+        assert!(
+            s.acquire_ip(mapped).is_none(),
+            "mapped IPv6 counts as the IPv4"
+        );
+        assert!(s.acquire_ip("192.0.2.2".parse().unwrap()).is_some());
+        drop(x);
+        assert!(s.acquire_ip(ip).is_some());
+        assert_eq!(s.stats.refused_total.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.refused_per_ip.load(Ordering::Relaxed), 1);
+        let unlimited = Shared::new(cfg(0, 0), None);
+        let held: Vec<_> = (0..100).filter_map(|_| unlimited.acquire_total()).collect();
+        assert_eq!(held.len(), 100);
+    }
+}
