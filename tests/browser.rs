@@ -140,15 +140,15 @@ fn assert_relayed(report: &Value, url: &str, transport: &str) {
     for (i, pair) in selected.iter().enumerate() {
         let local = &pair["local"];
         let remote = &pair["remote"];
-        // The pair's state is not asserted: Chromium shows "in-progress" while a consent
-        // check (RFC 7675) is outstanding on the selected pair.
-        for counter in ["bytesSent", "bytesReceived"] {
-            assert!(
-                pair[counter].as_u64().is_some_and(|n| n > 0),
-                "pc{}: {counter}:\n{pretty}",
-                i + 1
-            );
-        }
+        // Neither the pair's state nor its bytesReceived is asserted: Chromium shows
+        // "in-progress" while a consent check (RFC 7675) is outstanding, and when each side
+        // has two relayed candidates (one per local network) the two sides may select
+        // different pairs, so data arrives on a pair other than the one sending.
+        assert!(
+            pair["bytesSent"].as_u64().is_some_and(|n| n > 0),
+            "pc{}: nothing sent on the selected pair:\n{pretty}",
+            i + 1
+        );
         assert_eq!(local["candidateType"], "relay", "pc{}:\n{pretty}", i + 1);
         assert_eq!(remote["candidateType"], "relay", "pc{}:\n{pretty}", i + 1);
         assert_eq!(local["relayProtocol"], transport, "pc{}:\n{pretty}", i + 1);
@@ -156,16 +156,30 @@ fn assert_relayed(report: &Value, url: &str, transport: &str) {
         // turnd relays on 127.0.0.1 (TestServer passes --relay-ip 127.0.0.1).
         assert_eq!(local["address"], "127.0.0.1", "pc{}:\n{pretty}", i + 1);
         assert_eq!(remote["address"], "127.0.0.1", "pc{}:\n{pretty}", i + 1);
+        // The remote candidate is one of the relayed addresses the other side gathered.
+        let other = relay_ports(&report["candidates"][1 - i]);
+        let port = remote["port"].as_u64().expect("remote port");
+        assert!(
+            other.contains(&port),
+            "pc{}: remote port {port} is not one of pc{}'s relay candidates {other:?}:\n{pretty}",
+            i + 1,
+            2 - i
+        );
     }
-    // Each side's remote candidate is the other side's relayed address.
-    assert_eq!(
-        selected[0]["remote"]["port"], selected[1]["local"]["port"],
-        "{pretty}"
-    );
-    assert_eq!(
-        selected[1]["remote"]["port"], selected[0]["local"]["port"],
-        "{pretty}"
-    );
+}
+
+/// Ports of the `typ relay` candidates in a list of candidate lines
+/// (`candidate:F C proto prio addr port typ relay ...`).
+fn relay_ports(candidates: &Value) -> Vec<u64> {
+    let lines = candidates.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    lines
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.as_str()?.split_whitespace().collect();
+            (f.get(6) == Some(&"typ") && f.get(7) == Some(&"relay")).then_some(())?;
+            f.get(5)?.parse().ok()
+        })
+        .collect()
 }
 
 /// Polls until something accepts TCP connections on `addr` (hang guard: 20 s).
