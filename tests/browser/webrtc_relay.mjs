@@ -196,7 +196,10 @@ try {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      // turns: with the self-signed certificate in tests/browser/tls.
       "--ignore-certificate-errors",
+      // Gather on the loopback interface too, so that turnd on 127.0.0.1 is reached even on
+      // a machine with no other interface.
       "--allow-loopback-in-peer-connection",
     ],
   });
