@@ -16,6 +16,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+    echo "setup-browser: warning: node $(node --version) is older than playwright-core needs (20)" >&2
+fi
+
 dir=tests/browser
 want=$(grep -m1 -A1 '"node_modules/playwright-core"' "$dir/package-lock.json" \
     | sed -n 's/.*"version": "\(.*\)".*/\1/p')
