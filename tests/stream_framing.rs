@@ -1,6 +1,7 @@
 //! Stream framing (RFC 8656 §12.5): a request split across many TCP writes is answered once
-//! whole; several messages in one write are each answered, in order; bytes that cannot start
-//! a STUN or ChannelData message close the connection.
+//! whole; several messages in one write are each answered, in order; frames of tens of
+//! kilobytes pass; bytes that cannot start a STUN or ChannelData message close the
+//! connection.
 
 mod common;
 
@@ -66,13 +67,32 @@ fn split_writes_and_many_messages_per_write() {
     c.send_raw(&packed[..cut]);
     std::thread::sleep(Duration::from_millis(20));
     c.send_raw(&packed[cut..]);
-    let mut buf = [0u8; 1500];
+    let mut buf = vec![0u8; 65536];
     for p in &payloads {
         let (n, _) = peer
             .recv_from(&mut buf)
             .expect("each packed ChannelData is relayed");
         assert_eq!(&buf[..n], &p[..]);
     }
+
+    // Frames far larger than one read, in halves: 30001 bytes of ChannelData, then a Send
+    // indication of 40000 bytes.
+    let big: Vec<u8> = (0..30_001u32).map(|i| (i % 251) as u8).collect();
+    let frame = channel_data_padded(0x4000, &big);
+    let (a, b) = frame.split_at(frame.len() / 2);
+    c.send_raw(a);
+    std::thread::sleep(Duration::from_millis(20));
+    c.send_raw(b);
+    let (n, _) = peer
+        .recv_from(&mut buf)
+        .expect("the large ChannelData is relayed");
+    assert_eq!(&buf[..n], &big[..]);
+    let big2: Vec<u8> = (0..40_000u32).map(|i| (i % 13) as u8).collect();
+    c.send_raw(&common::send_indication(peer_addr, &big2));
+    let (n, _) = peer
+        .recv_from(&mut buf)
+        .expect("the large Send indication is relayed");
+    assert_eq!(&buf[..n], &big2[..]);
 }
 
 #[test]

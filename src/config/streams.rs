@@ -10,6 +10,8 @@ use super::{Config, ConfigError, err};
 
 /// Longest timeout accepted for any of the stream timeouts (one day).
 const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// RFC 6062 §5.2: a Connect waits at least 30 seconds.
+const MIN_CONNECT_TIMEOUT: u64 = 30;
 /// Smallest per-connection write queue: one largest STUN message must fit.
 const MIN_WRITE_QUEUE: usize = 65_600;
 
@@ -92,7 +94,16 @@ impl Config {
         let t = &self.tcp;
         check_timeout("tcp.auth-timeout", t.auth_timeout)?;
         check_timeout("tcp.idle-timeout", t.idle_timeout)?;
-        check_timeout("tcp.connect-timeout", t.connect_timeout)?;
+        // RFC 6062 §5.2: the Connect timeout MUST be at least 30 seconds.
+        if !(MIN_CONNECT_TIMEOUT..=MAX_TIMEOUT_SECS).contains(&t.connect_timeout) {
+            return err(
+                "tcp.connect-timeout",
+                format!(
+                    "must be between {MIN_CONNECT_TIMEOUT} (RFC 6062) and {MAX_TIMEOUT_SECS} seconds, got {}",
+                    t.connect_timeout
+                ),
+            );
+        }
         if t.write_queue_bytes < MIN_WRITE_QUEUE {
             return err(
                 "tcp.write-queue-bytes",
@@ -171,6 +182,7 @@ mod tests {
         invalid("[tcp]\nauth-timeout = 0\n", "tcp.auth-timeout");
         invalid("[tcp]\nidle-timeout = 100000\n", "tcp.idle-timeout");
         invalid("[tcp]\nconnect-timeout = 0\n", "tcp.connect-timeout");
+        invalid("[tcp]\nconnect-timeout = 29\n", "tcp.connect-timeout");
         invalid("[tcp]\nwrite-queue-bytes = 100\n", "tcp.write-queue-bytes");
         invalid("[tls]\nhandshake-timeout = 0\n", "tls.handshake-timeout");
         invalid("[tls]\nlisten = [\"127.0.0.1:5349\"]\n", "tls.cert");
@@ -190,5 +202,44 @@ mod tests {
         )
         .unwrap();
         assert!(ok.tls_enabled());
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use crate::cli::Cli;
+    use crate::config::Config;
+    use clap::Parser;
+
+    #[test]
+    fn tls_flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "turnd",
+            "--tls-listen",
+            "127.0.0.1:5349",
+            "--tls-listen",
+            "[::1]:443",
+            "--cert",
+            "/c.pem",
+            "--key",
+            "/k.pem",
+        ])
+        .unwrap();
+        let mut c = Config::from_toml_str(
+            "[tls]\nlisten = [\"127.0.0.1:1\"]\ncert = \"/old.pem\"\nkey = \"/old.key\"\n",
+        )
+        .unwrap();
+        c.apply_overrides(&cli.serve);
+        assert_eq!(
+            c.tls.listen,
+            vec![
+                "127.0.0.1:5349".parse().unwrap(),
+                "[::1]:443".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.tls.cert.as_deref(), Some(std::path::Path::new("/c.pem")));
+        assert_eq!(c.tls.key.as_deref(), Some(std::path::Path::new("/k.pem")));
+        c.validate().unwrap();
+        assert!(Cli::try_parse_from(["turnd", "--tls-listen", "nope"]).is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! leaves the worker: no lock, no channel, no other thread.
 
 pub mod proxy;
+mod relay_tcp;
 mod tcp;
 pub mod tls;
 mod udp;
@@ -209,7 +210,9 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
 
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
-    let mut job_txs = Vec::new();
+    let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    let mut job_rxs = job_rxs.into_iter();
     for ((i, socks), tcp_socks) in sockets.into_iter().enumerate().zip(stream_listeners) {
         let core = ServerConfig {
             auth: auth.clone(),
@@ -227,11 +230,14 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
         };
         let rx = stop_rx.clone();
-        let (job_tx, job_rx) = mpsc::unbounded_channel();
-        job_txs.push(job_tx);
+        let Some(job_rx) = job_rxs.next() else {
+            return Err("worker job queue missing".into());
+        };
         let ws = tcp::WorkerStreams {
             listeners: tcp_socks,
             shared: streams.clone(),
+            index: i,
+            jobs: job_txs.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("turnd-worker-{i}"))

@@ -21,19 +21,23 @@ use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::tls::CertStore;
-use super::udp::Worker;
+use super::udp::{Job, Worker};
 use super::{now, proxy};
 use crate::config::Config;
 use crate::stun::framing::{Frame, next_frame};
-use crate::turn::{FiveTuple, Transport};
+use crate::turn::{ConnectionId, FiveTuple, RelayId, Transport};
 
-/// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad).
+/// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad): the
+/// most a connection's read buffer grows to.
 const READ_BUF: usize = 65_536 + 64;
+/// A connection's read buffer to begin with; it grows only for a frame that needs more.
+const READ_BUF_START: usize = 4096;
 /// How long a closing connection may take to flush what is queued for it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (EMFILE and the like), so the loop does not spin.
@@ -53,7 +57,6 @@ pub(crate) struct StreamConfig {
     pub proxy_protocol: bool,
     pub mux: bool,
     /// RFC 6062 §5.2: how long an outgoing Connect may take (at least 30 s by default).
-    #[allow(dead_code)]
     pub connect_timeout: Duration,
 }
 
@@ -175,6 +178,14 @@ pub(crate) struct Outbox {
     closing: Cell<bool>,
     drops: Cell<u64>,
     active: Cell<Instant>,
+    /// A ConnectionBind from this connection waits for its answer: read nothing more.
+    pub(super) claiming: Cell<bool>,
+    /// The peer data connection to join once the ConnectionBind succeeded.
+    pub(super) handoff: RefCell<Option<(ConnectionId, std::net::TcpStream)>>,
+    /// Wakes the reader when `claiming` or `handoff` change.
+    pub(super) reader_wake: Notify,
+    /// Hand the stream back instead of shutting it down when closing.
+    keep_open: Cell<bool>,
 }
 
 impl Outbox {
@@ -186,6 +197,10 @@ impl Outbox {
             closing: Cell::new(false),
             drops: Cell::new(0),
             active: Cell::new(Instant::now()),
+            claiming: Cell::new(false),
+            handoff: RefCell::new(None),
+            reader_wake: Notify::new(),
+            keep_open: Cell::new(false),
         }
     }
 
@@ -224,10 +239,26 @@ impl Outbox {
 /// The worker's stream side of the sans-IO [`crate::turn::Io`]: client connections by 5-tuple.
 #[derive(Default)]
 pub(crate) struct TcpIo {
-    conns: FxHashMap<FiveTuple, Rc<Outbox>>,
-    shared: Option<Arc<Shared>>,
+    pub(super) conns: FxHashMap<FiveTuple, Rc<Outbox>>,
+    pub(super) shared: Option<Arc<Shared>>,
     /// Messages dropped because a client's write queue was full.
     pub dropped: u64,
+    pub(super) me: Weak<RefCell<Worker>>,
+    pub(super) index: usize,
+    /// Every worker's job queue, by worker index (RFC 6062 ids name their worker).
+    pub(super) jobs: Vec<mpsc::UnboundedSender<Job>>,
+    /// RFC 6062 relay listeners by relay.
+    pub(super) relay_listeners: FxHashMap<RelayId, AbortHandle>,
+    /// Peer data connections waiting for ConnectionBind (not read: the kernel buffers).
+    pub(super) pending_peers: FxHashMap<ConnectionId, TcpStream>,
+    /// Connect attempts under way.
+    pub(super) connecting: FxHashMap<ConnectionId, AbortHandle>,
+    /// Peer connections handed to the worker that holds their client data connection.
+    pub(super) moved: FxHashMap<ConnectionId, usize>,
+    /// Joined data connections running on this worker.
+    pub(super) splices: FxHashMap<ConnectionId, AbortHandle>,
+    /// Peer connections handed over for a ConnectionBind, by client data connection.
+    pub(super) arriving: FxHashMap<FiveTuple, (ConnectionId, std::net::TcpStream)>,
 }
 
 impl TcpIo {
@@ -248,6 +279,8 @@ impl TcpIo {
 pub(crate) struct WorkerStreams {
     pub listeners: Vec<(SocketAddr, StdTcpListener, Transport)>,
     pub shared: Arc<Shared>,
+    pub index: usize,
+    pub jobs: Vec<mpsc::UnboundedSender<Job>>,
 }
 
 /// A TCP listener bound with SO_REUSEPORT so each worker can hold its own.
@@ -266,7 +299,15 @@ pub(crate) fn reuseport_tcp(addr: SocketAddr) -> io::Result<StdTcpListener> {
 
 /// Starts the accept loops of one worker's stream listeners.
 pub(super) fn spawn_listeners(state: &Rc<RefCell<Worker>>, streams: WorkerStreams) {
-    state.borrow_mut().io.tcp.shared = Some(streams.shared.clone());
+    {
+        let mut g = state.borrow_mut();
+        g.core.set_worker_index(streams.index);
+        let t = &mut g.io.tcp;
+        t.shared = Some(streams.shared.clone());
+        t.me = Rc::downgrade(state);
+        t.index = streams.index;
+        t.jobs = streams.jobs;
+    }
     for (addr, l, transport) in streams.listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -321,8 +362,10 @@ async fn accept_loop(
 }
 
 /// Why a connection ended, for the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum End {
+    /// ConnectionBind succeeded: join with this peer connection, after these bytes.
+    Splice(ConnectionId, std::net::TcpStream, Vec<u8>),
     Closed,
     Error,
     Broken,
@@ -439,6 +482,28 @@ where
     let (mut rd, wr) = tokio::io::split(stream);
     let writer = tokio::task::spawn_local(write_loop(wr, outbox.clone()));
     let end = read_loop(&state, shared, &ft, &mut rd, &outbox).await;
+    if let End::Splice(id, peer, leftover) = end {
+        if let Some(st) = state.upgrade() {
+            st.borrow_mut().io.tcp.conns.remove(&ft);
+        }
+        outbox.keep_open.set(true);
+        outbox.close();
+        let abort = writer.abort_handle();
+        match tokio::time::timeout(CLOSE_GRACE, writer).await {
+            Ok(Ok(wr)) => {
+                let stream = rd.unsplit(wr);
+                super::relay_tcp::run_splice(&state, id, stream, peer, leftover).await;
+            }
+            _ => {
+                abort.abort();
+                if let Some(st) = state.upgrade() {
+                    st.borrow_mut().io.tcp.notify_closed(id);
+                }
+            }
+        }
+        debug!(client = %ft.client, id, "data connection closed");
+        return;
+    }
     match end {
         End::Unauthenticated => {
             shared.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -478,11 +543,55 @@ async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut R,
     outbox: &Outbox,
 ) -> End {
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; READ_BUF_START];
     let mut filled = 0;
     let opened = Instant::now();
     let mut authed = false;
     loop {
+        let mut start = 0;
+        let mut need = 0;
+        while !outbox.claiming.get() {
+            match next_frame(&buf[start..filled]) {
+                Frame::Complete(len) => {
+                    let Some(st) = state.upgrade() else {
+                        return End::Shutdown;
+                    };
+                    let mut g = st.borrow_mut();
+                    let w = &mut *g;
+                    w.core
+                        .handle_client(now(), *ft, &buf[start..start + len], &mut w.io);
+                    if !authed {
+                        authed = w.core.counters(ft).is_some();
+                    }
+                    start += len;
+                }
+                Frame::NeedMore(total) if total <= READ_BUF => {
+                    need = total;
+                    break;
+                }
+                Frame::NeedMore(_) | Frame::Invalid => return End::Broken,
+            }
+        }
+        if start > 0 {
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+        }
+        if need > buf.len() {
+            buf.resize(need, 0);
+        }
+        if outbox.claiming.get() {
+            // RFC 6062 §5.4: after ConnectionBind the stream carries the peer's bytes, not
+            // STUN; wait for the answer before reading on.
+            let limit = Instant::now() + shared.cfg.auth_timeout;
+            tokio::select! {
+                _ = outbox.reader_wake.notified() => {}
+                _ = tokio::time::sleep_until(limit.into()) => return End::Unauthenticated,
+            }
+            if let Some((id, peer)) = outbox.handoff.borrow_mut().take() {
+                return End::Splice(id, peer, buf[..filled].to_vec());
+            }
+            continue;
+        }
         let deadline = if authed {
             outbox.active.get() + shared.cfg.idle_timeout
         } else {
@@ -506,30 +615,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         outbox.touch();
         filled += n;
-        let mut start = 0;
-        loop {
-            match next_frame(&buf[start..filled]) {
-                Frame::Complete(len) => {
-                    let Some(st) = state.upgrade() else {
-                        return End::Shutdown;
-                    };
-                    let mut g = st.borrow_mut();
-                    let w = &mut *g;
-                    w.core
-                        .handle_client(now(), *ft, &buf[start..start + len], &mut w.io);
-                    if !authed {
-                        authed = w.core.counters(ft).is_some();
-                    }
-                    start += len;
-                }
-                Frame::NeedMore(total) if total <= READ_BUF => break,
-                Frame::NeedMore(_) | Frame::Invalid => return End::Broken,
-            }
-        }
-        if start > 0 {
-            buf.copy_within(start..filled, 0);
-            filled -= start;
-        }
     }
 }
 
@@ -540,7 +625,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, outbox: Rc<Outbox>) -> W {
     loop {
         if outbox.buf.borrow().is_empty() {
             if outbox.closing.get() {
-                let _ = wr.shutdown().await;
+                if !outbox.keep_open.get() {
+                    let _ = wr.shutdown().await;
+                }
                 break;
             }
             outbox.wake.notified().await;

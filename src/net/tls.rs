@@ -83,6 +83,66 @@ mod tests {
         (c, k)
     }
 
+    /// An in-memory handshake with a client that trusts only `trusted`; true if it completes.
+    fn handshake(store: &CertStore, trusted: &Path) -> bool {
+        use rustls::pki_types::ServerName;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(trusted).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut ccfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ccfg.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
+        let name = ServerName::try_from("turn.test").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(ccfg), name).unwrap();
+        let mut server = rustls::ServerConnection::new(store.current()).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            if !buf.is_empty() {
+                server.read_tls(&mut &buf[..]).unwrap();
+                if server.process_new_packets().is_err() {
+                    return false;
+                }
+            }
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).unwrap();
+            if !buf.is_empty() {
+                client.read_tls(&mut &buf[..]).unwrap();
+                if client.process_new_packets().is_err() {
+                    return false;
+                }
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                assert_eq!(server.alpn_protocol(), Some(ALPN_STUN_TURN));
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn new_handshakes_see_the_reloaded_certificate() {
+        let dir = std::env::temp_dir().join(format!("turnd-certswap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c1, k1) = write_pair(&dir, "one", "turn.test");
+        let (c2, k2) = write_pair(&dir, "two", "turn.test");
+        let store = CertStore::load(&c1, &k1).unwrap();
+        assert!(handshake(&store, &c1));
+        assert!(!handshake(&store, &c2), "certificate two is not served yet");
+        store.reload(&c2, &k2).unwrap();
+        assert!(
+            handshake(&store, &c2),
+            "new connections get certificate two"
+        );
+        assert!(!handshake(&store, &c1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn reload_swaps_for_new_readers_and_keeps_old_on_error() {
         let dir = std::env::temp_dir().join(format!("turnd-certstore-{}", std::process::id()));

@@ -15,8 +15,8 @@ use tracing::{debug, error, warn};
 
 use super::now;
 use crate::turn::{
-    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
-    ServerConfig, Transport,
+    BindError, ConnectionId, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
+    Server, ServerConfig, Transport,
 };
 
 /// Largest UDP payload plus room to write a header in place.
@@ -97,6 +97,27 @@ impl Io for DriverIo {
         if let Some((_, task)) = self.relays.remove(&relay) {
             task.abort();
         }
+        self.tcp.close_relay(relay);
+    }
+
+    fn listen_relay_tcp(&mut self, relay: RelayId, addr: SocketAddr) -> Result<(), BindError> {
+        self.tcp.listen_relay(relay, addr)
+    }
+
+    fn connect_peer(&mut self, id: ConnectionId, from: SocketAddr, peer: SocketAddr) -> bool {
+        self.tcp.connect_peer(id, from, peer)
+    }
+
+    fn close_peer_connection(&mut self, id: ConnectionId) {
+        self.tcp.close_peer_connection(id);
+    }
+
+    fn claim_connection(&mut self, id: ConnectionId, data: &FiveTuple, username: &str) {
+        self.tcp.claim_connection(id, data, username);
+    }
+
+    fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
+        self.tcp.bind_data_connection(id, data);
     }
 }
 

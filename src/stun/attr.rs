@@ -65,6 +65,7 @@ pub fn is_understood(ty: u16) -> bool {
             | RESERVATION_TOKEN
             | PRIORITY
             | USE_CANDIDATE
+            | CONNECTION_ID
     ) || ty >= 0x8000
 }
 

@@ -65,6 +65,8 @@ pub struct Allocation {
     /// The earliest deadline already queued in the server's timer heap.
     pub scheduled: Option<Instant>,
     pub counters: Counters,
+    /// An RFC 6062 TCP allocation: the relay is a TCP listener, no Send or channels.
+    pub tcp: bool,
 }
 
 impl Allocation {

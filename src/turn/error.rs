@@ -11,6 +11,10 @@ pub const ADDRESS_FAMILY_NOT_SUPPORTED: u16 = 440;
 pub const WRONG_CREDENTIALS: u16 = 441;
 pub const UNSUPPORTED_TRANSPORT_PROTOCOL: u16 = 442;
 pub const PEER_ADDRESS_FAMILY_MISMATCH: u16 = 443;
+/// RFC 6062 §6.3.
+pub const CONNECTION_ALREADY_EXISTS: u16 = 446;
+/// RFC 6062 §6.3.
+pub const CONNECTION_TIMEOUT_OR_FAILURE: u16 = 447;
 pub const ALLOCATION_QUOTA_REACHED: u16 = 486;
 pub const SERVER_ERROR: u16 = 500;
 pub const INSUFFICIENT_CAPACITY: u16 = 508;
@@ -29,6 +33,8 @@ pub fn reason(code: u16) -> &'static str {
         WRONG_CREDENTIALS => "Wrong Credentials",
         UNSUPPORTED_TRANSPORT_PROTOCOL => "Unsupported Transport Protocol",
         PEER_ADDRESS_FAMILY_MISMATCH => "Peer Address Family Mismatch",
+        CONNECTION_ALREADY_EXISTS => "Connection Already Exists",
+        CONNECTION_TIMEOUT_OR_FAILURE => "Connection Timeout or Failure",
         ALLOCATION_QUOTA_REACHED => "Allocation Quota Reached",
         SERVER_ERROR => "Server Error",
         INSUFFICIENT_CAPACITY => "Insufficient Capacity",

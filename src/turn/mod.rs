@@ -95,4 +95,49 @@ pub trait Io {
         opts: RelayOptions,
     ) -> Result<(), BindError>;
     fn close_relay(&mut self, relay: RelayId);
+
+    // RFC 6062 TCP allocations. The defaults refuse, for drivers without TCP relaying.
+
+    /// Opens a TCP listening socket on a relayed address (RFC 6062 §5.1); connections it
+    /// accepts come back through [`Server::handle_peer_connection`]. [`Io::close_relay`]
+    /// closes it.
+    fn listen_relay_tcp(&mut self, relay: RelayId, addr: SocketAddr) -> Result<(), BindError> {
+        let _ = (relay, addr);
+        Err(BindError::Other)
+    }
+    /// Starts a TCP connection from the relayed address `from` to `peer` (RFC 6062 §5.2),
+    /// giving up after the driver's connect timeout; the outcome comes back through
+    /// [`Server::handle_peer_connected`]. False when it cannot even be started.
+    fn connect_peer(&mut self, id: ConnectionId, from: SocketAddr, peer: SocketAddr) -> bool {
+        let _ = (id, from, peer);
+        false
+    }
+    /// Closes peer data connection `id` and, once bound, its client data connection.
+    fn close_peer_connection(&mut self, id: ConnectionId) {
+        let _ = id;
+    }
+    /// A ConnectionBind for `id` arrived on client connection `data` (any worker may own
+    /// `id`): ask the owner's core ([`Server::take_connection`]) and come back with
+    /// [`Server::handle_connection_claimed`].
+    fn claim_connection(&mut self, id: ConnectionId, data: &FiveTuple, username: &str) {
+        let _ = (id, data, username);
+    }
+    /// After the ConnectionBind success response queued on `data`, pipe bytes as they are
+    /// between `data` and peer data connection `id` (RFC 6062 §5.4).
+    fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
+        let _ = (id, data);
+    }
+}
+
+/// CONNECTION-ID (RFC 6062 §6.2.1). The top bits name the worker whose core owns the
+/// connection, so a ConnectionBind arriving on any worker can find it.
+pub type ConnectionId = u32;
+
+/// Bits of a [`ConnectionId`] below the worker index: room for 1024 workers and 4 million
+/// live ids per worker.
+pub const CONNECTION_ID_WORKER_SHIFT: u32 = 22;
+
+/// The worker that owns a connection id.
+pub fn connection_owner(id: ConnectionId) -> usize {
+    (id >> CONNECTION_ID_WORKER_SHIFT) as usize
 }

@@ -26,6 +26,9 @@ use crate::stun::{
     decode_xor_address, encode_xor_address, message_type, method,
 };
 
+#[path = "tcp_relay.rs"]
+mod tcp_relay;
+
 /// PASSWORD-ALGORITHMS as this server sends it: SHA-256 preferred, then MD5
 /// (RFC 8489 §14.11), each with empty parameters.
 const PASSWORD_ALGORITHMS_VALUE: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
@@ -96,6 +99,8 @@ pub struct Server {
     token_counter: u64,
     out: Vec<u8>,
     stats: Stats,
+    /// RFC 6062 peer data connections.
+    tcp: tcp_relay::TcpRelay,
 }
 
 impl Server {
@@ -114,6 +119,7 @@ impl Server {
             token_counter: 0,
             out: Vec::with_capacity(1500),
             stats: Stats::default(),
+            tcp: Default::default(),
         }
     }
 
@@ -254,11 +260,16 @@ impl Server {
 
     /// The earliest moment [`Server::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (alloc, self.tcp_poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expires permissions, channels and allocations whose time has come.
     pub fn handle_timeout(&mut self, now: Time, io: &mut impl Io) {
+        self.tcp_handle_timeout(now.mono, io);
         while let Some(&Reverse((t, slot))) = self.timers.peek() {
             if t > now.mono {
                 break;
@@ -290,6 +301,7 @@ impl Server {
 
     /// Ends the allocation on a 5-tuple now (its transport connection closed).
     pub fn close_tuple(&mut self, ft: &FiveTuple, io: &mut impl Io) {
+        self.tcp_forget(ft);
         if let Some(&s) = self.by_tuple.get(ft) {
             self.delete(s, EndReason::Shutdown, io);
         }
@@ -344,6 +356,9 @@ impl Server {
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return;
         };
+        if a.tcp {
+            return;
+        }
         if !a.has_permission(&peer.ip(), now) {
             a.counters.dropped_no_permission += 1;
             self.stats.dropped += 1;
@@ -369,7 +384,12 @@ impl Server {
         }
         if !matches!(
             m,
-            method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
+            method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND
         ) {
             self.send_error(ft, msg, error::BAD_REQUEST, None, io);
             return;
@@ -412,6 +432,8 @@ impl Server {
             method::ALLOCATE => self.handle_allocate(now, ft, msg, &auth, io),
             method::REFRESH => self.handle_refresh(now, ft, msg, &auth, io),
             method::CREATE_PERMISSION => self.handle_create_permission(now, ft, msg, &auth, io),
+            method::CONNECT => self.handle_connect(ft, msg, &auth, io),
+            method::CONNECTION_BIND => self.handle_connection_bind(ft, msg, &auth, io),
             _ => self.handle_channel_bind(now, ft, msg, &auth, io),
         }
     }
@@ -568,6 +590,9 @@ impl Server {
         let fail = |s: &mut Self, code, io: &mut _| s.send_error(ft, msg, code, Some(auth), io);
         match msg.get(attr::REQUESTED_TRANSPORT) {
             Some([p, _, _, _]) if *p == attr::TRANSPORT_UDP => {}
+            Some([p, _, _, _]) if *p == attr::TRANSPORT_TCP => {
+                return self.handle_allocate_tcp(now, ft, msg, auth, io);
+            }
             Some([_, _, _, _]) => return fail(self, error::UNSUPPORTED_TRANSPORT_PROTOCOL, io),
             _ => return fail(self, error::BAD_REQUEST, io),
         }
@@ -683,6 +708,7 @@ impl Server {
             responses: VecDeque::new(),
             scheduled: None,
             counters: Counters::default(),
+            tcp: false,
         };
         let slot = match self.free_slots.pop() {
             Some(s) => s,
@@ -965,6 +991,15 @@ impl Server {
             self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
             return;
         };
+        if self
+            .slots
+            .get(slot)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|a| a.tcp)
+        {
+            // RFC 6062 §5.1: a TCP allocation relays over data connections, not channels.
+            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+        }
         let number = match msg.get(attr::CHANNEL_NUMBER) {
             Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
             _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
@@ -1103,6 +1138,7 @@ impl Server {
         };
         self.free_slots.push(slot);
         self.by_tuple.remove(&a.five_tuple);
+        self.tcp_end_allocation(&a.five_tuple, io);
         {
             let mut pool = match self.cfg.ports.lock() {
                 Ok(g) => g,

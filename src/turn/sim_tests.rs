@@ -23,6 +23,8 @@ struct SimIo {
     closed: Vec<RelayId>,
     /// Addresses some other process holds: binding them fails with AddrInUse.
     taken: HashSet<SocketAddr>,
+    /// RFC 6062 calls, for sim_tcp_tests.
+    tcp: tcp::TcpCalls,
 }
 
 impl Io for SimIo {
@@ -47,7 +49,27 @@ impl Io for SimIo {
     fn close_relay(&mut self, relay: RelayId) {
         self.closed.push(relay);
     }
+    fn listen_relay_tcp(&mut self, relay: RelayId, addr: SocketAddr) -> Result<(), BindError> {
+        self.tcp.listens.push((relay, addr));
+        Ok(())
+    }
+    fn connect_peer(&mut self, id: ConnectionId, from: SocketAddr, peer: SocketAddr) -> bool {
+        self.tcp.connects.push((id, from, peer));
+        true
+    }
+    fn close_peer_connection(&mut self, id: ConnectionId) {
+        self.tcp.closed.push(id);
+    }
+    fn claim_connection(&mut self, id: ConnectionId, data: &FiveTuple, username: &str) {
+        self.tcp.claims.push((id, *data, username.to_string()));
+    }
+    fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
+        self.tcp.binds.push((id, *data));
+    }
 }
+
+#[path = "sim_tcp_tests.rs"]
+mod tcp;
 
 struct Sim {
     server: Server,
@@ -487,9 +509,14 @@ fn allocate_errors_for_transport() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
     let r = c.request(&mut s, method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
     });
     assert_eq!(r.code(), Some(442));
+    // RFC 6062 §5.1: TCP is supported, but not over a UDP client connection.
+    let r = c.request(&mut s, method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(r.code(), Some(400));
     let r = c.request(&mut s, method::ALLOCATE, &|_| {});
     assert_eq!(r.code(), Some(400));
     let r = c.request(&mut s, method::ALLOCATE, &|w| {

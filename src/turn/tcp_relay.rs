@@ -1,0 +1,530 @@
+//! TCP allocations ([RFC 6062](https://www.rfc-editor.org/rfc/rfc6062)): the relayed address
+//! is a TCP listener; Connect opens a connection to a peer, a peer connecting in is announced
+//! with ConnectionAttempt, and ConnectionBind on a new client connection joins the two.
+//!
+//! The decisions live here (who may connect where, which ids are live, the 30-second bind
+//! window); the driver connects, accepts and pipes bytes. Connect goes through the same
+//! peer policy as UDP permissions.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use tracing::{debug, info};
+
+use super::super::allocation::{Allocation, Counters, Relay};
+use super::super::error::{self, reason};
+use super::super::ports::Family;
+use super::super::{
+    CONNECTION_ID_WORKER_SHIFT, ConnectionId, FiveTuple, Io, RelayId, Time, Transport,
+};
+use super::{Authed, BIND_ATTEMPTS, DisplayRelays, Server};
+use crate::auth::{Key, display_user};
+use crate::stun::{Class, Integrity, Message, MessageWriter, attr, method};
+
+/// RFC 6062 §5.2/§5.3: a peer data connection not bound within 30 seconds is closed.
+pub const BIND_WINDOW: Duration = Duration::from_secs(30);
+
+/// A request whose answer waits for the driver (Connect, ConnectionBind).
+struct Parked {
+    id: ConnectionId,
+    method: u16,
+    txid: [u8; 12],
+    key: Key,
+    integrity: Integrity,
+    fingerprint: bool,
+}
+
+enum State {
+    /// Connect sent to the driver; the response waits for the outcome.
+    Connecting(Parked),
+    /// Connected (or accepted), waiting for ConnectionBind until the deadline.
+    Pending(Instant),
+    /// Joined with a client data connection.
+    Bound,
+}
+
+struct PeerConn {
+    control: FiveTuple,
+    peer: SocketAddr,
+    state: State,
+}
+
+/// The TCP-relay state of one worker's server.
+#[derive(Default)]
+pub(super) struct TcpRelay {
+    conns: FxHashMap<ConnectionId, PeerConn>,
+    timers: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
+    next: u32,
+    prefix: u32,
+    /// ConnectionBind requests waiting for the owning worker, by data connection.
+    parked: FxHashMap<FiveTuple, Parked>,
+}
+
+impl Server {
+    /// Tells the core which worker it runs on; CONNECTION-IDs carry it in their top byte.
+    pub fn set_worker_index(&mut self, index: usize) {
+        self.tcp.prefix = ((index & 0x3FF) as u32) << CONNECTION_ID_WORKER_SHIFT;
+    }
+
+    fn new_connection_id(&mut self) -> ConnectionId {
+        loop {
+            self.tcp.next = (self.tcp.next + 1) & ((1 << CONNECTION_ID_WORKER_SHIFT) - 1);
+            let id = self.tcp.prefix | self.tcp.next;
+            if self.tcp.next != 0 && !self.tcp.conns.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Live peer data connections (connecting, pending or bound) owned by this core.
+    pub fn peer_connection_count(&self) -> usize {
+        self.tcp.conns.len()
+    }
+
+    /// Allocate with REQUESTED-TRANSPORT TCP (RFC 6062 §5.1): only on a TCP or TLS client
+    /// connection (else 400), and without DONT-FRAGMENT, EVEN-PORT or RESERVATION-TOKEN
+    /// (else 400).
+    pub(super) fn handle_allocate_tcp(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        let bad = ft.transport == Transport::Udp
+            || [
+                attr::DONT_FRAGMENT,
+                attr::EVEN_PORT,
+                attr::RESERVATION_TOKEN,
+                attr::ADDITIONAL_ADDRESS_FAMILY,
+            ]
+            .iter()
+            .any(|t| msg.get(*t).is_some());
+        if bad {
+            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+        }
+        let family: Family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None | Some([attr::FAMILY_IPV4, _, _, _]) => 0,
+            Some([attr::FAMILY_IPV6, _, _, _]) => 1,
+            Some([_, _, _, _]) => {
+                return self.send_error(
+                    ft,
+                    msg,
+                    error::ADDRESS_FAMILY_NOT_SUPPORTED,
+                    Some(auth),
+                    io,
+                );
+            }
+            Some(_) => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+        };
+        let Some((bind_ip, adv_ip)) = self.cfg.relay_ips[family] else {
+            return self.send_error(ft, msg, error::ADDRESS_FAMILY_NOT_SUPPORTED, Some(auth), io);
+        };
+        let username = msg
+            .get(attr::USERNAME)
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default()
+            .to_string();
+        let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
+        if let Err(code) = self.cfg.quotas.acquire(&quota_user) {
+            return self.send_error(ft, msg, code, Some(auth), io);
+        }
+        let mut relay = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let random = self.random();
+            let Some(port) = self.lock_ports().take(family, now.mono, random) else {
+                break;
+            };
+            let id = RelayId(self.next_relay);
+            self.next_relay += 1;
+            let bound = SocketAddr::new(bind_ip, port);
+            if io.listen_relay_tcp(id, bound).is_ok() {
+                relay = Some(Relay {
+                    id,
+                    family,
+                    port,
+                    bound,
+                    advertised: SocketAddr::new(adv_ip, port),
+                });
+                break;
+            }
+            self.lock_ports().release(family, port);
+        }
+        let Some(relay) = relay else {
+            self.cfg.quotas.release(&quota_user);
+            return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+        };
+        let lifetime = self.lifetime(msg);
+        let mut relays = [None, None];
+        relays[family] = Some(relay);
+        let alloc = Allocation {
+            five_tuple: *ft,
+            relays,
+            username,
+            credential_expiry: auth.expiry,
+            expires: now.mono + lifetime,
+            created: now.mono,
+            created_unix: now.unix,
+            permissions: FxHashMap::default(),
+            channels: FxHashMap::default(),
+            channel_by_peer: FxHashMap::default(),
+            allocate_txid: msg.transaction_id(),
+            responses: Default::default(),
+            scheduled: None,
+            counters: Counters::default(),
+            tcp: true,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.by_relay.insert(relay.id, slot);
+        self.by_tuple.insert(*ft, slot);
+        info!(
+            client = %ft.client,
+            transport = ft.transport.as_str(),
+            relayed = %DisplayRelays { relays: &alloc.relays, bound: false },
+            relay_transport = "tcp",
+            user = display_user(&alloc.username, self.cfg.rest_separator),
+            lifetime = lifetime.as_secs(),
+            "allocation created"
+        );
+        let txid = alloc.allocate_txid;
+        self.slots[slot] = Some(alloc);
+        self.stats.allocations_created += 1;
+        self.schedule(slot);
+        let mut w = self.writer(msg, Class::Success);
+        w.xor_address(attr::XOR_RELAYED_ADDRESS, relay.advertised)
+            .u32_attr(attr::LIFETIME, lifetime.as_secs() as u32)
+            .xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
+        self.seal_and_send(ft, msg, Some(auth), io);
+        self.cache_last(slot, txid, now.mono);
+    }
+
+    fn park(&self, id: ConnectionId, msg: &Message<'_>, auth: &Authed) -> Parked {
+        Parked {
+            id,
+            method: msg.method(),
+            txid: msg.transaction_id(),
+            key: auth.key.clone(),
+            integrity: auth.integrity,
+            fingerprint: msg.has_fingerprint(),
+        }
+    }
+
+    /// Answers a parked request: success with CONNECTION-ID, or the error `code`.
+    fn answer_parked(&mut self, to: &FiveTuple, p: &Parked, code: Option<u16>, io: &mut impl Io) {
+        let class = if code.is_some() {
+            Class::Error
+        } else {
+            Class::Success
+        };
+        let mut w = MessageWriter::new(&mut self.out, p.method, class, p.txid);
+        match code {
+            Some(c) => {
+                w.error_code(c, reason(c));
+                self.stats.error_responses += 1;
+            }
+            None if p.method == method::CONNECT => {
+                w.u32_attr(attr::CONNECTION_ID, p.id);
+            }
+            None => {}
+        }
+        if let Some(s) = &self.cfg.software {
+            w.attr(attr::SOFTWARE, s.as_bytes());
+        }
+        match p.integrity {
+            Integrity::Sha1 => w.integrity(p.key.as_bytes()),
+            Integrity::Sha256 => w.integrity_sha256(p.key.as_bytes()),
+        };
+        if p.fingerprint {
+            w.fingerprint();
+        }
+        io.send_to_client(to, &self.out);
+    }
+
+    /// Connect (RFC 6062 §5.2): 437 without an allocation on this connection, 400 without a
+    /// valid XOR-PEER-ADDRESS or on a UDP allocation, 403 when the peer policy refuses the
+    /// address (the same check as CreatePermission), 446 when a connection to that peer is
+    /// already being made or live, 447 when the driver cannot start it.
+    pub(super) fn handle_connect(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        let Some(&slot) = self.by_tuple.get(ft) else {
+            return self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+        };
+        let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        if !a.tcp {
+            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+        }
+        let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
+            Some(Ok(p)) => p,
+            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+        };
+        if let Err(code) = self.check_peer(slot, peer) {
+            debug!(client = %ft.client, peer = %peer, code, "connect refused");
+            return self.send_error(ft, msg, code, Some(auth), io);
+        }
+        let Some(from) = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.as_ref())
+            .and_then(|a| a.relay_for(&peer))
+            .map(|r| r.bound)
+        else {
+            return self.send_error(ft, msg, error::PEER_ADDRESS_FAMILY_MISMATCH, Some(auth), io);
+        };
+        if self
+            .tcp
+            .conns
+            .values()
+            .any(|c| c.control == *ft && c.peer == peer)
+        {
+            return self.send_error(ft, msg, error::CONNECTION_ALREADY_EXISTS, Some(auth), io);
+        }
+        let id = self.new_connection_id();
+        let parked = self.park(id, msg, auth);
+        self.tcp.conns.insert(
+            id,
+            PeerConn {
+                control: *ft,
+                peer,
+                state: State::Connecting(parked),
+            },
+        );
+        if !io.connect_peer(id, from, peer) {
+            self.tcp.conns.remove(&id);
+            self.send_error(
+                ft,
+                msg,
+                error::CONNECTION_TIMEOUT_OR_FAILURE,
+                Some(auth),
+                io,
+            );
+        }
+    }
+
+    /// The outcome of [`Io::connect_peer`]. Returns whether the core keeps the connection
+    /// (false: the driver closes it, e.g. the allocation ended meanwhile).
+    pub fn handle_peer_connected(
+        &mut self,
+        now: Time,
+        id: ConnectionId,
+        ok: bool,
+        io: &mut impl Io,
+    ) -> bool {
+        let Some(c) = self.tcp.conns.get_mut(&id) else {
+            return false;
+        };
+        let control = c.control;
+        let deadline = now.mono + BIND_WINDOW;
+        let parked = match std::mem::replace(&mut c.state, State::Pending(deadline)) {
+            State::Connecting(p) => p,
+            other => {
+                c.state = other;
+                return false;
+            }
+        };
+        if ok {
+            self.tcp.timers.push(Reverse((deadline, id)));
+            self.answer_parked(&control, &parked, None, io);
+        } else {
+            self.tcp.conns.remove(&id);
+            self.answer_parked(
+                &control,
+                &parked,
+                Some(error::CONNECTION_TIMEOUT_OR_FAILURE),
+                io,
+            );
+        }
+        ok
+    }
+
+    /// A peer connected to a TCP relayed address (RFC 6062 §5.3). Without a permission for
+    /// the peer's IP the driver must close it (None); otherwise the client hears of it in a
+    /// ConnectionAttempt indication and has 30 seconds to bind it.
+    pub fn handle_peer_connection(
+        &mut self,
+        now: Time,
+        relay: RelayId,
+        peer: SocketAddr,
+        io: &mut impl Io,
+    ) -> Option<ConnectionId> {
+        let &slot = self.by_relay.get(&relay)?;
+        let a = self.slots.get(slot)?.as_ref()?;
+        if !a.tcp || !a.has_permission(&peer.ip(), now.mono) {
+            debug!(%peer, "peer connection refused: no permission");
+            return None;
+        }
+        let control = a.five_tuple;
+        let id = self.new_connection_id();
+        let deadline = now.mono + BIND_WINDOW;
+        self.tcp.conns.insert(
+            id,
+            PeerConn {
+                control,
+                peer,
+                state: State::Pending(deadline),
+            },
+        );
+        self.tcp.timers.push(Reverse((deadline, id)));
+        let mut txid = [0u8; 12];
+        txid[..8].copy_from_slice(&self.random().to_le_bytes());
+        txid[8..].copy_from_slice(&self.random().to_le_bytes()[..4]);
+        let mut w = MessageWriter::new(
+            &mut self.out,
+            method::CONNECTION_ATTEMPT,
+            Class::Indication,
+            txid,
+        );
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .u32_attr(attr::CONNECTION_ID, id);
+        io.send_to_client(&control, &self.out);
+        Some(id)
+    }
+
+    /// ConnectionBind (RFC 6062 §5.4) on a new client connection: 400 over UDP, on a
+    /// connection that holds an allocation, or without CONNECTION-ID. The id may belong to
+    /// another worker, so the answer waits for [`Server::handle_connection_claimed`].
+    pub(super) fn handle_connection_bind(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        let id = match msg.u32_attr(attr::CONNECTION_ID) {
+            Some(Ok(id)) => id,
+            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+        };
+        if ft.transport == Transport::Udp
+            || self.by_tuple.contains_key(ft)
+            || self.tcp.parked.contains_key(ft)
+        {
+            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+        }
+        let Some(user) = msg
+            .get(attr::USERNAME)
+            .and_then(|u| std::str::from_utf8(u).ok())
+        else {
+            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+        };
+        let parked = self.park(id, msg, auth);
+        self.tcp.parked.insert(*ft, parked);
+        io.claim_connection(id, ft, user);
+    }
+
+    /// On the worker owning `id`: hands a pending peer connection to a ConnectionBind from
+    /// `username`. 400 when `id` names no pending connection, 441 when the allocation
+    /// belongs to someone else.
+    pub fn take_connection(&mut self, id: ConnectionId, username: &str) -> Result<(), u16> {
+        let c = self.tcp.conns.get(&id).ok_or(error::BAD_REQUEST)?;
+        if !matches!(c.state, State::Pending(_)) {
+            return Err(error::BAD_REQUEST);
+        }
+        let owner = self
+            .by_tuple
+            .get(&c.control)
+            .and_then(|&s| self.slots.get(s))
+            .and_then(|s| s.as_ref())
+            .ok_or(error::BAD_REQUEST)?;
+        if owner.username != username {
+            return Err(error::WRONG_CREDENTIALS);
+        }
+        if let Some(c) = self.tcp.conns.get_mut(&id) {
+            c.state = State::Bound;
+        }
+        Ok(())
+    }
+
+    /// The owner's answer to a parked ConnectionBind on `data`. On success the response is
+    /// queued and the driver joins the connections; returns whether it did.
+    pub fn handle_connection_claimed(
+        &mut self,
+        data: &FiveTuple,
+        id: ConnectionId,
+        result: Result<(), u16>,
+        io: &mut impl Io,
+    ) -> bool {
+        let Some(p) = self.tcp.parked.remove(data) else {
+            return false;
+        };
+        if p.id != id {
+            self.tcp.parked.insert(*data, p);
+            return false;
+        }
+        match result {
+            Ok(()) => {
+                self.answer_parked(data, &p, None, io);
+                io.bind_data_connection(id, data);
+                true
+            }
+            Err(code) => {
+                self.answer_parked(data, &p, Some(code), io);
+                false
+            }
+        }
+    }
+
+    /// A peer data connection (or its client side) closed in the driver.
+    pub fn handle_peer_connection_closed(&mut self, id: ConnectionId) {
+        self.tcp.conns.remove(&id);
+    }
+
+    /// Forgets a ConnectionBind parked for a client connection that closed.
+    pub(super) fn tcp_forget(&mut self, data: &FiveTuple) {
+        self.tcp.parked.remove(data);
+    }
+
+    pub(super) fn tcp_poll_timeout(&self) -> Option<Instant> {
+        self.tcp.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Closes peer data connections left unbound past their 30 seconds.
+    pub(super) fn tcp_handle_timeout(&mut self, now: Instant, io: &mut impl Io) {
+        while let Some(&Reverse((t, id))) = self.tcp.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.tcp.timers.pop();
+            let expired = self
+                .tcp
+                .conns
+                .get(&id)
+                .is_some_and(|c| matches!(c.state, State::Pending(d) if d <= now));
+            if expired {
+                self.tcp.conns.remove(&id);
+                debug!(id, "peer data connection not bound in time");
+                io.close_peer_connection(id);
+            }
+        }
+    }
+
+    /// Closes every data connection of the allocation on `control` (it is being deleted).
+    pub(super) fn tcp_end_allocation(&mut self, control: &FiveTuple, io: &mut impl Io) {
+        let ids: Vec<ConnectionId> = self
+            .tcp
+            .conns
+            .iter()
+            .filter(|(_, c)| c.control == *control)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.tcp.conns.remove(&id);
+            io.close_peer_connection(id);
+        }
+    }
+}
