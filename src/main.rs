@@ -26,6 +26,13 @@ fn main() -> ExitCode {
     if config.auth.users.is_empty() && config.auth.secrets.is_empty() {
         tracing::warn!("no users and no auth secrets configured: every Allocate will be refused");
     }
+    let admin = match turnd::admin::Admin::bind(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let running = match turnd::net::start(&config) {
         Ok(r) => r,
         Err(e) => {
@@ -43,6 +50,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(admin) = admin {
+        let control = running.control();
+        rt.spawn(admin.serve(control));
+    }
     rt.block_on(wait_for_signal());
     let allocations = rt.block_on(running.control().allocation_count());
     tracing::info!(allocations, "shutting down");

@@ -1,16 +1,30 @@
 //! Allocation quotas shared by every worker: per user (486) and in total (508)
-//! (RFC 8656 §7.2). Touched only when an allocation starts or ends, never per packet.
+//! (RFC 8656 §7.2), per-user overrides, and the server's bandwidth capacity: the sum of the
+//! bandwidth limits of live allocations may not exceed `bps-capacity` (508 over it).
+//! Touched only when an allocation starts or ends, never per packet.
 
 use std::sync::Mutex;
 
 use rustc_hash::FxHashMap;
 
+use super::bandwidth::Rate;
 use super::error;
 
 #[derive(Debug, Default)]
 struct Counts {
     per_user: FxHashMap<String, u32>,
     total: u32,
+    /// Sum of the `bps` of live allocations.
+    bps_reserved: u64,
+}
+
+/// What one user may hold instead of the server-wide defaults; `None` keeps the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Most live allocations (0: no limit).
+    pub quota: Option<u32>,
+    /// Bandwidth limit of each allocation, bits per second each way (0: none).
+    pub max_bps: Option<u64>,
 }
 
 /// Live allocation counts against their limits; a limit of 0 means none.
@@ -18,6 +32,10 @@ struct Counts {
 pub struct Quotas {
     user_quota: u32,
     total_quota: u32,
+    max_bps: u64,
+    burst: u64,
+    bps_capacity: u64,
+    overrides: FxHashMap<String, UserLimits>,
     counts: Mutex<Counts>,
 }
 
@@ -26,8 +44,24 @@ impl Quotas {
         Quotas {
             user_quota,
             total_quota,
-            counts: Mutex::new(Counts::default()),
+            ..Quotas::default()
         }
+    }
+
+    /// Sets the default per-allocation limit (`max_bps`, bits per second each way, with a
+    /// bucket of `burst` bytes, 0 for the default burst) and the server's capacity (the most
+    /// the limits of live allocations may add up to); 0 means none.
+    pub fn with_bandwidth(mut self, max_bps: u64, burst: u64, bps_capacity: u64) -> Quotas {
+        self.max_bps = max_bps;
+        self.burst = burst;
+        self.bps_capacity = bps_capacity;
+        self
+    }
+
+    /// Per-user overrides, keyed by user (a REST user without its timestamp).
+    pub fn with_user_limits(mut self, overrides: FxHashMap<String, UserLimits>) -> Quotas {
+        self.overrides = overrides;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -37,22 +71,48 @@ impl Quotas {
         }
     }
 
-    /// Counts one more allocation for `user`, or says which error code refuses it.
-    pub fn acquire(&self, user: &str) -> Result<(), u16> {
+    /// The bandwidth limit an allocation of `user` gets.
+    pub fn rate_for(&self, user: &str) -> Rate {
+        let bps = self
+            .overrides
+            .get(user)
+            .and_then(|o| o.max_bps)
+            .unwrap_or(self.max_bps);
+        Rate::new(bps, self.burst)
+    }
+
+    fn quota_for(&self, user: &str) -> u32 {
+        self.overrides
+            .get(user)
+            .and_then(|o| o.quota)
+            .unwrap_or(self.user_quota)
+    }
+
+    /// Counts one more allocation for `user` and returns its bandwidth limit, or says which
+    /// error code refuses it: 508 over the total quota or the bandwidth capacity, 486 over
+    /// the user's quota.
+    pub fn acquire(&self, user: &str) -> Result<Rate, u16> {
+        let rate = self.rate_for(user);
+        let quota = self.quota_for(user);
         let mut c = self.lock();
         if self.total_quota > 0 && c.total >= self.total_quota {
             return Err(error::INSUFFICIENT_CAPACITY);
         }
+        if self.bps_capacity > 0 && c.bps_reserved.saturating_add(rate.bps) > self.bps_capacity {
+            return Err(error::INSUFFICIENT_CAPACITY);
+        }
         let n = c.per_user.get(user).copied().unwrap_or(0);
-        if self.user_quota > 0 && n >= self.user_quota {
+        if quota > 0 && n >= quota {
             return Err(error::ALLOCATION_QUOTA_REACHED);
         }
         c.per_user.insert(user.to_string(), n + 1);
         c.total += 1;
-        Ok(())
+        c.bps_reserved = c.bps_reserved.saturating_add(rate.bps);
+        Ok(rate)
     }
 
-    pub fn release(&self, user: &str) {
+    /// Gives back what [`Quotas::acquire`] took; `bps` is the limit it returned.
+    pub fn release(&self, user: &str, bps: u64) {
         let mut c = self.lock();
         if let Some(n) = c.per_user.get_mut(user) {
             *n -= 1;
@@ -60,6 +120,7 @@ impl Quotas {
                 c.per_user.remove(user);
             }
             c.total = c.total.saturating_sub(1);
+            c.bps_reserved = c.bps_reserved.saturating_sub(bps);
         }
     }
 
@@ -71,6 +132,16 @@ impl Quotas {
     pub fn total(&self) -> u32 {
         self.lock().total
     }
+
+    /// Sum of the bandwidth limits of live allocations, bits per second.
+    pub fn bps_reserved(&self) -> u64 {
+        self.lock().bps_reserved
+    }
+
+    /// The configured capacity (0: none).
+    pub fn bps_capacity(&self) -> u64 {
+        self.bps_capacity
+    }
 }
 
 #[cfg(test)]
@@ -80,16 +151,16 @@ mod tests {
     #[test]
     fn user_and_total_limits() {
         let q = Quotas::new(2, 3);
-        assert_eq!(q.acquire("a"), Ok(()));
-        assert_eq!(q.acquire("a"), Ok(()));
+        assert!(q.acquire("a").is_ok());
+        assert!(q.acquire("a").is_ok());
         assert_eq!(q.acquire("a"), Err(486));
-        assert_eq!(q.acquire("b"), Ok(()));
+        assert!(q.acquire("b").is_ok());
         assert_eq!(q.acquire("c"), Err(508));
-        q.release("a");
-        assert_eq!(q.acquire("c"), Ok(()));
+        q.release("a", 0);
+        assert!(q.acquire("c").is_ok());
         assert_eq!(q.total(), 3);
         assert_eq!(q.user_count("a"), 1);
-        q.release("nobody");
+        q.release("nobody", 0);
         assert_eq!(q.total(), 3);
     }
 
@@ -97,7 +168,60 @@ mod tests {
     fn zero_means_unlimited() {
         let q = Quotas::new(0, 0);
         for _ in 0..1000 {
-            assert_eq!(q.acquire("a"), Ok(()));
+            assert_eq!(q.acquire("a"), Ok(Rate::new(0, 0)));
         }
+    }
+
+    #[test]
+    fn overrides_replace_the_defaults() {
+        let mut o = FxHashMap::default();
+        o.insert(
+            "vip".to_string(),
+            UserLimits {
+                quota: Some(0),
+                max_bps: Some(8_000_000),
+            },
+        );
+        o.insert(
+            "small".to_string(),
+            UserLimits {
+                quota: Some(1),
+                max_bps: None,
+            },
+        );
+        let q = Quotas::new(2, 0)
+            .with_bandwidth(1_000_000, 0, 0)
+            .with_user_limits(o);
+        for _ in 0..5 {
+            assert_eq!(q.acquire("vip").map(|r| r.bps), Ok(8_000_000));
+        }
+        assert_eq!(q.acquire("small").map(|r| r.bps), Ok(1_000_000));
+        assert_eq!(q.acquire("small"), Err(486));
+        assert!(q.acquire("other").is_ok());
+        assert!(q.acquire("other").is_ok());
+        assert_eq!(q.acquire("other"), Err(486));
+    }
+
+    #[test]
+    fn bandwidth_capacity() {
+        let mut o = FxHashMap::default();
+        o.insert(
+            "big".to_string(),
+            UserLimits {
+                quota: None,
+                max_bps: Some(3_000),
+            },
+        );
+        let q = Quotas::new(0, 0)
+            .with_bandwidth(1_000, 0, 4_000)
+            .with_user_limits(o);
+        assert!(q.acquire("a").is_ok());
+        assert!(q.acquire("big").is_ok());
+        assert_eq!(q.bps_reserved(), 4_000);
+        assert_eq!(q.acquire("a"), Err(508));
+        q.release("big", 3_000);
+        assert_eq!(q.bps_reserved(), 1_000);
+        assert!(q.acquire("a").is_ok());
+        assert_eq!(q.acquire("big"), Err(508));
     }
 }
