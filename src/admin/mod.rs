@@ -136,7 +136,28 @@ async fn handle_connection(
     let response = match http::read_request(&mut stream).await {
         Ok(req) => api::route(&req, peer, &control, &settings).await,
         Err(http::ReadError::Closed) => return,
-        Err(http::ReadError::Bad(status, why)) => http::Response::text(status, why),
+        Err(http::ReadError::Bad(status, why)) => {
+            let _ = http::write_response(&mut stream, &http::Response::text(status, why)).await;
+            // Take (a bounded amount of) what the client is still sending, so closing with
+            // unread data does not reset the connection before it reads the answer.
+            let _ = tokio::time::timeout(LINGER, drain(&mut stream)).await;
+            return;
+        }
     };
     let _ = http::write_response(&mut stream, &response).await;
+}
+
+/// How long a refused request's leftover input is read and discarded.
+const LINGER: Duration = Duration::from_secs(2);
+
+async fn drain(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let mut left = 256 * 1024usize;
+    while left > 0 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
