@@ -1504,4 +1504,85 @@ mod tests {
         assert_eq!(key_at("a = 1\n[x]\nb = 2", 14).as_deref(), Some("x.b"));
         assert_eq!(key_at("[x]\n", 1), None);
     }
+
+    #[test]
+    fn bandwidth_and_user_overrides() {
+        let c = Config::from_toml_str(
+            "[allocation]\nmax-bps = 1000\nbps-capacity = 5000\n\
+             [allocation.users.alice]\nuser-quota = 3\n\
+             [allocation.users.bob]\nmax-bps = 2000\n",
+        )
+        .expect("valid");
+        assert_eq!(c.allocation.max_bps, 1000);
+        assert_eq!(c.allocation.bps_capacity, 5000);
+        let limits = c.user_limits();
+        assert_eq!(limits["alice"].quota, Some(3));
+        assert_eq!(limits["alice"].max_bps, None);
+        assert_eq!(limits["bob"].max_bps, Some(2000));
+
+        assert_invalid(
+            "[allocation]\nbps-capacity = 5000\n",
+            "allocation.bps-capacity",
+            "needs allocation.max-bps",
+        );
+        assert_invalid(
+            "[allocation]\nmax-bps = 1\nbps-capacity = 5\n[allocation.users.x]\nmax-bps = 0\n",
+            "allocation.users.x.max-bps",
+            "must not be 0",
+        );
+        assert_invalid(
+            "[allocation.users.x]\n",
+            "allocation.users.x",
+            "sets nothing",
+        );
+        let e = Config::from_toml_str("[allocation.users.x]\nquota = 1\n").unwrap_err();
+        assert!(e.to_string().contains("quota"), "{e}");
+    }
+
+    #[test]
+    fn admin_section() {
+        let c = Config::from_toml_str("").unwrap();
+        assert!(!c.admin.enabled);
+        assert_eq!(c.admin.listen, "127.0.0.1:9641".parse().unwrap());
+        assert!(!c.admin.metrics_open_on_loopback);
+        assert_eq!(c.admin.max_connections, 64);
+        assert!(!format!("{:?}", c.admin).contains("token: \"\""));
+
+        assert_invalid("[admin]\nenabled = true\n", "admin.token", "at least 16");
+        assert_invalid(
+            "[admin]\nenabled = true\ntoken = \"0123456789abcdef 0\"\n",
+            "admin.token",
+            "whitespace",
+        );
+        assert_invalid(
+            "[admin]\nenabled = true\ntoken = \"0123456789abcdef\"\nmax-connections = 0\n",
+            "admin.max-connections",
+            "at least 1",
+        );
+        // A disabled listener needs no token.
+        Config::from_toml_str("[admin]\nlisten = \"0.0.0.0:1\"\n").expect("valid");
+
+        let c = Config::load(&serve(&[
+            "--admin-listen",
+            "127.0.0.1:9999",
+            "--admin-token",
+            "0123456789abcdef",
+            "--max-bps",
+            "64000",
+            "--bps-burst",
+            "3000",
+            "--bps-capacity",
+            "640000",
+        ]))
+        .expect("valid");
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen.port(), 9999);
+        assert_eq!(c.admin.token, "0123456789abcdef");
+        assert!(!format!("{:?}", c.admin).contains("0123456789abcdef"));
+        assert_eq!(c.allocation.max_bps, 64_000);
+        assert_eq!(c.allocation.bps_burst, 3_000);
+        assert_eq!(c.allocation.bps_capacity, 640_000);
+        let e = Config::load(&serve(&["--admin-listen", "127.0.0.1:9999"])).unwrap_err();
+        assert_eq!(e.key(), "admin.token");
+    }
 }
