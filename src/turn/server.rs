@@ -82,6 +82,21 @@ pub struct Stats {
     pub errors_by_method: [[u64; CODE_SLOTS]; METHOD_SLOTS],
 }
 
+/// Adds to a traffic counter on the packet path. Compiled out under
+/// `RUSTFLAGS="--cfg turnd_no_stats"`, which exists only to measure what counting costs
+/// (`examples/relay_cost.rs`); never build a server that way.
+#[inline(always)]
+fn bump(counter: &mut u64, n: u64) {
+    #[cfg(not(turnd_no_stats))]
+    {
+        *counter += n;
+    }
+    #[cfg(turnd_no_stats)]
+    {
+        let _ = (counter, n);
+    }
+}
+
 /// Counts a dropped relayed packet, on the server and (when known) on its allocation.
 fn count_drop(stats: &mut Stats, counters: Option<&mut Counters>, why: DropReason) {
     stats.dropped += 1;
@@ -309,8 +324,8 @@ impl Server {
             return;
         };
         let now = now.mono;
-        self.stats.traffic.peer_rcvp += 1;
-        self.stats.traffic.peer_rcvb += len as u64;
+        bump(&mut self.stats.traffic.peer_rcvp, 1);
+        bump(&mut self.stats.traffic.peer_rcvb, len as u64);
         if !a.has_permission(&peer.ip(), now) {
             count_drop(
                 &mut self.stats,
@@ -327,11 +342,11 @@ impl Server {
             );
             return;
         }
-        a.counters.packets_from_peer += 1;
-        a.counters.bytes_from_peer += len as u64;
-        self.stats.relayed_from_peer += 1;
-        self.stats.traffic.sentp += 1;
-        self.stats.traffic.sentb += len as u64;
+        bump(&mut a.counters.packets_from_peer, 1);
+        bump(&mut a.counters.bytes_from_peer, len as u64);
+        bump(&mut self.stats.relayed_from_peer, 1);
+        bump(&mut self.stats.traffic.sentp, 1);
+        bump(&mut self.stats.traffic.sentb, len as u64);
         let client = a.five_tuple;
         let stream = client.transport != Transport::Udp;
         if let Some(number) = a.channel_for(&peer, now) {
@@ -429,8 +444,8 @@ impl Server {
             return;
         };
         let len = payload.len();
-        self.stats.traffic.rcvp += 1;
-        self.stats.traffic.rcvb += len as u64;
+        bump(&mut self.stats.traffic.rcvp, 1);
+        bump(&mut self.stats.traffic.rcvb, len as u64);
         let Some(peer) = a.channel_peer(number, now) else {
             count_drop(
                 &mut self.stats,
@@ -463,11 +478,11 @@ impl Server {
             );
             return;
         }
-        a.counters.packets_to_peer += 1;
-        a.counters.bytes_to_peer += len as u64;
-        self.stats.relayed_to_peer += 1;
-        self.stats.traffic.peer_sentp += 1;
-        self.stats.traffic.peer_sentb += len as u64;
+        bump(&mut a.counters.packets_to_peer, 1);
+        bump(&mut a.counters.bytes_to_peer, len as u64);
+        bump(&mut self.stats.relayed_to_peer, 1);
+        bump(&mut self.stats.traffic.peer_sentp, 1);
+        bump(&mut self.stats.traffic.peer_sentb, len as u64);
         io.send_to_peer(id, peer, payload);
     }
 
@@ -490,8 +505,8 @@ impl Server {
             return;
         };
         let len = data.len();
-        self.stats.traffic.rcvp += 1;
-        self.stats.traffic.rcvb += len as u64;
+        bump(&mut self.stats.traffic.rcvp, 1);
+        bump(&mut self.stats.traffic.rcvb, len as u64);
         if !a.has_permission(&peer.ip(), now) {
             count_drop(
                 &mut self.stats,
@@ -516,11 +531,11 @@ impl Server {
             );
             return;
         }
-        a.counters.packets_to_peer += 1;
-        a.counters.bytes_to_peer += len as u64;
-        self.stats.relayed_to_peer += 1;
-        self.stats.traffic.peer_sentp += 1;
-        self.stats.traffic.peer_sentb += len as u64;
+        bump(&mut a.counters.packets_to_peer, 1);
+        bump(&mut a.counters.bytes_to_peer, len as u64);
+        bump(&mut self.stats.relayed_to_peer, 1);
+        bump(&mut self.stats.traffic.peer_sentp, 1);
+        bump(&mut self.stats.traffic.peer_sentb, len as u64);
         io.send_to_peer(id, peer, data);
     }
 
