@@ -133,9 +133,17 @@ fn main() {
         .get(attr::NONCE)
         .expect("a nonce")
         .to_vec();
-    let c = request(&mut server, &mut io, now, ft, method::ALLOCATE, &nonce, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    });
+    let c = request(
+        &mut server,
+        &mut io,
+        now,
+        ft,
+        method::ALLOCATE,
+        &nonce,
+        &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        },
+    );
     assert_eq!(c, Class::Success, "allocate");
     let c = request(
         &mut server,
@@ -193,5 +201,8 @@ fn main() {
         payload.len(),
         median(down)
     );
-    println!("relayed counters seen by the core: {:?}", server.stats().traffic);
+    println!(
+        "relayed counters seen by the core: {:?}",
+        server.stats().traffic
+    );
 }
