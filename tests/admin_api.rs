@@ -236,3 +236,35 @@ fn credentials_are_minted_and_accepted() {
         assert_eq!(http(admin, "GET", bad, Some(TOKEN)).0, 400, "{bad}");
     }
 }
+
+#[test]
+fn admin_misconfiguration_stops_the_start() {
+    use std::time::Duration;
+    // No token: a config error naming the key.
+    let (code, _, err) = common::run_turnd(
+        &["--admin-listen", "127.0.0.1:1", "--workers", "1"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin.token"), "{err}");
+    // A taken port: the start fails and says which listener.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let udp = common::free_udp_port("127.0.0.1");
+    let listen = format!("127.0.0.1:{udp}");
+    let (code, _, err) = common::run_turnd(
+        &[
+            "--listen",
+            &listen,
+            "--workers",
+            "1",
+            "--admin-listen",
+            &addr,
+            "--admin-token",
+            TOKEN,
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("admin") && err.contains(&addr), "{err}");
+}
