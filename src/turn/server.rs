@@ -1324,6 +1324,7 @@ impl Server {
             bytes_from_peer = c.bytes_from_peer,
             packets_to_peer = c.packets_to_peer,
             packets_from_peer = c.packets_from_peer,
+            dropped = c.drops.iter().sum::<u64>(),
             started_unix = a.created_unix,
             seconds = a.created.elapsed().as_secs(),
             reason = ?why,
