@@ -11,6 +11,15 @@
 //!
 //! The second build compiles the per-packet traffic counters out (nothing else changes).
 //! The driver's sockets and syscalls are not included: this is the core's share only.
+//!
+//! Wall-clock numbers are noisy on a busy machine; instruction counts are not. The
+//! difference of two callgrind runs (N and 2N packets) gives instructions per packet pair
+//! (one ChannelData each way):
+//!
+//! ```sh
+//! RELAY_COST_PACKETS=100000 RELAY_COST_RUNS=1 valgrind --tool=callgrind \
+//!     --callgrind-out-file=/dev/null target/release/examples/relay_cost
+//! ```
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -27,9 +36,18 @@ use turnd::turn::{
     ServerConfig, Time, Transport,
 };
 
-/// Packets per timed run, and runs per direction (the median is printed).
+/// Packets per timed run, and runs per direction; `RELAY_COST_PACKETS` and
+/// `RELAY_COST_RUNS` override them (e.g. for a run under `valgrind --tool=callgrind`, whose
+/// instruction counts do not depend on the machine's load).
 const PACKETS: u32 = 2_000_000;
 const RUNS: usize = 15;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 #[derive(Default)]
 struct NullIo {
@@ -167,24 +185,26 @@ fn main() {
     let mut peer_buf = vec![0u8; PEER_HEADROOM + 65536 + PEER_TAILROOM];
     let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
 
+    let packets: u32 = env_or("RELAY_COST_PACKETS", PACKETS).max(1);
+    let runs: usize = env_or("RELAY_COST_RUNS", RUNS).max(1);
     let mut up = Vec::new();
     let mut down = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let t = Instant::now();
-        for _ in 0..PACKETS {
+        for _ in 0..packets {
             server.handle_client(now, ft, black_box(&channel_data), &mut io);
         }
-        up.push(t.elapsed().as_nanos() as f64 / PACKETS as f64);
+        up.push(t.elapsed().as_nanos() as f64 / packets as f64);
 
         let t = Instant::now();
-        for _ in 0..PACKETS {
+        for _ in 0..packets {
             // The ChannelData header is written in place before the payload; the payload
             // itself is left as is, as a fresh recv would leave it.
             server.handle_peer(now, relay, peer, &mut peer_buf, range.clone(), &mut io);
         }
-        down.push(t.elapsed().as_nanos() as f64 / PACKETS as f64);
+        down.push(t.elapsed().as_nanos() as f64 / packets as f64);
     }
-    let expected = (RUNS as u64) * PACKETS as u64;
+    let expected = (runs as u64) * packets as u64;
     assert!(io.to_peer >= expected && io.to_client >= expected);
     let stats = if cfg!(turnd_no_stats) {
         "compiled out (--cfg turnd_no_stats)"
@@ -196,12 +216,12 @@ fn main() {
     let (down_min, down_median) = summary(down);
     println!(
         "client->peer ChannelData ({} B): {up_min:.1} ns/packet fastest, {up_median:.1} median \
-         of {RUNS} runs x {PACKETS}",
+         of {runs} runs x {packets}",
         payload.len(),
     );
     println!(
         "peer->client datagram ({} B): {down_min:.1} ns/packet fastest, {down_median:.1} \
-         median of {RUNS} runs x {PACKETS}",
+         median of {runs} runs x {packets}",
         payload.len(),
     );
     println!(
