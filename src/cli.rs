@@ -94,6 +94,25 @@ pub struct ServeArgs {
     /// Most live allocations on the server, 0 for no limit [allocation.total-quota].
     #[arg(long, value_name = "N")]
     pub total_quota: Option<u32>,
+    /// Bandwidth limit of each allocation, bits per second each way, 0 for none
+    /// [allocation.max-bps].
+    #[arg(long, value_name = "N")]
+    pub max_bps: Option<u64>,
+    /// Token bucket size in bytes, 0 for a quarter second at max-bps [allocation.bps-burst].
+    #[arg(long, value_name = "BYTES")]
+    pub bps_burst: Option<u64>,
+    /// Most the limits of live allocations may add up to, bits per second; over it
+    /// Allocate gets 508; 0 for none [allocation.bps-capacity].
+    #[arg(long, value_name = "N")]
+    pub bps_capacity: Option<u64>,
+    /// Enables the admin HTTP listener (metrics, sessions) on this address
+    /// [admin.listen, admin.enabled].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the admin API [admin.token]. Visible in the process list: prefer the
+    /// config file.
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
     /// Worker threads, 0 for one per CPU core [server.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,

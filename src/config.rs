@@ -48,6 +48,7 @@ pub struct Config {
     pub log: LogSection,
     pub tcp: TcpSection,
     pub tls: TlsSection,
+    pub admin: AdminSection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -115,6 +116,67 @@ pub struct AllocationSection {
     pub user_quota: u32,
     /// Most live allocations on the whole server; 0 means no limit. Over it: 508.
     pub total_quota: u32,
+    /// Bandwidth limit of each allocation in bits per second, each direction; 0: none.
+    pub max_bps: u64,
+    /// Token bucket size in bytes; 0: a quarter second at max-bps (at least 1500).
+    pub bps_burst: u64,
+    /// Most the limits of live allocations may add up to, bits per second; 0: none.
+    /// Over it: 508.
+    pub bps_capacity: u64,
+    /// Per-user overrides of user-quota and max-bps, keyed by user (a REST user without
+    /// its timestamp).
+    pub users: std::collections::BTreeMap<String, UserLimitsEntry>,
+}
+
+/// `[allocation.users.NAME]`: what one user gets instead of the defaults.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UserLimitsEntry {
+    pub user_quota: Option<u32>,
+    pub max_bps: Option<u64>,
+}
+
+/// `[admin]`: the HTTP listener for `/metrics` and the session API.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AdminSection {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry.
+    pub token: String,
+    /// Serve `/metrics` without the token to clients on loopback.
+    pub metrics_open_on_loopback: bool,
+    /// Most concurrent admin connections.
+    pub max_connections: usize,
+    /// URIs put in the `/credentials` answer; empty: one per UDP listen address.
+    pub uris: Vec<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> AdminSection {
+        AdminSection {
+            enabled: false,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641),
+            token: String::new(),
+            metrics_open_on_loopback: false,
+            max_connections: 64,
+            uris: Vec::new(),
+        }
+    }
+}
+
+/// Redacts the token.
+impl fmt::Debug for AdminSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminSection")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("token", &"<redacted>")
+            .field("metrics_open_on_loopback", &self.metrics_open_on_loopback)
+            .field("max_connections", &self.max_connections)
+            .field("uris", &self.uris)
+            .finish()
+    }
 }
 
 impl Default for AllocationSection {
@@ -124,6 +186,10 @@ impl Default for AllocationSection {
             max_lifetime: 3600,
             user_quota: 0,
             total_quota: 0,
+            max_bps: 0,
+            bps_burst: 0,
+            bps_capacity: 0,
+            users: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -412,6 +478,14 @@ impl Config {
         set(&mut self.relay.max_port, &cli.max_port);
         set(&mut self.allocation.user_quota, &cli.user_quota);
         set(&mut self.allocation.total_quota, &cli.total_quota);
+        set(&mut self.allocation.max_bps, &cli.max_bps);
+        set(&mut self.allocation.bps_burst, &cli.bps_burst);
+        set(&mut self.allocation.bps_capacity, &cli.bps_capacity);
+        if let Some(a) = cli.admin_listen {
+            self.admin.listen = a;
+            self.admin.enabled = true;
+        }
+        set(&mut self.admin.token, &cli.admin_token);
         replace(&mut self.peers.allow, &cli.allow_peer);
         replace(&mut self.peers.deny, &cli.deny_peer);
         set(&mut self.log.level, &cli.log_level);
@@ -433,7 +507,84 @@ impl Config {
         self.validate_peers()?;
         self.validate_log()?;
         self.validate_streams()?;
+        self.validate_limits()?;
+        self.validate_admin()?;
         Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let a = &self.allocation;
+        for (name, u) in &a.users {
+            let key = format!("allocation.users.{name}");
+            if name.is_empty() || name.len() > MAX_USERNAME_BYTES {
+                return err(key, "user names are 1 to 512 bytes");
+            }
+            if u.user_quota.is_none() && u.max_bps.is_none() {
+                return err(key, "sets nothing: give user-quota and/or max-bps");
+            }
+        }
+        if a.bps_capacity > 0 {
+            if a.max_bps == 0 {
+                return err(
+                    "allocation.bps-capacity",
+                    "needs allocation.max-bps: an allocation without a limit would take \
+                     the whole capacity",
+                );
+            }
+            if let Some((name, _)) = a.users.iter().find(|(_, u)| u.max_bps == Some(0)) {
+                return err(
+                    format!("allocation.users.{name}.max-bps"),
+                    "must not be 0 (no limit) while allocation.bps-capacity is set",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        if !a.enabled {
+            return Ok(());
+        }
+        if a.token.len() < 16 {
+            return err(
+                "admin.token",
+                "must be at least 16 characters when the admin listener is enabled",
+            );
+        }
+        if a.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return err(
+                "admin.token",
+                "must not contain whitespace or control characters",
+            );
+        }
+        if a.listen.ip().is_multicast() || is_broadcast(a.listen.ip()) {
+            return err(
+                "admin.listen",
+                format!("{} is not a unicast address", a.listen),
+            );
+        }
+        if a.max_connections == 0 {
+            return err("admin.max-connections", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The per-user overrides in the form the quotas take.
+    pub fn user_limits(&self) -> rustc_hash::FxHashMap<String, crate::turn::quota::UserLimits> {
+        self.allocation
+            .users
+            .iter()
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    crate::turn::quota::UserLimits {
+                        quota: u.user_quota,
+                        max_bps: u.max_bps,
+                    },
+                )
+            })
+            .collect()
     }
 
     fn validate_server(&self) -> Result<(), ConfigError> {
@@ -1444,5 +1595,86 @@ mod tests {
         assert!(e.to_string().contains("server.bogus"), "{e}");
         assert_eq!(key_at("a = 1\n[x]\nb = 2", 14).as_deref(), Some("x.b"));
         assert_eq!(key_at("[x]\n", 1), None);
+    }
+
+    #[test]
+    fn bandwidth_and_user_overrides() {
+        let c = Config::from_toml_str(
+            "[allocation]\nmax-bps = 1000\nbps-capacity = 5000\n\
+             [allocation.users.alice]\nuser-quota = 3\n\
+             [allocation.users.bob]\nmax-bps = 2000\n",
+        )
+        .expect("valid");
+        assert_eq!(c.allocation.max_bps, 1000);
+        assert_eq!(c.allocation.bps_capacity, 5000);
+        let limits = c.user_limits();
+        assert_eq!(limits["alice"].quota, Some(3));
+        assert_eq!(limits["alice"].max_bps, None);
+        assert_eq!(limits["bob"].max_bps, Some(2000));
+
+        assert_invalid(
+            "[allocation]\nbps-capacity = 5000\n",
+            "allocation.bps-capacity",
+            "needs allocation.max-bps",
+        );
+        assert_invalid(
+            "[allocation]\nmax-bps = 1\nbps-capacity = 5\n[allocation.users.x]\nmax-bps = 0\n",
+            "allocation.users.x.max-bps",
+            "must not be 0",
+        );
+        assert_invalid(
+            "[allocation.users.x]\n",
+            "allocation.users.x",
+            "sets nothing",
+        );
+        let e = Config::from_toml_str("[allocation.users.x]\nquota = 1\n").unwrap_err();
+        assert!(e.to_string().contains("quota"), "{e}");
+    }
+
+    #[test]
+    fn admin_section() {
+        let c = Config::from_toml_str("").unwrap();
+        assert!(!c.admin.enabled);
+        assert_eq!(c.admin.listen, "127.0.0.1:9641".parse().unwrap());
+        assert!(!c.admin.metrics_open_on_loopback);
+        assert_eq!(c.admin.max_connections, 64);
+        assert!(!format!("{:?}", c.admin).contains("token: \"\""));
+
+        assert_invalid("[admin]\nenabled = true\n", "admin.token", "at least 16");
+        assert_invalid(
+            "[admin]\nenabled = true\ntoken = \"0123456789abcdef 0\"\n",
+            "admin.token",
+            "whitespace",
+        );
+        assert_invalid(
+            "[admin]\nenabled = true\ntoken = \"0123456789abcdef\"\nmax-connections = 0\n",
+            "admin.max-connections",
+            "at least 1",
+        );
+        // A disabled listener needs no token.
+        Config::from_toml_str("[admin]\nlisten = \"0.0.0.0:1\"\n").expect("valid");
+
+        let c = Config::load(&serve(&[
+            "--admin-listen",
+            "127.0.0.1:9999",
+            "--admin-token",
+            "0123456789abcdef",
+            "--max-bps",
+            "64000",
+            "--bps-burst",
+            "3000",
+            "--bps-capacity",
+            "640000",
+        ]))
+        .expect("valid");
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen.port(), 9999);
+        assert_eq!(c.admin.token, "0123456789abcdef");
+        assert!(!format!("{:?}", c.admin).contains("0123456789abcdef"));
+        assert_eq!(c.allocation.max_bps, 64_000);
+        assert_eq!(c.allocation.bps_burst, 3_000);
+        assert_eq!(c.allocation.bps_capacity, 640_000);
+        let e = Config::load(&serve(&["--admin-listen", "127.0.0.1:9999"])).unwrap_err();
+        assert_eq!(e.key(), "admin.token");
     }
 }

@@ -3,6 +3,7 @@
 //! The protocol core (`stun`, `auth`, `turn`) does no I/O: time, randomness and sockets are
 //! the driver's (`net`). See `../shared/DESIGN.md` for the picture.
 
+pub mod admin;
 pub mod auth;
 pub mod check_config;
 pub mod cli;

@@ -207,6 +207,12 @@ impl Lifecycle {
             warn!(error = %e, "cannot change the log level");
         }
         self.inner.control.reconfigure(reconfigure).await;
+        self.inner.control.quotas().set_bandwidth(
+            new.allocation.max_bps,
+            new.allocation.bps_burst,
+            new.allocation.bps_capacity,
+            new.user_limits(),
+        );
         if let (Some(store), Some(tls)) = (&self.inner.tls, tls) {
             store.replace(tls);
         }

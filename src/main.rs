@@ -29,6 +29,13 @@ fn main() -> ExitCode {
     if config.auth.users.is_empty() && config.auth.secrets.is_empty() {
         tracing::warn!("no users and no auth secrets configured: every Allocate will be refused");
     }
+    let admin = match turnd::admin::Admin::bind(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,6 +67,9 @@ fn main() -> ExitCode {
     // Every listener is bound: tell systemd (Type=notify) we are ready.
     turnd::sd_notify::notify_logged("READY=1\nSTATUS=serving");
     let lifecycle = Lifecycle::new(cli.serve.clone(), config, &running, Some(log));
+    if let Some(admin) = admin {
+        rt.spawn(admin.serve(running.control()));
+    }
     match rt.block_on(lifecycle.serve(signals)) {
         DrainEnd::Empty => tracing::info!("drained: no allocation left"),
         DrainEnd::Timeout { left } => tracing::info!(allocations = left, "drain timeout passed"),

@@ -1,6 +1,6 @@
 //! The per-packet path (ChannelData and Send from the client, Data and ChannelData to it)
 //! does no heap allocation: checked with a counting global allocator around 40,000 relayed
-//! packets through the sans-IO core, after setup.
+//! packets through the sans-IO core, after setup, with bandwidth limits and statistics on.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -104,7 +104,13 @@ fn relaying_packets_allocates_nothing() {
         auth: Arc::new(auth),
         policy: PeerPolicy::new(vec![], vec![]),
         ports: Arc::new(Mutex::new(PortPool::new(50000, 50100))),
-        quotas: Arc::new(turnd::turn::quota::Quotas::new(0, 0)),
+        // A limit far above what the loop sends, so the token buckets run on every packet
+        // without dropping any.
+        quotas: Arc::new(turnd::turn::quota::Quotas::new(0, 0).with_bandwidth(
+            1_000_000_000_000,
+            0,
+            0,
+        )),
         relay_ips: [
             Some(("192.0.2.1".parse().unwrap(), "192.0.2.1".parse().unwrap())),
             None,

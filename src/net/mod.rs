@@ -67,6 +67,7 @@ pub struct Control {
     workers: Vec<mpsc::UnboundedSender<Job>>,
     /// The key nonces are signed with; a reload keeps it so issued nonces stay valid.
     nonce_key: [u8; 32],
+    quotas: Arc<Quotas>,
 }
 
 impl Control {
@@ -96,6 +97,54 @@ impl Control {
             }
         }
         out
+    }
+
+    /// Runs `f` on each worker with the worker's index, and returns the results in worker
+    /// order, each with its index.
+    pub(crate) async fn on_each_worker_indexed<T, F>(&self, f: F) -> Vec<(usize, T)>
+    where
+        T: Send + 'static,
+        F: Fn(usize, &mut Server, &mut DriverIo) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for (i, w) in self.workers.iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            let f = f.clone();
+            let job: Job = Box::new(move |core, io| {
+                let _ = tx.send(f(i, core, io));
+            });
+            if w.send(job).is_ok() {
+                replies.push((i, rx));
+            }
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for (i, rx) in replies {
+            if let Ok(v) = rx.await {
+                out.push((i, v));
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on worker `index` only; None if there is no such worker or it has stopped.
+    pub(crate) async fn on_worker<T, F>(&self, index: usize, f: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Server, &mut DriverIo) -> T + Send + 'static,
+    {
+        let w = self.workers.get(index)?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |core, io| {
+            let _ = tx.send(f(core, io));
+        });
+        w.send(job).ok()?;
+        rx.await.ok()
+    }
+
+    /// The allocation quotas shared by the workers.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
     }
 
     /// Live allocations over all workers.
@@ -201,10 +250,15 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         cfg.relay.min_port,
         cfg.relay.max_port,
     )));
-    let quotas = Arc::new(Quotas::new(
-        cfg.allocation.user_quota,
-        cfg.allocation.total_quota,
-    ));
+    let quotas = Arc::new(
+        Quotas::new(cfg.allocation.user_quota, cfg.allocation.total_quota)
+            .with_bandwidth(
+                cfg.allocation.max_bps,
+                cfg.allocation.bps_burst,
+                cfg.allocation.bps_capacity,
+            )
+            .with_user_limits(cfg.user_limits()),
+    );
     let mut relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [None, None];
     for ip in cfg.relay_ips() {
         let fam = usize::from(ip.is_ipv6());
@@ -279,6 +333,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         control: Control {
             workers: job_txs,
             nonce_key,
+            quotas,
         },
         listen,
         tls_listen,

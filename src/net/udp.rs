@@ -44,6 +44,13 @@ pub(crate) struct DriverIo {
     pub(super) tcp: super::tcp::TcpIo,
 }
 
+impl DriverIo {
+    /// Datagrams the kernel refused (full socket buffer), to clients and peers.
+    pub(crate) fn send_drops(&self) -> u64 {
+        self.send_drops
+    }
+}
+
 impl Io for DriverIo {
     fn send_to_client(&mut self, to: &FiveTuple, data: &[u8]) {
         if to.transport != Transport::Udp {

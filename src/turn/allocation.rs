@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use super::bandwidth::{Rate, TokenBucket};
+use super::stats::DROP_REASONS;
 use super::{FiveTuple, RelayId};
 
 /// RFC 8656 §9: a permission lasts 300 seconds unless refreshed.
@@ -43,6 +45,8 @@ pub struct Counters {
     pub packets_from_peer: u64,
     pub bytes_from_peer: u64,
     pub dropped_no_permission: u64,
+    /// Dropped packets by [`super::stats::DropReason`], both directions.
+    pub drops: [u64; DROP_REASONS],
 }
 
 #[derive(Debug)]
@@ -67,6 +71,13 @@ pub struct Allocation {
     pub counters: Counters,
     /// An RFC 6062 TCP allocation: the relay is a TCP listener, no Send or channels.
     pub tcp: bool,
+    /// Unique in the worker's life: the id of the first relay socket.
+    pub id: u64,
+    /// The bandwidth limit granted at Allocate (its `bps` is reserved in the quotas).
+    pub rate: Rate,
+    /// Client to peer, and peer to client (RFC 8656 leaves rate limiting to the server).
+    pub bucket_to_peer: TokenBucket,
+    pub bucket_to_client: TokenBucket,
 }
 
 impl Allocation {
@@ -123,6 +134,16 @@ impl Allocation {
             let channels = &self.channels;
             self.channel_by_peer.retain(|_, n| channels.contains_key(n));
         }
+    }
+
+    /// Live permissions.
+    pub fn live_permissions(&self, now: Instant) -> usize {
+        self.permissions.values().filter(|e| now < **e).count()
+    }
+
+    /// Live channel bindings.
+    pub fn live_channels(&self, now: Instant) -> usize {
+        self.channels.values().filter(|c| now < c.expires).count()
     }
 
     /// The next moment something of this allocation ends.

@@ -6,11 +6,13 @@
 //! peer and clock can drive it (see `sim_tests`).
 
 mod allocation;
+pub mod bandwidth;
 pub mod error;
 pub mod peer_policy;
 pub mod ports;
 pub mod quota;
 mod server;
+pub mod stats;
 
 #[cfg(test)]
 mod sim_tests;

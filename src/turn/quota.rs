@@ -1,92 +1,202 @@
 //! Allocation quotas shared by every worker: per user (486) and in total (508)
-//! (RFC 8656 §7.2). Touched only when an allocation starts or ends, never per packet.
+//! (RFC 8656 §7.2), per-user overrides, and the server's bandwidth capacity: the sum of the
+//! bandwidth limits of live allocations may not exceed `bps-capacity` (508 over it).
+//! Touched only when an allocation starts or ends (and on reload), never per packet.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustc_hash::FxHashMap;
 
+use super::bandwidth::Rate;
 use super::error;
 
 #[derive(Debug, Default)]
 struct Counts {
     per_user: FxHashMap<String, u32>,
     total: u32,
+    /// Sum of the `bps` of live allocations.
+    bps_reserved: u64,
+}
+
+/// What one user may hold instead of the server-wide defaults; `None` keeps the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Most live allocations (0: no limit).
+    pub quota: Option<u32>,
+    /// Bandwidth limit of each allocation, bits per second each way (0: none).
+    pub max_bps: Option<u64>,
+}
+
+/// The limits in force; a reload replaces them while the counts carry on.
+#[derive(Debug, Default)]
+struct Limits {
+    user_quota: u32,
+    total_quota: u32,
+    max_bps: u64,
+    burst: u64,
+    bps_capacity: u64,
+    overrides: FxHashMap<String, UserLimits>,
+}
+
+impl Limits {
+    fn rate_for(&self, user: &str) -> Rate {
+        let bps = self
+            .overrides
+            .get(user)
+            .and_then(|o| o.max_bps)
+            .unwrap_or(self.max_bps);
+        Rate::new(bps, self.burst)
+    }
+
+    fn quota_for(&self, user: &str) -> u32 {
+        self.overrides
+            .get(user)
+            .and_then(|o| o.quota)
+            .unwrap_or(self.user_quota)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    limits: Limits,
+    counts: Counts,
 }
 
 /// Live allocation counts against their limits; a limit of 0 means none.
 #[derive(Debug, Default)]
 pub struct Quotas {
-    user_quota: AtomicU32,
-    total_quota: AtomicU32,
-    counts: Mutex<Counts>,
+    state: Mutex<State>,
 }
 
 impl Quotas {
     pub fn new(user_quota: u32, total_quota: u32) -> Quotas {
-        Quotas {
-            user_quota: AtomicU32::new(user_quota),
-            total_quota: AtomicU32::new(total_quota),
-            counts: Mutex::new(Counts::default()),
+        let q = Quotas::default();
+        {
+            let mut s = q.lock();
+            s.limits.user_quota = user_quota;
+            s.limits.total_quota = total_quota;
         }
+        q
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        match self.counts.lock() {
+    /// Sets the default per-allocation limit (`max_bps`, bits per second each way, with a
+    /// bucket of `burst` bytes, 0 for the default burst) and the server's capacity (the most
+    /// the limits of live allocations may add up to); 0 means none.
+    pub fn with_bandwidth(self, max_bps: u64, burst: u64, bps_capacity: u64) -> Quotas {
+        {
+            let mut s = self.lock();
+            s.limits.max_bps = max_bps;
+            s.limits.burst = burst;
+            s.limits.bps_capacity = bps_capacity;
+        }
+        self
+    }
+
+    /// Per-user overrides, keyed by user (a REST user without its timestamp).
+    pub fn with_user_limits(self, overrides: FxHashMap<String, UserLimits>) -> Quotas {
+        self.lock().limits.overrides = overrides;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    /// Counts one more allocation for `user`, or says which error code refuses it.
-    pub fn acquire(&self, user: &str) -> Result<(), u16> {
-        let mut c = self.lock();
-        let (user_quota, total_quota) = self.limits();
-        if total_quota > 0 && c.total >= total_quota {
+    /// The bandwidth limit an allocation of `user` gets.
+    pub fn rate_for(&self, user: &str) -> Rate {
+        self.lock().limits.rate_for(user)
+    }
+
+    /// Counts one more allocation for `user` and returns its bandwidth limit, or says which
+    /// error code refuses it: 508 over the total quota or the bandwidth capacity, 486 over
+    /// the user's quota.
+    pub fn acquire(&self, user: &str) -> Result<Rate, u16> {
+        let mut s = self.lock();
+        let State { limits, counts: c } = &mut *s;
+        let rate = limits.rate_for(user);
+        let quota = limits.quota_for(user);
+        if limits.total_quota > 0 && c.total >= limits.total_quota {
+            return Err(error::INSUFFICIENT_CAPACITY);
+        }
+        if limits.bps_capacity > 0
+            && c.bps_reserved.saturating_add(rate.bps) > limits.bps_capacity
+        {
             return Err(error::INSUFFICIENT_CAPACITY);
         }
         let n = c.per_user.get(user).copied().unwrap_or(0);
-        if user_quota > 0 && n >= user_quota {
+        if quota > 0 && n >= quota {
             return Err(error::ALLOCATION_QUOTA_REACHED);
         }
         c.per_user.insert(user.to_string(), n + 1);
         c.total += 1;
-        Ok(())
+        c.bps_reserved = c.bps_reserved.saturating_add(rate.bps);
+        Ok(rate)
     }
 
-    /// The (per-user, total) limits in force; 0 means none.
+    /// The (per-user, total) allocation limits in force; 0 means none.
     pub fn limits(&self) -> (u32, u32) {
-        (
-            self.user_quota.load(Ordering::Relaxed),
-            self.total_quota.load(Ordering::Relaxed),
-        )
+        let s = self.lock();
+        (s.limits.user_quota, s.limits.total_quota)
     }
 
-    /// Changes the limits on reload. The live counts are kept: allocations over a lowered
-    /// limit go on, and new ones are refused until the count is back under it.
+    /// Changes the allocation limits on reload. The live counts are kept: allocations over a
+    /// lowered limit go on, and new ones are refused until the count is back under it.
     pub fn set_limits(&self, user_quota: u32, total_quota: u32) {
-        self.user_quota.store(user_quota, Ordering::Relaxed);
-        self.total_quota.store(total_quota, Ordering::Relaxed);
+        let mut s = self.lock();
+        s.limits.user_quota = user_quota;
+        s.limits.total_quota = total_quota;
     }
 
-    pub fn release(&self, user: &str) {
-        let mut c = self.lock();
+    /// Changes the bandwidth limits and per-user overrides on reload. Live allocations keep
+    /// the rate they were granted (and its reservation); new ones get the new limits.
+    pub fn set_bandwidth(
+        &self,
+        max_bps: u64,
+        burst: u64,
+        bps_capacity: u64,
+        overrides: FxHashMap<String, UserLimits>,
+    ) {
+        let mut s = self.lock();
+        s.limits.max_bps = max_bps;
+        s.limits.burst = burst;
+        s.limits.bps_capacity = bps_capacity;
+        s.limits.overrides = overrides;
+    }
+
+    /// Gives back what [`Quotas::acquire`] took; `bps` is the limit it returned.
+    pub fn release(&self, user: &str, bps: u64) {
+        let mut s = self.lock();
+        let c = &mut s.counts;
         if let Some(n) = c.per_user.get_mut(user) {
             *n -= 1;
             if *n == 0 {
                 c.per_user.remove(user);
             }
             c.total = c.total.saturating_sub(1);
+            c.bps_reserved = c.bps_reserved.saturating_sub(bps);
         }
     }
 
     /// Live allocations of a user.
     pub fn user_count(&self, user: &str) -> u32 {
-        self.lock().per_user.get(user).copied().unwrap_or(0)
+        self.lock().counts.per_user.get(user).copied().unwrap_or(0)
     }
 
     pub fn total(&self) -> u32 {
-        self.lock().total
+        self.lock().counts.total
+    }
+
+    /// Sum of the bandwidth limits of live allocations, bits per second.
+    pub fn bps_reserved(&self) -> u64 {
+        self.lock().counts.bps_reserved
+    }
+
+    /// The configured capacity (0: none).
+    pub fn bps_capacity(&self) -> u64 {
+        self.lock().limits.bps_capacity
     }
 }
 
@@ -97,43 +207,107 @@ mod tests {
     #[test]
     fn user_and_total_limits() {
         let q = Quotas::new(2, 3);
-        assert_eq!(q.acquire("a"), Ok(()));
-        assert_eq!(q.acquire("a"), Ok(()));
+        assert!(q.acquire("a").is_ok());
+        assert!(q.acquire("a").is_ok());
         assert_eq!(q.acquire("a"), Err(486));
-        assert_eq!(q.acquire("b"), Ok(()));
+        assert!(q.acquire("b").is_ok());
         assert_eq!(q.acquire("c"), Err(508));
-        q.release("a");
-        assert_eq!(q.acquire("c"), Ok(()));
+        q.release("a", 0);
+        assert!(q.acquire("c").is_ok());
         assert_eq!(q.total(), 3);
         assert_eq!(q.user_count("a"), 1);
-        q.release("nobody");
+        q.release("nobody", 0);
         assert_eq!(q.total(), 3);
-    }
-
-    #[test]
-    fn new_limits_keep_the_live_counts() {
-        let q = Quotas::new(0, 0);
-        for _ in 0..3 {
-            assert_eq!(q.acquire("a"), Ok(()));
-        }
-        q.set_limits(2, 10);
-        assert_eq!(q.limits(), (2, 10));
-        assert_eq!(q.user_count("a"), 3);
-        assert_eq!(q.acquire("a"), Err(486));
-        q.release("a");
-        assert_eq!(q.acquire("a"), Err(486));
-        q.release("a");
-        assert_eq!(q.acquire("a"), Ok(()));
-        q.set_limits(0, 2);
-        assert_eq!(q.acquire("b"), Err(508));
-        assert_eq!(q.total(), 2);
     }
 
     #[test]
     fn zero_means_unlimited() {
         let q = Quotas::new(0, 0);
         for _ in 0..1000 {
-            assert_eq!(q.acquire("a"), Ok(()));
+            assert_eq!(q.acquire("a"), Ok(Rate::new(0, 0)));
         }
+    }
+
+    #[test]
+    fn overrides_replace_the_defaults() {
+        let mut o = FxHashMap::default();
+        o.insert(
+            "vip".to_string(),
+            UserLimits {
+                quota: Some(0),
+                max_bps: Some(8_000_000),
+            },
+        );
+        o.insert(
+            "small".to_string(),
+            UserLimits {
+                quota: Some(1),
+                max_bps: None,
+            },
+        );
+        let q = Quotas::new(2, 0)
+            .with_bandwidth(1_000_000, 0, 0)
+            .with_user_limits(o);
+        for _ in 0..5 {
+            assert_eq!(q.acquire("vip").map(|r| r.bps), Ok(8_000_000));
+        }
+        assert_eq!(q.acquire("small").map(|r| r.bps), Ok(1_000_000));
+        assert_eq!(q.acquire("small"), Err(486));
+        assert!(q.acquire("other").is_ok());
+        assert!(q.acquire("other").is_ok());
+        assert_eq!(q.acquire("other"), Err(486));
+    }
+
+    #[test]
+    fn bandwidth_capacity() {
+        let mut o = FxHashMap::default();
+        o.insert(
+            "big".to_string(),
+            UserLimits {
+                quota: None,
+                max_bps: Some(3_000),
+            },
+        );
+        let q = Quotas::new(0, 0)
+            .with_bandwidth(1_000, 0, 4_000)
+            .with_user_limits(o);
+        assert!(q.acquire("a").is_ok());
+        assert!(q.acquire("big").is_ok());
+        assert_eq!(q.bps_reserved(), 4_000);
+        assert_eq!(q.acquire("a"), Err(508));
+        q.release("big", 3_000);
+        assert_eq!(q.bps_reserved(), 1_000);
+        assert!(q.acquire("a").is_ok());
+        assert_eq!(q.acquire("big"), Err(508));
+    }
+
+    #[test]
+    fn new_limits_keep_the_live_counts() {
+        let q = Quotas::new(0, 0);
+        for _ in 0..3 {
+            assert_eq!(q.acquire("a"), Ok(Rate::new(0, 0)));
+        }
+        q.set_limits(2, 10);
+        assert_eq!(q.limits(), (2, 10));
+        assert_eq!(q.user_count("a"), 3);
+        assert_eq!(q.acquire("a"), Err(486));
+        q.release("a", 0);
+        assert_eq!(q.acquire("a"), Err(486));
+        q.release("a", 0);
+        assert_eq!(q.acquire("a"), Ok(Rate::new(0, 0)));
+        q.set_limits(0, 2);
+        assert_eq!(q.acquire("b"), Err(508));
+        assert_eq!(q.total(), 2);
+    }
+
+    #[test]
+    fn reloaded_bandwidth_limits_apply_to_new_allocations() {
+        let q = Quotas::new(0, 0).with_bandwidth(1_000, 0, 2_000);
+        assert!(q.acquire("a").is_ok());
+        q.set_bandwidth(500, 0, 1_500, FxHashMap::default());
+        assert_eq!(q.acquire("a").map(|r| r.bps), Ok(500));
+        assert_eq!(q.bps_reserved(), 1_500);
+        assert_eq!(q.acquire("a"), Err(508));
+        assert_eq!(q.bps_capacity(), 1_500);
     }
 }

@@ -13,10 +13,15 @@ use tracing::{debug, info};
 use super::allocation::{
     Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, PERMISSION_LIFETIME, Relay,
 };
+use super::bandwidth::TokenBucket;
 use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
 use super::quota::Quotas;
+use super::stats::{
+    CODE_SLOTS, DROP_REASONS, DropReason, Gauges, METHOD_SLOTS, SessionInfo, Traffic, code_slot,
+    method_slot, transport_slot,
+};
 use super::{
     BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
 };
@@ -70,6 +75,41 @@ pub struct Stats {
     pub relayed_to_peer: u64,
     pub relayed_from_peer: u64,
     pub dropped: u64,
+    /// Relayed data by direction (coturn's rcv/sent/peer_rcv/peer_sent).
+    pub traffic: Traffic,
+    /// Dropped relayed packets by [`DropReason`].
+    pub drops: [u64; DROP_REASONS],
+    /// Requests by method slot ([`super::stats::METHODS`]).
+    pub requests_by_method: [u64; METHOD_SLOTS],
+    /// Error responses by method slot and code slot ([`super::stats::CODES`]).
+    pub errors_by_method: [[u64; CODE_SLOTS]; METHOD_SLOTS],
+}
+
+/// Adds to a traffic counter on the packet path. Compiled out under
+/// `RUSTFLAGS="--cfg turnd_no_stats"`, which exists only to measure what counting costs
+/// (`examples/relay_cost.rs`); never build a server that way.
+#[inline(always)]
+fn bump(counter: &mut u64, n: u64) {
+    #[cfg(not(turnd_no_stats))]
+    {
+        *counter += n;
+    }
+    #[cfg(turnd_no_stats)]
+    {
+        let _ = (counter, n);
+    }
+}
+
+/// Counts a dropped relayed packet, on the server and (when known) on its allocation.
+fn count_drop(stats: &mut Stats, counters: Option<&mut Counters>, why: DropReason) {
+    stats.dropped += 1;
+    stats.drops[why as usize] += 1;
+    if let Some(c) = counters {
+        c.drops[why as usize] += 1;
+        if why == DropReason::NoPermission {
+            c.dropped_no_permission += 1;
+        }
+    }
 }
 
 /// The result of a successful authentication.
@@ -85,6 +125,8 @@ pub enum EndReason {
     Refreshed0,
     Expired,
     Shutdown,
+    /// Ended through the admin API.
+    Admin,
 }
 
 pub struct Server {
@@ -195,6 +237,80 @@ impl Server {
         self.alloc(ft).map(|a| a.counters)
     }
 
+    /// Live allocations by transport, permissions and channels, for the metrics scrape.
+    /// Walks every allocation: admin path only.
+    pub fn gauges(&self, now: Instant) -> Gauges {
+        let mut g = Gauges::default();
+        for a in self.slots.iter().flatten() {
+            g.allocations[transport_slot(a.five_tuple.transport)] += 1;
+            g.permissions += a.live_permissions(now) as u64;
+            g.channels += a.live_channels(now) as u64;
+        }
+        g
+    }
+
+    /// Every live allocation as the admin API shows it, optionally only those of `user`
+    /// (a REST user without its timestamp).
+    pub fn sessions(&self, now: Instant, user: Option<&str>) -> Vec<SessionInfo> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|a| {
+                user.is_none_or(|u| display_user(&a.username, self.cfg.rest_separator) == u)
+            })
+            .map(|a| self.session_info(a, now))
+            .collect()
+    }
+
+    /// The allocation with this id (see [`SessionInfo::id`]).
+    pub fn session(&self, id: u64, now: Instant) -> Option<SessionInfo> {
+        self.slots
+            .iter()
+            .flatten()
+            .find(|a| a.id == id)
+            .map(|a| self.session_info(a, now))
+    }
+
+    /// Ends the allocation with this id now: its relay sockets close, its quotas are given
+    /// back, and its client's next request gets 437 (RFC 8656 §7: no allocation on the
+    /// 5-tuple). False when there is no such allocation.
+    pub fn end_session(&mut self, id: u64, io: &mut impl Io) -> bool {
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|a| a.id == id));
+        match slot {
+            Some(s) => {
+                self.delete(s, EndReason::Admin, io);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn session_info(&self, a: &Allocation, now: Instant) -> SessionInfo {
+        let c = &a.counters;
+        SessionInfo {
+            id: a.id,
+            user: display_user(&a.username, self.cfg.rest_separator).to_string(),
+            username: a.username.clone(),
+            client: a.five_tuple.client,
+            server: a.five_tuple.server,
+            transport: a.five_tuple.transport,
+            relayed: a.relays.iter().flatten().map(|r| r.advertised).collect(),
+            started_unix: a.created_unix,
+            lifetime_left_secs: a.expires.saturating_duration_since(now).as_secs(),
+            peers: a.live_permissions(now),
+            channels: a.live_channels(now),
+            max_bps: a.rate.bps,
+            packets_to_peer: c.packets_to_peer,
+            bytes_to_peer: c.bytes_to_peer,
+            packets_from_peer: c.packets_from_peer,
+            bytes_from_peer: c.bytes_from_peer,
+            drops: c.drops,
+        }
+    }
+
     fn alloc(&self, ft: &FiveTuple) -> Option<&Allocation> {
         let &i = self.by_tuple.get(ft)?;
         self.slots.get(i)?.as_ref()
@@ -231,6 +347,7 @@ impl Server {
         match msg.class() {
             Class::Request => {
                 self.stats.requests += 1;
+                self.stats.requests_by_method[method_slot(msg.method())] += 1;
                 self.handle_request(now, &ft, &msg, io);
             }
             Class::Indication if msg.method() == method::SEND => {
@@ -255,7 +372,7 @@ impl Server {
         let (start, end) = (payload.start, payload.end);
         let len = end.saturating_sub(start);
         if start < PEER_HEADROOM || end + PEER_TAILROOM > buf.len() || len > 0xFFFF - 64 {
-            self.stats.dropped += 1;
+            count_drop(&mut self.stats, None, DropReason::Unroutable);
             return;
         }
         let Some(&slot) = self.by_relay.get(&relay) else {
@@ -265,14 +382,29 @@ impl Server {
             return;
         };
         let now = now.mono;
+        bump(&mut self.stats.traffic.peer_rcvp, 1);
+        bump(&mut self.stats.traffic.peer_rcvb, len as u64);
         if !a.has_permission(&peer.ip(), now) {
-            a.counters.dropped_no_permission += 1;
-            self.stats.dropped += 1;
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::NoPermission,
+            );
             return;
         }
-        a.counters.packets_from_peer += 1;
-        a.counters.bytes_from_peer += len as u64;
-        self.stats.relayed_from_peer += 1;
+        if !a.bucket_to_client.allow(now, len) {
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::Bandwidth,
+            );
+            return;
+        }
+        bump(&mut a.counters.packets_from_peer, 1);
+        bump(&mut a.counters.bytes_from_peer, len as u64);
+        bump(&mut self.stats.relayed_from_peer, 1);
+        bump(&mut self.stats.traffic.sentp, 1);
+        bump(&mut self.stats.traffic.sentb, len as u64);
         let client = a.five_tuple;
         let stream = client.transport != Transport::Udp;
         if let Some(number) = a.channel_for(&peer, now) {
@@ -366,28 +498,55 @@ impl Server {
             self.stats.malformed += 1;
             return;
         };
-        let Some(&slot) = self.by_tuple.get(ft) else {
+        let Some(a) = self
+            .by_tuple
+            .get(ft)
+            .and_then(|&slot| self.slots.get_mut(slot))
+            .and_then(|s| s.as_mut())
+        else {
+            count_drop(&mut self.stats, None, DropReason::NoAllocation);
             return;
         };
-        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
-            return;
-        };
+        let len = payload.len();
+        bump(&mut self.stats.traffic.rcvp, 1);
+        bump(&mut self.stats.traffic.rcvb, len as u64);
         let Some(peer) = a.channel_peer(number, now) else {
-            self.stats.dropped += 1;
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::NoChannel,
+            );
             return;
         };
         if !a.has_permission(&peer.ip(), now) {
-            a.counters.dropped_no_permission += 1;
-            self.stats.dropped += 1;
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::NoPermission,
+            );
             return;
         }
-        let Some(relay) = a.relay_for(&peer) else {
+        let Some(id) = a.relay_for(&peer).map(|r| r.id) else {
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::Unroutable,
+            );
             return;
         };
-        let id = relay.id;
-        a.counters.packets_to_peer += 1;
-        a.counters.bytes_to_peer += payload.len() as u64;
-        self.stats.relayed_to_peer += 1;
+        if !a.bucket_to_peer.allow(now, len) {
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::Bandwidth,
+            );
+            return;
+        }
+        bump(&mut a.counters.packets_to_peer, 1);
+        bump(&mut a.counters.bytes_to_peer, len as u64);
+        bump(&mut self.stats.relayed_to_peer, 1);
+        bump(&mut self.stats.traffic.peer_sentp, 1);
+        bump(&mut self.stats.traffic.peer_sentb, len as u64);
         io.send_to_peer(id, peer, payload);
     }
 
@@ -395,6 +554,7 @@ impl Server {
     /// permission exists.
     fn handle_send(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
         let Some(&slot) = self.by_tuple.get(ft) else {
+            count_drop(&mut self.stats, None, DropReason::NoAllocation);
             return;
         };
         let (Some(Ok(peer)), Some(data)) =
@@ -411,18 +571,38 @@ impl Server {
         if a.tcp {
             return;
         }
+        let len = data.len();
+        bump(&mut self.stats.traffic.rcvp, 1);
+        bump(&mut self.stats.traffic.rcvb, len as u64);
         if !a.has_permission(&peer.ip(), now) {
-            a.counters.dropped_no_permission += 1;
-            self.stats.dropped += 1;
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::NoPermission,
+            );
             return;
         }
-        let Some(relay) = a.relay_for(&peer) else {
+        let Some(id) = a.relay_for(&peer).map(|r| r.id) else {
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::Unroutable,
+            );
             return;
         };
-        let id = relay.id;
-        a.counters.packets_to_peer += 1;
-        a.counters.bytes_to_peer += data.len() as u64;
-        self.stats.relayed_to_peer += 1;
+        if !a.bucket_to_peer.allow(now, len) {
+            count_drop(
+                &mut self.stats,
+                Some(&mut a.counters),
+                DropReason::Bandwidth,
+            );
+            return;
+        }
+        bump(&mut a.counters.packets_to_peer, 1);
+        bump(&mut a.counters.bytes_to_peer, len as u64);
+        bump(&mut self.stats.relayed_to_peer, 1);
+        bump(&mut self.stats.traffic.peer_sentp, 1);
+        bump(&mut self.stats.traffic.peer_sentb, len as u64);
         io.send_to_peer(id, peer, data);
     }
 
@@ -476,7 +656,7 @@ impl Server {
             let mut w = self.writer(msg, Class::Error);
             w.error_code(error::UNKNOWN_ATTRIBUTE, reason(error::UNKNOWN_ATTRIBUTE))
                 .attr(attr::UNKNOWN_ATTRIBUTES, &v[..2 * n_unknown]);
-            self.stats.error_responses += 1;
+            self.count_error(m, error::UNKNOWN_ATTRIBUTE);
             self.seal_and_send(ft, msg, Some(&auth), io);
             return;
         }
@@ -510,6 +690,9 @@ impl Server {
             if mapped {
                 w.address(attr::MAPPED_ADDRESS, ft.client);
             }
+        }
+        if n > 0 {
+            self.count_error(method::BINDING, error::UNKNOWN_ATTRIBUTE);
         }
         self.seal_and_send(ft, msg, None, io);
     }
@@ -623,7 +806,7 @@ impl Server {
             .attr(attr::REALM, auth.realm().as_bytes())
             .attr(attr::NONCE, nonce.as_bytes())
             .attr(attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS_VALUE);
-        self.stats.error_responses += 1;
+        self.count_error(msg.method(), code);
         self.seal_and_send(ft, msg, None, io);
     }
 
@@ -694,9 +877,10 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
-        if let Err(code) = self.cfg.quotas.acquire(&quota_user) {
-            return fail(self, code, io);
-        }
+        let rate = match self.cfg.quotas.acquire(&quota_user) {
+            Ok(r) => r,
+            Err(code) => return fail(self, code, io),
+        };
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
         let primary = if let Some(t) = token {
@@ -732,7 +916,7 @@ impl Server {
             r
         };
         let Some(primary) = primary else {
-            self.cfg.quotas.release(&quota_user);
+            self.cfg.quotas.release(&quota_user, rate.bps);
             return fail(self, error::INSUFFICIENT_CAPACITY, io);
         };
         let mut relays = [None, None];
@@ -764,6 +948,10 @@ impl Server {
             scheduled: None,
             counters: Counters::default(),
             tcp: false,
+            id: primary.id.0,
+            rate,
+            bucket_to_peer: TokenBucket::new(rate, now.mono),
+            bucket_to_client: TokenBucket::new(rate, now.mono),
         };
         let slot = match self.free_slots.pop() {
             Some(s) => s,
@@ -1162,8 +1350,13 @@ impl Server {
     ) {
         let mut w = self.writer(msg, Class::Error);
         w.error_code(code, reason(code));
-        self.stats.error_responses += 1;
+        self.count_error(msg.method(), code);
         self.seal_and_send(ft, msg, auth, io);
+    }
+
+    fn count_error(&mut self, method: u16, code: u16) {
+        self.stats.error_responses += 1;
+        self.stats.errors_by_method[method_slot(method)][code_slot(code)] += 1;
     }
 
     /// Appends SOFTWARE (authenticated answers only), the integrity attribute matching the
@@ -1230,9 +1423,10 @@ impl Server {
             self.by_relay.remove(&r.id);
             io.close_relay(r.id);
         }
-        self.cfg
-            .quotas
-            .release(display_user(&a.username, self.cfg.rest_separator));
+        self.cfg.quotas.release(
+            display_user(&a.username, self.cfg.rest_separator),
+            a.rate.bps,
+        );
         self.stats.allocations_deleted += 1;
         let c = a.counters;
         info!(
@@ -1244,6 +1438,7 @@ impl Server {
             bytes_from_peer = c.bytes_from_peer,
             packets_to_peer = c.packets_to_peer,
             packets_from_peer = c.packets_from_peer,
+            dropped = c.drops.iter().sum::<u64>(),
             started_unix = a.created_unix,
             seconds = a.created.elapsed().as_secs(),
             reason = ?why,

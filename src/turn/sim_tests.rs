@@ -86,6 +86,7 @@ struct Opts {
     allow: Vec<Cidr>,
     user_quota: u32,
     total_quota: u32,
+    max_bps: u64,
 }
 
 impl Default for Opts {
@@ -98,6 +99,7 @@ impl Default for Opts {
             allow: vec![],
             user_quota: 0,
             total_quota: 0,
+            max_bps: 0,
         }
     }
 }
@@ -118,7 +120,9 @@ fn sim_with(o: Opts) -> Sim {
         auth: Arc::new(auth),
         policy: PeerPolicy::new(o.allow, vec![]),
         ports: Arc::new(Mutex::new(PortPool::new(o.min_port, o.max_port))),
-        quotas: Arc::new(super::quota::Quotas::new(o.user_quota, o.total_quota)),
+        quotas: Arc::new(
+            super::quota::Quotas::new(o.user_quota, o.total_quota).with_bandwidth(o.max_bps, 0, 0),
+        ),
         relay_ips: [
             Some(("10.0.0.1".parse().unwrap(), "203.0.113.1".parse().unwrap())),
             if o.v6 {
@@ -1233,3 +1237,111 @@ fn failed_allocations_do_not_leak_quota_or_ports() {
 }
 
 mod lifecycle;
+#[test]
+fn bandwidth_limit_drops_and_counts_each_direction() {
+    use super::stats::DropReason;
+    // 80 kbit/s = 10,000 bytes/s each way; default burst 2,500 bytes.
+    let mut s = sim_with(Opts {
+        max_bps: 80_000,
+        ..Opts::default()
+    });
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    assert!(c.allocate(&mut s).is_ok());
+    let relay = relay_of(&s, false);
+    let p = peer("8.8.8.8:4000");
+    assert!(bind(&mut c, &mut s, 0x4001, p).is_ok());
+    let payload = [0u8; 1000];
+    for _ in 0..5 {
+        s.client_send(c.ft, &channel_data(0x4001, &payload));
+    }
+    assert_eq!(s.io.to_peer.len(), 2, "the burst lets two through");
+    // 100 ms later: 1,000 bytes of tokens, one more packet.
+    s.elapsed += Duration::from_millis(100);
+    s.client_send(c.ft, &channel_data(0x4001, &payload));
+    s.client_send(c.ft, &channel_data(0x4001, &payload));
+    assert_eq!(s.io.to_peer.len(), 3);
+    // The other direction has its own bucket.
+    let delivered: usize = (0..4).map(|_| s.peer_send(relay, p, &payload).len()).sum();
+    assert_eq!(delivered, 2);
+
+    let st = s.server.stats();
+    let bw = DropReason::Bandwidth as usize;
+    assert_eq!(st.drops[bw], 4 + 2);
+    assert_eq!(st.traffic.rcvp, 7);
+    assert_eq!(st.traffic.rcvb, 7000);
+    assert_eq!(st.traffic.peer_sentp, 3);
+    assert_eq!(st.traffic.peer_sentb, 3000);
+    assert_eq!(st.traffic.peer_rcvp, 4);
+    assert_eq!(st.traffic.sentp, 2);
+    let counters = s.server.counters(&c.ft).unwrap();
+    assert_eq!(counters.drops[bw], 6);
+    assert_eq!(counters.packets_to_peer, 3);
+    assert_eq!(counters.packets_from_peer, 2);
+}
+
+#[test]
+fn drops_are_counted_by_reason() {
+    use super::stats::DropReason;
+    let mut s = sim();
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    // No allocation yet.
+    s.client_send(c.ft, &channel_data(0x4001, b"x"));
+    assert!(c.allocate(&mut s).is_ok());
+    let relay = relay_of(&s, false);
+    // No channel.
+    s.client_send(c.ft, &channel_data(0x4001, b"x"));
+    // No permission: a Send indication and a peer datagram.
+    s.client_send(c.ft, &send_indication(c.ft, peer("8.8.8.8:1"), b"x"));
+    s.peer_send(relay, peer("8.8.8.8:1"), b"x");
+    let st = s.server.stats();
+    assert_eq!(st.drops[DropReason::NoAllocation as usize], 1);
+    assert_eq!(st.drops[DropReason::NoChannel as usize], 1);
+    assert_eq!(st.drops[DropReason::NoPermission as usize], 2);
+    assert_eq!(st.drops[DropReason::Bandwidth as usize], 0);
+    assert_eq!(st.dropped, 4);
+    // Requests and errors by method and code: the first Allocate got 401.
+    use super::stats::{code_slot, method_slot};
+    let alloc = method_slot(method::ALLOCATE);
+    assert_eq!(st.requests_by_method[alloc], 2);
+    assert_eq!(st.errors_by_method[alloc][code_slot(401)], 1);
+}
+
+#[test]
+fn sessions_gauges_and_ending_a_session() {
+    let mut s = sim();
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    assert!(c.allocate(&mut s).is_ok());
+    let mut d = Client::new(ft(1001), "bob", "builder");
+    assert!(d.allocate(&mut s).is_ok());
+    let p = peer("8.8.8.8:4000");
+    assert!(bind(&mut c, &mut s, 0x4001, p).is_ok());
+    assert!(permit(&mut c, &mut s, &[peer("8.8.4.4:1")]).is_ok());
+    let now = s.now().mono;
+    let g = s.server.gauges(now);
+    assert_eq!(g.allocations, [2, 0, 0]);
+    assert_eq!(g.permissions, 2);
+    assert_eq!(g.channels, 1);
+
+    let all = s.server.sessions(now, None);
+    assert_eq!(all.len(), 2);
+    let alice = s.server.sessions(now, Some("alice"));
+    assert_eq!(alice.len(), 1);
+    let a = &alice[0];
+    assert_eq!(a.client, c.ft.client);
+    assert_eq!((a.peers, a.channels), (2, 1));
+    assert_eq!(a.started_unix, UNIX0);
+    assert_eq!(a.relayed, s.server.relayed_addresses(&c.ft));
+    assert_eq!(s.server.session(a.id, now).as_ref(), Some(a));
+
+    let closed_before = s.io.closed.len();
+    assert!(s.server.end_session(a.id, &mut s.io));
+    assert!(!s.server.end_session(a.id, &mut s.io), "already gone");
+    assert_eq!(s.io.closed.len(), closed_before + 1);
+    assert_eq!(s.server.allocation_count(), 1);
+    assert!(s.server.session(a.id, now).is_none());
+    // The client's next request finds no allocation.
+    assert_eq!(permit(&mut c, &mut s, &[p]).code(), Some(437));
+    // Expiry timers of the ended allocation are harmless.
+    s.advance(700);
+    assert_eq!(s.server.allocation_count(), 0);
+}

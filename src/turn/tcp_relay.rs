@@ -20,7 +20,7 @@ use super::super::ports::Family;
 use super::super::{
     CONNECTION_ID_WORKER_SHIFT, ConnectionId, FiveTuple, Io, RelayId, Time, Transport,
 };
-use super::{Authed, BIND_ATTEMPTS, DisplayRelays, Server};
+use super::{Authed, BIND_ATTEMPTS, DisplayRelays, Server, TokenBucket};
 use crate::auth::{Key, display_user};
 use crate::stun::{Class, Integrity, Message, MessageWriter, attr, method};
 
@@ -157,10 +157,14 @@ impl Server {
             .and_then(|u| std::str::from_utf8(u).ok())
             .unwrap_or_default()
             .to_string();
-        let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
-        if let Err(code) = self.cfg.quotas.acquire(&quota_user) {
-            return self.send_error(ft, msg, code, Some(auth), io);
+        if let Some(alternates) = self.draining {
+            return self.refuse_draining(ft, msg, auth, alternates, io);
         }
+        let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
+        let rate = match self.cfg.quotas.acquire(&quota_user) {
+            Ok(r) => r,
+            Err(code) => return self.send_error(ft, msg, code, Some(auth), io),
+        };
         let mut relay = None;
         for _ in 0..BIND_ATTEMPTS {
             let random = self.random();
@@ -183,7 +187,7 @@ impl Server {
             self.lock_ports().release(family, port);
         }
         let Some(relay) = relay else {
-            self.cfg.quotas.release(&quota_user);
+            self.cfg.quotas.release(&quota_user, rate.bps);
             return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
         };
         let lifetime = self.lifetime(msg);
@@ -205,6 +209,10 @@ impl Server {
             scheduled: None,
             counters: Counters::default(),
             tcp: true,
+            id: relay.id.0,
+            rate,
+            bucket_to_peer: TokenBucket::new(rate, now.mono),
+            bucket_to_client: TokenBucket::new(rate, now.mono),
         };
         let slot = match self.free_slots.pop() {
             Some(s) => s,

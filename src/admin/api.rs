@@ -1,0 +1,247 @@
+//! The routes of the admin API. Every route needs `Authorization: Bearer <admin.token>`,
+//! except `/metrics` from loopback when `admin.metrics-open-on-loopback` is set.
+//!
+//! Session ids are `<worker>-<allocation id>`: the allocation id is unique within its
+//! worker's life, the worker index makes it unique on the server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use super::Settings;
+use super::http::{Request, Response};
+use super::metrics;
+use crate::net::Control;
+use crate::turn::stats::{DropReason, SessionInfo};
+
+/// Longest credential `/credentials` mints: 7 days.
+const MAX_TTL: u64 = 604_800;
+
+pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Settings) -> Response {
+    let open_metrics = req.path == "/metrics"
+        && s.metrics_open_on_loopback
+        && peer.ip().to_canonical().is_loopback();
+    if !open_metrics && !authorized(req, s) {
+        let mut r = Response::error(401, "missing or wrong bearer token");
+        r.challenge = true;
+        return r;
+    }
+    let segments: Vec<&str> = req.path.split('/').skip(1).collect();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", ["metrics"]) => metrics_page(control, s).await,
+        ("GET", ["health"]) => health(control, s).await,
+        ("GET", ["sessions"]) => list_sessions(control, req.param("user")).await,
+        ("GET", ["sessions", id]) => show_session(control, id).await,
+        ("DELETE", ["sessions", id]) => end_session(control, id).await,
+        ("GET", ["users"]) => users(control).await,
+        ("GET", ["credentials"]) => credentials(req, s),
+        (_, ["metrics" | "health" | "sessions" | "users" | "credentials"])
+        | (_, ["sessions", _]) => Response::error(405, "method not allowed"),
+        _ => Response::error(404, "no such endpoint"),
+    }
+}
+
+/// Compares the bearer token in constant time (for equal lengths).
+fn authorized(req: &Request, s: &Settings) -> bool {
+    let Some(given) = req.bearer.as_deref() else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), s.token.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics_page(control: &Control, s: &Settings) -> Response {
+    let workers = metrics::gather(control).await;
+    let total = metrics::sum(&workers);
+    let q = control.quotas();
+    let body = metrics::render(
+        &total,
+        workers.len(),
+        q.bps_reserved(),
+        q.bps_capacity(),
+        s.started.elapsed().as_secs(),
+    );
+    Response {
+        status: 200,
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        body,
+        challenge: false,
+    }
+}
+
+async fn health(control: &Control, s: &Settings) -> Response {
+    let answering = control
+        .on_each_worker(|core, _| core.allocation_count())
+        .await;
+    let all = answering.len() == control.workers();
+    let body = json!({
+        "status": if all { "ok" } else { "degraded" },
+        "workers": control.workers(),
+        "workers_answering": answering.len(),
+        "allocations": answering.iter().sum::<usize>(),
+        "uptime_seconds": s.started.elapsed().as_secs(),
+    });
+    Response::json(if all { 200 } else { 503 }, body.to_string())
+}
+
+fn session_json(worker: usize, a: &SessionInfo) -> Value {
+    let drops: serde_json::Map<String, Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), json!(a.drops[*r as usize])))
+        .collect();
+    json!({
+        "id": format!("{worker}-{}", a.id),
+        "user": a.user,
+        "username": a.username,
+        "client": a.client.to_string(),
+        "server": a.server.to_string(),
+        "transport": a.transport.as_str(),
+        "relayed": a.relayed.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "started_unix": a.started_unix,
+        "lifetime_left_seconds": a.lifetime_left_secs,
+        "peers": a.peers,
+        "channels": a.channels,
+        "max_bps": a.max_bps,
+        "packets_to_peer": a.packets_to_peer,
+        "bytes_to_peer": a.bytes_to_peer,
+        "packets_from_peer": a.packets_from_peer,
+        "bytes_from_peer": a.bytes_from_peer,
+        "dropped": drops,
+    })
+}
+
+async fn all_sessions(control: &Control, user: Option<String>) -> Vec<(usize, SessionInfo)> {
+    control
+        .on_each_worker_indexed(move |_, core, _| {
+            core.sessions(crate::net::now().mono, user.as_deref())
+        })
+        .await
+        .into_iter()
+        .flat_map(|(w, list)| list.into_iter().map(move |a| (w, a)))
+        .collect()
+}
+
+async fn list_sessions(control: &Control, user: Option<&str>) -> Response {
+    let list: Vec<Value> = all_sessions(control, user.map(str::to_string))
+        .await
+        .iter()
+        .map(|(w, a)| session_json(*w, a))
+        .collect();
+    Response::json(200, Value::Array(list).to_string())
+}
+
+fn parse_id(id: &str) -> Option<(usize, u64)> {
+    let (w, a) = id.split_once('-')?;
+    Some((w.parse().ok()?, a.parse().ok()?))
+}
+
+async fn show_session(control: &Control, id: &str) -> Response {
+    let Some((w, a)) = parse_id(id) else {
+        return Response::error(404, "no such session");
+    };
+    let found = control
+        .on_worker(w, move |core, _| core.session(a, crate::net::now().mono))
+        .await
+        .flatten();
+    match found {
+        Some(s) => Response::json(200, session_json(w, &s).to_string()),
+        None => Response::error(404, "no such session"),
+    }
+}
+
+async fn end_session(control: &Control, id: &str) -> Response {
+    let Some((w, a)) = parse_id(id) else {
+        return Response::error(404, "no such session");
+    };
+    let ended = control
+        .on_worker(w, move |core, io| core.end_session(a, io))
+        .await
+        .unwrap_or(false);
+    if ended {
+        Response::json(200, json!({ "ended": id }).to_string())
+    } else {
+        Response::error(404, "no such session")
+    }
+}
+
+/// Per-user totals over live allocations (users without one are not listed, so the list
+/// stays as small as the live sessions).
+async fn users(control: &Control) -> Response {
+    #[derive(Default)]
+    struct U {
+        allocations: u64,
+        peers: u64,
+        channels: u64,
+        max_bps: u64,
+        packets_to_peer: u64,
+        bytes_to_peer: u64,
+        packets_from_peer: u64,
+        bytes_from_peer: u64,
+        dropped: u64,
+    }
+    let mut by_user: BTreeMap<String, U> = BTreeMap::new();
+    for (_, a) in all_sessions(control, None).await {
+        let u = by_user.entry(a.user.clone()).or_default();
+        u.allocations += 1;
+        u.peers += a.peers as u64;
+        u.channels += a.channels as u64;
+        u.max_bps += a.max_bps;
+        u.packets_to_peer += a.packets_to_peer;
+        u.bytes_to_peer += a.bytes_to_peer;
+        u.packets_from_peer += a.packets_from_peer;
+        u.bytes_from_peer += a.bytes_from_peer;
+        u.dropped += a.drops.iter().sum::<u64>();
+    }
+    let list: Vec<Value> = by_user
+        .into_iter()
+        .map(|(name, u)| {
+            json!({
+                "user": name,
+                "allocations": u.allocations,
+                "peers": u.peers,
+                "channels": u.channels,
+                "max_bps": u.max_bps,
+                "packets_to_peer": u.packets_to_peer,
+                "bytes_to_peer": u.bytes_to_peer,
+                "packets_from_peer": u.packets_from_peer,
+                "bytes_from_peer": u.bytes_from_peer,
+                "dropped": u.dropped,
+            })
+        })
+        .collect();
+    Response::json(200, Value::Array(list).to_string())
+}
+
+/// The RTCIceServer JSON `turnd credentials` prints, signed with the first REST secret.
+fn credentials(req: &Request, s: &Settings) -> Response {
+    let Some(secret) = &s.rest_secret else {
+        return Response::error(
+            409,
+            "no REST secret configured (auth.secrets): cannot mint credentials",
+        );
+    };
+    let user = match req.param("user") {
+        Some(u) if !u.is_empty() && u.len() <= 256 && !u.chars().any(char::is_control) => u,
+        _ => return Response::error(400, "user: required, 1 to 256 bytes, no control characters"),
+    };
+    let ttl = match req.param("ttl").map(str::parse::<u64>) {
+        None => 86_400,
+        Some(Ok(t)) if (1..=MAX_TTL).contains(&t) => t,
+        _ => return Response::error(400, "ttl: seconds, 1 to 604800"),
+    };
+    let args = crate::cli::CredentialsArgs {
+        secret: secret.clone(),
+        user: user.to_string(),
+        ttl,
+        uri: s.uris.clone(),
+        separator: s.rest_separator,
+    };
+    Response::json(
+        200,
+        crate::cli::credentials_json(&args, crate::net::now().unix),
+    )
+}

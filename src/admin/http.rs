@@ -1,0 +1,262 @@
+//! Just enough HTTP/1.1 for the admin API (RFC 9112): one request per connection, a bounded
+//! head, no request body, answers with Content-Length and `Connection: close`.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::MAX_HEAD;
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path, percent-decoded.
+    pub path: String,
+    /// Query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The token of `Authorization: Bearer <token>`, if any.
+    pub bearer: Option<String>,
+}
+
+impl Request {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub enum ReadError {
+    /// The client went away before sending a request.
+    Closed,
+    /// Answer with this status and reason.
+    Bad(u16, &'static str),
+}
+
+/// Reads and parses one request head; refuses heads over [`MAX_HEAD`] and request bodies.
+pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut n = 0;
+    let end = loop {
+        if n == buf.len() {
+            return Err(ReadError::Bad(431, "request head too large"));
+        }
+        let got = stream
+            .read(&mut buf[n..])
+            .await
+            .map_err(|_| ReadError::Closed)?;
+        if got == 0 {
+            if n == 0 {
+                return Err(ReadError::Closed);
+            }
+            return Err(ReadError::Bad(400, "incomplete request"));
+        }
+        let from = n.saturating_sub(3);
+        n += got;
+        if let Some(i) = find(&buf[from..n], b"\r\n\r\n") {
+            break from + i;
+        }
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| ReadError::Bad(400, "not UTF-8"))?;
+    parse_head(head)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses the request line and headers (without the final empty line).
+pub fn parse_head(head: &str) -> Result<Request, ReadError> {
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Bad(400, "bad request line"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(ReadError::Bad(505, "HTTP/1.x only"));
+    }
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(ReadError::Bad(400, "bad method"));
+    }
+    let mut bearer = None;
+    for h in lines {
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(ReadError::Bad(400, "bad header line"));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("authorization") {
+            let mut it = value.splitn(2, ' ');
+            if let (Some(scheme), Some(token)) = (it.next(), it.next())
+                && scheme.eq_ignore_ascii_case("bearer")
+            {
+                bearer = Some(token.trim().to_string());
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if value != "0" {
+                return Err(ReadError::Bad(413, "request bodies are not accepted"));
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ReadError::Bad(413, "request bodies are not accepted"));
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if !path.starts_with('/') {
+        return Err(ReadError::Bad(400, "bad request target"));
+    }
+    let path = percent_decode(path).ok_or(ReadError::Bad(400, "bad percent-encoding"))?;
+    let mut params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k).ok_or(ReadError::Bad(400, "bad percent-encoding"))?;
+        let v = percent_decode(v).ok_or(ReadError::Bad(400, "bad percent-encoding"))?;
+        params.push((k, v));
+    }
+    Ok(Request {
+        method: method.to_string(),
+        path,
+        query: params,
+        bearer,
+    })
+}
+
+/// `%XX` and `+` (space, as forms send it) decoded; None for a bad escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    /// Sent as `WWW-Authenticate` on 401.
+    pub challenge: bool,
+}
+
+impl Response {
+    pub fn json(status: u16, body: String) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body,
+            challenge: false,
+        }
+    }
+
+    pub fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n"),
+            challenge: false,
+        }
+    }
+
+    /// A JSON `{"error": "..."}`.
+    pub fn error(status: u16, message: &str) -> Response {
+        Response::json(status, serde_json::json!({ "error": message }).to_string())
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+pub async fn write_response(stream: &mut TcpStream, r: &Response) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Cache-Control: no-store\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len()
+    );
+    if r.challenge {
+        head.push_str("WWW-Authenticate: Bearer realm=\"turnd\"\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(r.body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(head: &str) -> Request {
+        match parse_head(head) {
+            Ok(r) => r,
+            Err(_) => panic!("{head:?} should parse"),
+        }
+    }
+
+    fn bad(head: &str) -> u16 {
+        match parse_head(head) {
+            Err(ReadError::Bad(s, _)) => s,
+            _ => panic!("{head:?} should be refused"),
+        }
+    }
+
+    #[test]
+    fn parses_path_query_and_token() {
+        let r =
+            ok("GET /sessions?user=al%20ice&x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer  t0k ");
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/sessions");
+        assert_eq!(r.param("user"), Some("al ice"));
+        assert_eq!(r.param("x"), Some(""));
+        assert_eq!(r.bearer.as_deref(), Some("t0k"));
+        let r = ok("DELETE /sessions/0-5 HTTP/1.0\r\nauthorization: basic abc");
+        assert_eq!(r.bearer, None);
+    }
+
+    #[test]
+    fn refuses_bad_heads() {
+        assert_eq!(bad("GET /"), 400);
+        assert_eq!(bad("GET / HTTP/2"), 505);
+        assert_eq!(bad("get / HTTP/1.1"), 400);
+        assert_eq!(bad("GET x HTTP/1.1"), 400);
+        assert_eq!(bad("GET /%zz HTTP/1.1"), 400);
+        assert_eq!(bad("GET /%ff HTTP/1.1"), 400);
+        assert_eq!(bad("GET / HTTP/1.1\r\nnocolon"), 400);
+        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: 5"), 413);
+        assert_eq!(bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked"), 413);
+        assert_eq!(bad("GET /% HTTP/1.1"), 400);
+    }
+}

@@ -1,0 +1,302 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4).
+//!
+//! Names follow coturn where coturn has the same thing (`turn_total_allocations{type}`,
+//! `turn_total_traffic_*`, `stun_binding_*`) so existing dashboards keep working; the rest
+//! are `turnd_*`. Unlike coturn's, the traffic counters are live (they move while sessions
+//! run, not when they end), and no label carries a user, a session or an address.
+
+use std::fmt::Write as _;
+
+use crate::net::Control;
+use crate::turn::Stats;
+use crate::turn::stats::{
+    CODE_SLOTS, DropReason, Gauges, METHOD_SLOTS, TRANSPORT_NAMES, code_name, method_name,
+};
+
+/// What one worker reports at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WorkerSnapshot {
+    pub stats: Stats,
+    pub gauges: Gauges,
+    /// Datagrams the kernel refused to take (full socket buffer).
+    pub send_drops: u64,
+}
+
+/// Asks every worker for its counters.
+pub async fn gather(control: &Control) -> Vec<WorkerSnapshot> {
+    control
+        .on_each_worker(|core, io| WorkerSnapshot {
+            stats: core.stats(),
+            gauges: core.gauges(crate::net::now().mono),
+            send_drops: io.send_drops(),
+        })
+        .await
+}
+
+/// The sum over workers.
+pub fn sum(workers: &[WorkerSnapshot]) -> WorkerSnapshot {
+    let mut t = WorkerSnapshot::default();
+    for w in workers {
+        let (s, o) = (&mut t.stats, &w.stats);
+        s.malformed += o.malformed;
+        s.requests += o.requests;
+        s.error_responses += o.error_responses;
+        s.auth_failures += o.auth_failures;
+        s.allocations_created += o.allocations_created;
+        s.allocations_deleted += o.allocations_deleted;
+        s.relayed_to_peer += o.relayed_to_peer;
+        s.relayed_from_peer += o.relayed_from_peer;
+        s.dropped += o.dropped;
+        s.traffic.add(&o.traffic);
+        for (a, b) in s.drops.iter_mut().zip(o.drops) {
+            *a += b;
+        }
+        for (a, b) in s.requests_by_method.iter_mut().zip(o.requests_by_method) {
+            *a += b;
+        }
+        for (row, orow) in s.errors_by_method.iter_mut().zip(o.errors_by_method) {
+            for (a, b) in row.iter_mut().zip(orow) {
+                *a += b;
+            }
+        }
+        for (a, b) in t.gauges.allocations.iter_mut().zip(w.gauges.allocations) {
+            *a += b;
+        }
+        t.gauges.permissions += w.gauges.permissions;
+        t.gauges.channels += w.gauges.channels;
+        t.send_drops += w.send_drops;
+    }
+    t
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                // Label values here are fixed identifiers: no escaping needed.
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Renders the scrape.
+pub fn render(
+    t: &WorkerSnapshot,
+    workers: usize,
+    bps_reserved: u64,
+    bps_capacity: u64,
+    uptime_secs: u64,
+) -> String {
+    let s = &t.stats;
+    let g = &t.gauges;
+    let mut o = Out(String::with_capacity(8 * 1024));
+
+    o.family(
+        "turn_total_allocations",
+        "gauge",
+        "Live allocations by client transport.",
+    );
+    for (i, name) in TRANSPORT_NAMES.iter().enumerate() {
+        o.sample(
+            "turn_total_allocations",
+            &[("type", name)],
+            g.allocations[i],
+        );
+    }
+    o.single(
+        "turnd_allocations_created_total",
+        "counter",
+        "Allocations created.",
+        s.allocations_created,
+    );
+    o.single(
+        "turnd_allocations_deleted_total",
+        "counter",
+        "Allocations ended (refreshed to 0, expired, ended by the admin API or shutdown).",
+        s.allocations_deleted,
+    );
+    o.single(
+        "turnd_permissions",
+        "gauge",
+        "Live permissions over all allocations.",
+        g.permissions,
+    );
+    o.single(
+        "turnd_channels",
+        "gauge",
+        "Live channel bindings over all allocations.",
+        g.channels,
+    );
+
+    let tr = &s.traffic;
+    for (name, help, v) in [
+        (
+            "turn_total_traffic_rcvp",
+            "Relayed data packets received from clients.",
+            tr.rcvp,
+        ),
+        (
+            "turn_total_traffic_rcvb",
+            "Relayed payload bytes received from clients.",
+            tr.rcvb,
+        ),
+        (
+            "turn_total_traffic_sentp",
+            "Relayed data packets sent to clients.",
+            tr.sentp,
+        ),
+        (
+            "turn_total_traffic_sentb",
+            "Relayed payload bytes sent to clients.",
+            tr.sentb,
+        ),
+        (
+            "turn_total_traffic_peer_rcvp",
+            "Packets received from peers on relay sockets.",
+            tr.peer_rcvp,
+        ),
+        (
+            "turn_total_traffic_peer_rcvb",
+            "Payload bytes received from peers on relay sockets.",
+            tr.peer_rcvb,
+        ),
+        (
+            "turn_total_traffic_peer_sentp",
+            "Packets relayed to peers.",
+            tr.peer_sentp,
+        ),
+        (
+            "turn_total_traffic_peer_sentb",
+            "Payload bytes relayed to peers.",
+            tr.peer_sentb,
+        ),
+    ] {
+        o.single(name, "counter", help, v);
+    }
+
+    o.family(
+        "turnd_dropped_packets_total",
+        "counter",
+        "Relayed packets dropped, by reason.",
+    );
+    for r in DropReason::ALL {
+        o.sample(
+            "turnd_dropped_packets_total",
+            &[("reason", r.as_str())],
+            s.drops[r as usize],
+        );
+    }
+    o.sample(
+        "turnd_dropped_packets_total",
+        &[("reason", "send_failed")],
+        t.send_drops,
+    );
+
+    o.family(
+        "turnd_requests_total",
+        "counter",
+        "STUN/TURN requests received, by method.",
+    );
+    for m in 0..METHOD_SLOTS {
+        o.sample(
+            "turnd_requests_total",
+            &[("method", method_name(m))],
+            s.requests_by_method[m],
+        );
+    }
+    o.family(
+        "turnd_error_responses_total",
+        "counter",
+        "Error responses sent, by method and error code (only pairs seen so far).",
+    );
+    for m in 0..METHOD_SLOTS {
+        for c in 0..CODE_SLOTS {
+            let v = s.errors_by_method[m][c];
+            if v > 0 {
+                let code = code_name(c);
+                o.sample(
+                    "turnd_error_responses_total",
+                    &[("method", method_name(m)), ("code", &code)],
+                    v,
+                );
+            }
+        }
+    }
+    let binding = s.requests_by_method[0];
+    let binding_errors: u64 = s.errors_by_method[0].iter().sum();
+    o.single(
+        "stun_binding_request",
+        "counter",
+        "STUN Binding requests received.",
+        binding,
+    );
+    o.single(
+        "stun_binding_response",
+        "counter",
+        "STUN Binding success responses sent.",
+        binding.saturating_sub(binding_errors),
+    );
+    o.single(
+        "stun_binding_error",
+        "counter",
+        "STUN Binding error responses sent.",
+        binding_errors,
+    );
+    o.single(
+        "turnd_auth_failures_total",
+        "counter",
+        "Requests refused for a wrong realm, unknown user or bad MESSAGE-INTEGRITY.",
+        s.auth_failures,
+    );
+    o.single(
+        "turnd_malformed_packets_total",
+        "counter",
+        "Datagrams from clients that did not parse as STUN or ChannelData.",
+        s.malformed,
+    );
+    o.single(
+        "turnd_bps_reserved",
+        "gauge",
+        "Sum of the bandwidth limits of live allocations, bits per second.",
+        bps_reserved,
+    );
+    o.single(
+        "turnd_bps_capacity",
+        "gauge",
+        "Configured bandwidth capacity, bits per second (0: none).",
+        bps_capacity,
+    );
+    o.single(
+        "turnd_workers",
+        "gauge",
+        "Worker threads answering.",
+        workers as u64,
+    );
+    o.single(
+        "turnd_uptime_seconds",
+        "gauge",
+        "Seconds since the admin listener started.",
+        uptime_secs,
+    );
+    o.0
+}
