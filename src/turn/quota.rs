@@ -121,8 +121,7 @@ impl Quotas {
         if limits.total_quota > 0 && c.total >= limits.total_quota {
             return Err(error::INSUFFICIENT_CAPACITY);
         }
-        if limits.bps_capacity > 0
-            && c.bps_reserved.saturating_add(rate.bps) > limits.bps_capacity
+        if limits.bps_capacity > 0 && c.bps_reserved.saturating_add(rate.bps) > limits.bps_capacity
         {
             return Err(error::INSUFFICIENT_CAPACITY);
         }

@@ -26,13 +26,16 @@ pub struct TestServer {
     pub addr: SocketAddr,
 }
 
-/// A UDP port that was free a moment ago.
+/// A port that was free a moment ago for both UDP and TCP (turnd listens on both).
 pub fn free_udp_port(ip: &str) -> u16 {
-    UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..50 {
+        let udp = UdpSocket::bind((ip, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on {ip}");
 }
 
 impl TestServer {
