@@ -40,6 +40,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub peers: PeersSection,
     pub log: LogSection,
+    pub limits: LimitsSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -195,6 +196,43 @@ impl Default for LogSection {
         }
     }
 }
+
+/// `[limits]`: budgets against reflection and state exhaustion.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LimitsSection {
+    /// Responses per second one source address (an IPv6 source by its /64) may get to
+    /// unauthenticated UDP requests (Binding, 401/438, early errors); 0 means no limit.
+    pub unauth_rate: u32,
+    /// Responses a source may get at once before the rate applies.
+    pub unauth_burst: u32,
+    /// Most live allocations per client IP (IPv6 by /64); 0 means no limit. Over it: 486.
+    pub allocations_per_ip: u32,
+    /// Most permissions per allocation. Over it: 508.
+    pub permissions_per_allocation: usize,
+    /// Most channel bindings per allocation (expired ones count during their 5-minute
+    /// quarantine). Over it: 508.
+    pub channels_per_allocation: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> LimitsSection {
+        LimitsSection {
+            unauth_rate: 50,
+            unauth_burst: 100,
+            allocations_per_ip: 0,
+            permissions_per_allocation: 1024,
+            channels_per_allocation: 1024,
+        }
+    }
+}
+
+/// Largest unauthenticated response rate a source can be given (per second).
+const MAX_UNAUTH_RATE: u32 = 1_000_000;
+/// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF.
+const MAX_CHANNELS: usize = 4096;
+/// Upper bound of `limits.permissions-per-allocation`.
+const MAX_PERMISSIONS_LIMIT: usize = 65_536;
 
 /// A config that cannot be used: which key, and what is wrong with it.
 ///
@@ -397,6 +435,17 @@ impl Config {
         replace(&mut self.peers.allow, &cli.allow_peer);
         replace(&mut self.peers.deny, &cli.deny_peer);
         set(&mut self.log.level, &cli.log_level);
+        set(&mut self.limits.unauth_rate, &cli.unauth_rate);
+        set(&mut self.limits.unauth_burst, &cli.unauth_burst);
+        set(&mut self.limits.allocations_per_ip, &cli.allocations_per_ip);
+        set(
+            &mut self.limits.permissions_per_allocation,
+            &cli.permissions_per_allocation,
+        );
+        set(
+            &mut self.limits.channels_per_allocation,
+            &cli.channels_per_allocation,
+        );
     }
 
     /// Checks everything the types do not; the error names the offending key.
@@ -407,7 +456,63 @@ impl Config {
         self.validate_auth()?;
         self.validate_peers()?;
         self.validate_log()?;
+        self.validate_limits()?;
         Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.unauth_rate > MAX_UNAUTH_RATE {
+            return err(
+                "limits.unauth-rate",
+                format!(
+                    "must be at most {MAX_UNAUTH_RATE} (0 means no limit), got {}",
+                    l.unauth_rate
+                ),
+            );
+        }
+        if l.unauth_rate > 0 && l.unauth_burst == 0 {
+            return err(
+                "limits.unauth-burst",
+                "must be at least 1 while limits.unauth-rate is set",
+            );
+        }
+        if l.unauth_burst > MAX_UNAUTH_RATE {
+            return err(
+                "limits.unauth-burst",
+                format!("must be at most {MAX_UNAUTH_RATE}, got {}", l.unauth_burst),
+            );
+        }
+        if !(1..=MAX_PERMISSIONS_LIMIT).contains(&l.permissions_per_allocation) {
+            return err(
+                "limits.permissions-per-allocation",
+                format!(
+                    "must be between 1 and {MAX_PERMISSIONS_LIMIT}, got {}",
+                    l.permissions_per_allocation
+                ),
+            );
+        }
+        if !(1..=MAX_CHANNELS).contains(&l.channels_per_allocation) {
+            return err(
+                "limits.channels-per-allocation",
+                format!(
+                    "must be between 1 and {MAX_CHANNELS} (the channel numbers there are), got {}",
+                    l.channels_per_allocation
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The core's [`crate::turn::Limits`] from `[limits]`.
+    pub fn core_limits(&self) -> crate::turn::Limits {
+        crate::turn::Limits {
+            unauth_responses: crate::turn::rate_limit::RateLimit {
+                rate: self.limits.unauth_rate,
+                burst: self.limits.unauth_burst,
+            },
+            max_channels: self.limits.channels_per_allocation,
+        }
     }
 
     fn validate_server(&self) -> Result<(), ConfigError> {
@@ -1352,5 +1457,67 @@ mod tests {
         assert!(e.to_string().contains("server.bogus"), "{e}");
         assert_eq!(key_at("a = 1\n[x]\nb = 2", 14).as_deref(), Some("x.b"));
         assert_eq!(key_at("[x]\n", 1), None);
+    }
+
+    #[test]
+    fn limits_defaults_and_errors() {
+        let c = Config::from_toml_str("").expect("valid");
+        assert_eq!(c.limits.unauth_rate, 50);
+        assert_eq!(c.limits.unauth_burst, 100);
+        assert_eq!(c.limits.allocations_per_ip, 0);
+        assert_eq!(c.limits.permissions_per_allocation, 1024);
+        assert_eq!(c.limits.channels_per_allocation, 1024);
+        assert_eq!(c.core_limits().max_channels, 1024);
+        assert!(Config::from_toml_str("[limits]\nunauth-rate = 0\nunauth-burst = 0").is_ok());
+        assert_invalid(
+            "[limits]\nunauth-burst = 0",
+            "limits.unauth-burst",
+            "at least 1",
+        );
+        assert_invalid(
+            "[limits]\nunauth-rate = 2000000",
+            "limits.unauth-rate",
+            "at most",
+        );
+        assert_invalid(
+            "[limits]\npermissions-per-allocation = 0",
+            "limits.permissions-per-allocation",
+            "between 1",
+        );
+        assert_invalid(
+            "[limits]\nchannels-per-allocation = 4097",
+            "limits.channels-per-allocation",
+            "between 1 and 4096",
+        );
+        let e = Config::from_toml_str("[limits]\nbogus = 1").expect_err("unknown key");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn limits_flags_override() {
+        let mut c = Config::from_toml_str("").expect("valid");
+        c.apply_overrides(&serve(&[
+            "--unauth-rate",
+            "3",
+            "--unauth-burst",
+            "4",
+            "--allocations-per-ip",
+            "5",
+            "--permissions-per-allocation",
+            "6",
+            "--channels-per-allocation",
+            "7",
+        ]));
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.unauth_rate,
+                l.unauth_burst,
+                l.allocations_per_ip,
+                l.permissions_per_allocation,
+                l.channels_per_allocation
+            ),
+            (3, 4, 5, 6, 7)
+        );
     }
 }

@@ -117,6 +117,7 @@ fn relaying_packets_allocates_nothing() {
         rest_separator: ':',
         max_permissions: 16,
         secret: [2; 32],
+        limits: turnd::turn::Limits::default(),
     });
     let mut io = CountingIo {
         last: Vec::with_capacity(70_000),

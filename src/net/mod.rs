@@ -28,8 +28,6 @@ use crate::turn::{Server, ServerConfig, Time};
 
 /// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
 const LISTENER_BUFFER: usize = 4 << 20;
-/// Most permissions one allocation may hold.
-const MAX_PERMISSIONS: usize = 1024;
 
 /// The driver's clock.
 pub fn now() -> Time {
@@ -135,6 +133,39 @@ fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// The server's own addresses that must never be a peer: every bound listen address, and for a
+/// listener on 0.0.0.0 or [::] its port on the relay and external IPs of that family.
+fn own_addresses(
+    listen: &[SocketAddr],
+    cfg: &Config,
+    relay_ips: &[Option<(IpAddr, IpAddr)>; 2],
+) -> Vec<SocketAddr> {
+    let mut own = Vec::new();
+    for l in listen {
+        own.push(*l);
+        let same_family = |ip: &IpAddr| ip.is_ipv4() == l.is_ipv4() && !ip.is_unspecified();
+        // Behind 1:1 NAT the external address forwards to the listener too.
+        let external = cfg.relay.external_ips.iter().copied();
+        own.extend(
+            external
+                .filter(same_family)
+                .map(|ip| SocketAddr::new(ip, l.port())),
+        );
+        if l.ip().is_unspecified() {
+            let ips = relay_ips
+                .iter()
+                .flatten()
+                .flat_map(|(bind, adv)| [*bind, *adv])
+                .chain(cfg.server.listen.iter().map(SocketAddr::ip));
+            own.extend(
+                ips.filter(same_family)
+                    .map(|ip| SocketAddr::new(ip, l.port())),
+            );
+        }
+    }
+    own
+}
+
 /// Binds every listener and starts the workers. Errors name what failed.
 pub fn start(cfg: &Config) -> Result<Running, String> {
     let workers = match cfg.server.workers {
@@ -156,10 +187,10 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         cfg.relay.min_port,
         cfg.relay.max_port,
     )));
-    let quotas = Arc::new(Quotas::new(
-        cfg.allocation.user_quota,
-        cfg.allocation.total_quota,
-    ));
+    let quotas = Arc::new(
+        Quotas::new(cfg.allocation.user_quota, cfg.allocation.total_quota)
+            .with_ip_quota(cfg.limits.allocations_per_ip),
+    );
     let mut relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [None, None];
     for ip in cfg.relay_ips() {
         let fam = usize::from(ip.is_ipv6());
@@ -181,6 +212,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         listen.push(bound);
     }
 
+    let policy = policy.with_own_addresses(own_addresses(&listen, cfg, &relay_ips));
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     let mut job_txs = Vec::new();
@@ -197,8 +229,9 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             mapped_address: cfg.server.mapped_address,
             enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
             rest_separator: cfg.auth.rest_separator,
-            max_permissions: MAX_PERMISSIONS,
+            max_permissions: cfg.limits.permissions_per_allocation,
             secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
+            limits: cfg.core_limits(),
         };
         let rx = stop_rx.clone();
         let (job_tx, job_rx) = mpsc::unbounded_channel();

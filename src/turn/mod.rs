@@ -10,12 +10,13 @@ pub mod error;
 pub mod peer_policy;
 pub mod ports;
 pub mod quota;
+pub mod rate_limit;
 mod server;
 
 #[cfg(test)]
 mod sim_tests;
 
-pub use server::{Server, ServerConfig, Stats};
+pub use server::{Limits, Server, ServerConfig, Stats};
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -17,6 +17,7 @@ use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
 use super::quota::Quotas;
+use super::rate_limit::{RateLimit, ResponseLimiter};
 use super::{
     BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
 };
@@ -53,6 +54,31 @@ pub struct ServerConfig {
     pub max_permissions: usize,
     /// Random bytes from the driver: seeds transaction ids and reservation tokens.
     pub secret: [u8; 32],
+    /// Abuse limits (the `[limits]` config section).
+    pub limits: Limits,
+}
+
+/// Limits against reflection and state exhaustion (`[limits]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Budget per source address for responses to unauthenticated requests over UDP
+    /// (Binding answers, 401/438 challenges, errors before authentication).
+    pub unauth_responses: RateLimit,
+    /// Most channel bindings (live or in their RFC 8656 §12 quarantine) per allocation;
+    /// over it ChannelBind gets 508.
+    pub max_channels: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            unauth_responses: RateLimit {
+                rate: 50,
+                burst: 100,
+            },
+            max_channels: 256,
+        }
+    }
 }
 
 /// Server-wide counters of one worker.
@@ -67,6 +93,8 @@ pub struct Stats {
     pub relayed_to_peer: u64,
     pub relayed_from_peer: u64,
     pub dropped: u64,
+    /// Unauthenticated responses not sent: the source was over its budget.
+    pub rate_limited: u64,
 }
 
 /// The result of a successful authentication.
@@ -96,13 +124,25 @@ pub struct Server {
     token_counter: u64,
     out: Vec<u8>,
     stats: Stats,
+    limiter: ResponseLimiter,
 }
 
 impl Server {
     pub fn new(cfg: ServerConfig) -> Server {
         let mut seed = [0u8; 8];
         seed.copy_from_slice(&cfg.secret[..8]);
+        let limiter_key = {
+            let mut h = Sha256::new();
+            h.update(b"turnd response limiter");
+            h.update(cfg.secret);
+            let d = h.finalize();
+            let mut k = [0u8; 16];
+            k.copy_from_slice(&d[..16]);
+            k
+        };
+        let limiter = ResponseLimiter::new(cfg.limits.unauth_responses, limiter_key);
         Server {
+            limiter,
             rng: u64::from_le_bytes(seed) | 1,
             cfg,
             slots: Vec::new(),
@@ -341,6 +381,11 @@ impl Server {
         if msg.attributes().any(|(t, _)| !attr::is_understood(t)) {
             return;
         }
+        // A permission is per IP; the server's own listen ports on that IP stay closed.
+        if self.cfg.policy.is_own_address(peer) {
+            self.stats.dropped += 1;
+            return;
+        }
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return;
         };
@@ -364,14 +409,14 @@ impl Server {
     fn handle_request(&mut self, now: Time, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
         let m = msg.method();
         if m == method::BINDING {
-            self.handle_binding(ft, msg, io);
+            self.handle_binding(now.mono, ft, msg, io);
             return;
         }
         if !matches!(
             m,
             method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
         ) {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return;
         }
         // A retransmission gets the answer the original got (RFC 8489 §6.3.1).
@@ -417,7 +462,16 @@ impl Server {
     }
 
     /// Binding (RFC 8489 §6.3.1): stateless, unauthenticated.
-    fn handle_binding(&mut self, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
+    fn handle_binding(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        io: &mut impl Io,
+    ) {
+        if !self.unauth_response_allowed(now, ft) {
+            return;
+        }
         let mut unknown = [0u8; 32];
         let mut n = 0;
         for (t, _) in msg.attributes() {
@@ -458,15 +512,15 @@ impl Server {
             msg.get(attr::REALM),
             msg.get(attr::NONCE),
         ) else {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return None;
         };
         let Ok(user) = std::str::from_utf8(user) else {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return None;
         };
         if user.len() >= MAX_USERNAME {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return None;
         }
         if !self.cfg.auth.check_nonce(nonce, now.unix, ft.client.ip()) {
@@ -482,12 +536,12 @@ impl Server {
                 [0x00, 0x01, 0x00, 0x00] => PasswordAlgorithm::Md5,
                 [0x00, 0x02, 0x00, 0x00] => PasswordAlgorithm::Sha256,
                 _ => {
-                    self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+                    self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
                     return None;
                 }
             },
             _ => {
-                self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+                self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
                 return None;
             }
         };
@@ -542,6 +596,9 @@ impl Server {
         code: u16,
         io: &mut impl Io,
     ) {
+        if !self.unauth_response_allowed(now.mono, ft) {
+            return;
+        }
         let nonce = self.cfg.auth.mint_nonce(now.unix, ft.client.ip());
         let auth = self.cfg.auth.clone();
         let mut w = self.writer(msg, Class::Error);
@@ -617,6 +674,10 @@ impl Server {
         if let Err(code) = self.cfg.quotas.acquire(&quota_user) {
             return fail(self, code, io);
         }
+        if let Err(code) = self.cfg.quotas.acquire_ip(ft.client.ip()) {
+            self.cfg.quotas.release(&quota_user);
+            return fail(self, code, io);
+        }
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
         let primary = if let Some(t) = token {
@@ -653,6 +714,7 @@ impl Server {
         };
         let Some(primary) = primary else {
             self.cfg.quotas.release(&quota_user);
+            self.cfg.quotas.release_ip(ft.client.ip());
             return fail(self, error::INSUFFICIENT_CAPACITY, io);
         };
         let mut relays = [None, None];
@@ -706,7 +768,9 @@ impl Server {
             "allocation created"
         );
         let txid = alloc.allocate_txid;
-        self.slots[slot] = Some(alloc);
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some(alloc);
+        }
         self.stats.allocations_created += 1;
         self.schedule(slot);
 
@@ -886,7 +950,7 @@ impl Server {
         if a.relay_for(&peer).is_none() {
             return Err(error::PEER_ADDRESS_FAMILY_MISMATCH);
         }
-        if !self.cfg.policy.is_allowed(peer.ip()) {
+        if !self.cfg.policy.is_allowed_addr(peer) {
             return Err(error::FORBIDDEN);
         }
         Ok(())
@@ -980,6 +1044,7 @@ impl Server {
             return self.send_error(ft, msg, code, Some(auth), io);
         }
         let max = self.cfg.max_permissions;
+        let max_channels = self.cfg.limits.max_channels;
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return;
         };
@@ -1002,6 +1067,13 @@ impl Server {
         if !a.permissions.contains_key(&peer.ip()) && a.permissions.len() >= max {
             a.sweep(t);
             if a.permissions.len() >= max {
+                return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+            }
+        }
+        // A new number counts against the channel cap; quarantined numbers still hold state.
+        if !a.channels.contains_key(&number) && a.channels.len() >= max_channels {
+            a.sweep(t);
+            if a.channels.len() >= max_channels {
                 return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
             }
         }
@@ -1037,6 +1109,31 @@ impl Server {
     /// Starts a response to `msg` in the scratch buffer.
     fn writer(&mut self, msg: &Message<'_>, class: Class) -> MessageWriter<'_> {
         MessageWriter::new(&mut self.out, msg.method(), class, msg.transaction_id())
+    }
+
+    /// Whether a response to an unauthenticated request may go to this client now: over UDP
+    /// the source may be spoofed, so such responses draw on the source's budget
+    /// (see [`super::rate_limit`]). Streams have a handshake and are not limited.
+    fn unauth_response_allowed(&mut self, now: Instant, ft: &FiveTuple) -> bool {
+        if ft.transport != Transport::Udp || self.limiter.allow(ft.client.ip(), now) {
+            return true;
+        }
+        self.stats.rate_limited += 1;
+        false
+    }
+
+    /// An error to a request that is not (yet) authenticated: subject to the source's budget.
+    fn send_unauth_error(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        code: u16,
+        io: &mut impl Io,
+    ) {
+        if self.unauth_response_allowed(now, ft) {
+            self.send_error(ft, msg, code, None, io);
+        }
     }
 
     fn send_error(
@@ -1119,6 +1216,7 @@ impl Server {
         self.cfg
             .quotas
             .release(display_user(&a.username, self.cfg.rest_separator));
+        self.cfg.quotas.release_ip(a.five_tuple.client.ip());
         self.stats.allocations_deleted += 1;
         let c = a.counters;
         info!(

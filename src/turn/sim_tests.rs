@@ -51,6 +51,7 @@ impl Io for SimIo {
 
 struct Sim {
     server: Server,
+    quotas: Arc<super::quota::Quotas>,
     io: SimIo,
     t0: Instant,
     elapsed: Duration,
@@ -64,6 +65,10 @@ struct Opts {
     allow: Vec<Cidr>,
     user_quota: u32,
     total_quota: u32,
+    limits: Limits,
+    ip_quota: u32,
+    software: Option<String>,
+    own: Vec<SocketAddr>,
 }
 
 impl Default for Opts {
@@ -76,6 +81,10 @@ impl Default for Opts {
             allow: vec![],
             user_quota: 0,
             total_quota: 0,
+            limits: Limits::default(),
+            ip_quota: 0,
+            software: None,
+            own: vec![],
         }
     }
 }
@@ -92,11 +101,13 @@ fn sim_with(o: Opts) -> Sim {
         nonce_lifetime_secs: 600,
         nonce_key: [9; 32],
     });
+    let quotas =
+        Arc::new(super::quota::Quotas::new(o.user_quota, o.total_quota).with_ip_quota(o.ip_quota));
     let cfg = ServerConfig {
         auth: Arc::new(auth),
-        policy: PeerPolicy::new(o.allow, vec![]),
+        policy: PeerPolicy::new(o.allow, vec![]).with_own_addresses(o.own),
         ports: Arc::new(Mutex::new(PortPool::new(o.min_port, o.max_port))),
-        quotas: Arc::new(super::quota::Quotas::new(o.user_quota, o.total_quota)),
+        quotas: quotas.clone(),
         relay_ips: [
             Some(("10.0.0.1".parse().unwrap(), "203.0.113.1".parse().unwrap())),
             if o.v6 {
@@ -107,15 +118,17 @@ fn sim_with(o: Opts) -> Sim {
         ],
         default_lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
-        software: None,
+        software: o.software,
         mapped_address: false,
         enforce_credential_expiry: o.enforce_expiry,
         rest_separator: ':',
         max_permissions: 8,
         secret: [7; 32],
+        limits: o.limits,
     };
     Sim {
         server: Server::new(cfg),
+        quotas,
         io: SimIo::default(),
         t0: Instant::now(),
         elapsed: Duration::ZERO,
@@ -1204,3 +1217,5 @@ fn failed_allocations_do_not_leak_quota_or_ports() {
     assert!(a.allocate(&mut s).is_ok());
     assert!(b.allocate(&mut s).is_ok());
 }
+
+mod abuse;
