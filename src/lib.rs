@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub mod stun;
 pub mod turn;

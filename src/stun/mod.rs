@@ -417,3 +417,6 @@ pub fn is_comprehension_required(ty: u16) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod prop_tests;
