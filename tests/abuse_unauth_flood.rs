@@ -32,7 +32,7 @@ fn unauth_allocate(i: usize) -> Vec<u8> {
     .unwrap();
     let (t, v) = udp_transport();
     m.add(t, &v);
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         // Forged credentials: a made-up nonce and a guessed password.
         let user = format!("user{i}");
         let setters: Vec<Box<dyn Setter>> = vec![
