@@ -1468,6 +1468,7 @@ mod tests {
         assert_eq!(c.limits.permissions_per_allocation, 1024);
         assert_eq!(c.limits.channels_per_allocation, 1024);
         assert_eq!(c.core_limits().max_channels, 1024);
+        assert_eq!(c.core_limits(), crate::turn::Limits::default());
         assert!(Config::from_toml_str("[limits]\nunauth-rate = 0\nunauth-burst = 0").is_ok());
         assert_invalid(
             "[limits]\nunauth-burst = 0",

@@ -24,14 +24,29 @@ fn seeds_are_committed() {
         if write {
             fs::create_dir_all(&dir).unwrap();
             fs::write(&path, &bytes).unwrap();
-        } else if fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+        } else if !path.exists() {
+            // Only presence: a seed derived from a file others edit (the example config)
+            // may drift, and an older committed version is still a good seed.
             missing.push(path.display().to_string());
         }
     }
     assert!(
         missing.is_empty(),
-        "seed files missing or stale (regenerate with TURND_WRITE_CORPUS=1): {missing:?}"
+        "seed files missing (regenerate with TURND_WRITE_CORPUS=1): {missing:?}"
     );
+}
+
+#[test]
+fn current_seeds_through_every_target() {
+    for (target, name, bytes) in seeds() {
+        for (body_name, body) in TARGETS {
+            let r = std::panic::catch_unwind(|| body(&bytes));
+            assert!(
+                r.is_ok(),
+                "target {body_name} panicked on seed {target}/{name}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -219,3 +219,21 @@ fn exercise(d: &[u8]) {
         Frame::Invalid => {}
     }
 }
+
+#[test]
+fn error_code_decoding_accepts_only_valid_codes() {
+    // Found by the stun_message fuzzer: number 255 decoded as code 955.
+    assert_eq!(decode_error_code(&[0, 0, 4, 1]), Some((401, "")));
+    assert_eq!(decode_error_code(&[0, 0, 6, 99]), Some((699, "")));
+    assert_eq!(decode_error_code(&[0, 0, 4, 100]), None);
+    assert_eq!(decode_error_code(&[0, 0, 7, 255]), None);
+    assert_eq!(decode_error_code(&[0, 0, 2, 0]), None);
+    assert_eq!(decode_error_code(&[0, 0, 4]), None);
+    for class in 0..8u8 {
+        for number in 0..=255u8 {
+            if let Some((code, _)) = decode_error_code(&[0, 0, class, number]) {
+                assert!((300..=699).contains(&code));
+            }
+        }
+    }
+}

@@ -76,7 +76,7 @@ impl Default for Limits {
                 rate: 50,
                 burst: 100,
             },
-            max_channels: 256,
+            max_channels: 1024,
         }
     }
 }
