@@ -106,3 +106,33 @@ fn limit_zero_answers_everything() {
     let (answers, _) = flood(&sockets_on("127.0.0.11", 4), server.addr, requests);
     assert_eq!(answers, requests);
 }
+
+/// The largest response/request size ratio of an unauthenticated request, measured on the
+/// real server: a bare 20-byte Allocate (the 401) and a bare Binding.
+#[test]
+fn worst_amplification_through_the_real_server() {
+    let server = TestServer::start("127.0.0.1", &[]);
+    let sock = UdpSocket::bind("127.0.0.12:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut worst = 0.0f64;
+    for (what, method) in [("Allocate", 0x0003u16), ("Binding", 0x0001)] {
+        let mut req = vec![0u8; 20];
+        req[0..2].copy_from_slice(&method.to_be_bytes());
+        req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+        req[8..20].copy_from_slice(&[0x42; 12]);
+        sock.send_to(&req, server.addr).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer");
+        let ratio = n as f64 / req.len() as f64;
+        println!("{what}: {} -> {n} bytes, ratio {ratio:.2}", req.len());
+        worst = worst.max(ratio);
+    }
+    println!("worst unauthenticated amplification on the real server: {worst:.2}");
+    // The 401 carries ERROR-CODE (24), REALM (4 + the realm padded to 4), NONCE (56) and
+    // PASSWORD-ALGORITHMS (12) after the 20-byte header, and nothing else.
+    let expected_401 = 20 + 24 + 4 + common::REALM.len().next_multiple_of(4) + 56 + 12;
+    assert!(
+        (worst - expected_401 as f64 / 20.0).abs() < 1e-9,
+        "{worst} != {expected_401}/20"
+    );
+}
