@@ -258,3 +258,48 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         listen,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter()
+            .map(|s| s.parse().expect("test address"))
+            .collect()
+    }
+
+    #[test]
+    fn own_addresses_cover_wildcard_listeners_and_external_ips() {
+        let cfg = Config::from_toml_str(
+            "[server]\nlisten = [\"0.0.0.0:3478\", \"[::1]:3479\"]\n\
+             [relay]\nips = [\"10.0.0.5\", \"::1\"]\nexternal-ips = [\"203.0.113.5\"]\n",
+        )
+        .expect("valid config");
+        let relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [
+            Some((
+                "10.0.0.5".parse().expect("ip"),
+                "203.0.113.5".parse().expect("ip"),
+            )),
+            Some(("::1".parse().expect("ip"), "::1".parse().expect("ip"))),
+        ];
+        let own = own_addresses(&cfg.server.listen, &cfg, &relay_ips);
+        for a in addrs(&[
+            "0.0.0.0:3478",
+            "10.0.0.5:3478",
+            "203.0.113.5:3478",
+            "[::1]:3479",
+        ]) {
+            assert!(own.contains(&a), "{a} missing from {own:?}");
+        }
+        // No cross-family or cross-port entries.
+        assert!(!own.iter().any(|a| a.port() == 3479 && a.is_ipv4()));
+        assert!(!own.iter().any(|a| a.port() == 3478 && a.is_ipv6()));
+        // The policy built from them refuses every specific one.
+        let p = PeerPolicy::new(vec!["0.0.0.0/0".parse().expect("cidr")], vec![])
+            .with_own_addresses(own);
+        assert!(!p.is_allowed_addr("10.0.0.5:3478".parse().expect("addr")));
+        assert!(!p.is_allowed_addr("203.0.113.5:3478".parse().expect("addr")));
+        assert!(p.is_allowed_addr("10.0.0.5:3480".parse().expect("addr")));
+    }
+}
