@@ -507,11 +507,15 @@ impl Config {
     /// The core's [`crate::turn::Limits`] from `[limits]`.
     pub fn core_limits(&self) -> crate::turn::Limits {
         crate::turn::Limits {
-            unauth_responses: crate::turn::rate_limit::RateLimit {
-                rate: self.limits.unauth_rate,
-                burst: self.limits.unauth_burst,
-            },
             max_channels: self.limits.channels_per_allocation,
+        }
+    }
+
+    /// The per-source budget of unauthenticated responses from `[limits]`.
+    pub fn unauth_limit(&self) -> crate::turn::rate_limit::RateLimit {
+        crate::turn::rate_limit::RateLimit {
+            rate: self.limits.unauth_rate,
+            burst: self.limits.unauth_burst,
         }
     }
 
@@ -1469,6 +1473,7 @@ mod tests {
         assert_eq!(c.limits.channels_per_allocation, 1024);
         assert_eq!(c.core_limits().max_channels, 1024);
         assert_eq!(c.core_limits(), crate::turn::Limits::default());
+        assert_eq!((c.unauth_limit().rate, c.unauth_limit().burst), (50, 100));
         assert!(Config::from_toml_str("[limits]\nunauth-rate = 0\nunauth-burst = 0").is_ok());
         assert_invalid(
             "[limits]\nunauth-burst = 0",

@@ -18,7 +18,7 @@ use crate::stun::{
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
-use crate::turn::rate_limit::RateLimit;
+use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
 use crate::turn::{
     BindError, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
     ServerConfig, Time, Transport,
@@ -603,10 +603,11 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
         rest_separator: ':',
         max_permissions: 4,
         secret: [5; 32],
-        limits: Limits {
-            unauth_responses: RateLimit { rate: 5, burst: 10 },
-            max_channels: 4,
-        },
+        limits: Limits { max_channels: 4 },
+        unauth_limiter: Arc::new(ResponseLimiter::new(
+            RateLimit { rate: 5, burst: 10 },
+            [6; 16],
+        )),
     });
     let mut io = FuzzIo::default();
     let t0 = Instant::now();

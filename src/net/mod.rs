@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
+use crate::turn::rate_limit::ResponseLimiter;
 use crate::turn::{Server, ServerConfig, Time};
 
 /// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
@@ -213,6 +214,10 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     }
 
     let policy = policy.with_own_addresses(own_addresses(&listen, cfg, &relay_ips));
+    let unauth_limiter = Arc::new(ResponseLimiter::new(
+        cfg.unauth_limit(),
+        random_bytes::<16>().map_err(|e| format!("random: {e}"))?,
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     let mut job_txs = Vec::new();
@@ -232,6 +237,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             max_permissions: cfg.limits.permissions_per_allocation,
             secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
             limits: cfg.core_limits(),
+            unauth_limiter: unauth_limiter.clone(),
         };
         let rx = stop_rx.clone();
         let (job_tx, job_rx) = mpsc::unbounded_channel();

@@ -9,13 +9,22 @@
 //! keyed by their /64, the smallest block one subscriber is normally given. Two sources that
 //! share a bucket share its budget; the key keeps an attacker from choosing a collision.
 //!
-//! Memory is `buckets × 24` bytes whatever the number of sources; time is passed in.
+//! One table serves every worker thread (the kernel spreads a source's ports over the
+//! workers, so per-worker tables would multiply the budget by the core count). Each bucket is
+//! one `AtomicU64` updated with compare-and-swap: no lock, and memory is `buckets × 8` bytes
+//! whatever the number of sources. Time is passed in.
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Buckets in the table (a power of two).
 pub const BUCKETS: usize = 4096;
+/// Tokens are kept in thousandths.
+const MILLI: u64 = 1000;
+/// Compare-and-swap attempts before a contended bucket refuses.
+const CAS_ATTEMPTS: usize = 16;
 
 /// Responses per second and burst per source; `rate == 0` disables the limiter.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -24,19 +33,16 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Option<Instant>,
-}
-
-/// The fixed table of token buckets.
+/// The fixed table of token buckets, shared by the workers.
+///
+/// A bucket packs the tokens left (thousandths, high 32 bits) and the time it was last
+/// touched (milliseconds since the table's first use, low 32 bits, wrapping after 49 days;
+/// 0 means never touched).
 pub struct ResponseLimiter {
     limit: RateLimit,
     key: [u64; 2],
-    buckets: Box<[Bucket]>,
-    /// Responses refused so far (a counter for the stats).
-    pub refused: u64,
+    base: OnceLock<Instant>,
+    buckets: Box<[AtomicU64]>,
 }
 
 impl ResponseLimiter {
@@ -50,45 +56,55 @@ impl ResponseLimiter {
         ResponseLimiter {
             limit,
             key: [u64::from_le_bytes(k0), u64::from_le_bytes(k1)],
-            buckets: vec![
-                Bucket {
-                    tokens: 0.0,
-                    last: None,
-                };
-                size
-            ]
-            .into_boxed_slice(),
-            refused: 0,
+            base: OnceLock::new(),
+            buckets: (0..size).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// Whether one more response may go to `source` at `now`; takes a token if so.
-    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+    pub fn allow(&self, source: IpAddr, now: Instant) -> bool {
         if self.limit.rate == 0 {
             return true;
         }
-        let index = self.index(source);
-        let burst = f64::from(self.limit.burst.max(1));
-        let rate = f64::from(self.limit.rate);
-        let Some(b) = self.buckets.get_mut(index) else {
+        let Some(bucket) = self.buckets.get(self.index(source)) else {
             return true;
         };
-        let tokens = match b.last {
-            None => burst,
-            Some(last) => {
-                let dt = now.saturating_duration_since(last).as_secs_f64();
-                (b.tokens + dt * rate).min(burst)
+        let base = *self.base.get_or_init(|| now);
+        // Offset by one so it is never 0 (the "untouched" mark) but at the wrap, every 49 days.
+        let now_ms = (now.saturating_duration_since(base).as_millis() as u32)
+            .wrapping_add(1)
+            .max(1);
+        let burst = u64::from(self.limit.burst.max(1)) * MILLI;
+        let rate = u64::from(self.limit.rate); // thousandths of a token per millisecond
+        for _ in 0..CAS_ATTEMPTS {
+            let cur = bucket.load(Ordering::Relaxed);
+            let (tokens, last) = if cur == 0 {
+                (burst, now_ms)
+            } else {
+                (cur >> 32, cur as u32)
+            };
+            // Another worker may have stamped a slightly later time: no refill then.
+            let elapsed = now_ms.wrapping_sub(last);
+            let (elapsed, stamp) = if elapsed > u32::MAX / 2 {
+                (0, last)
+            } else {
+                (u64::from(elapsed), now_ms)
+            };
+            let refilled = tokens.saturating_add(elapsed * rate).min(burst);
+            let (left, ok) = if refilled >= MILLI {
+                (refilled - MILLI, true)
+            } else {
+                (refilled, false)
+            };
+            let new = (left << 32) | u64::from(stamp);
+            if bucket
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return ok;
             }
-        };
-        b.last = Some(now.max(b.last.unwrap_or(now)));
-        if tokens >= 1.0 {
-            b.tokens = tokens - 1.0;
-            true
-        } else {
-            b.tokens = tokens;
-            self.refused += 1;
-            false
         }
+        false
     }
 
     fn index(&self, source: IpAddr) -> usize {
@@ -177,12 +193,11 @@ mod tests {
 
     #[test]
     fn burst_then_rate() {
-        let mut l = ResponseLimiter::new(RateLimit { rate: 2, burst: 5 }, [1; 16]);
+        let l = ResponseLimiter::new(RateLimit { rate: 2, burst: 5 }, [1; 16]);
         let t0 = Instant::now();
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
         let allowed = (0..20).filter(|_| l.allow(ip, t0)).count();
         assert_eq!(allowed, 5);
-        assert_eq!(l.refused, 15);
         // One second later, two more.
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!((0..20).filter(|_| l.allow(ip, t1)).count(), 2);
@@ -195,7 +210,7 @@ mod tests {
 
     #[test]
     fn sources_are_independent_and_ipv6_is_keyed_by_its_64() {
-        let mut l = ResponseLimiter::new(RateLimit { rate: 1, burst: 3 }, [2; 16]);
+        let l = ResponseLimiter::new(RateLimit { rate: 1, burst: 3 }, [2; 16]);
         let t = Instant::now();
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
@@ -214,7 +229,7 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_shares_the_ipv4_bucket() {
-        let mut l = ResponseLimiter::new(RateLimit { rate: 1, burst: 1 }, [3; 16]);
+        let l = ResponseLimiter::new(RateLimit { rate: 1, burst: 1 }, [3; 16]);
         let t = Instant::now();
         assert!(l.allow("192.0.2.1".parse().unwrap(), t));
         assert!(!l.allow("::ffff:192.0.2.1".parse().unwrap(), t));
@@ -222,15 +237,34 @@ mod tests {
 
     #[test]
     fn zero_rate_disables_and_allocates_nothing() {
-        let mut l = ResponseLimiter::new(RateLimit { rate: 0, burst: 0 }, [0; 16]);
+        let l = ResponseLimiter::new(RateLimit { rate: 0, burst: 0 }, [0; 16]);
         assert!(l.buckets.is_empty());
         let t = Instant::now();
         assert!((0..10_000).all(|_| l.allow("192.0.2.1".parse().unwrap(), t)));
     }
 
     #[test]
+    fn one_table_serves_several_threads() {
+        let l = std::sync::Arc::new(ResponseLimiter::new(
+            RateLimit { rate: 1, burst: 50 },
+            [5; 16],
+        ));
+        let t = Instant::now();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || (0..100).filter(|_| l.allow(ip, t)).count())
+            })
+            .collect();
+        let total: usize = threads.into_iter().map(|h| h.join().unwrap()).sum();
+        // Never more than the burst in all, whichever thread asks.
+        assert!((1..=50).contains(&total), "{total}");
+    }
+
+    #[test]
     fn memory_does_not_grow_with_sources() {
-        let mut l = ResponseLimiter::new(RateLimit { rate: 5, burst: 5 }, [4; 16]);
+        let l = ResponseLimiter::new(RateLimit { rate: 5, burst: 5 }, [4; 16]);
         let t = Instant::now();
         for i in 0..100_000u32 {
             l.allow(IpAddr::V4(i.into()), t);

@@ -17,7 +17,7 @@ use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
 use super::quota::Quotas;
-use super::rate_limit::{RateLimit, ResponseLimiter};
+use super::rate_limit::ResponseLimiter;
 use super::{
     BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
 };
@@ -56,14 +56,14 @@ pub struct ServerConfig {
     pub secret: [u8; 32],
     /// Abuse limits (the `[limits]` config section).
     pub limits: Limits,
+    /// The budget of responses to unauthenticated requests per source, one table shared by
+    /// every worker (`limits.unauth-rate`, `limits.unauth-burst`).
+    pub unauth_limiter: Arc<ResponseLimiter>,
 }
 
 /// Limits against reflection and state exhaustion (`[limits]` in the config).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
-    /// Budget per source address for responses to unauthenticated requests over UDP
-    /// (Binding answers, 401/438 challenges, errors before authentication).
-    pub unauth_responses: RateLimit,
     /// Most channel bindings (live or in their RFC 8656 §12 quarantine) per allocation;
     /// over it ChannelBind gets 508.
     pub max_channels: usize,
@@ -71,13 +71,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            unauth_responses: RateLimit {
-                rate: 50,
-                burst: 100,
-            },
-            max_channels: 1024,
-        }
+        Limits { max_channels: 1024 }
     }
 }
 
@@ -124,25 +118,13 @@ pub struct Server {
     token_counter: u64,
     out: Vec<u8>,
     stats: Stats,
-    limiter: ResponseLimiter,
 }
 
 impl Server {
     pub fn new(cfg: ServerConfig) -> Server {
         let mut seed = [0u8; 8];
         seed.copy_from_slice(&cfg.secret[..8]);
-        let limiter_key = {
-            let mut h = Sha256::new();
-            h.update(b"turnd response limiter");
-            h.update(cfg.secret);
-            let d = h.finalize();
-            let mut k = [0u8; 16];
-            k.copy_from_slice(&d[..16]);
-            k
-        };
-        let limiter = ResponseLimiter::new(cfg.limits.unauth_responses, limiter_key);
         Server {
-            limiter,
             rng: u64::from_le_bytes(seed) | 1,
             cfg,
             slots: Vec::new(),
@@ -1115,7 +1097,7 @@ impl Server {
     /// the source may be spoofed, so such responses draw on the source's budget
     /// (see [`super::rate_limit`]). Streams have a handshake and are not limited.
     fn unauth_response_allowed(&mut self, now: Instant, ft: &FiveTuple) -> bool {
-        if ft.transport != Transport::Udp || self.limiter.allow(ft.client.ip(), now) {
+        if ft.transport != Transport::Udp || self.cfg.unauth_limiter.allow(ft.client.ip(), now) {
             return true;
         }
         self.stats.rate_limited += 1;

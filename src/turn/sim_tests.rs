@@ -66,6 +66,7 @@ struct Opts {
     user_quota: u32,
     total_quota: u32,
     limits: Limits,
+    unauth: super::rate_limit::RateLimit,
     ip_quota: u32,
     software: Option<String>,
     own: Vec<SocketAddr>,
@@ -82,6 +83,10 @@ impl Default for Opts {
             user_quota: 0,
             total_quota: 0,
             limits: Limits::default(),
+            unauth: super::rate_limit::RateLimit {
+                rate: 50,
+                burst: 100,
+            },
             ip_quota: 0,
             software: None,
             own: vec![],
@@ -125,6 +130,7 @@ fn sim_with(o: Opts) -> Sim {
         max_permissions: 8,
         secret: [7; 32],
         limits: o.limits,
+        unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(o.unauth, [8; 16])),
     };
     Sim {
         server: Server::new(cfg),

@@ -6,10 +6,7 @@ use crate::turn::rate_limit::RateLimit;
 
 fn limited(rate: u32, burst: u32) -> Opts {
     Opts {
-        limits: Limits {
-            unauth_responses: RateLimit { rate, burst },
-            ..Limits::default()
-        },
+        unauth: RateLimit { rate, burst },
         ..Opts::default()
     }
 }
@@ -217,10 +214,7 @@ fn unauthenticated_traffic_creates_no_state() {
 #[test]
 fn channel_cap_answers_508_and_rebinding_is_fine() {
     let mut s = sim_with(Opts {
-        limits: Limits {
-            max_channels: 3,
-            ..Limits::default()
-        },
+        limits: Limits { max_channels: 3 },
         ..Opts::default()
     });
     let mut c = Client::new(ft(1000), "alice", "wonderland");
