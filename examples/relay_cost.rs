@@ -130,6 +130,11 @@ fn main() {
         rest_separator: ':',
         max_permissions: 16,
         secret: [2; 32],
+        limits: turnd::turn::Limits::default(),
+        unauth_limiter: Arc::new(turnd::turn::rate_limit::ResponseLimiter::new(
+            turnd::turn::rate_limit::RateLimit { rate: 0, burst: 0 },
+            [3; 16],
+        )),
     });
     let mut io = NullIo::default();
     let now = Time {

@@ -128,6 +128,22 @@ pub struct ServeArgs {
     /// PEM private key for TLS [tls.key].
     #[arg(long, value_name = "PATH")]
     pub key: Option<PathBuf>,
+    /// Responses per second per source to unauthenticated UDP requests, 0 for no limit
+    /// [limits.unauth-rate].
+    #[arg(long, value_name = "N")]
+    pub unauth_rate: Option<u32>,
+    /// Burst of unauthenticated responses per source [limits.unauth-burst].
+    #[arg(long, value_name = "N")]
+    pub unauth_burst: Option<u32>,
+    /// Most live allocations per client IP, 0 for no limit [limits.allocations-per-ip].
+    #[arg(long, value_name = "N")]
+    pub allocations_per_ip: Option<u32>,
+    /// Most permissions per allocation [limits.permissions-per-allocation].
+    #[arg(long, value_name = "N")]
+    pub permissions_per_allocation: Option<usize>,
+    /// Most channel bindings per allocation [limits.channels-per-allocation].
+    #[arg(long, value_name = "N")]
+    pub channels_per_allocation: Option<usize>,
 }
 
 /// `--user NAME:PASSWORD`, split at the first ':' (the password may contain more).

@@ -49,6 +49,7 @@ pub struct Config {
     pub tcp: TcpSection,
     pub tls: TlsSection,
     pub admin: AdminSection,
+    pub limits: LimitsSection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -280,6 +281,43 @@ impl Default for LogSection {
     }
 }
 
+/// `[limits]`: budgets against reflection and state exhaustion.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LimitsSection {
+    /// Responses per second one source address (an IPv6 source by its /64) may get to
+    /// unauthenticated UDP requests (Binding, 401/438, early errors); 0 means no limit.
+    pub unauth_rate: u32,
+    /// Responses a source may get at once before the rate applies.
+    pub unauth_burst: u32,
+    /// Most live allocations per client IP (IPv6 by /64); 0 means no limit. Over it: 486.
+    pub allocations_per_ip: u32,
+    /// Most permissions per allocation. Over it: 508.
+    pub permissions_per_allocation: usize,
+    /// Most channel bindings per allocation (expired ones count during their 5-minute
+    /// quarantine). Over it: 508.
+    pub channels_per_allocation: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> LimitsSection {
+        LimitsSection {
+            unauth_rate: 50,
+            unauth_burst: 100,
+            allocations_per_ip: 0,
+            permissions_per_allocation: 1024,
+            channels_per_allocation: 1024,
+        }
+    }
+}
+
+/// Largest unauthenticated response rate a source can be given (per second).
+const MAX_UNAUTH_RATE: u32 = 1_000_000;
+/// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF.
+const MAX_CHANNELS: usize = 4096;
+/// Upper bound of `limits.permissions-per-allocation`.
+const MAX_PERMISSIONS_LIMIT: usize = 65_536;
+
 /// A config that cannot be used: which key, and what is wrong with it.
 ///
 /// Displays as `config error: <key>: <what is wrong>`. For a file that cannot be read or parsed
@@ -496,6 +534,17 @@ impl Config {
         if cli.key.is_some() {
             self.tls.key = cli.key.clone();
         }
+        set(&mut self.limits.unauth_rate, &cli.unauth_rate);
+        set(&mut self.limits.unauth_burst, &cli.unauth_burst);
+        set(&mut self.limits.allocations_per_ip, &cli.allocations_per_ip);
+        set(
+            &mut self.limits.permissions_per_allocation,
+            &cli.permissions_per_allocation,
+        );
+        set(
+            &mut self.limits.channels_per_allocation,
+            &cli.channels_per_allocation,
+        );
     }
 
     /// Checks everything the types do not; the error names the offending key.
@@ -509,6 +558,7 @@ impl Config {
         self.validate_streams()?;
         self.validate_limits()?;
         self.validate_admin()?;
+        self.validate_abuse_limits()?;
         Ok(())
     }
 
@@ -537,6 +587,50 @@ impl Config {
                     "must not be 0 (no limit) while allocation.bps-capacity is set",
                 );
             }
+        }
+        Ok(())
+    }
+
+    fn validate_abuse_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.unauth_rate > MAX_UNAUTH_RATE {
+            return err(
+                "limits.unauth-rate",
+                format!(
+                    "must be at most {MAX_UNAUTH_RATE} (0 means no limit), got {}",
+                    l.unauth_rate
+                ),
+            );
+        }
+        if l.unauth_rate > 0 && l.unauth_burst == 0 {
+            return err(
+                "limits.unauth-burst",
+                "must be at least 1 while limits.unauth-rate is set",
+            );
+        }
+        if l.unauth_burst > MAX_UNAUTH_RATE {
+            return err(
+                "limits.unauth-burst",
+                format!("must be at most {MAX_UNAUTH_RATE}, got {}", l.unauth_burst),
+            );
+        }
+        if !(1..=MAX_PERMISSIONS_LIMIT).contains(&l.permissions_per_allocation) {
+            return err(
+                "limits.permissions-per-allocation",
+                format!(
+                    "must be between 1 and {MAX_PERMISSIONS_LIMIT}, got {}",
+                    l.permissions_per_allocation
+                ),
+            );
+        }
+        if !(1..=MAX_CHANNELS).contains(&l.channels_per_allocation) {
+            return err(
+                "limits.channels-per-allocation",
+                format!(
+                    "must be between 1 and {MAX_CHANNELS} (the channel numbers there are), got {}",
+                    l.channels_per_allocation
+                ),
+            );
         }
         Ok(())
     }
@@ -585,6 +679,21 @@ impl Config {
                 )
             })
             .collect()
+    }
+
+    /// The core's [`crate::turn::Limits`] from `[limits]`.
+    pub fn core_limits(&self) -> crate::turn::Limits {
+        crate::turn::Limits {
+            max_channels: self.limits.channels_per_allocation,
+        }
+    }
+
+    /// The per-source budget of unauthenticated responses from `[limits]`.
+    pub fn unauth_limit(&self) -> crate::turn::rate_limit::RateLimit {
+        crate::turn::rate_limit::RateLimit {
+            rate: self.limits.unauth_rate,
+            burst: self.limits.unauth_burst,
+        }
     }
 
     fn validate_server(&self) -> Result<(), ConfigError> {
@@ -1676,5 +1785,69 @@ mod tests {
         assert_eq!(c.allocation.bps_capacity, 640_000);
         let e = Config::load(&serve(&["--admin-listen", "127.0.0.1:9999"])).unwrap_err();
         assert_eq!(e.key(), "admin.token");
+    }
+
+    #[test]
+    fn limits_defaults_and_errors() {
+        let c = Config::from_toml_str("").expect("valid");
+        assert_eq!(c.limits.unauth_rate, 50);
+        assert_eq!(c.limits.unauth_burst, 100);
+        assert_eq!(c.limits.allocations_per_ip, 0);
+        assert_eq!(c.limits.permissions_per_allocation, 1024);
+        assert_eq!(c.limits.channels_per_allocation, 1024);
+        assert_eq!(c.core_limits().max_channels, 1024);
+        assert_eq!(c.core_limits(), crate::turn::Limits::default());
+        assert_eq!((c.unauth_limit().rate, c.unauth_limit().burst), (50, 100));
+        assert!(Config::from_toml_str("[limits]\nunauth-rate = 0\nunauth-burst = 0").is_ok());
+        assert_invalid(
+            "[limits]\nunauth-burst = 0",
+            "limits.unauth-burst",
+            "at least 1",
+        );
+        assert_invalid(
+            "[limits]\nunauth-rate = 2000000",
+            "limits.unauth-rate",
+            "at most",
+        );
+        assert_invalid(
+            "[limits]\npermissions-per-allocation = 0",
+            "limits.permissions-per-allocation",
+            "between 1",
+        );
+        assert_invalid(
+            "[limits]\nchannels-per-allocation = 4097",
+            "limits.channels-per-allocation",
+            "between 1 and 4096",
+        );
+        let e = Config::from_toml_str("[limits]\nbogus = 1").expect_err("unknown key");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn limits_flags_override() {
+        let mut c = Config::from_toml_str("").expect("valid");
+        c.apply_overrides(&serve(&[
+            "--unauth-rate",
+            "3",
+            "--unauth-burst",
+            "4",
+            "--allocations-per-ip",
+            "5",
+            "--permissions-per-allocation",
+            "6",
+            "--channels-per-allocation",
+            "7",
+        ]));
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.unauth_rate,
+                l.unauth_burst,
+                l.allocations_per_ip,
+                l.permissions_per_allocation,
+                l.channels_per_allocation
+            ),
+            (3, 4, 5, 6, 7)
+        );
     }
 }

@@ -8,6 +8,8 @@ pub mod auth;
 pub mod check_config;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lifecycle;
 pub mod logging;
 pub mod migrate;

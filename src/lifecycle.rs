@@ -213,6 +213,10 @@ impl Lifecycle {
             new.allocation.bps_capacity,
             new.user_limits(),
         );
+        self.inner
+            .control
+            .quotas()
+            .set_ip_quota(new.limits.allocations_per_ip);
         if let (Some(store), Some(tls)) = (&self.inner.tls, tls) {
             store.replace(tls);
         }

@@ -123,6 +123,11 @@ fn relaying_packets_allocates_nothing() {
         rest_separator: ':',
         max_permissions: 16,
         secret: [2; 32],
+        limits: turnd::turn::Limits::default(),
+        unauth_limiter: Arc::new(turnd::turn::rate_limit::ResponseLimiter::new(
+            turnd::turn::rate_limit::RateLimit { rate: 0, burst: 0 },
+            [0; 16],
+        )),
     });
     let mut io = CountingIo {
         last: Vec::with_capacity(70_000),

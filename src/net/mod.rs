@@ -31,12 +31,11 @@ use crate::config::Config;
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
+use crate::turn::rate_limit::ResponseLimiter;
 use crate::turn::{Reconfigure, Server, ServerConfig, Time};
 
 /// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
 const LISTENER_BUFFER: usize = 4 << 20;
-/// Most permissions one allocation may hold.
-const MAX_PERMISSIONS: usize = 1024;
 
 /// The driver's clock.
 pub fn now() -> Time {
@@ -229,6 +228,39 @@ fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// The server's own addresses that must never be a peer: every bound listen address, and for a
+/// listener on 0.0.0.0 or [::] its port on the relay and external IPs of that family.
+fn own_addresses(
+    listen: &[SocketAddr],
+    cfg: &Config,
+    relay_ips: &[Option<(IpAddr, IpAddr)>; 2],
+) -> Vec<SocketAddr> {
+    let mut own = Vec::new();
+    for l in listen {
+        own.push(*l);
+        let same_family = |ip: &IpAddr| ip.is_ipv4() == l.is_ipv4() && !ip.is_unspecified();
+        // Behind 1:1 NAT the external address forwards to the listener too.
+        let external = cfg.relay.external_ips.iter().copied();
+        own.extend(
+            external
+                .filter(same_family)
+                .map(|ip| SocketAddr::new(ip, l.port())),
+        );
+        if l.ip().is_unspecified() {
+            let ips = relay_ips
+                .iter()
+                .flatten()
+                .flat_map(|(bind, adv)| [*bind, *adv])
+                .chain(cfg.server.listen.iter().map(SocketAddr::ip));
+            own.extend(
+                ips.filter(same_family)
+                    .map(|ip| SocketAddr::new(ip, l.port())),
+            );
+        }
+    }
+    own
+}
+
 /// Binds every listener and starts the workers. Errors name what failed.
 pub fn start(cfg: &Config) -> Result<Running, String> {
     let workers = match cfg.server.workers {
@@ -257,7 +289,8 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
                 cfg.allocation.bps_burst,
                 cfg.allocation.bps_capacity,
             )
-            .with_user_limits(cfg.user_limits()),
+            .with_user_limits(cfg.user_limits())
+            .with_ip_quota(cfg.limits.allocations_per_ip),
     );
     let mut relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [None, None];
     for ip in cfg.relay_ips() {
@@ -281,6 +314,17 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     }
     let (stream_listeners, tls_listen, streams) = bind_streams(cfg, &listen, workers)?;
 
+    // Every address turnd itself answers on: UDP/TCP and TLS listeners, and the admin API.
+    let mut own_listen = listen.clone();
+    own_listen.extend(&tls_listen);
+    if cfg.admin.enabled {
+        own_listen.push(cfg.admin.listen);
+    }
+    let policy = policy.with_own_addresses(own_addresses(&own_listen, cfg, &relay_ips));
+    let unauth_limiter = Arc::new(ResponseLimiter::new(
+        cfg.unauth_limit(),
+        random_bytes::<16>().map_err(|e| format!("random: {e}"))?,
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
@@ -299,8 +343,10 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             mapped_address: cfg.server.mapped_address,
             enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
             rest_separator: cfg.auth.rest_separator,
-            max_permissions: MAX_PERMISSIONS,
+            max_permissions: cfg.limits.permissions_per_allocation,
             secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
+            limits: cfg.core_limits(),
+            unauth_limiter: unauth_limiter.clone(),
         };
         let rx = stop_rx.clone();
         let Some(job_rx) = job_rxs.next() else {
@@ -385,4 +431,49 @@ fn bind_streams(
     }
     let shared = tcp::Shared::new(tcp::StreamConfig::from_config(cfg), certs);
     Ok((per_worker, tls_listen, shared))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter()
+            .map(|s| s.parse().expect("test address"))
+            .collect()
+    }
+
+    #[test]
+    fn own_addresses_cover_wildcard_listeners_and_external_ips() {
+        let cfg = Config::from_toml_str(
+            "[server]\nlisten = [\"0.0.0.0:3478\", \"[::1]:3479\"]\n\
+             [relay]\nips = [\"10.0.0.5\", \"::1\"]\nexternal-ips = [\"203.0.113.5\"]\n",
+        )
+        .expect("valid config");
+        let relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [
+            Some((
+                "10.0.0.5".parse().expect("ip"),
+                "203.0.113.5".parse().expect("ip"),
+            )),
+            Some(("::1".parse().expect("ip"), "::1".parse().expect("ip"))),
+        ];
+        let own = own_addresses(&cfg.server.listen, &cfg, &relay_ips);
+        for a in addrs(&[
+            "0.0.0.0:3478",
+            "10.0.0.5:3478",
+            "203.0.113.5:3478",
+            "[::1]:3479",
+        ]) {
+            assert!(own.contains(&a), "{a} missing from {own:?}");
+        }
+        // No cross-family or cross-port entries.
+        assert!(!own.iter().any(|a| a.port() == 3479 && a.is_ipv4()));
+        assert!(!own.iter().any(|a| a.port() == 3478 && a.is_ipv6()));
+        // The policy built from them refuses every specific one.
+        let p = PeerPolicy::new(vec!["0.0.0.0/0".parse().expect("cidr")], vec![])
+            .with_own_addresses(own);
+        assert!(!p.is_allowed_addr("10.0.0.5:3478".parse().expect("addr")));
+        assert!(!p.is_allowed_addr("203.0.113.5:3478".parse().expect("addr")));
+        assert!(p.is_allowed_addr("10.0.0.5:3480".parse().expect("addr")));
+    }
 }

@@ -400,12 +400,18 @@ pub fn encode_xor_address(addr: SocketAddr, txid: &[u8; 12], out: &mut [u8; 20])
     }
 }
 
-/// Decodes ERROR-CODE into (code, reason).
+/// Decodes ERROR-CODE into (code, reason). RFC 8489 §14.8: the class is 3 to 6 and the
+/// number 0 to 99; anything else is not a valid code (None).
 pub fn decode_error_code(v: &[u8]) -> Option<(u16, &str)> {
     if v.len() < 4 {
         return None;
     }
-    let code = (v[2] & 0x07) as u16 * 100 + v[3] as u16;
+    let class = (v[2] & 0x07) as u16;
+    let number = v[3] as u16;
+    if !(3..=6).contains(&class) || number > 99 {
+        return None;
+    }
+    let code = class * 100 + number;
     let reason = std::str::from_utf8(&v[4..]).ok()?;
     Some((code, reason))
 }
@@ -417,3 +423,6 @@ pub fn is_comprehension_required(ty: u16) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod prop_tests;

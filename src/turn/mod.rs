@@ -11,13 +11,14 @@ pub mod error;
 pub mod peer_policy;
 pub mod ports;
 pub mod quota;
+pub mod rate_limit;
 mod server;
 pub mod stats;
 
 #[cfg(test)]
 mod sim_tests;
 
-pub use server::{Reconfigure, Server, ServerConfig, Stats};
+pub use server::{Limits, Reconfigure, Server, ServerConfig, Stats};
 
 use std::net::SocketAddr;
 use std::time::Instant;

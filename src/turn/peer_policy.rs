@@ -17,7 +17,7 @@
 //!    there either, the form is allowed.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 /// An IP prefix such as `10.0.0.0/8` or `2001:db8::/32`. A bare address means a host prefix.
@@ -180,7 +180,7 @@ const fn v6(s: [u16; 8], prefix: u8) -> Cidr {
 
 /// Special-purpose ranges a relay must not reach unless the operator allows them explicitly.
 /// Based on the IANA IPv4/IPv6 Special-Purpose Address Registries (RFC 6890).
-static DEFAULT_DENY: [Cidr; 30] = [
+static DEFAULT_DENY: [Cidr; 31] = [
     // ---- IPv4 ----
     // "This network" (RFC 791, RFC 1122 §3.2.1.3, RFC 6890).
     v4(0, 0, 0, 0, 8),
@@ -227,6 +227,9 @@ static DEFAULT_DENY: [Cidr; 30] = [
     v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),
     // 2001::/23 (IETF protocol assignments, RFC 2928) is listed piecewise so that Teredo,
     // 2001::/32 (RFC 4380), is judged by the IPv4 addresses it embeds instead of wholesale.
+    // Anycast service addresses: PCP 2001:1::1 (RFC 7723), TURN 2001:1::2 (RFC 8155),
+    // DNS-SD SRP 2001:1::3 (RFC 9665); the rest of 2001:1::/32 is unassigned.
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 0], 32),
     // Benchmarking (RFC 5180).
     v6([0x2001, 2, 0, 0, 0, 0, 0, 0], 48),
     // ORCHID, deprecated (RFC 4843).
@@ -298,6 +301,9 @@ pub fn canonical_forms(ip: IpAddr) -> impl Iterator<Item = IpAddr> {
 pub struct PeerPolicy {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
+    /// The server's own listen addresses (IP and port): never a peer, whatever the rules,
+    /// so a client cannot loop the relay back into the server (RFC 8656 §21.1.4 loops).
+    own: Vec<SocketAddr>,
 }
 
 impl PeerPolicy {
@@ -308,7 +314,37 @@ impl PeerPolicy {
         PeerPolicy {
             allow: allow.into_iter().map(Cidr::unmapped).collect(),
             deny: deny.into_iter().map(Cidr::unmapped).collect(),
+            own: Vec::new(),
         }
+    }
+
+    /// Adds the server's own listen addresses, refused as peers even where an operator rule
+    /// allows their IP. Unspecified addresses (0.0.0.0, ::) are skipped: the driver lists the
+    /// specific addresses they stand for.
+    pub fn with_own_addresses(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        for a in addrs {
+            let a = SocketAddr::new(a.ip().to_canonical(), a.port());
+            if !a.ip().is_unspecified() && !self.own.contains(&a) {
+                self.own.push(a);
+            }
+        }
+        self
+    }
+
+    /// Whether `peer`, under any of its canonical forms, is one of the server's own listen
+    /// addresses.
+    pub fn is_own_address(&self, peer: SocketAddr) -> bool {
+        !self.own.is_empty()
+            && canonical_forms(peer.ip()).any(|form| {
+                self.own
+                    .iter()
+                    .any(|o| o.port() == peer.port() && o.ip() == form.to_canonical())
+            })
+    }
+
+    /// [`PeerPolicy::is_allowed`] for the IP, and not one of the server's own addresses.
+    pub fn is_allowed_addr(&self, peer: SocketAddr) -> bool {
+        self.is_allowed(peer.ip()) && !self.is_own_address(peer)
     }
 
     /// Whether a relay may send to, or install a permission for, peer `ip`: every canonical
@@ -543,6 +579,10 @@ mod tests {
             "2001:0:808:808::80ff:fffe",
             // Teredo, server 10.0.0.1, client 8.8.8.8 (!0x08080808 = 0xf7f7f7f7).
             "2001:0:a00:1::f7f7:f7f7",
+            // PCP, TURN (RFC 8155) and DNS-SD anycast.
+            "2001:1::1",
+            "2001:1::2",
+            "2001:1::3",
             "2001:2::1",
             "2001:10::1",
             "2001:20::1",
@@ -689,5 +729,32 @@ mod tests {
         let q = policy(&[], &["0.0.0.0/0"]);
         assert!(q.is_allowed(ip("2606:4700::1111")));
         assert!(!q.is_allowed(ip("::ffff:8.8.8.8")));
+    }
+
+    #[test]
+    fn own_listen_addresses_are_refused_in_every_form() {
+        let sa = |s: &str| -> SocketAddr { s.parse().expect("test socket address") };
+        // Even with every address allowed by the operator.
+        let p = policy(&["0.0.0.0/0", "::/0"], &[]).with_own_addresses([
+            sa("192.0.2.10:3478"),
+            sa("[2001:db8::10]:3478"),
+            sa("0.0.0.0:5349"),
+        ]);
+        for s in [
+            "192.0.2.10:3478",
+            "[::ffff:192.0.2.10]:3478",
+            "[::192.0.2.10]:3478",
+            "[64:ff9b::c000:20a]:3478",
+            "[2002:c000:20a::1]:3478",
+            "[2001:db8::10]:3478",
+        ] {
+            assert!(p.is_own_address(sa(s)), "{s}");
+            assert!(!p.is_allowed_addr(sa(s)), "{s}");
+        }
+        for s in ["192.0.2.10:3479", "192.0.2.11:3478", "198.51.100.1:5349"] {
+            assert!(!p.is_own_address(sa(s)), "{s}");
+            assert!(p.is_allowed_addr(sa(s)), "{s}");
+        }
+        assert!(!PeerPolicy::default().is_own_address(sa("192.0.2.10:3478")));
     }
 }

@@ -3,6 +3,7 @@
 //! bandwidth limits of live allocations may not exceed `bps-capacity` (508 over it).
 //! Touched only when an allocation starts or ends (and on reload), never per packet.
 
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use rustc_hash::FxHashMap;
@@ -16,6 +17,9 @@ struct Counts {
     total: u32,
     /// Sum of the `bps` of live allocations.
     bps_reserved: u64,
+    /// Live allocations per client IP (IPv6 by /64); entries exist only while the IP holds
+    /// an authenticated allocation, so spoofed traffic cannot grow the map.
+    per_ip: FxHashMap<IpAddr, u32>,
 }
 
 /// What one user may hold instead of the server-wide defaults; `None` keeps the default.
@@ -36,6 +40,8 @@ struct Limits {
     burst: u64,
     bps_capacity: u64,
     overrides: FxHashMap<String, UserLimits>,
+    /// Most live allocations per client IP; 0 means none.
+    ip_quota: u32,
 }
 
 impl Limits {
@@ -165,6 +171,55 @@ impl Quotas {
         s.limits.overrides = overrides;
     }
 
+    /// Also caps live allocations per client IP (an IPv6 client by its /64); 0 means none.
+    pub fn with_ip_quota(self, ip_quota: u32) -> Quotas {
+        self.lock().limits.ip_quota = ip_quota;
+        self
+    }
+
+    /// Changes the per-IP cap on reload; live counts are kept.
+    pub fn set_ip_quota(&self, ip_quota: u32) {
+        self.lock().limits.ip_quota = ip_quota;
+    }
+
+    /// Counts one more allocation from `ip`, or refuses it with 486 (Allocation Quota
+    /// Reached, RFC 8656 §7.2) when the IP holds its quota. Counted even without a cap, so a
+    /// cap set by a reload sees the allocations already live.
+    pub fn acquire_ip(&self, ip: IpAddr) -> Result<(), u16> {
+        let key = ip_key(ip);
+        let mut s = self.lock();
+        let quota = s.limits.ip_quota;
+        let c = &mut s.counts;
+        let n = c.per_ip.get(&key).copied().unwrap_or(0);
+        if quota > 0 && n >= quota {
+            return Err(error::ALLOCATION_QUOTA_REACHED);
+        }
+        c.per_ip.insert(key, n + 1);
+        Ok(())
+    }
+
+    pub fn release_ip(&self, ip: IpAddr) {
+        let key = ip_key(ip);
+        let mut s = self.lock();
+        let c = &mut s.counts;
+        if let Some(n) = c.per_ip.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_ip.remove(&key);
+            }
+        }
+    }
+
+    /// Live allocations counted against a client IP's quota.
+    pub fn ip_count(&self, ip: IpAddr) -> u32 {
+        self.lock()
+            .counts
+            .per_ip
+            .get(&ip_key(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Gives back what [`Quotas::acquire`] took; `bps` is the limit it returned.
     pub fn release(&self, user: &str, bps: u64) {
         let mut s = self.lock();
@@ -196,6 +251,14 @@ impl Quotas {
     /// The configured capacity (0: none).
     pub fn bps_capacity(&self) -> u64 {
         self.lock().limits.bps_capacity
+    }
+}
+
+/// The key a client IP is counted under: IPv4 (mapped ones too) as itself, IPv6 by its /64.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => IpAddr::V4(a),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
     }
 }
 
@@ -308,5 +371,35 @@ mod tests {
         assert_eq!(q.bps_reserved(), 1_500);
         assert_eq!(q.acquire("a"), Err(508));
         assert_eq!(q.bps_capacity(), 1_500);
+    }
+
+    #[test]
+    fn per_ip_limit() {
+        let q = Quotas::new(0, 0).with_ip_quota(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::2:1".parse().unwrap();
+        assert_eq!(q.acquire_ip(a), Ok(()));
+        assert_eq!(q.acquire_ip(mapped), Ok(()));
+        assert_eq!(q.acquire_ip(a), Err(486));
+        q.release_ip(a);
+        assert_eq!(q.ip_count(a), 1);
+        assert_eq!(q.acquire_ip(a), Ok(()));
+        assert_eq!(q.acquire_ip(v6a), Ok(()));
+        assert_eq!(q.acquire_ip(v6b), Ok(()));
+        assert_eq!(q.acquire_ip("2001:db8::ffff".parse().unwrap()), Err(486));
+        assert_eq!(q.acquire_ip("2001:db8:0:1::1".parse().unwrap()), Ok(()));
+        q.release_ip(a);
+        q.release_ip(a);
+        assert_eq!(q.ip_count(a), 0);
+        assert!(
+            !q.lock().counts.per_ip.contains_key(&a),
+            "no entry left behind"
+        );
+        // Unlimited: counted (for a later cap), never refused.
+        let u = Quotas::new(0, 0);
+        assert_eq!(u.acquire_ip(a), Ok(()));
+        assert_eq!(u.ip_count(a), 1);
     }
 }

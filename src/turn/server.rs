@@ -18,6 +18,7 @@ use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
 use super::quota::Quotas;
+use super::rate_limit::ResponseLimiter;
 use super::stats::{
     CODE_SLOTS, DROP_REASONS, DropReason, Gauges, METHOD_SLOTS, SessionInfo, Traffic, code_slot,
     method_slot, transport_slot,
@@ -61,6 +62,25 @@ pub struct ServerConfig {
     pub max_permissions: usize,
     /// Random bytes from the driver: seeds transaction ids and reservation tokens.
     pub secret: [u8; 32],
+    /// Abuse limits (the `[limits]` config section).
+    pub limits: Limits,
+    /// The budget of responses to unauthenticated requests per source, one table shared by
+    /// every worker (`limits.unauth-rate`, `limits.unauth-burst`).
+    pub unauth_limiter: Arc<ResponseLimiter>,
+}
+
+/// Limits against reflection and state exhaustion (`[limits]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Most channel bindings (live or in their RFC 8656 §12 quarantine) per allocation;
+    /// over it ChannelBind gets 508.
+    pub max_channels: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_channels: 1024 }
+    }
 }
 
 /// Server-wide counters of one worker.
@@ -75,6 +95,8 @@ pub struct Stats {
     pub relayed_to_peer: u64,
     pub relayed_from_peer: u64,
     pub dropped: u64,
+    /// Unauthenticated responses not sent: the source was over its budget.
+    pub rate_limited: u64,
     /// Relayed data by direction (coturn's rcv/sent/peer_rcv/peer_sent).
     pub traffic: Traffic,
     /// Dropped relayed packets by [`DropReason`].
@@ -565,6 +587,11 @@ impl Server {
         if msg.attributes().any(|(t, _)| !attr::is_understood(t)) {
             return;
         }
+        // A permission is per IP; the server's own listen ports on that IP stay closed.
+        if self.cfg.policy.is_own_address(peer) {
+            self.stats.dropped += 1;
+            return;
+        }
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return;
         };
@@ -611,7 +638,7 @@ impl Server {
     fn handle_request(&mut self, now: Time, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
         let m = msg.method();
         if m == method::BINDING {
-            self.handle_binding(ft, msg, io);
+            self.handle_binding(now.mono, ft, msg, io);
             return;
         }
         if !matches!(
@@ -623,7 +650,7 @@ impl Server {
                 | method::CONNECT
                 | method::CONNECTION_BIND
         ) {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return;
         }
         // A retransmission gets the answer the original got (RFC 8489 §6.3.1).
@@ -671,7 +698,16 @@ impl Server {
     }
 
     /// Binding (RFC 8489 §6.3.1): stateless, unauthenticated.
-    fn handle_binding(&mut self, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
+    fn handle_binding(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        io: &mut impl Io,
+    ) {
+        if !self.unauth_response_allowed(now, ft) {
+            return;
+        }
         let mut unknown = [0u8; 32];
         let mut n = 0;
         for (t, _) in msg.attributes() {
@@ -715,15 +751,15 @@ impl Server {
             msg.get(attr::REALM),
             msg.get(attr::NONCE),
         ) else {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return None;
         };
         let Ok(user) = std::str::from_utf8(user) else {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return None;
         };
         if user.len() >= MAX_USERNAME {
-            self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return None;
         }
         if !self.cfg.auth.check_nonce(nonce, now.unix, ft.client.ip()) {
@@ -739,12 +775,12 @@ impl Server {
                 [0x00, 0x01, 0x00, 0x00] => PasswordAlgorithm::Md5,
                 [0x00, 0x02, 0x00, 0x00] => PasswordAlgorithm::Sha256,
                 _ => {
-                    self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+                    self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
                     return None;
                 }
             },
             _ => {
-                self.send_error(ft, msg, error::BAD_REQUEST, None, io);
+                self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
                 return None;
             }
         };
@@ -799,6 +835,9 @@ impl Server {
         code: u16,
         io: &mut impl Io,
     ) {
+        if !self.unauth_response_allowed(now.mono, ft) {
+            return;
+        }
         let nonce = self.cfg.auth.mint_nonce(now.unix, ft.client.ip());
         let auth = self.cfg.auth.clone();
         let mut w = self.writer(msg, Class::Error);
@@ -881,6 +920,10 @@ impl Server {
             Ok(r) => r,
             Err(code) => return fail(self, code, io),
         };
+        if let Err(code) = self.cfg.quotas.acquire_ip(ft.client.ip()) {
+            self.cfg.quotas.release(&quota_user, rate.bps);
+            return fail(self, code, io);
+        }
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
         let primary = if let Some(t) = token {
@@ -917,6 +960,7 @@ impl Server {
         };
         let Some(primary) = primary else {
             self.cfg.quotas.release(&quota_user, rate.bps);
+            self.cfg.quotas.release_ip(ft.client.ip());
             return fail(self, error::INSUFFICIENT_CAPACITY, io);
         };
         let mut relays = [None, None];
@@ -975,7 +1019,9 @@ impl Server {
             "allocation created"
         );
         let txid = alloc.allocate_txid;
-        self.slots[slot] = Some(alloc);
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some(alloc);
+        }
         self.stats.allocations_created += 1;
         self.schedule(slot);
 
@@ -1178,7 +1224,7 @@ impl Server {
         if a.relay_for(&peer).is_none() {
             return Err(error::PEER_ADDRESS_FAMILY_MISMATCH);
         }
-        if !self.cfg.policy.is_allowed(peer.ip()) {
+        if !self.cfg.policy.is_allowed_addr(peer) {
             return Err(error::FORBIDDEN);
         }
         Ok(())
@@ -1281,6 +1327,7 @@ impl Server {
             return self.send_error(ft, msg, code, Some(auth), io);
         }
         let max = self.cfg.max_permissions;
+        let max_channels = self.cfg.limits.max_channels;
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return;
         };
@@ -1303,6 +1350,13 @@ impl Server {
         if !a.permissions.contains_key(&peer.ip()) && a.permissions.len() >= max {
             a.sweep(t);
             if a.permissions.len() >= max {
+                return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+            }
+        }
+        // A new number counts against the channel cap; quarantined numbers still hold state.
+        if !a.channels.contains_key(&number) && a.channels.len() >= max_channels {
+            a.sweep(t);
+            if a.channels.len() >= max_channels {
                 return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
             }
         }
@@ -1338,6 +1392,31 @@ impl Server {
     /// Starts a response to `msg` in the scratch buffer.
     fn writer(&mut self, msg: &Message<'_>, class: Class) -> MessageWriter<'_> {
         MessageWriter::new(&mut self.out, msg.method(), class, msg.transaction_id())
+    }
+
+    /// Whether a response to an unauthenticated request may go to this client now: over UDP
+    /// the source may be spoofed, so such responses draw on the source's budget
+    /// (see [`super::rate_limit`]). Streams have a handshake and are not limited.
+    fn unauth_response_allowed(&mut self, now: Instant, ft: &FiveTuple) -> bool {
+        if ft.transport != Transport::Udp || self.cfg.unauth_limiter.allow(ft.client.ip(), now) {
+            return true;
+        }
+        self.stats.rate_limited += 1;
+        false
+    }
+
+    /// An error to a request that is not (yet) authenticated: subject to the source's budget.
+    fn send_unauth_error(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        code: u16,
+        io: &mut impl Io,
+    ) {
+        if self.unauth_response_allowed(now, ft) {
+            self.send_error(ft, msg, code, None, io);
+        }
     }
 
     fn send_error(
@@ -1427,6 +1506,7 @@ impl Server {
             display_user(&a.username, self.cfg.rest_separator),
             a.rate.bps,
         );
+        self.cfg.quotas.release_ip(a.five_tuple.client.ip());
         self.stats.allocations_deleted += 1;
         let c = a.counters;
         info!(

@@ -73,6 +73,7 @@ mod tcp;
 
 struct Sim {
     server: Server,
+    quotas: Arc<super::quota::Quotas>,
     io: SimIo,
     t0: Instant,
     elapsed: Duration,
@@ -87,6 +88,11 @@ struct Opts {
     user_quota: u32,
     total_quota: u32,
     max_bps: u64,
+    limits: Limits,
+    unauth: super::rate_limit::RateLimit,
+    ip_quota: u32,
+    software: Option<String>,
+    own: Vec<SocketAddr>,
 }
 
 impl Default for Opts {
@@ -100,6 +106,14 @@ impl Default for Opts {
             user_quota: 0,
             total_quota: 0,
             max_bps: 0,
+            limits: Limits::default(),
+            unauth: super::rate_limit::RateLimit {
+                rate: 50,
+                burst: 100,
+            },
+            ip_quota: 0,
+            software: None,
+            own: vec![],
         }
     }
 }
@@ -116,13 +130,16 @@ fn sim_with(o: Opts) -> Sim {
         nonce_lifetime_secs: 600,
         nonce_key: [9; 32],
     });
+    let quotas = Arc::new(
+        super::quota::Quotas::new(o.user_quota, o.total_quota)
+            .with_bandwidth(o.max_bps, 0, 0)
+            .with_ip_quota(o.ip_quota),
+    );
     let cfg = ServerConfig {
         auth: Arc::new(auth),
-        policy: PeerPolicy::new(o.allow, vec![]),
+        policy: PeerPolicy::new(o.allow, vec![]).with_own_addresses(o.own),
         ports: Arc::new(Mutex::new(PortPool::new(o.min_port, o.max_port))),
-        quotas: Arc::new(
-            super::quota::Quotas::new(o.user_quota, o.total_quota).with_bandwidth(o.max_bps, 0, 0),
-        ),
+        quotas: quotas.clone(),
         relay_ips: [
             Some(("10.0.0.1".parse().unwrap(), "203.0.113.1".parse().unwrap())),
             if o.v6 {
@@ -133,15 +150,18 @@ fn sim_with(o: Opts) -> Sim {
         ],
         default_lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
-        software: None,
+        software: o.software,
         mapped_address: false,
         enforce_credential_expiry: o.enforce_expiry,
         rest_separator: ':',
         max_permissions: 8,
         secret: [7; 32],
+        limits: o.limits,
+        unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(o.unauth, [8; 16])),
     };
     Sim {
         server: Server::new(cfg),
+        quotas,
         io: SimIo::default(),
         t0: Instant::now(),
         elapsed: Duration::ZERO,
@@ -1345,3 +1365,4 @@ fn sessions_gauges_and_ending_a_session() {
     s.advance(700);
     assert_eq!(s.server.allocation_count(), 0);
 }
+mod abuse;

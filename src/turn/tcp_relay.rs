@@ -165,6 +165,10 @@ impl Server {
             Ok(r) => r,
             Err(code) => return self.send_error(ft, msg, code, Some(auth), io),
         };
+        if let Err(code) = self.cfg.quotas.acquire_ip(ft.client.ip()) {
+            self.cfg.quotas.release(&quota_user, rate.bps);
+            return self.send_error(ft, msg, code, Some(auth), io);
+        }
         let mut relay = None;
         for _ in 0..BIND_ATTEMPTS {
             let random = self.random();
@@ -188,6 +192,7 @@ impl Server {
         }
         let Some(relay) = relay else {
             self.cfg.quotas.release(&quota_user, rate.bps);
+            self.cfg.quotas.release_ip(ft.client.ip());
             return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
         };
         let lifetime = self.lifetime(msg);

@@ -1,0 +1,1092 @@
+//! Fuzz target bodies, shared by `fuzz/` (cargo-fuzz, nightly) and `tests/fuzz_corpus.rs`
+//! (the committed corpus replayed on stable). Each function takes arbitrary bytes, must never
+//! panic or hang on them, and panics only when an invariant of the code under test breaks.
+//!
+//! Not part of the server's API.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
+use crate::config::Config;
+use crate::stun::framing::{Frame, next_frame};
+use crate::stun::{
+    Class, Message, MessageWriter, attr, channel_data, decode_address, decode_error_code, method,
+};
+use crate::turn::peer_policy::PeerPolicy;
+use crate::turn::ports::PortPool;
+use crate::turn::quota::Quotas;
+use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
+use crate::turn::{
+    BindError, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
+    ServerConfig, Time, Transport,
+};
+
+/// The fuzz targets, by the names of their corpus directories.
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Target)] = &[
+    ("stun_message", stun_message),
+    ("channel_data", channel_data_target),
+    ("stream_framing", stream_framing),
+    ("server", server),
+    ("config", config),
+];
+
+/// A key the fuzzer can hit: messages signed with it verify.
+pub const FUZZ_KEY: &[u8] = b"fuzz-key";
+
+// ------------------------------------------------------------ stun_message
+
+/// STUN parsing, attribute access, integrity and fingerprint checks; a parsed message's
+/// counted attributes re-encode into a message that parses to the same attributes.
+pub fn stun_message(data: &[u8]) {
+    let Ok(msg) = Message::parse(data) else {
+        return;
+    };
+    assert_eq!(msg.raw(), data);
+    let txid = msg.transaction_id();
+    for (ty, value) in msg.attributes() {
+        match ty {
+            attr::XOR_MAPPED_ADDRESS | attr::XOR_PEER_ADDRESS | attr::XOR_RELAYED_ADDRESS => {
+                let _ = msg.xor_address(ty);
+                let _ = crate::stun::decode_xor_address(value, &txid);
+            }
+            attr::MAPPED_ADDRESS | attr::ALTERNATE_SERVER => {
+                let _ = decode_address(value);
+            }
+            attr::ERROR_CODE | attr::ADDRESS_ERROR_CODE => {
+                if let Some((code, _)) = decode_error_code(value) {
+                    assert!((300..=699).contains(&code), "{code}");
+                }
+            }
+            attr::LIFETIME | attr::FINGERPRINT => {
+                let _ = msg.u32_attr(ty);
+            }
+            _ => {}
+        }
+        let _ = msg.get_all(ty).count();
+    }
+    let _ = msg.verify_integrity(FUZZ_KEY);
+    let _ = msg.verify_integrity(&data[..data.len().min(16)]);
+
+    // Re-encode what counts (without the integrity and fingerprint attributes).
+    let mut out = Vec::new();
+    let mut w = MessageWriter::new(&mut out, msg.method(), msg.class(), txid);
+    let kept: Vec<(u16, &[u8])> = msg
+        .attributes()
+        .filter(|(t, _)| {
+            !matches!(
+                *t,
+                attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT
+            )
+        })
+        .collect();
+    for (t, v) in &kept {
+        w.attr(*t, v);
+    }
+    let again = Message::parse(&out).expect("re-encoded message parses");
+    assert_eq!(again.method(), msg.method());
+    assert_eq!(again.class(), msg.class());
+    assert_eq!(again.transaction_id(), txid);
+    assert!(again.attributes().eq(kept.iter().copied()));
+
+    // Signed and fingerprinted, it verifies; one flipped bit and it does not.
+    let mut w = MessageWriter::resume(&mut out, txid);
+    w.integrity(FUZZ_KEY).fingerprint();
+    let signed = Message::parse(&out).expect("signed message parses");
+    assert!(signed.has_fingerprint());
+    assert_eq!(
+        signed.verify_integrity(FUZZ_KEY),
+        Some(crate::stun::Integrity::Sha1)
+    );
+    if let Some(b) = out.get_mut(8) {
+        *b ^= 1;
+    }
+    assert!(Message::parse(&out).is_err(), "fingerprint catches a flip");
+}
+
+// ------------------------------------------------------------ channel_data
+
+/// ChannelData parsing: the data is exactly the declared length, inside the datagram.
+pub fn channel_data_target(data: &[u8]) {
+    if let Some((number, payload)) = channel_data::parse(data) {
+        assert!((channel_data::MIN_CHANNEL..=channel_data::MAX_CHANNEL).contains(&number));
+        assert!(channel_data::is_channel_data(data[0]));
+        let declared = u16::from_be_bytes([data[2], data[3]]) as usize;
+        assert_eq!(payload.len(), declared);
+        assert!(4 + declared <= data.len());
+        assert_eq!(
+            channel_data::header(number, declared as u16),
+            [data[0], data[1], data[2], data[3]]
+        );
+    }
+}
+
+// ---------------------------------------------------------- stream_framing
+
+/// The stream deframer fed the bytes in pieces (piece sizes from the first byte): it cuts
+/// only whole frames, always asks for more than it has when it needs more, and what it cuts
+/// goes through the datagram parsers.
+pub fn stream_framing(data: &[u8]) {
+    let Some((&step, stream)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step % 64) + 1;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut fed = 0;
+    let mut frames = 0usize;
+    loop {
+        match next_frame(&buf) {
+            Frame::Complete(n) => {
+                assert!(n >= 4 && n <= buf.len(), "complete {n} of {}", buf.len());
+                let frame: Vec<u8> = buf.drain(..n).collect();
+                if channel_data::is_channel_data(frame[0]) {
+                    channel_data_target(&frame);
+                } else {
+                    stun_message(&frame);
+                }
+                frames += 1;
+                assert!(frames <= data.len(), "more frames than bytes");
+            }
+            Frame::NeedMore(n) => {
+                assert!(n > buf.len(), "needs {n} but has {}", buf.len());
+                if fed >= stream.len() {
+                    return;
+                }
+                let end = (fed + step).min(stream.len());
+                buf.extend_from_slice(&stream[fed..end]);
+                fed = end;
+            }
+            Frame::Invalid => return,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ config
+
+/// The config loader: any text either loads or names what is wrong; a loaded config's
+/// derived values are computed without panicking.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match Config::from_toml_str(&text) {
+        Ok(c) => {
+            let _ = c.relay_ips();
+            for ip in c.relay_ips() {
+                let _ = c.external_ip_for(ip);
+            }
+            let _ = c.user_secrets();
+            let _ = c.peer_rules();
+            let _ = c.core_limits();
+            let _ = format!("{c:?}");
+        }
+        Err(e) => {
+            assert!(!e.key().is_empty(), "error without a key: {e}");
+            let _ = e.to_string();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ server
+
+const REALM: &str = "fuzz.test";
+const UNIX0: u64 = 1_800_000_000;
+const SECRET: &str = "fuzz-secret";
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+
+/// The server's listen address in the harness: never a peer.
+pub fn harness_listen() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), 3478)
+}
+
+/// Client 5-tuples the ops pick from: two ports of one IPv4 address, another IPv4 address,
+/// an IPv6 address, and a TCP client (streams pad ChannelData and are not rate limited).
+fn tuple(i: u8) -> FiveTuple {
+    let (ip, port, transport) = match i % 5 {
+        0 => (
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            40000,
+            Transport::Udp,
+        ),
+        1 => (
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            40001,
+            Transport::Udp,
+        ),
+        2 => (
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)),
+            40000,
+            Transport::Udp,
+        ),
+        3 => (
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 1)),
+            40000,
+            Transport::Udp,
+        ),
+        _ => (
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 3)),
+            40000,
+            Transport::Tcp,
+        ),
+    };
+    FiveTuple {
+        client: SocketAddr::new(ip, port),
+        server: harness_listen(),
+        transport,
+    }
+}
+
+/// Attribute types an authenticated op can name by index; larger indexes make unknown
+/// comprehension-required (odd) or optional (even) types.
+const TYPES: &[u16] = &[
+    attr::REQUESTED_TRANSPORT,
+    attr::LIFETIME,
+    attr::XOR_PEER_ADDRESS,
+    attr::CHANNEL_NUMBER,
+    attr::DATA,
+    attr::EVEN_PORT,
+    attr::RESERVATION_TOKEN,
+    attr::REQUESTED_ADDRESS_FAMILY,
+    attr::ADDITIONAL_ADDRESS_FAMILY,
+    attr::DONT_FRAGMENT,
+    attr::CONNECTION_ID,
+    attr::SOFTWARE,
+    attr::ICE_CONTROLLING,
+    attr::PRIORITY,
+];
+/// Index meaning "XOR-PEER-ADDRESS given in plain form" (family, port, IP): the harness
+/// XOR-encodes it with the real transaction id.
+const PLAIN_PEER: u8 = 0x40;
+
+const METHODS: [u16; 8] = [
+    method::BINDING,
+    method::ALLOCATE,
+    method::REFRESH,
+    method::CREATE_PERMISSION,
+    method::CHANNEL_BIND,
+    method::CONNECT,
+    method::SEND,
+    0x0FF,
+];
+
+/// One step of a server fuzz case. The wire form is `[kind | tuple << 3, len, body...]`.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Raw bytes from a client.
+    Datagram { tuple: u8, bytes: Vec<u8> },
+    /// A datagram from `peer` to the relay socket `relay` (index among the opened ones).
+    Peer {
+        relay: u8,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+    },
+    /// Time passes.
+    Advance { secs: u16 },
+    /// A request signed with valid long-term credentials and a fresh nonce.
+    Authed {
+        tuple: u8,
+        /// Index into the method table.
+        method: u8,
+        /// Bit 0: SHA-256; 1: FINGERPRINT; 2: REST user; 3: wrong password.
+        flags: u8,
+        attrs: Vec<AttrSpec>,
+    },
+    /// ChannelData from a client.
+    ChannelData {
+        tuple: u8,
+        number: u16,
+        payload: Vec<u8>,
+    },
+    /// A Send indication from a client.
+    Send {
+        tuple: u8,
+        peer: SocketAddr,
+        payload: Vec<u8>,
+    },
+}
+
+/// An attribute of an [`Op::Authed`]: a type index (see `TYPES`, `PLAIN_PEER`) and a value.
+#[derive(Clone, Debug)]
+pub struct AttrSpec {
+    pub ty: u8,
+    pub value: Vec<u8>,
+}
+
+impl AttrSpec {
+    pub fn new(ty: u16, value: &[u8]) -> AttrSpec {
+        let index = TYPES.iter().position(|t| *t == ty).unwrap_or(TYPES.len()) as u8;
+        AttrSpec {
+            ty: index,
+            value: value.to_vec(),
+        }
+    }
+
+    pub fn peer(addr: SocketAddr) -> AttrSpec {
+        AttrSpec {
+            ty: PLAIN_PEER,
+            value: encode_addr(addr),
+        }
+    }
+}
+
+fn encode_addr(a: SocketAddr) -> Vec<u8> {
+    let mut v = Vec::with_capacity(19);
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            v.push(1);
+            v.extend_from_slice(&a.port().to_be_bytes());
+            v.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            v.push(2);
+            v.extend_from_slice(&a.port().to_be_bytes());
+            v.extend_from_slice(&ip.octets());
+        }
+    }
+    v
+}
+
+/// Reads an address written by `encode_addr` (or anything: short input makes something up).
+fn decode_addr(b: &[u8]) -> (SocketAddr, &[u8]) {
+    let fam = b.first().copied().unwrap_or(1);
+    let port = match b.get(1..3) {
+        Some(p) => u16::from_be_bytes([p[0], p[1]]),
+        None => 53,
+    };
+    if fam & 1 == 1 {
+        let mut o = [8u8, 8, 8, 8];
+        if let Some(ip) = b.get(3..7) {
+            o.copy_from_slice(ip);
+        }
+        let rest = b.get(7..).unwrap_or_default();
+        (SocketAddr::new(IpAddr::V4(o.into()), port), rest)
+    } else {
+        let mut o = [
+            0x26, 0x06, 0x47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11, 0x11,
+        ];
+        if let Some(ip) = b.get(3..19) {
+            o.copy_from_slice(ip);
+        }
+        let rest = b.get(19..).unwrap_or_default();
+        (SocketAddr::new(IpAddr::V6(o.into()), port), rest)
+    }
+}
+
+impl Op {
+    /// Appends the wire form; bodies longer than 255 bytes are cut.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let (kind, tuple, mut body) = match self {
+            Op::Datagram { tuple, bytes } => (0, *tuple, bytes.clone()),
+            Op::Peer {
+                relay,
+                peer,
+                payload,
+            } => {
+                let mut b = vec![*relay];
+                b.extend(encode_addr(*peer));
+                b.extend_from_slice(payload);
+                (1, 0, b)
+            }
+            Op::Advance { secs } => (2, 0, secs.to_be_bytes().to_vec()),
+            Op::Authed {
+                tuple,
+                method,
+                flags,
+                attrs,
+            } => {
+                let mut b = vec![*method | (*flags << 3)];
+                for a in attrs {
+                    b.push(a.ty);
+                    b.push(a.value.len().min(255) as u8);
+                    b.extend_from_slice(&a.value[..a.value.len().min(255)]);
+                }
+                (3, *tuple, b)
+            }
+            Op::ChannelData {
+                tuple,
+                number,
+                payload,
+            } => {
+                let mut b = number.to_be_bytes().to_vec();
+                b.extend_from_slice(payload);
+                (4, *tuple, b)
+            }
+            Op::Send {
+                tuple,
+                peer,
+                payload,
+            } => {
+                let mut b = encode_addr(*peer);
+                b.extend_from_slice(payload);
+                (5, *tuple, b)
+            }
+        };
+        body.truncate(255);
+        out.push(kind | (tuple << 3));
+        out.push(body.len() as u8);
+        out.extend_from_slice(&body);
+    }
+
+    /// Reads one op from the front of `b`; None at the end.
+    fn decode(b: &[u8]) -> Option<(Op, &[u8])> {
+        let (&head, rest) = b.split_first()?;
+        let (&len, rest) = rest.split_first()?;
+        let n = usize::from(len).min(rest.len());
+        let (body, rest) = rest.split_at(n);
+        let tuple = head >> 3;
+        let op = match head & 7 {
+            0 | 6 => Op::Datagram {
+                tuple,
+                bytes: body.to_vec(),
+            },
+            1 => {
+                let relay = body.first().copied().unwrap_or(0);
+                let (peer, payload) = decode_addr(body.get(1..).unwrap_or_default());
+                Op::Peer {
+                    relay,
+                    peer,
+                    payload: payload.to_vec(),
+                }
+            }
+            2 => {
+                let secs = match body {
+                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                    [a] => u16::from(*a),
+                    [] => 1,
+                };
+                Op::Advance { secs }
+            }
+            3 => {
+                let ctl = body.first().copied().unwrap_or(1);
+                let mut attrs = Vec::new();
+                let mut p = body.get(1..).unwrap_or_default();
+                while let [ty, len, tail @ ..] = p {
+                    let n = usize::from(*len).min(tail.len());
+                    attrs.push(AttrSpec {
+                        ty: *ty,
+                        value: tail[..n].to_vec(),
+                    });
+                    p = &tail[n..];
+                }
+                Op::Authed {
+                    tuple,
+                    method: ctl & 7,
+                    flags: ctl >> 3,
+                    attrs,
+                }
+            }
+            4 => {
+                let number = match body {
+                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                    _ => 0x4000,
+                };
+                Op::ChannelData {
+                    tuple,
+                    number,
+                    payload: body.get(2..).unwrap_or_default().to_vec(),
+                }
+            }
+            _ => {
+                let (peer, payload) = decode_addr(body);
+                Op::Send {
+                    tuple,
+                    peer,
+                    payload: payload.to_vec(),
+                }
+            }
+        };
+        Some((op, rest))
+    }
+}
+
+/// Encodes a whole case.
+pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        op.encode(&mut out);
+    }
+    out
+}
+
+#[derive(Default)]
+struct FuzzIo {
+    to_client: Vec<(FiveTuple, Vec<u8>)>,
+    to_peer: Vec<(RelayId, SocketAddr)>,
+    open: Vec<(RelayId, SocketAddr)>,
+    ever: BTreeSet<RelayId>,
+}
+
+impl Io for FuzzIo {
+    fn send_to_client(&mut self, to: &FiveTuple, data: &[u8]) {
+        self.to_client.push((*to, data.to_vec()));
+    }
+    fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, _data: &[u8]) {
+        assert!(
+            self.open.iter().any(|(r, _)| *r == relay),
+            "send on a closed relay"
+        );
+        self.to_peer.push((relay, peer));
+    }
+    fn bind_relay(
+        &mut self,
+        relay: RelayId,
+        addr: SocketAddr,
+        _: RelayOptions,
+    ) -> Result<(), BindError> {
+        assert!(self.ever.insert(relay), "relay id reused");
+        // Every 7th port is "taken by another process".
+        if addr.port().is_multiple_of(7) {
+            return Err(BindError::AddrInUse);
+        }
+        assert!(
+            !self.open.iter().any(|(_, a)| *a == addr),
+            "{addr} bound twice"
+        );
+        self.open.push((relay, addr));
+        Ok(())
+    }
+    fn close_relay(&mut self, relay: RelayId) {
+        let i = self
+            .open
+            .iter()
+            .position(|(r, _)| *r == relay)
+            .expect("closing a relay that is not open");
+        self.open.swap_remove(i);
+    }
+}
+
+/// The sans-IO server fed a sequence of [`Op`]s decoded from the bytes: clients (raw,
+/// signed, ChannelData, Send), peers and time. Checks that every datagram to a client is a
+/// well-formed STUN or ChannelData message, that nothing goes to a peer the policy refuses,
+/// that quotas hold, and that ending everything closes every relay and frees every quota.
+pub fn server(data: &[u8]) {
+    run_server(data);
+}
+
+/// [`server`], returning the server's counters (to check that seeds reach the deep paths).
+pub fn run_server(data: &[u8]) -> crate::turn::Stats {
+    let auth = Arc::new(Authenticator::new(AuthConfig {
+        realm: REALM.into(),
+        users: vec![(USER.into(), UserSecret::Password(PASSWORD.into()))],
+        secrets: vec![SECRET.into()],
+        rest_separator: ':',
+        nonce_lifetime_secs: 600,
+        nonce_key: [3; 32],
+    }));
+    let policy = PeerPolicy::new(vec![], vec![]).with_own_addresses([harness_listen()]);
+    let quotas = Arc::new(Quotas::new(3, 6).with_ip_quota(2));
+    let ports = Arc::new(Mutex::new(PortPool::new(50000, 50015)));
+    let mut server = Server::new(ServerConfig {
+        auth: auth.clone(),
+        policy: policy.clone(),
+        ports: ports.clone(),
+        quotas: quotas.clone(),
+        relay_ips: [
+            Some((
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+                IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+            )),
+            Some((
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
+            )),
+        ],
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        software: Some("fuzz".into()),
+        mapped_address: true,
+        enforce_credential_expiry: true,
+        rest_separator: ':',
+        max_permissions: 4,
+        secret: [5; 32],
+        limits: Limits { max_channels: 4 },
+        unauth_limiter: Arc::new(ResponseLimiter::new(
+            RateLimit { rate: 5, burst: 10 },
+            [6; 16],
+        )),
+    });
+    let mut io = FuzzIo::default();
+    let t0 = Instant::now();
+    let mut elapsed = Duration::ZERO;
+    let mut txn: u32 = 0;
+    let mut scratch = Vec::new();
+    let mut rest = data;
+    let mut steps = 0;
+    while let Some((op, r)) = Op::decode(rest) {
+        rest = r;
+        steps += 1;
+        if steps > 4096 {
+            break;
+        }
+        let now = Time {
+            mono: t0 + elapsed,
+            unix: UNIX0 + elapsed.as_secs(),
+        };
+        match op {
+            Op::Datagram { tuple: t, bytes } => {
+                server.handle_client(now, tuple(t), &bytes, &mut io)
+            }
+            Op::Peer {
+                relay,
+                peer,
+                payload,
+            } => {
+                let id = io
+                    .ever
+                    .iter()
+                    .copied()
+                    .min_by_key(|id| id.0.abs_diff(u64::from(relay)))
+                    .unwrap_or(RelayId(u64::from(relay)));
+                let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+                buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
+                let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
+                server.handle_peer(now, id, peer, &mut buf, range, &mut io);
+            }
+            Op::Advance { secs } => {
+                elapsed += Duration::from_secs(u64::from(secs));
+                let now = Time {
+                    mono: t0 + elapsed,
+                    unix: UNIX0 + elapsed.as_secs(),
+                };
+                let mut guard = 0;
+                while server.poll_timeout().is_some_and(|t| t <= now.mono) && guard < 10_000 {
+                    server.handle_timeout(now, &mut io);
+                    guard += 1;
+                }
+            }
+            Op::Authed {
+                tuple: t,
+                method: m,
+                flags,
+                attrs,
+            } => {
+                txn = txn.wrapping_add(1);
+                let mut txid = [0x5A; 12];
+                txid[..4].copy_from_slice(&txn.to_be_bytes());
+                let ft = tuple(t);
+                let sha256 = flags & 1 != 0;
+                let (user, password) = if flags & 4 != 0 {
+                    crate::auth::rest_credential(SECRET, "rest", now.unix + 100, ':')
+                } else {
+                    (USER.to_string(), PASSWORD.to_string())
+                };
+                let password = if flags & 8 != 0 {
+                    "wrong".to_string()
+                } else {
+                    password
+                };
+                let alg = if sha256 {
+                    PasswordAlgorithm::Sha256
+                } else {
+                    PasswordAlgorithm::Md5
+                };
+                let key = long_term_key(alg, &user, REALM, &password);
+                let nonce = auth.mint_nonce(now.unix, ft.client.ip());
+                let method = METHODS[usize::from(m) % METHODS.len()];
+                let mut w = MessageWriter::new(&mut scratch, method, Class::Request, txid);
+                for a in &attrs {
+                    match TYPES.get(usize::from(a.ty)) {
+                        Some(ty) => {
+                            w.attr(*ty, &a.value);
+                        }
+                        None if a.ty == PLAIN_PEER => {
+                            w.xor_address(attr::XOR_PEER_ADDRESS, decode_addr(&a.value).0);
+                        }
+                        None => {
+                            let ty = if a.ty & 1 == 1 {
+                                0x7F00 | u16::from(a.ty)
+                            } else {
+                                0xC000 | u16::from(a.ty)
+                            };
+                            w.attr(ty, &a.value);
+                        }
+                    }
+                }
+                w.attr(attr::USERNAME, user.as_bytes())
+                    .attr(attr::REALM, REALM.as_bytes())
+                    .attr(attr::NONCE, nonce.as_bytes());
+                if sha256 {
+                    w.attr(attr::PASSWORD_ALGORITHMS, &[0, 2, 0, 0, 0, 1, 0, 0])
+                        .attr(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0])
+                        .integrity_sha256(key.as_bytes());
+                } else {
+                    w.integrity(key.as_bytes());
+                }
+                if flags & 2 != 0 {
+                    w.fingerprint();
+                }
+                server.handle_client(now, ft, &scratch, &mut io);
+            }
+            Op::ChannelData {
+                tuple: t,
+                number,
+                payload,
+            } => {
+                let mut d = channel_data::header(number, payload.len() as u16).to_vec();
+                d.extend_from_slice(&payload);
+                server.handle_client(now, tuple(t), &d, &mut io);
+            }
+            Op::Send {
+                tuple: t,
+                peer,
+                payload,
+            } => {
+                let mut w =
+                    MessageWriter::new(&mut scratch, method::SEND, Class::Indication, [7; 12]);
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer)
+                    .attr(attr::DATA, &payload);
+                server.handle_client(now, tuple(t), &scratch, &mut io);
+            }
+        }
+        check_outputs(&mut io, &policy);
+        assert!(quotas.total() <= 6, "total quota exceeded");
+        assert_eq!(quotas.total() as usize, server.allocation_count());
+    }
+    server.close_all(&mut io);
+    check_outputs(&mut io, &policy);
+    assert!(io.open.is_empty(), "relays left open: {:?}", io.open);
+    assert_eq!(quotas.total(), 0, "quota leaked");
+    assert_eq!(server.allocation_count(), 0);
+    server.stats()
+}
+
+fn check_outputs(io: &mut FuzzIo, policy: &PeerPolicy) {
+    for (to, d) in io.to_client.drain(..) {
+        let first = d.first().copied().unwrap_or(0xFF);
+        if channel_data::is_channel_data(first) {
+            let (_, payload) = channel_data::parse(&d).expect("ChannelData to a client parses");
+            if to.transport != Transport::Udp {
+                assert_eq!(
+                    (4 + payload.len()).next_multiple_of(4),
+                    d.len(),
+                    "stream padding"
+                );
+            }
+        } else {
+            let m = Message::parse(&d).expect("STUN to a client parses");
+            assert!(matches!(
+                m.class(),
+                Class::Success | Class::Error | Class::Indication
+            ));
+        }
+    }
+    for (_, peer) in io.to_peer.drain(..) {
+        assert!(
+            policy.is_allowed_addr(peer),
+            "relayed to refused peer {peer}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------- seeds
+
+/// Seed cases for every target: valid messages of every method, and server sessions that
+/// allocate, permit, bind, relay both ways, refresh and end. Written to `fuzz/corpus/` by
+/// `tests/fuzz_corpus.rs` (with `TURND_WRITE_CORPUS=1`).
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let txid = [0x11; 12];
+    let peer4: SocketAddr = "8.8.8.8:3478".parse().unwrap_or(harness_listen());
+    let peer6: SocketAddr = "[2606:4700::1111]:3478".parse().unwrap_or(harness_listen());
+    let methods = [
+        ("binding", method::BINDING),
+        ("allocate", method::ALLOCATE),
+        ("refresh", method::REFRESH),
+        ("send", method::SEND),
+        ("data", method::DATA),
+        ("create_permission", method::CREATE_PERMISSION),
+        ("channel_bind", method::CHANNEL_BIND),
+        ("connect", method::CONNECT),
+        ("connection_bind", method::CONNECTION_BIND),
+        ("connection_attempt", method::CONNECTION_ATTEMPT),
+    ];
+    let classes = [
+        ("request", Class::Request),
+        ("indication", Class::Indication),
+        ("success", Class::Success),
+        ("error", Class::Error),
+    ];
+    let mut stun = Vec::new();
+    for (mname, m) in methods {
+        for (cname, c) in classes {
+            let mut buf = Vec::new();
+            let mut w = MessageWriter::new(&mut buf, m, c, txid);
+            match m {
+                method::ALLOCATE => {
+                    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                        .u32_attr(attr::LIFETIME, 600)
+                        .attr(attr::DONT_FRAGMENT, &[]);
+                }
+                method::REFRESH => {
+                    w.u32_attr(attr::LIFETIME, 0);
+                }
+                method::SEND | method::DATA => {
+                    w.xor_address(attr::XOR_PEER_ADDRESS, peer4)
+                        .attr(attr::DATA, b"hello peer");
+                }
+                method::CREATE_PERMISSION => {
+                    w.xor_address(attr::XOR_PEER_ADDRESS, peer4)
+                        .xor_address(attr::XOR_PEER_ADDRESS, peer6);
+                }
+                method::CHANNEL_BIND => {
+                    w.attr(attr::CHANNEL_NUMBER, &[0x40, 0, 0, 0])
+                        .xor_address(attr::XOR_PEER_ADDRESS, peer4);
+                }
+                method::CONNECT | method::CONNECTION_ATTEMPT => {
+                    w.xor_address(attr::XOR_PEER_ADDRESS, peer4);
+                }
+                method::CONNECTION_BIND => {
+                    w.u32_attr(attr::CONNECTION_ID, 7);
+                }
+                _ => {
+                    w.xor_address(attr::XOR_MAPPED_ADDRESS, peer6);
+                }
+            }
+            if c == Class::Error {
+                w.error_code(401, "Unauthenticated");
+            }
+            if c == Class::Request && m != method::BINDING {
+                w.attr(attr::USERNAME, USER.as_bytes())
+                    .attr(attr::REALM, REALM.as_bytes())
+                    .attr(
+                        attr::NONCE,
+                        b"obMatJos2gAAA00000000000000000AAAAAAAAAAAAAAAAAAAAAA",
+                    )
+                    .integrity(FUZZ_KEY);
+            }
+            w.fingerprint();
+            stun.push((format!("{mname}-{cname}"), buf));
+        }
+    }
+    // SHA-256 integrity and an attribute after MESSAGE-INTEGRITY that must be ignored.
+    let mut buf = Vec::new();
+    MessageWriter::new(&mut buf, method::ALLOCATE, Class::Request, txid)
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::USERNAME, USER.as_bytes())
+        .attr(attr::PASSWORD_ALGORITHMS, &[0, 2, 0, 0, 0, 1, 0, 0])
+        .attr(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0])
+        .integrity_sha256(FUZZ_KEY)
+        .fingerprint();
+    stun.push(("allocate-sha256".into(), buf));
+    let mut buf = Vec::new();
+    MessageWriter::new(&mut buf, method::BINDING, Class::Request, txid)
+        .integrity(FUZZ_KEY)
+        .attr(attr::SOFTWARE, b"after integrity");
+    stun.push(("binding-after-integrity".into(), buf));
+    for (name, m) in &stun {
+        out.push(("stun_message", name.clone(), m.clone()));
+        let mut framed = vec![7u8];
+        framed.extend_from_slice(m);
+        out.push(("stream_framing", name.clone(), framed));
+        out.push((
+            "server",
+            format!("raw-{name}"),
+            encode_ops(&[Op::Datagram {
+                tuple: 0,
+                bytes: m.clone(),
+            }]),
+        ));
+    }
+    for (name, d) in [
+        ("short", channel_data::header(0x4000, 4).to_vec()),
+        ("padded", {
+            let mut v = channel_data::header(0x4001, 3).to_vec();
+            v.extend_from_slice(b"abc\0");
+            v
+        }),
+        ("max", {
+            let mut v = channel_data::header(0x4FFF, 5).to_vec();
+            v.extend_from_slice(b"12345");
+            v
+        }),
+    ] {
+        out.push(("channel_data", name.into(), d.clone()));
+        let mut stream = vec![3u8];
+        stream.extend_from_slice(&d);
+        stream.extend_from_slice(&stun[0].1);
+        out.push(("stream_framing", format!("channel-{name}"), stream));
+    }
+    out.push((
+        "config",
+        "example".into(),
+        crate::config::DEFAULT_CONFIG.as_bytes().to_vec(),
+    ));
+    out.push((
+        "config",
+        "limits".into(),
+        b"[server]\nlisten = [\"127.0.0.1:3478\"]\n[auth]\nsecrets = [\"s\"]\n[limits]\nunauth-rate = 5\nunauth-burst = 9\nallocations-per-ip = 2\npermissions-per-allocation = 4\nchannels-per-allocation = 3\n[peers]\nallow = [\"10.0.0.0/8\"]\ndeny = [\"::ffff:1.2.3.4\"]\n".to_vec(),
+    ));
+
+    let alloc = |tuple, flags| Op::Authed {
+        tuple,
+        method: 1,
+        flags,
+        attrs: vec![AttrSpec::new(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
+    };
+    let session = vec![
+        Op::Datagram {
+            tuple: 0,
+            bytes: stun[4].1.clone(),
+        },
+        alloc(0, 0),
+        Op::Authed {
+            tuple: 0,
+            method: 3,
+            flags: 0,
+            attrs: vec![
+                AttrSpec::peer(peer4),
+                AttrSpec::peer("1.1.1.1:53".parse().unwrap_or(peer4)),
+            ],
+        },
+        Op::Authed {
+            tuple: 0,
+            method: 4,
+            flags: 2,
+            attrs: vec![
+                AttrSpec::new(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]),
+                AttrSpec::peer(peer4),
+            ],
+        },
+        Op::ChannelData {
+            tuple: 0,
+            number: 0x4000,
+            payload: b"to the peer".to_vec(),
+        },
+        Op::Send {
+            tuple: 0,
+            peer: "1.1.1.1:53".parse().unwrap_or(peer4),
+            payload: b"send".to_vec(),
+        },
+        Op::Peer {
+            relay: 1,
+            peer: peer4,
+            payload: b"from the peer".to_vec(),
+        },
+        Op::Peer {
+            relay: 1,
+            peer: "1.1.1.1:53".parse().unwrap_or(peer4),
+            payload: b"data indication".to_vec(),
+        },
+        Op::Advance { secs: 200 },
+        Op::Authed {
+            tuple: 0,
+            method: 2,
+            flags: 0,
+            attrs: vec![AttrSpec::new(attr::LIFETIME, &[0, 0, 2, 0x58])],
+        },
+        Op::Advance { secs: 400 },
+        Op::Authed {
+            tuple: 0,
+            method: 2,
+            flags: 0,
+            attrs: vec![AttrSpec::new(attr::LIFETIME, &[0, 0, 0, 0])],
+        },
+    ];
+    out.push(("server", "session-udp".into(), encode_ops(&session)));
+    let stream_session: Vec<Op> = session
+        .iter()
+        .map(|op| match op.clone() {
+            Op::Authed {
+                method,
+                flags,
+                attrs,
+                ..
+            } => Op::Authed {
+                tuple: 4,
+                method,
+                flags: flags | 1,
+                attrs,
+            },
+            Op::ChannelData {
+                number, payload, ..
+            } => Op::ChannelData {
+                tuple: 4,
+                number,
+                payload,
+            },
+            Op::Send { peer, payload, .. } => Op::Send {
+                tuple: 4,
+                peer,
+                payload,
+            },
+            other => other,
+        })
+        .collect();
+    out.push((
+        "server",
+        "session-tcp-sha256".into(),
+        encode_ops(&stream_session),
+    ));
+    let v6 = vec![
+        Op::Authed {
+            tuple: 3,
+            method: 1,
+            flags: 4,
+            attrs: vec![
+                AttrSpec::new(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+                AttrSpec::new(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+            ],
+        },
+        Op::Authed {
+            tuple: 3,
+            method: 3,
+            flags: 4,
+            attrs: vec![AttrSpec::peer(peer6), AttrSpec::peer(peer4)],
+        },
+        Op::Send {
+            tuple: 3,
+            peer: peer6,
+            payload: b"v6".to_vec(),
+        },
+        Op::Peer {
+            relay: 2,
+            peer: peer6,
+            payload: b"back".to_vec(),
+        },
+        Op::Authed {
+            tuple: 3,
+            method: 2,
+            flags: 4,
+            attrs: vec![
+                AttrSpec::new(attr::LIFETIME, &[0, 0, 0, 0]),
+                AttrSpec::new(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+            ],
+        },
+        Op::Advance { secs: 4000 },
+    ];
+    out.push(("server", "session-dual-rest".into(), encode_ops(&v6)));
+    let quotas: Vec<Op> = (0..8)
+        .flat_map(|i| {
+            [
+                alloc(i % 4, 0),
+                Op::Authed {
+                    tuple: i % 4,
+                    method: 1,
+                    flags: 8,
+                    attrs: vec![
+                        AttrSpec::new(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+                        AttrSpec::new(attr::EVEN_PORT, &[0x80]),
+                    ],
+                },
+            ]
+        })
+        .chain([Op::Authed {
+            tuple: 2,
+            method: 1,
+            flags: 0,
+            attrs: vec![
+                AttrSpec::new(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+                AttrSpec {
+                    ty: 0x41,
+                    value: vec![1],
+                },
+            ],
+        }])
+        .collect();
+    out.push(("server", "quotas-and-unknown".into(), encode_ops(&quotas)));
+    out
+}
