@@ -244,6 +244,10 @@ fn run(args: &Args) -> Result<(), String> {
         clients.push(Client::new(sock, i as u32));
     }
     let setup_deadline = epoch + Duration::from_secs_f64(args.setup_timeout);
+    let pid = args.server_pid.map(|p| p.to_string());
+    // The server's setup cost and its memory per allocation (with a permission or channel).
+    let setup_cpu0 = pid.as_deref().and_then(sys::cpu_seconds);
+    let rss0 = pid.as_deref().and_then(sys::rss_kib);
 
     // Allocate.
     parallel_step(
@@ -317,6 +321,11 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let setup_secs = epoch.elapsed().as_secs_f64();
+    let setup_cpu = match (pid.as_deref().and_then(sys::cpu_seconds), setup_cpu0) {
+        (Some(b), Some(a)) => Some(b - a),
+        _ => None,
+    };
+    let rss1 = pid.as_deref().and_then(sys::rss_kib);
     let failed: Vec<&str> = clients.iter().filter_map(|c| c.failed.as_deref()).collect();
     let ready = n - failed.len();
     for reason in failed.iter().take(5) {
@@ -327,6 +336,17 @@ fn run(args: &Args) -> Result<(), String> {
         args.server, args.mode, args.topology, args.size
     );
     println!("setup: {ready} of {n} allocations ready in {setup_secs:.2} s");
+    let rss_per_alloc = match (rss0, rss1) {
+        (Some(a), Some(b)) if ready > 0 => Some((b as f64 - a as f64) / ready as f64),
+        _ => None,
+    };
+    if let (Some(c), Some(m)) = (setup_cpu, rss_per_alloc) {
+        println!(
+            "setup: server cpu {c:.3} s, resident memory {m:+.2} KiB per allocation (RSS {} -> {} KiB)",
+            rss0.unwrap_or(0),
+            rss1.unwrap_or(0)
+        );
+    }
     if ready == 0 {
         return Err("no allocation could be set up".to_owned());
     }
@@ -361,7 +381,6 @@ fn run(args: &Args) -> Result<(), String> {
         threads,
     };
     let shared = Shared::default();
-    let pid = args.server_pid.map(|p| p.to_string());
     let server_cpu0 = pid.as_deref().and_then(sys::cpu_seconds);
     let tool_cpu0 = sys::cpu_seconds("self");
     let mut hist = Histogram::new();
@@ -470,12 +489,15 @@ fn run(args: &Args) -> Result<(), String> {
          duration={secs:.3} sent={sent} received={received} peer_received={peer_received} \
          send_errors={send_errors} offered_pps={offered_pps:.0} delivered_pps={delivered_pps:.0} \
          loss_pct={loss_pct:.4} p50_us={p50:.1} p99_us={p99:.1} p999_us={p999:.1} max_us={max:.1} \
-         relayed={relayed} server_cpu_s={} cpu_s_per_mpkt={} tool_cpu_s={tool_cpu:.3} setup_s={setup_secs:.3}",
+         relayed={relayed} server_cpu_s={} cpu_s_per_mpkt={} tool_cpu_s={tool_cpu:.3} setup_s={setup_secs:.3} \
+         setup_server_cpu_s={} rss_kib_per_alloc={}",
         args.mode,
         args.topology,
         args.rate,
         opt(server_cpu),
         opt(cpu_per_m),
+        opt(setup_cpu),
+        opt(rss_per_alloc),
     );
     Ok(())
 }

@@ -191,9 +191,11 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
         .filter(|&i| !matches!(step, Step::Release) || clients[i].relay.is_some())
         .collect();
     for window in live.chunks(WINDOW) {
-        // (client index, txid, transmissions, done)
+        // (client index, txid, transmissions, done); the request bytes, kept so a
+        // retransmission is the same message with the same transaction id (RFC 8489 §6.2.1).
         let mut pending: Vec<(usize, [u8; 12], u32, bool)> =
             window.iter().map(|&i| (i, [0; 12], 0, false)).collect();
+        let mut requests: Vec<Vec<u8>> = vec![Vec::new(); pending.len()];
         let mut resend: Vec<usize> = (0..pending.len()).collect();
         while !resend.is_empty() {
             if Instant::now() >= deadline {
@@ -211,11 +213,17 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
                     pending[p].3 = true;
                     continue;
                 }
-                let txid = c.build(step, creds, &mut buf);
-                pending[p].1 = txid;
+                if requests[p].is_empty() {
+                    pending[p].1 = c.build(step, creds, &mut buf);
+                    requests[p].clone_from(&buf);
+                }
                 pending[p].2 += 1;
                 // A failed send is a lost request: the retransmission covers it.
-                let _ = c.sock.send(&buf);
+                let _ = c.sock.send(&requests[p]);
+            }
+            resend.retain(|&p| !pending[p].3);
+            if resend.is_empty() {
+                break;
             }
             resend.clear();
             for (p, entry) in pending.iter_mut().enumerate() {
@@ -247,8 +255,11 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
                 }
                 match outcome {
                     Some(true) => entry.3 = true,
-                    // A fresh nonce: send again at once.
-                    Some(false) => resend.push(p),
+                    // A fresh nonce: a new request, sent at once.
+                    Some(false) => {
+                        requests[p].clear();
+                        resend.push(p);
+                    }
                     None => resend.push(p),
                 }
             }
