@@ -117,3 +117,107 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Buffers and headers for `recvmmsg`/`sendmmsg` on a connected socket: `n` slots of `cap`
+/// bytes each, so one system call moves a batch of datagrams.
+pub struct Mmsg {
+    bufs: Vec<u8>,
+    cap: usize,
+    lens: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Mmsg {
+    pub fn new(n: usize, cap: usize) -> Mmsg {
+        Mmsg {
+            bufs: vec![0; n * cap],
+            cap,
+            lens: vec![0; n],
+            iovs: (0..n)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+            hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Slot `i` for writing a datagram of up to `cap` bytes.
+    pub fn slot(&mut self, i: usize) -> &mut [u8] {
+        let cap = self.cap;
+        &mut self.bufs[i * cap..(i + 1) * cap]
+    }
+
+    /// Datagram `i` of the last [`Mmsg::recv`].
+    pub fn received(&self, i: usize) -> &[u8] {
+        &self.bufs[i * self.cap..i * self.cap + self.lens[i].min(self.cap)]
+    }
+
+    /// Points the headers at the slots, the first `k` with lengths from `len`.
+    fn prepare(&mut self, k: usize, len: impl Fn(usize) -> usize) {
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..k {
+            // SAFETY: i < n, so the slot lies inside `bufs`.
+            self.iovs[i].iov_base = unsafe { base.add(i * self.cap) }.cast();
+            self.iovs[i].iov_len = len(i).min(self.cap);
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = std::ptr::null_mut();
+            h.msg_hdr.msg_namelen = 0;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+    }
+
+    /// Sends the first `k` slots, slot `i` holding `len(i)` bytes; returns how many went.
+    pub fn send(
+        &mut self,
+        fd: &impl AsRawFd,
+        k: usize,
+        len: impl Fn(usize) -> usize,
+    ) -> io::Result<usize> {
+        let k = k.min(self.slots());
+        self.prepare(k, len);
+        // SAFETY: the first k headers point at live slots of `bufs`.
+        let r = unsafe { libc::sendmmsg(fd.as_raw_fd(), self.hdrs.as_mut_ptr(), k as u32, 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    /// Receives up to one batch without waiting; returns how many arrived.
+    pub fn recv(&mut self, fd: &impl AsRawFd) -> io::Result<usize> {
+        let n = self.slots();
+        let cap = self.cap;
+        self.prepare(n, |_| cap);
+        // SAFETY: all n headers point at live slots of `bufs`.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = r as usize;
+        for i in 0..r {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+        }
+        Ok(r)
+    }
+}

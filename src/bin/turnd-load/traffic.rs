@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use turnd::stun::{Class, Message, attr, channel_data, method};
 
 use crate::hist::Histogram;
-use crate::sys::{Epoll, event_buffer};
+use crate::sys::{Epoll, Mmsg, event_buffer};
 
 /// Marks the tool's packets: payload = send time (ns, 8 bytes), this, flow id (4 bytes), fill.
 pub const MAGIC: [u8; 4] = *b"TLD1";
@@ -19,8 +19,10 @@ pub const MIN_PAYLOAD: usize = 16;
 const MAX_BURST: u64 = 256;
 /// Packets per burst when running flat out.
 const FLAT_BURST: u64 = 64;
-/// Most datagrams read from one socket per wakeup.
-const RECV_BATCH: usize = 64;
+/// Datagrams per recvmmsg on a client socket.
+const RECV_BATCH: usize = 32;
+/// Most datagrams of one allocation per sendmmsg.
+const SEND_BATCH: usize = 16;
 
 /// One allocation's traffic: its socket (non-blocking, connected to the server) and the
 /// datagram it sends (ChannelData or a Send indication) with the payload at `payload_at`.
@@ -107,7 +109,8 @@ pub fn run_thread(mut flows: Vec<Flow>, plan: &Plan, shared: &Shared) -> ThreadR
     }
     let mut events = event_buffer(256);
     let mut ready = Vec::with_capacity(256);
-    let mut buf = vec![0u8; 2048];
+    let mut rx = Mmsg::new(RECV_BATCH, 2048);
+    let mut tx = Mmsg::new(SEND_BATCH, 1500);
     let mut next = 0usize;
     let mut flushed = 0u64;
     let mut done_sending = flows.is_empty();
@@ -135,16 +138,33 @@ pub fn run_thread(mut flows: Vec<Flow>, plan: &Plan, shared: &Shared) -> ThreadR
                 FLAT_BURST
             };
             let count = flows.len().max(1);
-            for _ in 0..budget {
+            // Consecutive packets of one allocation leave in one sendmmsg: a few per
+            // allocation when the budget exceeds one packet each.
+            let per_flow = (budget as usize).div_ceil(count).clamp(1, SEND_BATCH);
+            let mut left = budget as usize;
+            // Bounded: every round sends at least one packet or stops.
+            while left > 0 {
                 let Some(f) = flows.get_mut(next) else { break };
                 next = (next + 1) % count;
-                let ts = nanos_since(plan.epoch).to_be_bytes();
-                if let Some(slot) = f.packet.get_mut(f.payload_at..f.payload_at + 8) {
-                    slot.copy_from_slice(&ts);
+                let k = per_flow.min(left);
+                let len = f.packet.len().min(1500);
+                for i in 0..k {
+                    let slot = tx.slot(i);
+                    slot[..len].copy_from_slice(&f.packet[..len]);
+                    let ts = nanos_since(plan.epoch).to_be_bytes();
+                    if let Some(t) = slot.get_mut(f.payload_at..f.payload_at + 8) {
+                        t.copy_from_slice(&ts);
+                    }
                 }
-                match f.sock.send(&f.packet) {
-                    Ok(_) => result.sent += 1,
-                    Err(_) => {
+                match tx.send(&f.sock, k, |_| len) {
+                    Ok(n) if n > 0 => {
+                        result.sent += n as u64;
+                        left -= n;
+                        if n < k {
+                            break;
+                        }
+                    }
+                    _ => {
                         // Socket buffer full (or an ICMP error queued): count it, try later.
                         result.send_errors += 1;
                         break;
@@ -166,14 +186,19 @@ pub fn run_thread(mut flows: Vec<Flow>, plan: &Plan, shared: &Shared) -> ThreadR
             let Some(f) = flows.get(token as usize) else {
                 continue;
             };
-            for _ in 0..RECV_BATCH {
-                match f.sock.recv(&mut buf) {
+            // Bounded: at most four batches per socket per wakeup.
+            for _ in 0..4 {
+                match rx.recv(&f.sock) {
                     Ok(n) => {
-                        if let Some(sent_at) = buf.get(..n).and_then(payload_time) {
-                            result.received += 1;
-                            result
-                                .hist
-                                .record(nanos_since(plan.epoch).saturating_sub(sent_at));
+                        let now = nanos_since(plan.epoch);
+                        for i in 0..n {
+                            if let Some(sent_at) = payload_time(rx.received(i)) {
+                                result.received += 1;
+                                result.hist.record(now.saturating_sub(sent_at));
+                            }
+                        }
+                        if n < rx.slots() {
+                            break;
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
