@@ -16,7 +16,7 @@ ROOT=$(pwd)
 ARGS="$*"
 
 DURATION=5
-RATES="50000 100000 150000 200000 300000 0"
+RATES="20000 50000 100000 150000 200000 300000 0"
 ALLOCS="100 10000"
 MODES="channel send"
 TOPOLOGIES="peer pair"
@@ -33,7 +33,7 @@ OUT=""
 usage() {
     cat <<EOF
 usage: bench/compare.sh [--quick] [options]
-  --quick               short run: 2 s per point, rates "50000 100000 200000 0",
+  --quick               short run: 2 s per point, rates "20000 100000 200000 0",
                         100 and 1000 allocations, channel mode only, 10-minute cap
   --duration S          seconds of sending per point (default $DURATION)
   --rates "R ..."       rate sweep at 100 allocations, channel, peer; 0 = flat out
@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --quick)
         DURATION=2
-        RATES="50000 100000 200000 0"
+        RATES="20000 100000 200000 0"
         ALLOCS="100 1000"
         MODES="channel"
         MAX_MINUTES=10
@@ -254,7 +254,7 @@ for n in $ALLOCS; do
     done
 done
 
-echo "# finished in $(($(date +%s) - START)) s" | tee -a "$OUT" >&2
+echo "# finished in $(($(date +%s) - START)) s, load average at end:$(cut -d" " -f1-3 /proc/loadavg)" | tee -a "$OUT" >&2
 python3 "$ROOT/bench/table.py" --matrix-rate "$MATRIX_RATE" "$OUT"
 echo
 echo "raw results: $OUT"

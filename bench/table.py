@@ -29,6 +29,12 @@ def fmt(v, digits=1):
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
+def cores(r, k):
+    """CPU seconds over the sending time: how many cores the process kept busy."""
+    c, d = num(r, k), num(r, "duration")
+    return "-" if c is None or not d else f"{c / d:.2f}"
+
+
 def ratio(a, b):
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
@@ -44,20 +50,21 @@ def main():
         print(f"> {h}  ")
     print()
     print("| server | allocs | mode | topology | offered | sent pps | delivered pps | loss % "
-          "| p50 µs | p99 µs | p99.9 µs | server CPU µs/relayed pkt |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| p50 µs | p99 µs | p99.9 µs | server CPU µs/relayed pkt | server cores | tool cores |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rate = r.get("rate", "?")
         offered = "flat out" if rate == "0" else f"{int(rate):,}"
         if r.get("failed"):
             print(f"| {r['server']} | {r.get('allocations')} | {r.get('mode')} | "
-                  f"{r.get('topology')} | {offered} | failed | | | | | | |")
+                  f"{r.get('topology')} | {offered} | failed | | | | | | | | |")
             continue
         print(f"| {r['server']} | {r['allocations']} | {r['mode'].lower()} | "
               f"{r['topology'].lower()} | {offered} | {fmt(num(r, 'offered_pps'), 0)} | "
               f"{fmt(num(r, 'delivered_pps'), 0)} | {fmt(num(r, 'loss_pct'), 2)} | "
               f"{fmt(num(r, 'p50_us'))} | {fmt(num(r, 'p99_us'))} | {fmt(num(r, 'p999_us'))} | "
-              f"{fmt(num(r, 'cpu_s_per_mpkt'), 2)} |")
+              f"{fmt(num(r, 'cpu_s_per_mpkt'), 2)} | {cores(r, 'server_cpu_s')} | "
+              f"{cores(r, 'tool_cpu_s')} |")
 
     def base(r):
         return (r.get("allocations") == "100" and r.get("mode", "").lower() == "channel"
@@ -119,6 +126,25 @@ def main():
                         v[s] = num(r, "cpu_s_per_mpkt")
             vals = " | ".join(fmt(v.get(s), 2) for s in servers)
             print(f"| {k[0]} | {k[1]} | {k[2]} | {vals} | {ratio(v.get('turnd'), v.get('coturn'))} |")
+
+    # Setup cost and memory, from the runs with the most allocations.
+    most = max((int(r["allocations"]) for r in rows if not r.get("failed")), default=0)
+    big = [r for r in rows if not r.get("failed") and int(r["allocations"]) == most]
+    if big:
+        print()
+        print(f"Setup of {most:,} allocations (Allocate, then ChannelBind or CreatePermission, "
+              "pipelined by the tool) and resident memory per allocation (the growth of the "
+              "server's RSS over setup; read each server's first row: later runs reuse memory "
+              "freed by earlier ones):")
+        print()
+        print("| server | mode | topology | ready | setup wall s | server CPU s for setup "
+              "| RSS KiB per allocation |")
+        print("|---|---|---|---:|---:|---:|---:|")
+        for r in big:
+            print(f"| {r['server']} | {r['mode'].lower()} | {r['topology'].lower()} | "
+                  f"{r.get('ready')} | {fmt(num(r, 'setup_s'), 2)} | "
+                  f"{fmt(num(r, 'setup_server_cpu_s'), 2)} | "
+                  f"{fmt(num(r, 'rss_kib_per_alloc'), 1)} |")
     return 0
 
 

@@ -359,7 +359,7 @@ fn run(args: &Args) -> Result<(), String> {
         let (None, Some(peer)) = (&c.failed, c.peer) else {
             continue;
         };
-        let sock = c.sock.try_clone().map_err(|e| format!("socket: {e}"))?;
+        let sock = &c.sock;
         sock.set_nonblocking(true)
             .map_err(|e| format!("socket: {e}"))?;
         let (packet, payload_at) = packet(args.mode, peer, &payload(size, i as u32), i as u32);

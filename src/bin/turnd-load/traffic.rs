@@ -26,8 +26,8 @@ const SEND_BATCH: usize = 16;
 
 /// One allocation's traffic: its socket (non-blocking, connected to the server) and the
 /// datagram it sends (ChannelData or a Send indication) with the payload at `payload_at`.
-pub struct Flow {
-    pub sock: UdpSocket,
+pub struct Flow<'a> {
+    pub sock: &'a UdpSocket,
     pub packet: Vec<u8>,
     pub payload_at: usize,
 }
@@ -87,7 +87,7 @@ fn nanos_since(epoch: Instant) -> u64 {
 
 /// Sends this thread's share of the load round-robin over its flows, receives what comes
 /// back on any of them, and records the latency of each packet.
-pub fn run_thread(mut flows: Vec<Flow>, plan: &Plan, shared: &Shared) -> ThreadResult {
+pub fn run_thread(mut flows: Vec<Flow<'_>>, plan: &Plan, shared: &Shared) -> ThreadResult {
     let mut result = ThreadResult {
         sent: 0,
         received: 0,
@@ -103,7 +103,7 @@ pub fn run_thread(mut flows: Vec<Flow>, plan: &Plan, shared: &Shared) -> ThreadR
         }
     };
     for (i, f) in flows.iter().enumerate() {
-        if let Err(e) = ep.add(&f.sock, i as u64) {
+        if let Err(e) = ep.add(f.sock, i as u64) {
             eprintln!("turnd-load: epoll_ctl: {e}");
         }
     }
@@ -156,7 +156,7 @@ pub fn run_thread(mut flows: Vec<Flow>, plan: &Plan, shared: &Shared) -> ThreadR
                         t.copy_from_slice(&ts);
                     }
                 }
-                match tx.send(&f.sock, k, |_| len) {
+                match tx.send(f.sock, k, |_| len) {
                     Ok(n) if n > 0 => {
                         result.sent += n as u64;
                         left -= n;
@@ -188,7 +188,7 @@ pub fn run_thread(mut flows: Vec<Flow>, plan: &Plan, shared: &Shared) -> ThreadR
             };
             // Bounded: at most four batches per socket per wakeup.
             for _ in 0..4 {
-                match rx.recv(&f.sock) {
+                match rx.recv(f.sock) {
                     Ok(n) => {
                         let now = nanos_since(plan.epoch);
                         for i in 0..n {
