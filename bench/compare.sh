@@ -3,8 +3,8 @@
 # forwarder (turnd-floor), all on loopback, in one run; prints a markdown table and the
 # turnd/coturn ratios. See README.md ("Benchmarks") and BENCHMARKS.md.
 #
-#   bench/compare.sh            full matrix (about 10 to 15 minutes on 2 cores)
-#   bench/compare.sh --quick    a short run (about 2 minutes)
+#   bench/compare.sh            full matrix (about 5 minutes)
+#   bench/compare.sh --quick    a short run (about 1 minute)
 #
 # Every run is bounded (duration + drain + setup timeout) and the whole script stops
 # starting new runs after --max-minutes. The servers are started here and ended by their

@@ -118,6 +118,8 @@ fn load(server: &str, pid: u32, extra: &[&str]) -> HashMap<String, String> {
         "relayed",
         "server_cpu_s",
         "cpu_s_per_mpkt",
+        "setup_server_cpu_s",
+        "rss_kib_per_alloc",
     ] {
         num(&r, k);
     }
