@@ -28,6 +28,8 @@ SIZE=200
 MAX_MINUTES=30
 BUILD=1
 INSTALL=1
+SERVER_CPUS=""
+TOOL_CPUS=""
 OUT=""
 
 usage() {
@@ -46,6 +48,8 @@ usage: bench/compare.sh [--quick] [options]
   --threads N           load tool threads (default $THREADS); --peers N echo sockets
   --size B              payload bytes (default $SIZE)
   --max-minutes M       start no new run after M minutes (default $MAX_MINUTES)
+  --server-cpus LIST    pin the servers to these CPUs (taskset -c LIST), e.g. 1
+  --tool-cpus LIST      pin the load tool to these CPUs, e.g. 0
   --out FILE            raw RESULT lines (default bench/results/<time>.txt)
   --no-build            use the existing target/release binaries
   --no-install          do not apt-get install coturn when it is missing
@@ -72,6 +76,8 @@ while [ $# -gt 0 ]; do
     --peers) PEERS=$2; shift ;;
     --size) SIZE=$2; shift ;;
     --max-minutes) MAX_MINUTES=$2; shift ;;
+    --server-cpus) SERVER_CPUS=$2; shift ;;
+    --tool-cpus) TOOL_CPUS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-build) BUILD=0 ;;
     --no-install) INSTALL=0 ;;
@@ -138,9 +144,17 @@ free_port() {
 
 declare -A PORT PID
 
+# Optional CPU pinning; the servers get one worker (relay thread) per CPU they may use.
+SERVER_PIN=()
+TOOL_PIN=()
+[ -n "$SERVER_CPUS" ] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+[ -n "$TOOL_CPUS" ] && TOOL_PIN=(taskset -c "$TOOL_CPUS")
+SERVER_THREADS=$("${SERVER_PIN[@]}" nproc)
+
 start_floor() {
     PORT[floor]=$(free_port)
-    "$BIN/turnd-floor" --listen "127.0.0.1:${PORT[floor]}" --threads 0 --max-seconds 7200 \
+    "${SERVER_PIN[@]}" "$BIN/turnd-floor" --listen "127.0.0.1:${PORT[floor]}" \
+        --threads "$SERVER_THREADS" --max-seconds 7200 \
         2>"$TMP/floor.log" &
     PID[floor]=$!
     PIDS+=("${PID[floor]}")
@@ -148,9 +162,9 @@ start_floor() {
 
 start_turnd() {
     PORT[turnd]=$(free_port)
-    "$BIN/turnd" --listen "127.0.0.1:${PORT[turnd]}" --relay-ip 127.0.0.1 --realm "$REALM" \
-        --user "$USER_NAME:$USER_PASS" --allow-peer 127.0.0.0/8 \
-        --min-port "$MIN_PORT" --max-port "$MAX_PORT" --workers 0 --log-level warn \
+    "${SERVER_PIN[@]}" "$BIN/turnd" --listen "127.0.0.1:${PORT[turnd]}" --relay-ip 127.0.0.1 \
+        --realm "$REALM" --user "$USER_NAME:$USER_PASS" --allow-peer 127.0.0.0/8 \
+        --min-port "$MIN_PORT" --max-port "$MAX_PORT" --workers "$SERVER_THREADS" --log-level warn \
         >"$TMP/turnd.log" 2>&1 &
     PID[turnd]=$!
     PIDS+=("${PID[turnd]}")
@@ -162,6 +176,7 @@ start_coturn() {
 listening-ip=127.0.0.1
 listening-port=${PORT[coturn]}
 relay-ip=127.0.0.1
+relay-threads=$SERVER_THREADS
 min-port=$MIN_PORT
 max-port=$MAX_PORT
 lt-cred-mech
@@ -177,7 +192,7 @@ simple-log
 no-stdout-log
 pidfile=$TMP/turnserver.pid
 EOF
-    turnserver -c "$TMP/turnserver.conf" >"$TMP/coturn.out" 2>&1 &
+    "${SERVER_PIN[@]}" turnserver -c "$TMP/turnserver.conf" >"$TMP/coturn.out" 2>&1 &
     PID[coturn]=$!
     PIDS+=("${PID[coturn]}")
 }
@@ -212,6 +227,7 @@ COTURN_VERSION=$( (turnserver --version 2>/dev/null || true) | head -1)
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), $(nproc) cores, load average at start:$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# turnd $(git rev-parse --short HEAD 2>/dev/null || echo '?'), coturn ${COTURN_VERSION:-absent}"
     echo "# command: bench/compare.sh $ARGS"
+    echo "# servers: $SERVER_THREADS threads each${SERVER_CPUS:+, on CPUs $SERVER_CPUS}; tool: $THREADS threads, $PEERS echo sockets${TOOL_CPUS:+, on CPUs $TOOL_CPUS}"
 } | tee -a "$OUT" >&2
 
 # One load run against one server; appends "server=S <RESULT fields>" to $OUT.
@@ -222,7 +238,7 @@ run() {
         return 0
     fi
     local line
-    line=$("$BIN/turnd-load" --server "127.0.0.1:${PORT[$s]}" --user "$USER_NAME:$USER_PASS" \
+    line=$("${TOOL_PIN[@]}" "$BIN/turnd-load" --server "127.0.0.1:${PORT[$s]}" --user "$USER_NAME:$USER_PASS" \
         -n "$n" --mode "$mode" --topology "$topo" --rate "$rate" --duration "$DURATION" \
         --size "$SIZE" --threads "$THREADS" --peers "$PEERS" --server-pid "${PID[$s]}" \
         --setup-timeout 60 2>"$TMP/load.err" | sed -n 's/^RESULT //p') || true
