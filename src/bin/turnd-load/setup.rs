@@ -12,9 +12,14 @@ use turnd::stun::{Class, Message, MessageWriter, attr, method};
 /// Requests in flight per thread before waiting for answers.
 const WINDOW: usize = 128;
 /// Transmissions of one request before the allocation counts as failed.
-const MAX_ATTEMPTS: u32 = 6;
-/// How long to wait for the answer to the request at the head of the window.
+const MAX_ATTEMPTS: u32 = 7;
+/// How long a window waits for answers after its first transmission; doubled after each
+/// retransmission up to [`MAX_ANSWER_WAIT`] (RFC 8489 §6.2.1 backs off the same way), so
+/// 7 transmissions span about 10 s.
 const ANSWER_WAIT: Duration = Duration::from_millis(250);
+const MAX_ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// The wait for one more socket once the window's wait is over.
+const POLL_WAIT: Duration = Duration::from_millis(1);
 
 /// The username and password the tool presents (a static user or a REST credential).
 #[derive(Clone)]
@@ -197,6 +202,7 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
             window.iter().map(|&i| (i, [0; 12], 0, false)).collect();
         let mut requests: Vec<Vec<u8>> = vec![Vec::new(); pending.len()];
         let mut resend: Vec<usize> = (0..pending.len()).collect();
+        let mut wait = ANSWER_WAIT;
         while !resend.is_empty() {
             if Instant::now() >= deadline {
                 for &p in &resend {
@@ -226,20 +232,19 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
                 break;
             }
             resend.clear();
+            let wait_until = Instant::now() + wait;
+            wait = (wait * 2).min(MAX_ANSWER_WAIT);
             for (p, entry) in pending.iter_mut().enumerate() {
                 if entry.3 {
                     continue;
                 }
                 let c = &mut clients[entry.0];
-                let wait_until = Instant::now() + ANSWER_WAIT;
                 let mut outcome = None;
-                // Bounded: each datagram is read once, and the wait ends at `wait_until`.
+                // Bounded: at most 64 reads, each waiting until `wait_until` or, past it,
+                // POLL_WAIT.
                 for _ in 0..64 {
-                    let now = Instant::now();
-                    if now >= wait_until {
-                        break;
-                    }
-                    let _ = c.sock.set_read_timeout(Some(wait_until - now));
+                    let left = wait_until.saturating_duration_since(Instant::now());
+                    let _ = c.sock.set_read_timeout(Some(left.max(POLL_WAIT)));
                     match c.sock.recv(&mut rx) {
                         Ok(n) => {
                             if let Some(done) = c.handle(step, entry.1, &rx[..n]) {
