@@ -21,7 +21,7 @@ ALLOCS="100 10000"
 MODES="channel send"
 TOPOLOGIES="peer pair"
 MATRIX_RATE=100000
-SERVERS="floor turnd coturn"
+SERVERS="floor floor_batch turnd coturn"
 THREADS=2
 PEERS=2
 SIZE=200
@@ -44,7 +44,8 @@ usage: bench/compare.sh [--quick] [options]
   --modes "M ..."       channel and/or send (default "$MODES")
   --topologies "T ..."  peer and/or pair (default "$TOPOLOGIES")
   --matrix-rate R       offered pps of the matrix runs (default $MATRIX_RATE)
-  --servers "S ..."     any of floor turnd coturn (default "$SERVERS")
+  --servers "S ..."     any of floor floor_batch turnd coturn (default "$SERVERS");
+                        floor_batch is turnd-floor --batch (recvmmsg/sendmmsg)
   --threads N           load tool threads (default $THREADS); --peers N echo sockets
   --size B              payload bytes (default $SIZE)
   --max-minutes M       start no new run after M minutes (default $MAX_MINUTES)
@@ -158,6 +159,15 @@ start_floor() {
         2>"$TMP/floor.log" &
     PID[floor]=$!
     PIDS+=("${PID[floor]}")
+}
+
+start_floor_batch() {
+    PORT[floor_batch]=$(free_port)
+    "${SERVER_PIN[@]}" "$BIN/turnd-floor" --listen "127.0.0.1:${PORT[floor_batch]}" --batch \
+        --threads "$SERVER_THREADS" --max-seconds 7200 \
+        2>"$TMP/floor_batch.log" &
+    PID[floor_batch]=$!
+    PIDS+=("${PID[floor_batch]}")
 }
 
 start_turnd() {

@@ -45,7 +45,7 @@ def main():
     ap.add_argument("results")
     args = ap.parse_args()
     header, rows = load(args.results)
-    servers = [s for s in ("floor", "turnd", "coturn") if any(r["server"] == s for r in rows)]
+    servers = [s for s in ("floor", "floor_batch", "turnd", "coturn") if any(r["server"] == s for r in rows)]
     for h in header:
         print(f"> {h}  ")
     print()

@@ -232,11 +232,21 @@ impl Drop for Floor {
 
 #[test]
 fn floor_forwarder_carries_the_same_load() {
+    floor_carries_the_load(&[]);
+}
+
+#[test]
+fn batched_floor_forwarder_carries_the_same_load() {
+    floor_carries_the_load(&["--batch"]);
+}
+
+fn floor_carries_the_load(flags: &[&str]) {
     let port = free_udp_port("127.0.0.1");
     let addr = format!("127.0.0.1:{port}");
     let floor = Floor(
         Command::new(env!("CARGO_BIN_EXE_turnd-floor"))
             .args(["--listen", &addr, "--threads", "1", "--max-seconds", "120"])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -49,6 +49,11 @@ struct Args {
     /// Exit after this many seconds (a guard; the benchmark script ends it by pid first).
     #[arg(long, default_value_t = 3600)]
     max_seconds: u64,
+    /// Batch system calls: recvmmsg on every socket and sendmmsg towards the clients (up to
+    /// 32 datagrams per call); the client-to-peer sends stay one per packet (one socket
+    /// each). Shows how far batching takes the kernel's cost below the plain floor.
+    #[arg(long)]
+    batch: bool,
 }
 
 struct Alloc {
@@ -101,7 +106,7 @@ fn main() -> ExitCode {
     let relay_ip = *args.listen.ip();
     let handles: Vec<_> = listeners
         .into_iter()
-        .map(|l| std::thread::spawn(move || worker(l, relay_ip, until)))
+        .map(|l| std::thread::spawn(move || worker(l, relay_ip, until, args.batch)))
         .collect();
     for h in handles {
         let _ = h.join();
@@ -119,7 +124,7 @@ fn listener(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant) {
+fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool) {
     let ep = match Epoll::new() {
         Ok(e) => e,
         Err(e) => {
@@ -143,19 +148,230 @@ fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant) {
     let mut events = event_buffer(256);
     let mut ready = Vec::with_capacity(256);
     let mut buf = vec![0u8; HEADROOM + 65536 + 4];
+    let mut rx = Batch::new(MMSG, SLOT);
+    let mut tx = Batch::new(MMSG, SLOT);
     while Instant::now() < until {
         w.ep.wait(&mut events, Duration::from_millis(100), &mut ready);
         for &token in &ready {
-            if token == LISTENER {
-                w.drain_listener(&mut buf);
-            } else {
-                w.drain_relay(token as usize, &mut buf);
+            match (token == LISTENER, batch) {
+                (true, false) => w.drain_listener(&mut buf),
+                (false, false) => w.drain_relay(token as usize, &mut buf),
+                (true, true) => w.drain_listener_batched(&mut rx),
+                (false, true) => w.drain_relay_batched(token as usize, &mut rx, &mut tx),
             }
         }
+        tx.flush(&w.listener);
+    }
+}
+
+/// Datagrams per recvmmsg/sendmmsg in `--batch` mode, and the room for each.
+const MMSG: usize = 32;
+const SLOT: usize = 2048;
+
+/// Buffers, IPv4 addresses and headers for recvmmsg/sendmmsg.
+struct Batch {
+    bufs: Vec<u8>,
+    lens: Vec<usize>,
+    names: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Datagrams queued for the next flush.
+    queued: usize,
+}
+
+impl Batch {
+    fn new(n: usize, slot: usize) -> Batch {
+        Batch {
+            bufs: vec![0; n * slot],
+            lens: vec![0; n],
+            // SAFETY: all-zero is a valid value of these plain C structs.
+            names: vec![unsafe { std::mem::zeroed() }; n],
+            iovs: (0..n)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            // SAFETY: as above.
+            hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            queued: 0,
+        }
+    }
+
+    fn slot_len(&self) -> usize {
+        self.bufs.len() / self.lens.len().max(1)
+    }
+
+    /// Points the first `k` headers at their slots (with `lens`) and addresses.
+    fn prepare(&mut self, k: usize) {
+        let slot = self.slot_len();
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..k {
+            // SAFETY: i < n, so the slot lies inside `bufs`.
+            self.iovs[i].iov_base = unsafe { base.add(i * slot) }.cast();
+            self.iovs[i].iov_len = self.lens[i].min(slot);
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+    }
+
+    /// Receives up to a batch without waiting; returns how many arrived.
+    fn recv(&mut self, sock: &UdpSocket) -> usize {
+        use std::os::fd::AsRawFd;
+        let n = self.lens.len();
+        let slot = self.slot_len();
+        self.lens.fill(slot);
+        self.prepare(n);
+        // SAFETY: all n headers point at live slots and addresses.
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let r = r.max(0) as usize;
+        for i in 0..r {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+        }
+        r
+    }
+
+    /// Datagram `i` of the last receive and where it came from.
+    fn get(&self, i: usize) -> (&[u8], SocketAddr) {
+        let slot = self.slot_len();
+        let a = &self.names[i];
+        let from = SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        );
+        let start = i * slot;
+        (
+            &self.bufs[start..start + self.lens[i].min(slot)],
+            SocketAddr::V4(from),
+        )
+    }
+
+    /// The slot for the next datagram to queue (flush first when full).
+    fn next_slot(&mut self) -> &mut [u8] {
+        let slot = self.slot_len();
+        let i = self.queued;
+        &mut self.bufs[i * slot..(i + 1) * slot]
+    }
+
+    /// Queues the datagram written into [`Batch::next_slot`].
+    fn queue(&mut self, len: usize, to: SocketAddrV4) {
+        let i = self.queued;
+        self.lens[i] = len;
+        self.names[i] = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*to.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        self.queued += 1;
+    }
+
+    fn is_full(&self) -> bool {
+        self.queued >= self.lens.len()
+    }
+
+    /// Sends everything queued from `sock`; what the kernel refuses is dropped.
+    fn flush(&mut self, sock: &UdpSocket) {
+        use std::os::fd::AsRawFd;
+        let k = self.queued;
+        if k == 0 {
+            return;
+        }
+        self.prepare(k);
+        let mut done = 0;
+        // Bounded: each round sends at least one datagram or gives up.
+        while done < k {
+            // SAFETY: the first k headers point at live slots and addresses.
+            let r = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    self.hdrs[done..].as_mut_ptr(),
+                    (k - done) as u32,
+                    0,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            done += r as usize;
+        }
+        self.queued = 0;
     }
 }
 
 impl Worker {
+    fn drain_listener_batched(&mut self, rx: &mut Batch) {
+        for _ in 0..BATCH / MMSG + 1 {
+            let n = rx.recv(&self.listener);
+            for i in 0..n {
+                let (datagram, from) = rx.get(i);
+                self.handle_listener_datagram(from, datagram);
+            }
+            if n < MMSG {
+                return;
+            }
+        }
+    }
+
+    fn drain_relay_batched(&mut self, i: usize, rx: &mut Batch, tx: &mut Batch) {
+        let Some(a) = self.allocs.get(i).and_then(|a| a.as_ref()) else {
+            return;
+        };
+        let SocketAddr::V4(client) = a.client else {
+            return;
+        };
+        for _ in 0..BATCH / MMSG + 1 {
+            let n = rx.recv(&a.sock);
+            for k in 0..n {
+                let (data, peer) = rx.get(k);
+                if tx.is_full() {
+                    tx.flush(&self.listener);
+                }
+                let out = tx.next_slot();
+                let len = if let Some(&ch) = a.channel_by_peer.get(&peer) {
+                    let Some(body) = out.get_mut(4..4 + data.len()) else {
+                        continue;
+                    };
+                    body.copy_from_slice(data);
+                    out[..4].copy_from_slice(&channel_data::header(ch, data.len() as u16));
+                    4 + data.len()
+                } else if let SocketAddr::V4(p) = peer {
+                    let padded = data.len().next_multiple_of(4);
+                    let Some(body) = out.get_mut(HEADROOM..HEADROOM + padded) else {
+                        continue;
+                    };
+                    body.fill(0);
+                    body[..data.len()].copy_from_slice(data);
+                    data_indication_header(&mut out[..HEADROOM], p, data.len());
+                    HEADROOM + padded
+                } else {
+                    continue;
+                };
+                tx.queue(len, client);
+            }
+            if n < MMSG {
+                return;
+            }
+        }
+    }
+
     fn drain_listener(&mut self, buf: &mut [u8]) {
         for _ in 0..BATCH {
             let (n, from) = match self.listener.recv_from(buf) {
@@ -163,26 +379,31 @@ impl Worker {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => continue,
             };
-            let Some(datagram) = buf.get(..n) else {
-                continue;
+            if let Some(datagram) = buf.get(..n) {
+                self.handle_listener_datagram(from, datagram);
+            }
+        }
+    }
+
+    /// ChannelData or a Send indication: one sendto out of the allocation's socket. Other
+    /// STUN messages: the setup path.
+    fn handle_listener_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        if datagram
+            .first()
+            .is_some_and(|&b| channel_data::is_channel_data(b))
+        {
+            let Some((ch, data)) = channel_data::parse(datagram) else {
+                return;
             };
-            if datagram
-                .first()
-                .is_some_and(|&b| channel_data::is_channel_data(b))
+            if let Some(a) = self.by_client.get(&from).and_then(|&i| self.alloc(i))
+                && let Some(peer) = a.peer_by_channel.get(&ch)
             {
-                let Some((ch, data)) = channel_data::parse(datagram) else {
-                    continue;
-                };
-                if let Some(a) = self.by_client.get(&from).and_then(|&i| self.alloc(i))
-                    && let Some(peer) = a.peer_by_channel.get(&ch)
-                {
-                    let _ = a.sock.send_to(data, peer);
-                }
-                continue;
+                let _ = a.sock.send_to(data, peer);
             }
-            if let Ok(msg) = Message::parse(datagram) {
-                self.handle_stun(from, &msg);
-            }
+            return;
+        }
+        if let Ok(msg) = Message::parse(datagram) {
+            self.handle_stun(from, &msg);
         }
     }
 
