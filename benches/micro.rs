@@ -1,0 +1,272 @@
+//! Microbenchmarks of the codec and of the per-packet lookup in the sans-IO core, with a
+//! light harness (std::time and black_box; no criterion). `cargo bench --bench micro` prints
+//! nanoseconds per operation; run without `--bench` (as `cargo test --benches` does) it only
+//! runs a few iterations of each, as a smoke test. Nothing here fails on timing.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use turnd::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
+use turnd::stun::{Class, Message, MessageWriter, attr, channel_data, method};
+use turnd::turn::peer_policy::PeerPolicy;
+use turnd::turn::ports::PortPool;
+use turnd::turn::quota::Quotas;
+use turnd::turn::{
+    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
+    ServerConfig, Time, Transport,
+};
+
+const REALM: &str = "bench.test";
+
+struct Bench {
+    /// Iterations per measurement (small when run as a smoke test).
+    iters: u64,
+}
+
+impl Bench {
+    fn run(&self, name: &str, mut f: impl FnMut()) {
+        for _ in 0..self.iters / 10 + 1 {
+            f();
+        }
+        let t = Instant::now();
+        for _ in 0..self.iters {
+            f();
+        }
+        let ns = t.elapsed().as_nanos() as f64 / self.iters as f64;
+        println!("{name:<58} {ns:>9.1} ns/op");
+    }
+}
+
+/// An Io that only counts: what the core costs without the sockets.
+#[derive(Default)]
+struct NullIo {
+    to_client: u64,
+    to_peer: u64,
+    last: Vec<u8>,
+    relays: Vec<RelayId>,
+}
+
+impl Io for NullIo {
+    fn send_to_client(&mut self, _: &FiveTuple, data: &[u8]) {
+        self.to_client += 1;
+        if data.first().is_some_and(|b| b & 0xC0 == 0) {
+            self.last.clear();
+            self.last.extend_from_slice(data);
+        }
+    }
+    fn send_to_peer(&mut self, _: RelayId, _: SocketAddr, data: &[u8]) {
+        self.to_peer += 1;
+        black_box(data);
+    }
+    fn bind_relay(&mut self, r: RelayId, _: SocketAddr, _: RelayOptions) -> Result<(), BindError> {
+        self.relays.push(r);
+        Ok(())
+    }
+    fn close_relay(&mut self, _: RelayId) {}
+}
+
+fn server() -> Server {
+    let auth = Authenticator::new(AuthConfig {
+        realm: REALM.into(),
+        users: vec![("alice".into(), UserSecret::Password("pw".into()))],
+        secrets: vec![],
+        rest_separator: ':',
+        nonce_lifetime_secs: 600,
+        nonce_key: [1; 32],
+    });
+    Server::new(ServerConfig {
+        auth: Arc::new(auth),
+        policy: PeerPolicy::new(vec![], vec![]),
+        ports: Arc::new(Mutex::new(PortPool::new(20000, 40000))),
+        quotas: Arc::new(Quotas::new(0, 0)),
+        relay_ips: [
+            Some(("192.0.2.1".parse().unwrap(), "192.0.2.1".parse().unwrap())),
+            None,
+        ],
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        software: None,
+        mapped_address: false,
+        enforce_credential_expiry: true,
+        rest_separator: ':',
+        max_permissions: 16,
+        secret: [2; 32],
+        limits: turnd::turn::Limits::default(),
+        unauth_limiter: Arc::new(turnd::turn::rate_limit::ResponseLimiter::new(
+            turnd::turn::rate_limit::RateLimit { rate: 0, burst: 0 },
+            [3; 16],
+        )),
+    })
+}
+
+fn tuple(i: u32) -> FiveTuple {
+    let ip = 0xC633_6400u32 + (i / 50_000); // 198.51.100.x
+    let port = 10_000 + (i % 50_000) as u16;
+    FiveTuple {
+        client: SocketAddr::new(std::net::Ipv4Addr::from(ip).into(), port),
+        server: "192.0.2.1:3478".parse().unwrap(),
+        transport: Transport::Udp,
+    }
+}
+
+fn authed(m: u16, txid: [u8; 12], nonce: &[u8], attrs: impl FnOnce(&mut MessageWriter)) -> Vec<u8> {
+    let key = long_term_key(PasswordAlgorithm::Md5, "alice", REALM, "pw");
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, m, Class::Request, txid);
+    attrs(&mut w);
+    w.attr(attr::USERNAME, b"alice")
+        .attr(attr::REALM, REALM.as_bytes())
+        .attr(attr::NONCE, nonce)
+        .integrity(key.as_bytes())
+        .fingerprint();
+    buf
+}
+
+/// A server with `n` allocations, each with channel 0x4000 bound to `peer`; their relays
+/// in allocation order.
+fn populated(n: u32, peer: SocketAddr, now: Time) -> (Server, NullIo) {
+    let mut s = server();
+    let mut io = NullIo::default();
+    let mut probe = Vec::new();
+    MessageWriter::new(&mut probe, method::ALLOCATE, Class::Request, [9; 12])
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    s.handle_client(now, tuple(0), &probe, &mut io);
+    let nonce = Message::parse(&io.last)
+        .ok()
+        .and_then(|m| m.get(attr::NONCE))
+        .expect("401 with a nonce")
+        .to_vec();
+    for i in 0..n {
+        let mut txid = [0u8; 12];
+        txid[..4].copy_from_slice(&i.to_be_bytes());
+        let alloc = authed(method::ALLOCATE, txid, &nonce, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        s.handle_client(now, tuple(i), &alloc, &mut io);
+        txid[4] = 1;
+        let bind = authed(method::CHANNEL_BIND, txid, &nonce, |w| {
+            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0])
+                .xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+        s.handle_client(now, tuple(i), &bind, &mut io);
+    }
+    assert_eq!(s.allocation_count(), n as usize, "setup");
+    (s, io)
+}
+
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let b = Bench {
+        iters: if measuring { 2_000_000 } else { 1_000 },
+    };
+    let now = Time {
+        mono: Instant::now(),
+        unix: 1_800_000_000,
+    };
+    let peer: SocketAddr = "8.8.8.8:5000".parse().unwrap();
+    let payload = [0x5Au8; 200];
+
+    // Codec.
+    let allocate = authed(method::ALLOCATE, [7; 12], b"nonce-nonce-nonce", |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let mut send = Vec::new();
+    MessageWriter::new(&mut send, method::SEND, Class::Indication, [3; 12])
+        .xor_address(attr::XOR_PEER_ADDRESS, peer)
+        .attr(attr::DATA, &payload);
+    let mut cd = channel_data::header(0x4000, 200).to_vec();
+    cd.extend_from_slice(&payload);
+    let key = long_term_key(PasswordAlgorithm::Md5, "alice", REALM, "pw");
+
+    b.run("stun: parse Allocate (auth, fingerprint)", || {
+        black_box(Message::parse(black_box(&allocate)).is_ok());
+    });
+    let parsed = Message::parse(&allocate).unwrap();
+    b.run("stun: verify MESSAGE-INTEGRITY (HMAC-SHA1)", || {
+        black_box(black_box(&parsed).verify_integrity(key.as_bytes()));
+    });
+    b.run("stun: parse Send indication + peer + data (200 B)", || {
+        let m = Message::parse(black_box(&send)).unwrap();
+        black_box(m.xor_address(attr::XOR_PEER_ADDRESS));
+        black_box(m.get(attr::DATA));
+    });
+    b.run("stun: parse ChannelData (200 B)", || {
+        black_box(channel_data::parse(black_box(&cd)));
+    });
+    let mut out = Vec::with_capacity(512);
+    b.run("stun: write Data indication (200 B)", || {
+        MessageWriter::new(&mut out, method::DATA, Class::Indication, [4; 12])
+            .xor_address(attr::XOR_PEER_ADDRESS, black_box(peer))
+            .attr(attr::DATA, black_box(&payload));
+        black_box(&out);
+    });
+    b.run("stun: write success with integrity + fingerprint", || {
+        MessageWriter::new(&mut out, method::ALLOCATE, Class::Success, [4; 12])
+            .xor_address(attr::XOR_RELAYED_ADDRESS, black_box(peer))
+            .u32_attr(attr::LIFETIME, 600)
+            .integrity(key.as_bytes())
+            .fingerprint();
+        black_box(&out);
+    });
+
+    // Per-packet lookup in the core: ChannelData in (client 5-tuple -> allocation ->
+    // channel -> peer), peer datagram in (relay -> allocation -> channel by peer).
+    let mut peer_buf = vec![0u8; PEER_HEADROOM + 65536 + PEER_TAILROOM];
+    let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
+    let counts: &[u32] = if measuring {
+        &[1, 100, 10_000]
+    } else {
+        &[1, 10]
+    };
+    for &n in counts {
+        let (mut s, mut io) = populated(n, peer, now);
+        let relays = io.relays.clone();
+        let tuples: Vec<FiveTuple> = (0..n).map(tuple).collect();
+        // Visit allocations in a scattered order, as interleaved clients would.
+        let order: Vec<usize> = (0..n as usize).map(|i| (i * 7919) % n as usize).collect();
+        let mut k = 0usize;
+        let (client0, peer0) = (io.to_client, io.to_peer);
+        b.run(
+            &format!("core: ChannelData client->peer, {n} allocations"),
+            || {
+                let i = order[k % order.len()];
+                k += 1;
+                s.handle_client(now, tuples[i], black_box(&cd), &mut io);
+            },
+        );
+        b.run(
+            &format!("core: Send indication client->peer, {n} allocations"),
+            || {
+                let i = order[k % order.len()];
+                k += 1;
+                s.handle_client(now, tuples[i], black_box(&send), &mut io);
+            },
+        );
+        b.run(
+            &format!("core: peer->client as ChannelData, {n} allocations"),
+            || {
+                let i = order[k % order.len()];
+                k += 1;
+                s.handle_peer(now, relays[i], peer, &mut peer_buf, range.clone(), &mut io);
+            },
+        );
+        let other: SocketAddr = "8.8.8.8:5001".parse().unwrap();
+        b.run(
+            &format!("core: peer->client as Data indication, {n} allocations"),
+            || {
+                let i = order[k % order.len()];
+                k += 1;
+                s.handle_peer(now, relays[i], other, &mut peer_buf, range.clone(), &mut io);
+            },
+        );
+        // Every packet measured was relayed (warm-up rounds included), not dropped.
+        let rounds = 2 * (b.iters + b.iters / 10 + 1);
+        assert!(io.to_peer - peer0 >= rounds, "client->peer packets dropped");
+        assert!(
+            io.to_client - client0 >= rounds,
+            "peer->client packets dropped"
+        );
+    }
+}

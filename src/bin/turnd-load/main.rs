@@ -1,0 +1,503 @@
+//! `turnd-load`: a TURN load generator made for measuring (the project's counterpart of
+//! coturn's `turnutils_uclient`).
+//!
+//! It opens N allocations over UDP with long-term credentials (RFC 8656 §7), gives each a
+//! peer (the tool's own echo sockets, or the relayed address of a partner allocation),
+//! installs a permission (Send mode) or a channel (channel mode), then sends timestamped
+//! packets at a fixed offered rate or flat out for a bounded time. It prints offered and
+//! delivered packets per second, loss, latency percentiles and, given `--server-pid`, the
+//! server's CPU seconds per million relayed packets; the last line (`RESULT k=v ...`) is
+//! for scripts. Traffic goes to loopback only: a non-loopback server or relayed address is
+//! refused.
+
+mod hist;
+mod setup;
+mod sys;
+mod traffic;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use turnd::stun::{Class, MessageWriter, attr, channel_data, method};
+
+use hist::Histogram;
+use setup::{Client, Credentials, Step, run_step};
+use traffic::{Flow, MAGIC, MIN_PAYLOAD, Plan, Shared};
+
+/// The channel every allocation binds (each has its own 5-tuple, so one number suffices).
+const CHANNEL: u16 = 0x4000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// ChannelBind, then ChannelData both ways (RFC 8656 §12).
+    Channel,
+    /// CreatePermission, then Send and Data indications (RFC 8656 §11).
+    Send,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Topology {
+    /// Each allocation's peer is one of the tool's echo sockets, which sends every packet
+    /// back: latency is the round trip client -> server -> peer -> server -> client.
+    Peer,
+    /// Allocations in pairs, each the other's peer (relayed address to relayed address, the
+    /// browser-to-browser case): latency is one way, client -> server -> client.
+    Pair,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "turnd-load",
+    version,
+    about = "TURN load generator: relays timestamped packets through a server on loopback \
+             and reports rate, loss, latency and the server's CPU per relayed packet"
+)]
+struct Args {
+    /// The server's UDP address; must be a loopback address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:3478")]
+    server: SocketAddr,
+    /// Static long-term user NAME:PASSWORD.
+    #[arg(long, value_name = "NAME:PASSWORD", conflicts_with = "secret")]
+    user: Option<String>,
+    /// REST shared secret: the tool mints `<expiry>:<rest-user>` credentials with it.
+    #[arg(long, value_name = "SECRET")]
+    secret: Option<String>,
+    /// User part of REST credentials.
+    #[arg(long, value_name = "USER", default_value = "load")]
+    rest_user: String,
+    /// Number of allocations (an even number in pair topology).
+    #[arg(long, short = 'n', default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    allocations: u32,
+    #[arg(long, value_enum, default_value_t = Mode::Channel)]
+    mode: Mode,
+    #[arg(long, value_enum, default_value_t = Topology::Peer)]
+    topology: Topology,
+    /// Offered packets per second, all allocations together; 0 sends flat out.
+    #[arg(long, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_duration)]
+    duration: f64,
+    /// Seconds to wait for packets still in flight after sending stops.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_drain)]
+    drain: f64,
+    /// Application payload bytes per packet.
+    #[arg(long, default_value_t = 200,
+          value_parser = clap::value_parser!(u16).range(MIN_PAYLOAD as i64..=1200))]
+    size: u16,
+    /// Sender/receiver threads (each owns a share of the allocations).
+    #[arg(long, default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+    /// Echo sockets (one thread each) in peer topology.
+    #[arg(long, default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    peers: u32,
+    /// The server's process id: report its CPU time per relayed packet (from /proc).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Most seconds allowed for setting up (and for releasing) the allocations.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_duration)]
+    setup_timeout: f64,
+}
+
+fn parse_seconds(s: &str, max: f64) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| "not a number of seconds".to_owned())?;
+    if v.is_finite() && v > 0.0 && v <= max {
+        Ok(v)
+    } else {
+        Err(format!("must be more than 0 and at most {max}"))
+    }
+}
+
+/// Sending stops well within the lifetime of a permission (300 s, RFC 8656 §9): the tool
+/// does not refresh.
+fn parse_duration(s: &str) -> Result<f64, String> {
+    parse_seconds(s, 240.0)
+}
+
+fn parse_drain(s: &str) -> Result<f64, String> {
+    parse_seconds(s, 30.0)
+}
+
+fn credentials(args: &Args) -> Result<Credentials, String> {
+    if let Some(u) = &args.user {
+        let (name, password) = u
+            .split_once(':')
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+            .ok_or("--user: expected NAME:PASSWORD")?;
+        return Ok(Credentials {
+            username: name.to_owned(),
+            password: password.to_owned(),
+        });
+    }
+    if let Some(secret) = &args.secret {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (username, password) =
+            turnd::auth::rest_credential(secret, &args.rest_user, unix + 3600, ':');
+        return Ok(Credentials { username, password });
+    }
+    Err("give --user NAME:PASSWORD or --secret SECRET".to_owned())
+}
+
+fn loopback_any(server: SocketAddr) -> SocketAddr {
+    match server.ip() {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0),
+    }
+}
+
+/// The payload: send time (filled in per packet), MAGIC, flow id, then filler.
+fn payload(size: usize, id: u32) -> Vec<u8> {
+    let mut p = vec![0x5A; size];
+    p[8..12].copy_from_slice(&MAGIC);
+    p[12..16].copy_from_slice(&id.to_be_bytes());
+    p
+}
+
+/// The datagram a client sends, and where its payload starts.
+fn packet(mode: Mode, peer: SocketAddr, payload: &[u8], id: u32) -> (Vec<u8>, usize) {
+    match mode {
+        Mode::Channel => {
+            let mut p = channel_data::header(CHANNEL, payload.len() as u16).to_vec();
+            p.extend_from_slice(payload);
+            (p, 4)
+        }
+        Mode::Send => {
+            let mut txid = [0u8; 12];
+            txid[..4].copy_from_slice(&id.to_be_bytes());
+            let mut buf = Vec::new();
+            MessageWriter::new(&mut buf, method::SEND, Class::Indication, txid)
+                .xor_address(attr::XOR_PEER_ADDRESS, peer)
+                .attr(attr::DATA, payload);
+            // DATA is the last attribute: the payload sits before its padding.
+            let at = buf.len() - payload.len().next_multiple_of(4);
+            (buf, at)
+        }
+    }
+}
+
+/// Runs `step` on every client, the clients split across `threads` threads.
+fn parallel_step(
+    clients: &mut [Client],
+    step: Step,
+    creds: &Credentials,
+    threads: usize,
+    deadline: Instant,
+) {
+    let chunk = clients.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for part in clients.chunks_mut(chunk) {
+            s.spawn(move || run_step(part, step, creds, deadline));
+        }
+    });
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("turnd-load: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    if !args.server.ip().is_loopback() {
+        return Err(format!(
+            "--server {}: only loopback addresses (127.0.0.0/8, ::1) are accepted",
+            args.server
+        ));
+    }
+    if args.topology == Topology::Pair && !args.allocations.is_multiple_of(2) {
+        return Err("--allocations must be even with --topology pair".to_owned());
+    }
+    let creds = credentials(args)?;
+    let n = args.allocations as usize;
+    let threads = (args.threads as usize).min(n).max(1);
+    let nofile = sys::raise_nofile_limit();
+    if nofile != 0 && (n as u64) + 64 > nofile {
+        return Err(format!(
+            "{n} allocations need {n} sockets but the open-file limit is {nofile}"
+        ));
+    }
+    let epoch = Instant::now();
+    let local = loopback_any(args.server);
+
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let sock = UdpSocket::bind(local).map_err(|e| format!("client socket: {e}"))?;
+        sock.connect(args.server)
+            .map_err(|e| format!("connect to {}: {e}", args.server))?;
+        clients.push(Client::new(sock, i as u32));
+    }
+    let setup_deadline = epoch + Duration::from_secs_f64(args.setup_timeout);
+    let pid = args.server_pid.map(|p| p.to_string());
+    // The server's setup cost and its memory per allocation (with a permission or channel).
+    let setup_cpu0 = pid.as_deref().and_then(sys::cpu_seconds);
+    let rss0 = pid.as_deref().and_then(sys::rss_kib);
+
+    // Allocate.
+    parallel_step(
+        &mut clients,
+        Step::Allocate,
+        &creds,
+        threads,
+        setup_deadline,
+    );
+    for c in &mut clients {
+        if let Some(r) = c.relay
+            && !r.ip().is_loopback()
+        {
+            c.failed = Some(format!(
+                "relayed address {r} is not loopback: refusing to send traffic there"
+            ));
+        }
+    }
+
+    // Peers.
+    let mut echoes = Vec::new();
+    match args.topology {
+        Topology::Peer => {
+            for _ in 0..args.peers {
+                let s = UdpSocket::bind(local).map_err(|e| format!("peer socket: {e}"))?;
+                let s2 = socket2::SockRef::from(&s);
+                let _ = s2.set_recv_buffer_size(4 << 20);
+                let _ = s2.set_send_buffer_size(4 << 20);
+                echoes.push(s);
+            }
+            let addrs: Vec<SocketAddr> =
+                echoes.iter().filter_map(|s| s.local_addr().ok()).collect();
+            for (i, c) in clients.iter_mut().enumerate() {
+                c.peer = addrs.get(i % addrs.len().max(1)).copied();
+            }
+        }
+        Topology::Pair => {
+            for pair in clients.chunks_mut(2) {
+                if let [a, b] = pair {
+                    match (a.relay, b.relay, &a.failed, &b.failed) {
+                        (Some(ra), Some(rb), None, None) => {
+                            a.peer = Some(rb);
+                            b.peer = Some(ra);
+                        }
+                        _ => {
+                            for c in [a, b] {
+                                c.failed.get_or_insert_with(|| "partner failed".to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Permissions or channels.
+    let step = match args.mode {
+        Mode::Channel => Step::Channel(CHANNEL),
+        Mode::Send => Step::Permission,
+    };
+    parallel_step(&mut clients, step, &creds, threads, setup_deadline);
+    if args.topology == Topology::Pair {
+        for pair in clients.chunks_mut(2) {
+            if let [a, b] = pair
+                && (a.failed.is_some() || b.failed.is_some())
+            {
+                for c in [a, b] {
+                    c.failed.get_or_insert_with(|| "partner failed".to_owned());
+                }
+            }
+        }
+    }
+    let setup_secs = epoch.elapsed().as_secs_f64();
+    let setup_cpu = match (pid.as_deref().and_then(sys::cpu_seconds), setup_cpu0) {
+        (Some(b), Some(a)) => Some(b - a),
+        _ => None,
+    };
+    let rss1 = pid.as_deref().and_then(sys::rss_kib);
+    let failed: Vec<&str> = clients.iter().filter_map(|c| c.failed.as_deref()).collect();
+    let ready = n - failed.len();
+    for reason in failed.iter().take(5) {
+        eprintln!("turnd-load: setup failed: {reason}");
+    }
+    println!(
+        "turnd-load: {} {n} allocations ({:?}, {:?}), {}-byte payloads, {threads} threads",
+        args.server, args.mode, args.topology, args.size
+    );
+    println!("setup: {ready} of {n} allocations ready in {setup_secs:.2} s");
+    let rss_per_alloc = match (rss0, rss1) {
+        (Some(a), Some(b)) if ready > 0 => Some((b as f64 - a as f64) / ready as f64),
+        _ => None,
+    };
+    if let (Some(c), Some(m)) = (setup_cpu, rss_per_alloc) {
+        println!(
+            "setup: server cpu {c:.3} s, resident memory {m:+.2} KiB per allocation (RSS {} -> {} KiB)",
+            rss0.unwrap_or(0),
+            rss1.unwrap_or(0)
+        );
+    }
+    if ready == 0 {
+        return Err("no allocation could be set up".to_owned());
+    }
+
+    // Traffic.
+    let size = args.size as usize;
+    let mut per_thread: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut k = 0usize;
+    for (i, c) in clients.iter().enumerate() {
+        let (None, Some(peer)) = (&c.failed, c.peer) else {
+            continue;
+        };
+        let sock = &c.sock;
+        sock.set_nonblocking(true)
+            .map_err(|e| format!("socket: {e}"))?;
+        let (packet, payload_at) = packet(args.mode, peer, &payload(size, i as u32), i as u32);
+        per_thread[k % threads].push(Flow {
+            sock,
+            packet,
+            payload_at,
+        });
+        k += 1;
+    }
+    let start = Instant::now() + Duration::from_millis(50);
+    let send_until = start + Duration::from_secs_f64(args.duration);
+    let plan = Plan {
+        epoch,
+        start,
+        send_until,
+        drain_until: send_until + Duration::from_secs_f64(args.drain),
+        rate_per_thread: args.rate as f64 / threads as f64,
+        threads,
+    };
+    let shared = Shared::default();
+    let server_cpu0 = pid.as_deref().and_then(sys::cpu_seconds);
+    let tool_cpu0 = sys::cpu_seconds("self");
+    let mut hist = Histogram::new();
+    let (mut sent, mut received, mut send_errors) = (0u64, 0u64, 0u64);
+    std::thread::scope(|s| {
+        for sock in echoes.drain(..) {
+            let (plan, shared) = (&plan, &shared);
+            s.spawn(move || traffic::echo(sock, plan, shared));
+        }
+        let handles: Vec<_> = per_thread
+            .into_iter()
+            .map(|flows| {
+                let (plan, shared) = (&plan, &shared);
+                s.spawn(move || traffic::run_thread(flows, plan, shared))
+            })
+            .collect();
+        for h in handles {
+            if let Ok(r) = h.join() {
+                sent += r.sent;
+                received += r.received;
+                send_errors += r.send_errors;
+                hist.merge(&r.hist);
+            }
+        }
+    });
+    let ended = Instant::now();
+    let server_cpu = match (pid.as_deref().and_then(sys::cpu_seconds), server_cpu0) {
+        (Some(b), Some(a)) => Some(b - a),
+        _ => None,
+    };
+    let tool_cpu = match (sys::cpu_seconds("self"), tool_cpu0) {
+        (Some(b), Some(a)) => b - a,
+        _ => 0.0,
+    };
+    let peer_received = shared.peer_received.load(Ordering::SeqCst);
+
+    // Release the allocations so the server can be reused for the next run.
+    let release_deadline = Instant::now() + Duration::from_secs_f64(args.setup_timeout.min(30.0));
+    for c in &mut clients {
+        let _ = c.sock.set_nonblocking(false);
+        c.failed = None;
+    }
+    parallel_step(
+        &mut clients,
+        Step::Release,
+        &creds,
+        threads,
+        release_deadline,
+    );
+
+    let secs = args.duration;
+    let offered_pps = sent as f64 / secs;
+    let delivered_pps = received as f64 / secs;
+    let loss_pct = if sent > 0 {
+        100.0 * (1.0 - received as f64 / sent as f64).max(0.0)
+    } else {
+        0.0
+    };
+    let relayed = match args.topology {
+        Topology::Peer => peer_received + received,
+        Topology::Pair => 2 * received,
+    };
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let (p50, p99, p999, max) = (
+        us(hist.quantile(0.50)),
+        us(hist.quantile(0.99)),
+        us(hist.quantile(0.999)),
+        us(hist.max()),
+    );
+    let requested = if args.rate == 0 {
+        "flat out".to_owned()
+    } else {
+        format!("{} pps requested", args.rate)
+    };
+    println!(
+        "offered: {requested}, {offered_pps:.0} pps sent ({sent} packets in {secs:.2} s, {send_errors} send errors)"
+    );
+    println!("delivered: {delivered_pps:.0} pps ({received} packets), loss {loss_pct:.3} %");
+    let kind = match args.topology {
+        Topology::Peer => "round trip",
+        Topology::Pair => "one way",
+    };
+    println!(
+        "latency ({kind}, {} samples): p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us",
+        hist.count()
+    );
+    println!(
+        "relayed: {relayed} packets through the server (peers received {peer_received}), {:.2} s from start to end of drain",
+        (ended - start).as_secs_f64()
+    );
+    let cpu_per_m = server_cpu
+        .filter(|_| relayed > 0)
+        .map(|c| c / (relayed as f64 / 1e6));
+    match (server_cpu, cpu_per_m) {
+        (Some(c), Some(per)) => println!(
+            "server cpu: {c:.2} s, {per:.3} s per million relayed packets ({:.2} us per packet)",
+            per
+        ),
+        (Some(c), None) => println!("server cpu: {c:.2} s, nothing relayed"),
+        _ => {}
+    }
+    println!("tool cpu: {tool_cpu:.2} s");
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    println!(
+        "RESULT allocations={n} ready={ready} mode={:?} topology={:?} size={size} rate={} \
+         duration={secs:.3} sent={sent} received={received} peer_received={peer_received} \
+         send_errors={send_errors} offered_pps={offered_pps:.0} delivered_pps={delivered_pps:.0} \
+         loss_pct={loss_pct:.4} p50_us={p50:.1} p99_us={p99:.1} p999_us={p999:.1} max_us={max:.1} \
+         relayed={relayed} server_cpu_s={} cpu_s_per_mpkt={} tool_cpu_s={tool_cpu:.3} setup_s={setup_secs:.3} \
+         setup_server_cpu_s={} rss_kib_per_alloc={}",
+        args.mode,
+        args.topology,
+        args.rate,
+        opt(server_cpu),
+        opt(cpu_per_m),
+        opt(setup_cpu),
+        opt(rss_per_alloc),
+    );
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The few system calls the load tool and the floor forwarder need beyond std: epoll, the
+//! open-file limit, and CPU time from /proc. Linux only. Shared by both binaries, which use
+//! different parts of it.
+#![allow(dead_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+/// An epoll instance, closed on drop. Level-triggered: a socket drained only partly is
+/// reported again by the next wait.
+pub struct Epoll {
+    fd: RawFd,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll { fd })
+    }
+
+    /// Watches `fd` for readability, reporting `token` with each event.
+    pub fn add(&self, fd: &impl AsRawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` lives across the call; the fd is open (borrowed).
+        let r = unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, fd: &impl AsRawFd) {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in `add`; errors (fd not registered) are harmless here.
+        unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_DEL, fd.as_raw_fd(), &mut ev) };
+    }
+
+    /// Waits at most `timeout` (rounded down to milliseconds) and returns the tokens of the
+    /// ready sockets in `out` (cleared first).
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration, out: &mut Vec<u64>) {
+        out.clear();
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let cap = events.len().min(i32::MAX as usize) as i32;
+        // SAFETY: `events` is a valid buffer of `cap` entries.
+        let n = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), cap, ms) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let token = ev.u64;
+            out.push(token);
+        }
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// An empty event buffer for [`Epoll::wait`].
+pub fn event_buffer(n: usize) -> Vec<libc::epoll_event> {
+    vec![libc::epoll_event { events: 0, u64: 0 }; n]
+}
+
+/// Raises the soft open-file limit to the hard limit (10,000 allocations need 10,000
+/// sockets) and returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-parameter.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// User plus system CPU seconds of a process (`/proc/PID/stat` fields 14 and 15), or `None`
+/// if the process is gone or the file does not parse.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / hz)
+}
+
+/// Resident set size of a process in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Buffers and headers for `recvmmsg`/`sendmmsg` on a connected socket: `n` slots of `cap`
+/// bytes each, so one system call moves a batch of datagrams.
+pub struct Mmsg {
+    bufs: Vec<u8>,
+    cap: usize,
+    lens: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Mmsg {
+    pub fn new(n: usize, cap: usize) -> Mmsg {
+        Mmsg {
+            bufs: vec![0; n * cap],
+            cap,
+            lens: vec![0; n],
+            iovs: (0..n)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+            hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Slot `i` for writing a datagram of up to `cap` bytes.
+    pub fn slot(&mut self, i: usize) -> &mut [u8] {
+        let cap = self.cap;
+        &mut self.bufs[i * cap..(i + 1) * cap]
+    }
+
+    /// Datagram `i` of the last [`Mmsg::recv`].
+    pub fn received(&self, i: usize) -> &[u8] {
+        &self.bufs[i * self.cap..i * self.cap + self.lens[i].min(self.cap)]
+    }
+
+    /// Points the headers at the slots, the first `k` with lengths from `len`.
+    fn prepare(&mut self, k: usize, len: impl Fn(usize) -> usize) {
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..k {
+            // SAFETY: i < n, so the slot lies inside `bufs`.
+            self.iovs[i].iov_base = unsafe { base.add(i * self.cap) }.cast();
+            self.iovs[i].iov_len = len(i).min(self.cap);
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = std::ptr::null_mut();
+            h.msg_hdr.msg_namelen = 0;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+    }
+
+    /// Sends the first `k` slots, slot `i` holding `len(i)` bytes; returns how many went.
+    pub fn send(
+        &mut self,
+        fd: &impl AsRawFd,
+        k: usize,
+        len: impl Fn(usize) -> usize,
+    ) -> io::Result<usize> {
+        let k = k.min(self.slots());
+        self.prepare(k, len);
+        // SAFETY: the first k headers point at live slots of `bufs`.
+        let r = unsafe { libc::sendmmsg(fd.as_raw_fd(), self.hdrs.as_mut_ptr(), k as u32, 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    /// Receives up to one batch without waiting; returns how many arrived.
+    pub fn recv(&mut self, fd: &impl AsRawFd) -> io::Result<usize> {
+        let n = self.slots();
+        let cap = self.cap;
+        self.prepare(n, |_| cap);
+        // SAFETY: all n headers point at live slots of `bufs`.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = r as usize;
+        for i in 0..r {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+        }
+        Ok(r)
+    }
+}

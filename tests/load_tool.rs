@@ -1,0 +1,275 @@
+//! The load tool (`turnd-load`) sets up allocations on the real server, relays its
+//! timestamped packets and prints a parseable report; it refuses non-loopback targets. The
+//! floor forwarder (`turnd-floor`) carries the same load. Tiny bounded loads, no timing
+//! assertions: only that packets came back and the report parses.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, free_udp_port};
+
+/// Runs a binary to completion (killed by its pid after `limit`); (exit code, stdout, stderr).
+fn run(bin: &str, args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let timed_out = matches!(child.try_wait(), Ok(None));
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait();
+    (
+        status.ok().filter(|_| !timed_out).and_then(|s| s.code()),
+        out_reader.join().unwrap_or_default(),
+        err_reader.join().unwrap_or_default(),
+    )
+}
+
+/// The `RESULT k=v ...` line as a map.
+fn result_line(stdout: &str) -> HashMap<String, String> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"));
+    line.split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("k=v");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn num(r: &HashMap<String, String>, k: &str) -> f64 {
+    r.get(k)
+        .unwrap_or_else(|| panic!("no {k}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{k} is not a number: {:?}", r.get(k)))
+}
+
+fn load(server: &str, pid: u32, extra: &[&str]) -> HashMap<String, String> {
+    let pid = pid.to_string();
+    let mut args = vec![
+        "--server",
+        server,
+        "--user",
+        "alice:wonderland",
+        "--allocations",
+        "2",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--drain",
+        "3",
+        "--threads",
+        "1",
+        "--peers",
+        "1",
+        "--server-pid",
+        &pid,
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(
+        env!("CARGO_BIN_EXE_turnd-load"),
+        &args,
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "turnd-load failed:\n{out}\n{err}");
+    let r = result_line(&out);
+    assert_eq!(num(&r, "allocations"), 2.0);
+    assert_eq!(num(&r, "ready"), 2.0, "{out}\n{err}");
+    assert!(num(&r, "sent") > 0.0, "{out}");
+    assert!(
+        num(&r, "received") > 0.0,
+        "nothing came back:\n{out}\n{err}"
+    );
+    assert!(num(&r, "received") <= num(&r, "sent"), "{out}");
+    for k in [
+        "offered_pps",
+        "delivered_pps",
+        "loss_pct",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "relayed",
+        "server_cpu_s",
+        "cpu_s_per_mpkt",
+        "setup_server_cpu_s",
+        "rss_kib_per_alloc",
+    ] {
+        num(&r, k);
+    }
+    r
+}
+
+#[test]
+fn load_tool_relays_through_turnd_with_channels_and_echo_peers() {
+    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let r = load(&server.addr.to_string(), server.pid(), &[]);
+    assert_eq!(r["mode"], "Channel");
+    assert_eq!(r["topology"], "Peer");
+    assert!(num(&r, "peer_received") > 0.0, "the echo peers got nothing");
+}
+
+#[test]
+fn load_tool_relays_between_pairs_of_allocations_with_send_indications() {
+    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let r = load(
+        &server.addr.to_string(),
+        server.pid(),
+        &["--mode", "send", "--topology", "pair"],
+    );
+    assert_eq!(r["mode"], "Send");
+    assert_eq!(r["topology"], "Pair");
+    assert_eq!(num(&r, "relayed"), 2.0 * num(&r, "received"));
+}
+
+#[test]
+fn load_tool_with_rest_credentials() {
+    let server = TestServer::start(
+        "127.0.0.1",
+        &["--allow-peer", "127.0.0.0/8", "--auth-secret", "s3cret"],
+    );
+    let pid = server.pid().to_string();
+    let addr = server.addr.to_string();
+    let (code, out, err) = run(
+        env!("CARGO_BIN_EXE_turnd-load"),
+        &[
+            "--server",
+            &addr,
+            "--secret",
+            "s3cret",
+            "-n",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--drain",
+            "3",
+            "--server-pid",
+            &pid,
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(num(&result_line(&out), "received") > 0.0, "{out}\n{err}");
+}
+
+#[test]
+fn load_tool_reports_failed_setup_with_a_wrong_password() {
+    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let addr = server.addr.to_string();
+    let (code, _out, err) = run(
+        env!("CARGO_BIN_EXE_turnd-load"),
+        &[
+            "--server",
+            &addr,
+            "--user",
+            "alice:wrong",
+            "-n",
+            "2",
+            "--duration",
+            "1",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("Allocate error 401"), "{err}");
+}
+
+#[test]
+fn load_tool_refuses_non_loopback_servers() {
+    let (code, _out, err) = run(
+        env!("CARGO_BIN_EXE_turnd-load"),
+        &[
+            "--server",
+            "192.0.2.1:3478",
+            "--user",
+            "a:b",
+            "--duration",
+            "1",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("only loopback"), "{err}");
+}
+
+/// A floor forwarder process, ended by its pid on drop.
+struct Floor(Child);
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn floor_forwarder_carries_the_same_load() {
+    floor_carries_the_load(&[]);
+}
+
+#[test]
+fn batched_floor_forwarder_carries_the_same_load() {
+    floor_carries_the_load(&["--batch"]);
+}
+
+fn floor_carries_the_load(flags: &[&str]) {
+    let port = free_udp_port("127.0.0.1");
+    let addr = format!("127.0.0.1:{port}");
+    let floor = Floor(
+        Command::new(env!("CARGO_BIN_EXE_turnd-floor"))
+            .args(["--listen", &addr, "--threads", "1", "--max-seconds", "120"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn turnd-floor"),
+    );
+    // Ready when it answers a Binding request (it answers every request with success).
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 1500];
+    let mut ready = false;
+    while !ready && Instant::now() < deadline {
+        let _ = probe.send_to(&common::binding_request(), &addr);
+        ready = probe.recv_from(&mut buf).is_ok();
+    }
+    assert!(ready, "turnd-floor did not start");
+    for extra in [
+        &["--mode", "channel"][..],
+        &["--mode", "send", "--topology", "pair"],
+    ] {
+        let r = load(&addr, floor.0.id(), extra);
+        assert!(num(&r, "received") > 0.0);
+    }
+}
