@@ -101,7 +101,7 @@ fn channels_per_allocation_answers_508() {
 
 #[test]
 fn exhausted_port_range_answers_508_and_recovers() {
-    let server = TestServer::start("127.0.0.1", &["--min-port", "42300", "--max-port", "42301"]);
+    let server = TestServer::start("127.0.0.1", &["--min-port", "20300", "--max-port", "20301"]);
     let (mut a, ac) = allocate(&server, "alice", "wonderland");
     let (_b, bc) = allocate(&server, "alice", "wonderland");
     let (_c, cc) = allocate(&server, "alice", "wonderland");

@@ -13,9 +13,9 @@ fn relayed_port_is_in_range_and_external_ip_is_advertised() {
         "127.0.0.1",
         &[
             "--min-port",
-            "42000",
+            "20000",
             "--max-port",
-            "42049",
+            "20049",
             "--external-ip",
             "198.51.100.77",
         ],
@@ -28,7 +28,7 @@ fn relayed_port_is_in_range_and_external_ip_is_advertised() {
         assert_eq!(relayed.len(), 1);
         assert_eq!(relayed[0].ip().to_string(), "198.51.100.77");
         assert!(
-            (42000..=42049).contains(&relayed[0].port()),
+            (20000..=20049).contains(&relayed[0].port()),
             "{}",
             relayed[0]
         );
@@ -39,7 +39,7 @@ fn relayed_port_is_in_range_and_external_ip_is_advertised() {
 
 #[test]
 fn port_range_exhaustion_answers_508() {
-    let server = TestServer::start("127.0.0.1", &["--min-port", "42100", "--max-port", "42101"]);
+    let server = TestServer::start("127.0.0.1", &["--min-port", "20100", "--max-port", "20101"]);
     let mut clients = Vec::new();
     let mut codes = Vec::new();
     for _ in 0..3 {

@@ -26,7 +26,9 @@ pub struct TestServer {
     pub addr: SocketAddr,
 }
 
-/// A port that was free a moment ago for both UDP and TCP (turnd listens on both).
+/// A port that was free a moment ago for both UDP and TCP (turnd listens on both). Tests
+/// that fix a relay port range use 20000-20999: outside the kernel's ephemeral range
+/// (32768-60999), where client sockets of tests running alongside could take it.
 pub fn free_udp_port(ip: &str) -> u16 {
     for _ in 0..50 {
         let udp = UdpSocket::bind((ip, 0)).unwrap();
