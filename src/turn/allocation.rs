@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap;
 
 use super::bandwidth::{Rate, TokenBucket};
 use super::stats::DROP_REASONS;
-use super::{FiveTuple, RelayId};
+use super::{FiveTuple, RelayId, Time};
 
 /// RFC 8656 §9: a permission lasts 300 seconds unless refreshed.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -80,7 +80,47 @@ pub struct Allocation {
     pub bucket_to_client: TokenBucket,
 }
 
+/// What [`Allocation::new`] needs: the granted relays, the authenticated user and the
+/// lifetime the Allocate response states.
+pub struct NewAllocation {
+    pub five_tuple: FiveTuple,
+    pub relays: [Option<Relay>; 2],
+    pub username: String,
+    pub credential_expiry: Option<u64>,
+    pub now: Time,
+    pub lifetime: Duration,
+    pub allocate_txid: [u8; 12],
+    pub rate: Rate,
+    /// An RFC 6062 TCP allocation.
+    pub tcp: bool,
+}
+
 impl Allocation {
+    pub fn new(n: NewAllocation) -> Allocation {
+        let primary = n.relays.iter().flatten().next().map_or(0, |r| r.id.0);
+        Allocation {
+            five_tuple: n.five_tuple,
+            relays: n.relays,
+            username: n.username,
+            credential_expiry: n.credential_expiry,
+            expires: n.now.mono + n.lifetime,
+            created: n.now.mono,
+            created_unix: n.now.unix,
+            permissions: FxHashMap::default(),
+            channels: FxHashMap::default(),
+            channel_by_peer: FxHashMap::default(),
+            allocate_txid: n.allocate_txid,
+            responses: VecDeque::new(),
+            scheduled: None,
+            counters: Counters::default(),
+            tcp: n.tcp,
+            id: primary,
+            rate: n.rate,
+            bucket_to_peer: TokenBucket::new(n.rate, n.now.mono),
+            bucket_to_client: TokenBucket::new(n.rate, n.now.mono),
+        }
+    }
+
     pub fn relay_for(&self, peer: &SocketAddr) -> Option<&Relay> {
         self.relays[family_of(peer.ip())].as_ref()
     }

@@ -1,7 +1,7 @@
 //! The request handlers and the data path of one worker's TURN server.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use super::allocation::{
-    Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, PERMISSION_LIFETIME, Relay,
+    Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, NewAllocation,
+    PERMISSION_LIFETIME, Relay,
 };
-use super::bandwidth::TokenBucket;
 use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
@@ -976,54 +976,19 @@ impl Server {
             }
         }
         let lifetime = self.lifetime(msg);
-        let alloc = Allocation {
+        let alloc = Allocation::new(NewAllocation {
             five_tuple: *ft,
             relays,
             username,
             credential_expiry: auth.expiry,
-            expires: now.mono + lifetime,
-            created: now.mono,
-            created_unix: now.unix,
-            permissions: FxHashMap::default(),
-            channels: FxHashMap::default(),
-            channel_by_peer: FxHashMap::default(),
+            now,
+            lifetime,
             allocate_txid: msg.transaction_id(),
-            responses: VecDeque::new(),
-            scheduled: None,
-            counters: Counters::default(),
-            tcp: false,
-            id: primary.id.0,
             rate,
-            bucket_to_peer: TokenBucket::new(rate, now.mono),
-            bucket_to_client: TokenBucket::new(rate, now.mono),
-        };
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
-        for r in alloc.relays.iter().flatten() {
-            self.by_relay.insert(r.id, slot);
-        }
-        self.by_tuple.insert(*ft, slot);
-        let user = display_user(&alloc.username, self.cfg.rest_separator).to_string();
-        info!(
-            client = %ft.client,
-            transport = ft.transport.as_str(),
-            relayed = %DisplayRelays { relays: &alloc.relays, bound: false },
-            bound = %DisplayRelays { relays: &alloc.relays, bound: true },
-            user = %user,
-            lifetime = lifetime.as_secs(),
-            "allocation created"
-        );
+            tcp: false,
+        });
         let txid = alloc.allocate_txid;
-        if let Some(s) = self.slots.get_mut(slot) {
-            *s = Some(alloc);
-        }
-        self.stats.allocations_created += 1;
-        self.schedule(slot);
+        let slot = self.install(alloc, lifetime);
 
         let mut w = self.writer(msg, Class::Success);
         for r in relays.iter().flatten() {
@@ -1070,6 +1035,39 @@ impl Server {
     }
 
     /// RFC 8656 §7.2/§8: min(requested, maximum), but never below the default.
+    /// Puts a new allocation in a slot, indexes it by 5-tuple and relay, logs it and
+    /// schedules its timers. Returns the slot.
+    fn install(&mut self, alloc: Allocation, lifetime: Duration) -> usize {
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        for r in alloc.relays.iter().flatten() {
+            self.by_relay.insert(r.id, slot);
+        }
+        self.by_tuple.insert(alloc.five_tuple, slot);
+        let ft = alloc.five_tuple;
+        info!(
+            client = %ft.client,
+            transport = ft.transport.as_str(),
+            relayed = %DisplayRelays { relays: &alloc.relays, bound: false },
+            bound = %DisplayRelays { relays: &alloc.relays, bound: true },
+            relay_transport = if alloc.tcp { "tcp" } else { "udp" },
+            user = display_user(&alloc.username, self.cfg.rest_separator),
+            lifetime = lifetime.as_secs(),
+            "allocation created"
+        );
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some(alloc);
+        }
+        self.stats.allocations_created += 1;
+        self.schedule(slot);
+        slot
+    }
+
     fn lifetime(&self, msg: &Message<'_>) -> Duration {
         match msg.u32_attr(attr::LIFETIME) {
             Some(Ok(secs)) => Duration::from_secs(secs as u64)

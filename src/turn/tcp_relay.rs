@@ -12,15 +12,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
-use tracing::{debug, info};
+use tracing::debug;
 
-use super::super::allocation::{Allocation, Counters, Relay};
+use super::super::allocation::{Allocation, NewAllocation, Relay};
 use super::super::error::{self, reason};
 use super::super::ports::Family;
 use super::super::{
     CONNECTION_ID_WORKER_SHIFT, ConnectionId, FiveTuple, Io, RelayId, Time, Transport,
 };
-use super::{Authed, BIND_ATTEMPTS, DisplayRelays, Server, TokenBucket};
+use super::{Authed, BIND_ATTEMPTS, Server};
 use crate::auth::{Key, display_user};
 use crate::stun::{Class, Integrity, Message, MessageWriter, attr, method};
 
@@ -198,49 +198,19 @@ impl Server {
         let lifetime = self.lifetime(msg);
         let mut relays = [None, None];
         relays[family] = Some(relay);
-        let alloc = Allocation {
+        let alloc = Allocation::new(NewAllocation {
             five_tuple: *ft,
             relays,
             username,
             credential_expiry: auth.expiry,
-            expires: now.mono + lifetime,
-            created: now.mono,
-            created_unix: now.unix,
-            permissions: FxHashMap::default(),
-            channels: FxHashMap::default(),
-            channel_by_peer: FxHashMap::default(),
+            now,
+            lifetime,
             allocate_txid: msg.transaction_id(),
-            responses: Default::default(),
-            scheduled: None,
-            counters: Counters::default(),
-            tcp: true,
-            id: relay.id.0,
             rate,
-            bucket_to_peer: TokenBucket::new(rate, now.mono),
-            bucket_to_client: TokenBucket::new(rate, now.mono),
-        };
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
-        self.by_relay.insert(relay.id, slot);
-        self.by_tuple.insert(*ft, slot);
-        info!(
-            client = %ft.client,
-            transport = ft.transport.as_str(),
-            relayed = %DisplayRelays { relays: &alloc.relays, bound: false },
-            relay_transport = "tcp",
-            user = display_user(&alloc.username, self.cfg.rest_separator),
-            lifetime = lifetime.as_secs(),
-            "allocation created"
-        );
+            tcp: true,
+        });
         let txid = alloc.allocate_txid;
-        self.slots[slot] = Some(alloc);
-        self.stats.allocations_created += 1;
-        self.schedule(slot);
+        let slot = self.install(alloc, lifetime);
         let mut w = self.writer(msg, Class::Success);
         w.xor_address(attr::XOR_RELAYED_ADDRESS, relay.advertised)
             .u32_attr(attr::LIFETIME, lifetime.as_secs() as u32)
