@@ -331,6 +331,11 @@ impl PeerPolicy {
         self
     }
 
+    /// The server's own addresses this policy refuses (see [`PeerPolicy::with_own_addresses`]).
+    pub fn own_addresses(&self) -> &[SocketAddr] {
+        &self.own
+    }
+
     /// Whether `peer`, under any of its canonical forms, is one of the server's own listen
     /// addresses.
     pub fn is_own_address(&self, peer: SocketAddr) -> bool {

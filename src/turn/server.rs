@@ -213,7 +213,9 @@ impl Server {
     /// [`Quotas`] every worker shares, so their live counts carry over unchanged.
     pub fn reconfigure(&mut self, r: Reconfigure) {
         self.cfg.auth = r.auth;
-        self.cfg.policy = r.policy;
+        // The listeners do not change on reload: neither does the own-address rule.
+        let own = self.cfg.policy.own_addresses().to_vec();
+        self.cfg.policy = r.policy.with_own_addresses(own);
         self.cfg.quotas.set_limits(r.user_quota, r.total_quota);
         self.cfg.default_lifetime = r.default_lifetime;
         self.cfg.max_lifetime = r.max_lifetime;

@@ -148,3 +148,23 @@ fn reconfigured_quota_counts_the_live_allocations() {
         "one ended: room for one more"
     );
 }
+
+#[test]
+fn reconfigure_keeps_the_own_address_rule() {
+    let own = ft(1).server;
+    let mut sim = sim_with(Opts {
+        own: vec![own],
+        ..Opts::default()
+    });
+    let mut c = Client::new(ft(2000), "alice", "wonderland");
+    assert!(c.allocate(&mut sim).is_ok());
+    // The reloaded policy allows everything, the listen address included by its range.
+    let mut r = reconfigure_with(&[("alice", "wonderland")], 0);
+    r.policy = PeerPolicy::new(
+        vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        vec![],
+    );
+    sim.server.reconfigure(r);
+    assert!(permit(&mut c, &mut sim, &[peer("127.0.0.1:5000")]).is_ok());
+    assert_eq!(permit(&mut c, &mut sim, &[own]).code(), Some(403));
+}
