@@ -102,6 +102,17 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         old.tls.handshake_timeout != new.tls.handshake_timeout,
     );
     check("tls.mux", old.tls.mux != new.tls.mux);
+    let (a, b) = (&old.limits, &new.limits);
+    check("limits.unauth-rate", a.unauth_rate != b.unauth_rate);
+    check("limits.unauth-burst", a.unauth_burst != b.unauth_burst);
+    check(
+        "limits.permissions-per-allocation",
+        a.permissions_per_allocation != b.permissions_per_allocation,
+    );
+    check(
+        "limits.channels-per-allocation",
+        a.channels_per_allocation != b.channels_per_allocation,
+    );
     // A certificate can be renewed live, but only where TLS was set up at start.
     check("tls.cert", old.tls.cert.is_some() != new.tls.cert.is_some());
     keys
@@ -118,6 +129,10 @@ fn keep_running_values(old: &Config, mut new: Config) -> Config {
     new.auth.rest_separator = old.auth.rest_separator;
     new.log.format = old.log.format.clone();
     new.tcp = old.tcp.clone();
+    new.limits.unauth_rate = old.limits.unauth_rate;
+    new.limits.unauth_burst = old.limits.unauth_burst;
+    new.limits.permissions_per_allocation = old.limits.permissions_per_allocation;
+    new.limits.channels_per_allocation = old.limits.channels_per_allocation;
     new.tls.listen = old.tls.listen.clone();
     new.tls.handshake_timeout = old.tls.handshake_timeout;
     new.tls.mux = old.tls.mux;
@@ -359,7 +374,8 @@ mod tests {
         let moved = cfg("[server]\nlisten = [\"127.0.0.1:3479\"]\nworkers = 3\n\
              [relay]\nmin-port = 50001\nmax-port = 50100\n\
              external-ips = [\"203.0.113.1\"]\n\
-             [auth]\nrest-separator = \"-\"\n[log]\nformat = \"json\"\n");
+             [auth]\nrest-separator = \"-\"\n[log]\nformat = \"json\"\n\
+             [tcp]\nidle-timeout = 60\n[limits]\nunauth-rate = 7\nallocations-per-ip = 3\n");
         assert_eq!(
             restart_keys(&old, &moved),
             vec![
@@ -368,7 +384,9 @@ mod tests {
                 "relay.external-ips",
                 "relay.min-port",
                 "auth.rest-separator",
-                "log.format"
+                "log.format",
+                "tcp",
+                "limits.unauth-rate"
             ]
         );
         let kept = keep_running_values(&old, moved);
