@@ -406,6 +406,13 @@ mod tests {
         );
         let kept = keep_running_values(&old, moved);
         assert!(restart_keys(&old, &kept).is_empty());
+
+        // The admin listener is set up once, at start.
+        let admin = cfg("[server]\nlisten = [\"127.0.0.1:3478\"]\n\
+             [relay]\nmin-port = 50000\nmax-port = 50100\n\
+             [admin]\nenabled = true\ntoken = \"0123456789abcdef\"\n");
+        assert_eq!(restart_keys(&old, &admin), vec!["admin"]);
+        assert!(restart_keys(&old, &keep_running_values(&old, admin)).is_empty());
         assert_eq!(kept.server.realm, "turnd", "live keys take the new values");
     }
 }

@@ -846,6 +846,76 @@ mod tests {
         assert!(parse_line(1, "   ").is_none());
     }
 
+    fn load(m: &Migration) -> crate::config::Config {
+        crate::config::Config::from_toml_str(&m.toml).unwrap_or_else(|e| panic!("{e}\n{}", m.toml))
+    }
+
+    #[test]
+    fn tls_on_the_plain_port_is_one_muxed_port() {
+        let m = migrate(
+            "listening-ip=192.0.2.1\nlistening-port=443\ntls-listening-port=443\n\
+             cert=/c.pem\npkey=/k.pem\nno-dtls\n",
+        );
+        let c = load(&m);
+        assert!(c.tls.listen.is_empty() && c.tls.mux && c.tls_enabled());
+        assert!(m.skipped.iter().any(|n| n.contains("one port")), "{m:?}");
+        // Without TCP the same port is a TLS-only listener.
+        let c = load(&migrate(
+            "listening-ip=192.0.2.1\nlistening-port=443\ntls-listening-port=443\n\
+             cert=/c.pem\npkey=/k.pem\nno-tcp\n",
+        ));
+        assert_eq!(c.tls.listen, vec!["192.0.2.1:443".parse().unwrap()]);
+        assert!(!c.tls.mux && !c.tcp.enabled);
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key_and_no_no_tls() {
+        for text in [
+            "listening-ip=192.0.2.1\ncert=/c.pem\n",
+            "listening-ip=192.0.2.1\ncert=/c.pem\npkey=/k.pem\nno-tls\n",
+            "listening-ip=192.0.2.1\ntls-listening-port=5350\n",
+        ] {
+            let m = migrate(text);
+            let c = load(&m);
+            assert!(c.tls.cert.is_none() && !c.tls_enabled(), "{text}");
+            assert!(!m.skipped.iter().any(|n| n.contains("DTLS")), "{text}");
+        }
+        // Relative paths are taken from the coturn file's directory.
+        let m = migrate_from(
+            "listening-ip=192.0.2.1\ncert=tls/c.pem\npkey=/abs/k.pem\n",
+            Some(std::path::Path::new("/etc/coturn")),
+        );
+        let c = load(&m);
+        assert_eq!(
+            c.tls.cert.as_deref(),
+            Some(std::path::Path::new("/etc/coturn/tls/c.pem"))
+        );
+        assert_eq!(
+            c.tls.key.as_deref(),
+            Some(std::path::Path::new("/abs/k.pem"))
+        );
+    }
+
+    #[test]
+    fn bandwidth_is_bytes_in_coturn() {
+        let c = load(&migrate(
+            "listening-ip=192.0.2.1\nmax-bps=1000\nbps-capacity=18446744073709551615\n",
+        ));
+        assert_eq!(c.allocation.max_bps, 8000);
+        assert_eq!(c.allocation.bps_capacity, i64::MAX as u64, "saturates");
+        let m = migrate("max-bps=lots\n");
+        assert!(m.skipped.iter().any(|n| n.contains("max-bps")), "{m:?}");
+    }
+
+    #[test]
+    fn prometheus_port_alone_is_not_an_exporter() {
+        let m = migrate("listening-ip=192.0.2.1\nprometheus-port=9100\n");
+        assert!(!load(&m).admin.enabled);
+        let c = load(&migrate("listening-ip=192.0.2.1\nprometheus\n"));
+        assert!(c.admin.enabled && c.admin.metrics_open_on_loopback);
+        assert_eq!(c.admin.listen, "127.0.0.1:9641".parse().unwrap());
+    }
+
     #[test]
     fn secrets_are_not_echoed_in_notes() {
         let m = migrate("static-auth-secret=topsecret\nuser=bob\n");
