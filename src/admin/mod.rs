@@ -1,5 +1,5 @@
-//! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API and
-//! `/credentials`. Off unless `[admin] enabled` (or `--admin-listen`); loopback by default.
+//! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API,
+//! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM). Off unless `[admin] enabled` (or `--admin-listen`); loopback by default.
 //!
 //! A small HTTP/1.1 server on the main thread's tokio runtime: one request per connection
 //! (`Connection: close`), a request head of at most [`MAX_HEAD`] bytes and no body, a deadline
