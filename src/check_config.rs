@@ -20,14 +20,25 @@ fn is_secret_key(name: &str) -> bool {
     secret && !(n.ends_with("file") || n.ends_with("path"))
 }
 
-/// Replaces every string under a secret key (and in arrays under it) with [`MASK`].
-fn mask(value: &mut toml::Value, secret: bool) {
+/// Dotted keys whose value is the path of a file, shown as they are even where the key's
+/// name mentions a secret word (`tls.key` names the private key's file, not the key).
+const FILE_PATH_KEYS: &[&str] = &["tls.cert", "tls.key"];
+
+/// Replaces every string under a secret key (and in arrays under it) with [`MASK`]; `path`
+/// is the dotted key of `value`.
+fn mask(value: &mut toml::Value, path: &str, secret: bool) {
     match value {
         toml::Value::String(s) if secret => *s = MASK.to_owned(),
-        toml::Value::Array(items) => items.iter_mut().for_each(|v| mask(v, secret)),
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| mask(v, path, secret)),
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                mask(v, secret || is_secret_key(k));
+                let key = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let is_path = FILE_PATH_KEYS.contains(&key.as_str());
+                mask(v, &key, secret || (is_secret_key(k) && !is_path));
             }
         }
         _ => {}
@@ -37,7 +48,7 @@ fn mask(value: &mut toml::Value, secret: bool) {
 /// The effective settings of `config` as TOML, secrets masked.
 pub fn effective_toml(config: &Config) -> Result<String, String> {
     let mut value = toml::Value::try_from(config).map_err(|e| e.to_string())?;
-    mask(&mut value, false);
+    mask(&mut value, "", false);
     toml::to_string(&value).map_err(|e| e.to_string())
 }
 
@@ -100,6 +111,25 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.auth.secrets, vec![MASK, MASK]);
         assert_eq!(back.auth.users.len(), 2);
+    }
+
+    #[test]
+    fn file_paths_are_shown_and_user_keys_masked() {
+        let c = Config::from_toml_str(
+            "[tls]\nlisten = [\"127.0.0.1:5349\"]\ncert = \"/etc/turnd/fullchain.pem\"\n\
+             key = \"/etc/turnd/privkey.pem\"\n\
+             [auth]\nusers = [{ name = \"bob\", key = \"0x00112233445566778899aabbccddeeff\" }]\n",
+        )
+        .unwrap();
+        let text = effective_toml(&c).unwrap();
+        assert!(text.contains("key = \"/etc/turnd/privkey.pem\""), "{text}");
+        assert!(
+            text.contains("cert = \"/etc/turnd/fullchain.pem\""),
+            "{text}"
+        );
+        assert!(!text.contains("00112233445566778899aabbccddeeff"), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.auth.users[0].key.as_deref(), Some(MASK));
     }
 
     #[test]

@@ -640,10 +640,15 @@ impl Config {
         if !a.enabled {
             return Ok(());
         }
-        if a.token.len() < 16 {
+        // An empty token is allowed only for a metrics-only listener: /metrics served to
+        // loopback, every other route refused (see `admin::api::authorized`).
+        let metrics_only = a.token.is_empty() && a.metrics_open_on_loopback;
+        if a.token.len() < 16 && !metrics_only {
             return err(
                 "admin.token",
-                "must be at least 16 characters when the admin listener is enabled",
+                "must be at least 16 characters when the admin listener is enabled \
+                 (or empty with admin.metrics-open-on-loopback = true, to serve only /metrics \
+                 to loopback)",
             );
         }
         if a.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -1759,6 +1764,14 @@ mod tests {
             "[admin]\nenabled = true\ntoken = \"0123456789abcdef\"\nmax-connections = 0\n",
             "admin.max-connections",
             "at least 1",
+        );
+        // Metrics-only: no token, /metrics open on loopback.
+        Config::from_toml_str("[admin]\nenabled = true\nmetrics-open-on-loopback = true\n")
+            .expect("valid");
+        assert_invalid(
+            "[admin]\nenabled = true\nmetrics-open-on-loopback = true\ntoken = \"short\"\n",
+            "admin.token",
+            "at least 16",
         );
         // A disabled listener needs no token.
         Config::from_toml_str("[admin]\nlisten = \"0.0.0.0:1\"\n").expect("valid");

@@ -52,6 +52,8 @@ struct Inner {
     reloading: tokio::sync::Mutex<()>,
     /// Set once a drain has started: readiness is not reported again after a reload.
     draining: AtomicBool,
+    /// Set by the first [`Lifecycle::request_drain`].
+    drain_asked: AtomicBool,
 }
 
 /// What a successful reload did.
@@ -113,6 +115,16 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         "limits.channels-per-allocation",
         a.channels_per_allocation != b.channels_per_allocation,
     );
+    let (a, b) = (&old.admin, &new.admin);
+    check(
+        "admin",
+        a.enabled != b.enabled
+            || a.listen != b.listen
+            || a.token != b.token
+            || a.metrics_open_on_loopback != b.metrics_open_on_loopback
+            || a.max_connections != b.max_connections
+            || a.uris != b.uris,
+    );
     // A certificate can be renewed live, but only where TLS was set up at start.
     check("tls.cert", old.tls.cert.is_some() != new.tls.cert.is_some());
     keys
@@ -136,6 +148,7 @@ fn keep_running_values(old: &Config, mut new: Config) -> Config {
     new.tls.listen = old.tls.listen.clone();
     new.tls.handshake_timeout = old.tls.handshake_timeout;
     new.tls.mux = old.tls.mux;
+    new.admin = old.admin.clone();
     if old.tls.cert.is_none() {
         new.tls.cert = None;
         new.tls.key = None;
@@ -185,6 +198,7 @@ impl Lifecycle {
                 drain_requested: Notify::new(),
                 reloading: tokio::sync::Mutex::new(()),
                 draining: AtomicBool::new(false),
+                drain_asked: AtomicBool::new(false),
             }),
         }
     }
@@ -241,13 +255,20 @@ impl Lifecycle {
 
     /// [`Lifecycle::reload`] with the outcome logged and reported to systemd.
     pub async fn reload_logged(&self) {
+        let _ = self.reload_reported().await;
+    }
+
+    /// [`Lifecycle::reload`] with the outcome logged and reported to systemd, and returned
+    /// (the admin API's `POST /reload` answers with it).
+    pub async fn reload_reported(&self) -> Result<ReloadReport, ConfigError> {
         // While stopping, systemd expects no READY=1: only the STATUS line changes.
         let draining = self.inner.draining.load(Ordering::Relaxed);
         let ready = if draining { "" } else { "READY=1\n" };
         if !draining {
             notify_logged(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         }
-        match self.reload().await {
+        let result = self.reload().await;
+        match &result {
             Ok(report) => {
                 if !report.needs_restart.is_empty() {
                     warn!(
@@ -263,11 +284,23 @@ impl Lifecycle {
                 notify_logged(&format!("{ready}STATUS=reload failed: {e}"));
             }
         }
+        result
     }
 
-    /// Asks the serving loop ([`Lifecycle::serve`]) to drain, as SIGTERM does.
-    pub fn request_drain(&self) {
+    /// Asks the serving loop ([`Lifecycle::serve`]) to drain, as SIGTERM does. Returns
+    /// false when a drain was already asked for or under way (nothing changes then).
+    pub fn request_drain(&self) -> bool {
+        if self.is_draining() || self.inner.drain_asked.swap(true, Ordering::AcqRel) {
+            return false;
+        }
         self.inner.drain_requested.notify_one();
+        true
+    }
+
+    /// Whether a drain has been asked for or has started.
+    pub fn is_draining(&self) -> bool {
+        self.inner.drain_asked.load(Ordering::Acquire)
+            || self.inner.draining.load(Ordering::Relaxed)
     }
 
     /// Drains: refuses new allocations, then waits until none is live, the drain timeout
@@ -391,6 +424,13 @@ mod tests {
         );
         let kept = keep_running_values(&old, moved);
         assert!(restart_keys(&old, &kept).is_empty());
+
+        // The admin listener is set up once, at start.
+        let admin = cfg("[server]\nlisten = [\"127.0.0.1:3478\"]\n\
+             [relay]\nmin-port = 50000\nmax-port = 50100\n\
+             [admin]\nenabled = true\ntoken = \"0123456789abcdef\"\n");
+        assert_eq!(restart_keys(&old, &admin), vec!["admin"]);
+        assert!(restart_keys(&old, &keep_running_values(&old, admin)).is_empty());
         assert_eq!(kept.server.realm, "turnd", "live keys take the new values");
     }
 }

@@ -68,7 +68,11 @@ fn main() -> ExitCode {
     turnd::sd_notify::notify_logged("READY=1\nSTATUS=serving");
     let lifecycle = Lifecycle::new(cli.serve.clone(), config, &running, Some(log));
     if let Some(admin) = admin {
-        rt.spawn(admin.serve(running.control()));
+        rt.spawn(admin.serve(
+            running.control(),
+            Some(lifecycle.clone()),
+            Some(running.stream_metrics()),
+        ));
     }
     match rt.block_on(lifecycle.serve(signals)) {
         DrainEnd::Empty => tracing::info!("drained: no allocation left"),

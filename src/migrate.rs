@@ -15,6 +15,10 @@ use crate::cli::PathArg;
 const COTURN_PORT: u16 = 3478;
 /// coturn's `stale-nonce` value when the flag is given bare.
 const COTURN_STALE_NONCE: u64 = 600;
+/// coturn's default `tls-listening-port`.
+const COTURN_TLS_PORT: u16 = 5349;
+/// coturn's default `prometheus-port`.
+const COTURN_PROMETHEUS_PORT: u16 = 9641;
 
 /// The result of a translation.
 #[derive(Clone, Debug, Default)]
@@ -83,6 +87,19 @@ struct Coturn {
     alternate: Vec<SocketAddr>,
     verbose: Option<&'static str>,
     software_off: bool,
+    /// `cert` and `pkey` (paths as written).
+    cert: Option<String>,
+    pkey: Option<String>,
+    tls_port: Option<u16>,
+    no_tls: bool,
+    no_tcp: bool,
+    no_udp: bool,
+    no_dtls: bool,
+    /// coturn's `max-bps` and `bps-capacity`, in bytes per second.
+    max_bytes_per_sec: Option<u64>,
+    capacity_bytes_per_sec: Option<u64>,
+    prometheus: bool,
+    prometheus_port: Option<u16>,
     skipped: Vec<String>,
 }
 
@@ -104,6 +121,15 @@ impl Coturn {
                 self.skip(o, "not a valid number");
                 None
             }
+        }
+    }
+
+    fn path(&mut self, o: &Opt<'_>) -> Option<String> {
+        if o.value.is_empty() {
+            self.skip(o, "no file given");
+            None
+        } else {
+            Some(o.value.to_owned())
         }
     }
 
@@ -206,32 +232,41 @@ impl Coturn {
             "no-software-attribute" => self.software_off = true,
             // Always so in turnd: nothing to write.
             "fingerprint" | "f" | "no-loopback-peers" | "no-stun-backward-compatibility" => {}
-            "cert"
-            | "pkey"
-            | "pkey-pwd"
-            | "cipher-list"
-            | "ca-cert"
-            | "dh-file"
-            | "dh2066"
-            | "ec-curve-name"
-            | "no-tlsv1"
-            | "no-tlsv1_1"
-            | "no-tlsv1_2"
-            | "tls-listening-port"
-            | "alt-tls-listening-port" => self.skip(
+            "cert" => self.cert = self.path(o),
+            "pkey" => self.pkey = self.path(o),
+            "tls-listening-port" => self.tls_port = self.number(o),
+            "no-tls" => self.no_tls = true,
+            "no-tcp" => self.no_tcp = true,
+            "no-udp" => self.no_udp = true,
+            "no-dtls" => self.no_dtls = true,
+            // turnd speaks TLS 1.2 and 1.3 only: these are always so.
+            "no-tlsv1" | "no-tlsv1_1" => {}
+            "no-tlsv1_2" => self.skip(
                 o,
-                "TLS is not configured by this turnd build's turnserver.toml; \
-                 serve TLS with the [tls] section once available, or in front of turnd",
+                "turnd offers TLS 1.2 and 1.3 and cannot turn 1.2 off (older clients would \
+                 fail to connect with 1.3 only)",
             ),
-            "max-bps" | "bps-capacity" => self.skip(
+            "pkey-pwd" => self.skip(
                 o,
-                "turnd has no bandwidth limit yet; use allocation.user-quota and \
-                 allocation.total-quota to bound load",
+                "turnd reads unencrypted PEM keys only; decrypt the key once \
+                 (openssl pkey -in KEY -out KEY.plain) and point tls.key at it",
             ),
-            "prometheus" | "prometheus-port" | "prometheus-username-labels" => self.skip(
+            "cipher-list" | "ec-curve-name" | "dh-file" | "dh566" | "dh2066" => self.skip(
                 o,
-                "this turnd build has no Prometheus endpoint to configure; \
-                 allocations are logged with their traffic counters when they end",
+                "turnd uses rustls' fixed set of modern cipher suites and key exchanges",
+            ),
+            "ca-cert" | "CA-file" => self.skip(o, "turnd does not verify client certificates"),
+            "alt-tls-listening-port" => {
+                self.skip(o, "RFC 5780 alternate ports are not served by turnd")
+            }
+            "max-bps" => self.max_bytes_per_sec = self.number(o),
+            "bps-capacity" => self.capacity_bytes_per_sec = self.number(o),
+            "prometheus" => self.prometheus = true,
+            "prometheus-port" => self.prometheus_port = self.number(o),
+            "prometheus-username-labels" => self.skip(
+                o,
+                "turnd's metrics carry no per-user labels (they would grow without bound); \
+                 GET /users on the admin API gives per-user totals",
             ),
             "channel-lifetime" | "permission-lifetime" => self.skip(
                 o,
@@ -262,8 +297,15 @@ impl Coturn {
                 "turnd always authenticates TURN requests (RFC 8656 §5); configure users or \
                  secrets",
             ),
-            "no-udp" | "no-tcp" | "no-tls" | "no-dtls" | "no-tcp-relay" | "no-udp-relay"
-            | "tcp-proxy-port" => self.skip(o, "turnd serves and relays UDP only in this build"),
+            "no-tcp-relay" => self.skip(
+                o,
+                "turnd always offers RFC 6062 TCP allocations to clients on TCP and TLS",
+            ),
+            "no-udp-relay" => self.skip(o, "turnd always offers UDP allocations"),
+            "tcp-proxy-port" => self.skip(
+                o,
+                "no turnd equivalent; behind a load balancer use tcp.proxy-protocol",
+            ),
             "cli-ip"
             | "cli-port"
             | "cli-password"
@@ -370,8 +412,14 @@ fn str_list(items: &[String]) -> toml::Value {
     toml::Value::Array(items.iter().map(|s| s.clone().into()).collect())
 }
 
-/// Translates the text of a coturn config file.
+/// Translates the text of a coturn config file; relative `cert`/`pkey` paths stay relative.
 pub fn migrate(text: &str) -> Migration {
+    migrate_from(text, None)
+}
+
+/// Translates the text of a coturn config file read from the directory `base`: relative
+/// `cert` and `pkey` paths are taken relative to it, as coturn does.
+pub fn migrate_from(text: &str, base: Option<&std::path::Path>) -> Migration {
     let mut c = Coturn::default();
     for (i, line) in text.lines().enumerate() {
         if let Some(o) = parse_line(i + 1, line) {
@@ -385,6 +433,9 @@ pub fn migrate(text: &str) -> Migration {
     let mut auth = toml::Table::new();
     let mut peers = toml::Table::new();
     let mut log = toml::Table::new();
+    let mut tcp = toml::Table::new();
+    let mut tls = toml::Table::new();
+    let mut admin = toml::Table::new();
 
     let port = c.listening_port.unwrap_or(COTURN_PORT);
     let listen_ips: Vec<IpAddr> = if c.listening_ips.is_empty() {
@@ -563,6 +614,9 @@ pub fn migrate(text: &str) -> Migration {
     if let Some(level) = c.verbose {
         log.insert("level".into(), level.into());
     }
+    streams(&c, base, &listen_ips, port, &mut tcp, &mut tls, &mut notes);
+    bandwidth(&c, &mut allocation);
+    prometheus(&c, &mut admin, &mut notes);
 
     // One section at a time, in the order of the documented turnserver.toml.
     let mut body = String::new();
@@ -573,6 +627,9 @@ pub fn migrate(text: &str) -> Migration {
         ("auth", auth),
         ("peers", peers),
         ("log", log),
+        ("tcp", tcp),
+        ("tls", tls),
+        ("admin", admin),
     ] {
         if !t.is_empty() {
             let mut root = toml::Table::new();
@@ -590,6 +647,137 @@ pub fn migrate(text: &str) -> Migration {
     }
 }
 
+/// `[tcp]` and `[tls]`: coturn listens for TCP on the plain port and, when it has a
+/// certificate and key, for TLS on `tls-listening-port` (5349) of every listening IP; either
+/// port takes both kinds of traffic (coturn tells them apart), which is turnd's `tls.mux`.
+fn streams(
+    c: &Coturn,
+    base: Option<&std::path::Path>,
+    listen_ips: &[IpAddr],
+    port: u16,
+    tcp: &mut toml::Table,
+    tls: &mut toml::Table,
+    notes: &mut Vec<String>,
+) {
+    if c.no_udp {
+        notes.push(
+            "no-udp: turnd always serves UDP on server.listen and cannot turn it off; \
+             block UDP to those ports in the firewall if it must not be reachable"
+                .to_owned(),
+        );
+    }
+    if c.no_tcp {
+        tcp.insert("enabled".into(), false.into());
+    }
+    if c.no_tls {
+        if c.cert.is_some() || c.pkey.is_some() || c.tls_port.is_some() {
+            notes.push(
+                "cert/pkey/tls-listening-port: not carried over because no-tls is set".to_owned(),
+            );
+        }
+        return;
+    }
+    let (cert, key) = match (&c.cert, &c.pkey) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            if c.tls_port.is_some() {
+                notes.push(
+                    "tls-listening-port: no cert and pkey given, so coturn serves no TLS and \
+                     neither does this config; set tls.cert, tls.key and tls.listen"
+                        .to_owned(),
+                );
+            }
+            return;
+        }
+        _ => {
+            notes.push(
+                "cert/pkey: only one of them given (coturn would look for its default \
+                 turn_server_cert.pem / turn_server_pkey.pem); set both tls.cert and tls.key \
+                 and tls.listen to serve TLS"
+                    .to_owned(),
+            );
+            return;
+        }
+    };
+    let resolve = |p: &str| -> String {
+        match base {
+            Some(dir) if std::path::Path::new(p).is_relative() => {
+                dir.join(p).to_string_lossy().into_owned()
+            }
+            _ => p.to_owned(),
+        }
+    };
+    let tls_port = c.tls_port.unwrap_or(COTURN_TLS_PORT);
+    tls.insert("cert".into(), resolve(cert).into());
+    tls.insert("key".into(), resolve(key).into());
+    if c.no_tcp || tls_port != port {
+        let listen: Vec<toml::Value> = listen_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, tls_port).to_string().into())
+            .collect();
+        tls.insert("listen".into(), toml::Value::Array(listen));
+    }
+    if !c.no_tcp {
+        // coturn answers TLS on the plain port and plain TCP on the TLS port too.
+        tls.insert("mux".into(), true.into());
+        if tls_port == port {
+            notes.push(format!(
+                "tls-listening-port={tls_port}: the same port as listening-port; served as \
+                 one port taking both TCP and TLS (tls.mux)"
+            ));
+        }
+    }
+    if !c.no_dtls {
+        notes.push(
+            "(no no-dtls): coturn also serves DTLS on the TLS port; turnd has no DTLS \
+             (clients use TURN over UDP, TCP or TLS)"
+                .to_owned(),
+        );
+    }
+}
+
+/// coturn's `max-bps` and `bps-capacity` are in bytes per second; turnd's in bits per second.
+/// Both apply to each direction separately, as coturn's do.
+fn bandwidth(c: &Coturn, allocation: &mut toml::Table) {
+    let bits = |bytes: u64| i64::try_from(bytes.saturating_mul(8)).unwrap_or(i64::MAX);
+    if let Some(b) = c.max_bytes_per_sec {
+        allocation.insert("max-bps".into(), bits(b).into());
+    }
+    if let Some(b) = c.capacity_bytes_per_sec {
+        allocation.insert("bps-capacity".into(), bits(b).into());
+    }
+}
+
+/// coturn's exporter (`prometheus`, port 9641) becomes the `[admin]` listener with `/metrics`
+/// open to loopback. No token is invented: without `admin.token` the listener serves
+/// `/metrics` to loopback only, and the API stays closed.
+fn prometheus(c: &Coturn, admin: &mut toml::Table, notes: &mut Vec<String>) {
+    if !c.prometheus {
+        if c.prometheus_port.is_some() {
+            notes.push(
+                "prometheus-port: ignored by coturn without prometheus, so not carried over"
+                    .to_owned(),
+            );
+        }
+        return;
+    }
+    let port = c.prometheus_port.unwrap_or(COTURN_PROMETHEUS_PORT);
+    admin.insert("enabled".into(), true.into());
+    admin.insert(
+        "listen".into(),
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+            .to_string()
+            .into(),
+    );
+    admin.insert("metrics-open-on-loopback".into(), true.into());
+    notes.push(format!(
+        "prometheus: coturn's exporter answered on every address without authentication; \
+         turnd serves /metrics on 127.0.0.1:{port} to loopback clients only. To scrape from \
+         another host, or to use the admin API (sessions, /credentials, /reload, /drain), set \
+         admin.token (16+ characters) and admin.listen"
+    ));
+}
+
 /// Runs the subcommand: TOML on stdout, the options not carried over on stderr.
 pub fn run(args: &PathArg) -> ExitCode {
     let text = match std::fs::read_to_string(&args.path) {
@@ -599,7 +787,7 @@ pub fn run(args: &PathArg) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let m = migrate(&text);
+    let m = migrate_from(&text, args.path.parent());
     print!("{}", m.toml);
     if !m.skipped.is_empty() {
         eprintln!("turnd: not carried over from {}:", args.path.display());
@@ -656,6 +844,76 @@ mod tests {
         assert_eq!((o.name.as_str(), o.value), ("fingerprint", ""));
         assert!(parse_line(1, "# user=a:b").is_none());
         assert!(parse_line(1, "   ").is_none());
+    }
+
+    fn load(m: &Migration) -> crate::config::Config {
+        crate::config::Config::from_toml_str(&m.toml).unwrap_or_else(|e| panic!("{e}\n{}", m.toml))
+    }
+
+    #[test]
+    fn tls_on_the_plain_port_is_one_muxed_port() {
+        let m = migrate(
+            "listening-ip=192.0.2.1\nlistening-port=443\ntls-listening-port=443\n\
+             cert=/c.pem\npkey=/k.pem\nno-dtls\n",
+        );
+        let c = load(&m);
+        assert!(c.tls.listen.is_empty() && c.tls.mux && c.tls_enabled());
+        assert!(m.skipped.iter().any(|n| n.contains("one port")), "{m:?}");
+        // Without TCP the same port is a TLS-only listener.
+        let c = load(&migrate(
+            "listening-ip=192.0.2.1\nlistening-port=443\ntls-listening-port=443\n\
+             cert=/c.pem\npkey=/k.pem\nno-tcp\n",
+        ));
+        assert_eq!(c.tls.listen, vec!["192.0.2.1:443".parse().unwrap()]);
+        assert!(!c.tls.mux && !c.tcp.enabled);
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key_and_no_no_tls() {
+        for text in [
+            "listening-ip=192.0.2.1\ncert=/c.pem\n",
+            "listening-ip=192.0.2.1\ncert=/c.pem\npkey=/k.pem\nno-tls\n",
+            "listening-ip=192.0.2.1\ntls-listening-port=5350\n",
+        ] {
+            let m = migrate(text);
+            let c = load(&m);
+            assert!(c.tls.cert.is_none() && !c.tls_enabled(), "{text}");
+            assert!(!m.skipped.iter().any(|n| n.contains("DTLS")), "{text}");
+        }
+        // Relative paths are taken from the coturn file's directory.
+        let m = migrate_from(
+            "listening-ip=192.0.2.1\ncert=tls/c.pem\npkey=/abs/k.pem\n",
+            Some(std::path::Path::new("/etc/coturn")),
+        );
+        let c = load(&m);
+        assert_eq!(
+            c.tls.cert.as_deref(),
+            Some(std::path::Path::new("/etc/coturn/tls/c.pem"))
+        );
+        assert_eq!(
+            c.tls.key.as_deref(),
+            Some(std::path::Path::new("/abs/k.pem"))
+        );
+    }
+
+    #[test]
+    fn bandwidth_is_bytes_in_coturn() {
+        let c = load(&migrate(
+            "listening-ip=192.0.2.1\nmax-bps=1000\nbps-capacity=18446744073709551615\n",
+        ));
+        assert_eq!(c.allocation.max_bps, 8000);
+        assert_eq!(c.allocation.bps_capacity, i64::MAX as u64, "saturates");
+        let m = migrate("max-bps=lots\n");
+        assert!(m.skipped.iter().any(|n| n.contains("max-bps")), "{m:?}");
+    }
+
+    #[test]
+    fn prometheus_port_alone_is_not_an_exporter() {
+        let m = migrate("listening-ip=192.0.2.1\nprometheus-port=9100\n");
+        assert!(!load(&m).admin.enabled);
+        let c = load(&migrate("listening-ip=192.0.2.1\nprometheus\n"));
+        assert!(c.admin.enabled && c.admin.metrics_open_on_loopback);
+        assert_eq!(c.admin.listen, "127.0.0.1:9641".parse().unwrap());
     }
 
     #[test]

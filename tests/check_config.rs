@@ -72,3 +72,30 @@ fn invalid_config_fails_naming_the_key() {
     assert!(matches!(code, Some(c) if c != 0));
     assert!(stderr.contains("cannot read"), "{stderr}");
 }
+
+#[test]
+fn tls_file_paths_are_shown_while_secrets_stay_masked() {
+    let path = write(
+        "tls.toml",
+        "[server]\nlisten = [\"127.0.0.1:3478\"]\n\
+         [tls]\nlisten = [\"127.0.0.1:5349\"]\ncert = \"/etc/turnd/tls/fullchain.pem\"\n\
+         key = \"/etc/turnd/tls/privkey.pem\"\n\
+         [auth]\nusers = [{ name = \"bob\", key = \"0x00112233445566778899aabbccddeeff\" }]\n\
+         [admin]\nenabled = true\ntoken = \"admin-token-0123456789\"\n",
+    );
+    let (code, stdout, stderr) = run_turnd(&["check-config", path.to_str().unwrap()], LIMIT);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let shown: toml::Table = stdout.parse().expect("the settings are TOML");
+    let tls = shown["tls"].as_table().unwrap();
+    assert_eq!(tls["cert"].as_str(), Some("/etc/turnd/tls/fullchain.pem"));
+    assert_eq!(tls["key"].as_str(), Some("/etc/turnd/tls/privkey.pem"));
+    let users = shown["auth"]["users"].as_array().unwrap();
+    assert_eq!(users[0]["key"].as_str(), Some("********"));
+    assert_eq!(shown["admin"]["token"].as_str(), Some("********"));
+    assert!(
+        !stdout.contains("00112233445566778899aabbccddeeff"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("admin-token-0123456789"), "{stdout}");
+}

@@ -3,6 +3,7 @@
 //! stdout loads as a turnd config meaning the same thing, and every option not carried over
 //! is named on stderr with a reason, without echoing secrets.
 
+mod admin_http;
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
@@ -82,21 +83,35 @@ fn rest_api_server_behind_nat() {
         "default deny list"
     );
 
-    for option in [
-        "cert",
-        "pkey",
-        "tls-listening-port",
-        "max-bps",
-        "bps-capacity",
-        "prometheus",
-        "log-file",
-        "pidfile",
-        "no-cli",
-    ] {
+    // TLS: coturn's default 5349 on the listening IP, either port taking both kinds.
+    assert_eq!(
+        c.tls.cert.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/letsencrypt/live/turn.example.com/fullchain.pem"
+        ))
+    );
+    assert_eq!(
+        c.tls.key.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/letsencrypt/live/turn.example.com/privkey.pem"
+        ))
+    );
+    assert_eq!(c.tls.listen, addrs(&["10.0.0.5:5349"]));
+    assert!(c.tls.mux && c.tcp.enabled && c.tls_enabled());
+    // coturn's max-bps is bytes per second, turnd's bits per second.
+    assert_eq!(c.allocation.max_bps, 24_000_000);
+    assert_eq!(c.allocation.bps_capacity, 0);
+    // prometheus: a metrics-only admin listener on coturn's port, loopback.
+    assert!(c.admin.enabled && c.admin.metrics_open_on_loopback);
+    assert_eq!(c.admin.listen, "127.0.0.1:9641".parse().unwrap());
+    assert!(c.admin.token.is_empty(), "no token is invented");
+    assert!(stderr.contains("admin.token"), "{stderr}");
+    assert!(stderr.contains("DTLS"), "{stderr}");
+
+    for option in ["log-file", "pidfile", "no-cli"] {
         let line = note(&stderr, option);
         assert!(line.contains("line "), "{line}");
     }
-    assert!(note(&stderr, "max-bps").contains("bandwidth"));
     for secret in ["north-secret-2024", "south-secret-2023"] {
         assert!(!stderr.contains(secret), "secret echoed: {stderr}");
     }
@@ -107,6 +122,13 @@ fn rest_api_server_behind_nat() {
         "static-auth-secret",
         "denied-peer-ip",
         "user-quota",
+        "cert",
+        "pkey",
+        "tls-listening-port",
+        "max-bps",
+        "bps-capacity",
+        "prometheus",
+        "no-tlsv1",
     ] {
         assert!(
             !stderr.contains(&format!(": {carried}")),
@@ -176,6 +198,139 @@ fn docker_style_dashed_options() {
     note(&stderr, "userdb");
     note(&stderr, "no-tcp-relay");
     assert!(stderr.contains("multicast"), "{stderr}");
+}
+
+#[test]
+fn tls_bandwidth_and_prometheus() {
+    let (c, stderr) = migrate("tls-bandwidth-prometheus.conf");
+    assert_eq!(
+        c.server.listen,
+        addrs(&["198.51.100.20:3478", "[2001:db8:20::20]:3478"])
+    );
+    assert_eq!(
+        c.tls.listen,
+        addrs(&["198.51.100.20:443", "[2001:db8:20::20]:443"])
+    );
+    assert_eq!(
+        c.tls.cert.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/letsencrypt/live/meet.example.net/fullchain.pem"
+        ))
+    );
+    assert_eq!(
+        c.tls.key.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/letsencrypt/live/meet.example.net/privkey.pem"
+        ))
+    );
+    assert!(c.tls.mux && c.tcp.enabled);
+    // 250000 B/s = 2 Mbit/s per allocation and direction; 100 MB/s = 800 Mbit/s in all.
+    assert_eq!(c.allocation.max_bps, 2_000_000);
+    assert_eq!(c.allocation.bps_capacity, 800_000_000);
+    assert_eq!(
+        (c.allocation.user_quota, c.allocation.total_quota),
+        (10, 2000)
+    );
+    assert!(c.admin.enabled && c.admin.metrics_open_on_loopback);
+    assert_eq!(c.admin.listen, "127.0.0.1:9100".parse().unwrap());
+    assert_eq!(c.auth.secrets, vec!["Zr9xv1rotate-me-quarterly"]);
+    assert!(note(&stderr, "cipher-list").contains("rustls"));
+    assert!(note(&stderr, "prometheus-username-labels").contains("per-user"));
+    // no-dtls given: no DTLS note; TLS 1.0/1.1 refusal is what turnd always does.
+    assert!(!stderr.contains("DTLS"), "{stderr}");
+    for carried in ["no-tlsv1", "no-dtls", "max-bps", "bps-capacity", "pkey"] {
+        assert!(
+            !stderr.contains(&format!(": {carried}")),
+            "{carried}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("Zr9xv1"), "secret echoed: {stderr}");
+}
+
+#[test]
+fn tls_only_without_udp_and_tcp() {
+    let (c, stderr) = migrate("tls-only.conf");
+    assert_eq!(c.server.listen, addrs(&["203.0.113.30:3478"]));
+    assert!(!c.tcp.enabled, "no-tcp");
+    assert_eq!(c.tls.listen, addrs(&["203.0.113.30:5349"]));
+    assert!(!c.tls.mux, "no plain TCP to share a port with");
+    assert_eq!(
+        c.tls.cert.as_deref(),
+        Some(std::path::Path::new("/etc/coturn/turn.pem"))
+    );
+    assert!(!c.admin.enabled);
+    assert!(note(&stderr, "no-tlsv1_2").contains("cannot"));
+    assert!(note(&stderr, "pkey-pwd").contains("unencrypted"));
+    assert!(
+        stderr.contains("no-udp: turnd always serves UDP"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "secret echoed: {stderr}");
+}
+
+/// A coturn file with TLS (relative certificate paths, as coturn resolves them against the
+/// file's directory) and prometheus, migrated and run: TLS is served on coturn's TLS port,
+/// `/metrics` answers loopback without a token and the rest of the admin API stays closed.
+#[test]
+fn migrated_tls_and_prometheus_config_runs() {
+    use common::stream::{StreamClient, TempDir, TestCert, free_tcp_port};
+    let dir = TempDir::new("migrate-tls");
+    let _cert = TestCert::new(&dir);
+    let tls_port = free_tcp_port();
+    let prom_port = free_tcp_port();
+    let coturn = dir.write(
+        "turnserver.conf",
+        &format!(
+            "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nrealm=turnd.test\nlt-cred-mech\n\
+             user=alice:wonderland\ntls-listening-port={tls_port}\ncert=cert.pem\n\
+             pkey=key.pem\nmax-bps=125000\nprometheus\nprometheus-port={prom_port}\n"
+        ),
+    );
+    let (code, toml, stderr) = run_turnd(
+        &["migrate-coturn", coturn.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let c = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(c.tls.cert.as_deref(), Some(_cert.cert.as_path()));
+    assert_eq!(c.allocation.max_bps, 1_000_000);
+    // check-config accepts it as the server will.
+    let path = dir.write("turnd.toml", &toml);
+    let (code, _, err) = run_turnd(
+        &["check-config", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // The test harness moves the plain listener to a free port (coturn's 3478 may be taken).
+    let _server = common::TestServer::start("127.0.0.1", &["--config", path.to_str().unwrap()]);
+    let tls: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let mut client = StreamClient::tls(tls, _cert.client_config(true, &[]));
+    let reply = client.request(stun::message::METHOD_ALLOCATE, &[common::udp_transport()]);
+    assert_eq!(
+        reply.code(),
+        None,
+        "Allocate over TLS with the migrated user"
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
+    let (status, body) = admin_http::http(admin, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("turn_total_allocations{type=\"TLS\"} 1"),
+        "{body}"
+    );
+    for (method, path) in [("GET", "/sessions"), ("POST", "/drain"), ("GET", "/health")] {
+        assert_eq!(
+            admin_http::http(admin, method, path, None).0,
+            401,
+            "{method} {path}"
+        );
+        // An empty bearer token does not match the unset token.
+        assert_eq!(
+            admin_http::http(admin, method, path, Some("")).0,
+            401,
+            "{method} {path} with an empty token"
+        );
+    }
 }
 
 #[test]

@@ -36,7 +36,9 @@ pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Setti
         ("DELETE", ["sessions", id]) => end_session(control, id).await,
         ("GET", ["users"]) => users(control).await,
         ("GET", ["credentials"]) => credentials(req, s),
-        (_, ["metrics" | "health" | "sessions" | "users" | "credentials"])
+        ("POST", ["reload"]) => reload(s).await,
+        ("POST", ["drain"]) => drain(s),
+        (_, ["metrics" | "health" | "sessions" | "users" | "credentials" | "reload" | "drain"])
         | (_, ["sessions", _]) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "no such endpoint"),
     }
@@ -48,7 +50,8 @@ fn authorized(req: &Request, s: &Settings) -> bool {
         return false;
     };
     let (a, b) = (given.as_bytes(), s.token.as_bytes());
-    if a.len() != b.len() {
+    // No token configured (a metrics-only listener): nothing else is served.
+    if b.is_empty() || a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -58,13 +61,16 @@ async fn metrics_page(control: &Control, s: &Settings) -> Response {
     let workers = metrics::gather(control).await;
     let total = metrics::sum(&workers);
     let q = control.quotas();
-    let body = metrics::render(
+    let mut body = metrics::render(
         &total,
         workers.len(),
         q.bps_reserved(),
         q.bps_capacity(),
         s.started.elapsed().as_secs(),
     );
+    if let Some(streams) = &s.streams {
+        body.push_str(&metrics::render_streams(&streams.snapshot()));
+    }
     Response {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -216,9 +222,60 @@ async fn users(control: &Control) -> Response {
     Response::json(200, Value::Array(list).to_string())
 }
 
+/// `POST /reload`: the reload SIGHUP runs. 200 with the keys that need a restart, or 422
+/// with the error (naming the key) when the config file does not load; the old config then
+/// stays in force.
+async fn reload(s: &Settings) -> Response {
+    let Some(lifecycle) = &s.lifecycle else {
+        return Response::error(503, "reload is not available on this listener");
+    };
+    tracing::info!("reload requested through the admin API");
+    match lifecycle.reload_reported().await {
+        Ok(report) => Response::json(
+            200,
+            json!({
+                "reloaded": true,
+                "needs_restart": report.needs_restart,
+            })
+            .to_string(),
+        ),
+        Err(e) => Response::json(
+            422,
+            json!({
+                "reloaded": false,
+                "error": e.to_string(),
+                "key": e.key(),
+            })
+            .to_string(),
+        ),
+    }
+}
+
+/// `POST /drain`: starts the drain SIGTERM starts (new allocations refused, live ones kept
+/// until they end or `server.drain-timeout` passes, then exit 0). 202 when this request
+/// started it, 200 when a drain was already under way.
+fn drain(s: &Settings) -> Response {
+    let Some(lifecycle) = &s.lifecycle else {
+        return Response::error(503, "drain is not available on this listener");
+    };
+    let started = lifecycle.request_drain();
+    if started {
+        tracing::info!("drain requested through the admin API");
+    }
+    Response::json(
+        if started { 202 } else { 200 },
+        json!({ "draining": true, "started_now": started }).to_string(),
+    )
+}
+
 /// The RTCIceServer JSON `turnd credentials` prints, signed with the first REST secret.
 fn credentials(req: &Request, s: &Settings) -> Response {
-    let Some(secret) = &s.rest_secret else {
+    // After a reload the secrets in force are the lifecycle's.
+    let live = s
+        .lifecycle
+        .as_ref()
+        .map(|l| l.config().auth.secrets.first().cloned());
+    let Some(secret) = live.as_ref().unwrap_or(&s.rest_secret) else {
         return Response::error(
             409,
             "no REST secret configured (auth.secrets): cannot mint credentials",

@@ -300,3 +300,74 @@ pub fn render(
     );
     o.0
 }
+
+/// The TCP/TLS listeners' families: open connections by transport, refusals by the cap that
+/// refused, timeouts by kind, handshake failures and write-queue drops. Every label value is
+/// one of a fixed few.
+pub fn render_streams(t: &crate::net::StreamSnapshot) -> String {
+    let mut o = Out(String::with_capacity(2 * 1024));
+    o.family(
+        "turnd_stream_connections",
+        "gauge",
+        "Open TCP and TLS client connections, by transport.",
+    );
+    o.sample(
+        "turnd_stream_connections",
+        &[("transport", "tcp")],
+        t.open_tcp,
+    );
+    o.sample(
+        "turnd_stream_connections",
+        &[("transport", "tls")],
+        t.open_tls,
+    );
+    o.single(
+        "turnd_stream_connections_accepted_total",
+        "counter",
+        "TCP and TLS client connections accepted.",
+        t.accepted,
+    );
+    o.family(
+        "turnd_stream_connections_refused_total",
+        "counter",
+        "TCP and TLS client connections refused, by the cap that refused them \
+         (tcp.max-connections, tcp.max-connections-per-ip).",
+    );
+    o.sample(
+        "turnd_stream_connections_refused_total",
+        &[("limit", "total")],
+        t.refused_total,
+    );
+    o.sample(
+        "turnd_stream_connections_refused_total",
+        &[("limit", "per_ip")],
+        t.refused_per_ip,
+    );
+    o.family(
+        "turnd_stream_timeouts_total",
+        "counter",
+        "TCP and TLS connections closed by a timeout, by kind (tls.handshake-timeout, \
+         tcp.auth-timeout, tcp.idle-timeout).",
+    );
+    for (kind, v) in [
+        ("handshake", t.handshake_timeouts),
+        ("auth", t.auth_timeouts),
+        ("idle", t.idle_timeouts),
+    ] {
+        o.sample("turnd_stream_timeouts_total", &[("kind", kind)], v);
+    }
+    o.single(
+        "turnd_stream_handshake_failures_total",
+        "counter",
+        "Failed PROXY headers and TLS handshakes (timeouts not included).",
+        t.handshake_failures,
+    );
+    o.single(
+        "turnd_stream_write_queue_drops_total",
+        "counter",
+        "Messages to TCP and TLS clients dropped because the connection's write queue \
+         (tcp.write-queue-bytes) was full.",
+        t.queue_drops,
+    );
+    o.0
+}

@@ -1,5 +1,5 @@
-//! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API and
-//! `/credentials`. Off unless `[admin] enabled` (or `--admin-listen`); loopback by default.
+//! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API,
+//! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM). Off unless `[admin] enabled` (or `--admin-listen`); loopback by default.
 //!
 //! A small HTTP/1.1 server on the main thread's tokio runtime: one request per connection
 //! (`Connection: close`), a request head of at most [`MAX_HEAD`] bytes and no body, a deadline
@@ -20,7 +20,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::net::Control;
+use crate::lifecycle::Lifecycle;
+use crate::net::{Control, StreamMetrics};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -36,12 +37,16 @@ pub(crate) struct Settings {
     rest_separator: char,
     uris: Vec<String>,
     started: Instant,
+    /// Reload and drain (`POST /reload`, `POST /drain`); the REST secret in force.
+    lifecycle: Option<Lifecycle>,
+    /// The TCP/TLS listeners' counters for `/metrics`.
+    streams: Option<StreamMetrics>,
 }
 
 /// A bound admin listener, not yet serving.
 pub struct Admin {
     listener: StdTcpListener,
-    settings: Arc<Settings>,
+    settings: Settings,
     max_connections: usize,
 }
 
@@ -69,14 +74,16 @@ impl Admin {
         };
         Ok(Some(Admin {
             listener,
-            settings: Arc::new(Settings {
+            settings: Settings {
                 token: a.token.clone(),
                 metrics_open_on_loopback: a.metrics_open_on_loopback,
                 rest_secret: cfg.auth.secrets.first().cloned(),
                 rest_separator: cfg.auth.rest_separator,
                 uris,
                 started: Instant::now(),
-            }),
+                lifecycle: None,
+                streams: None,
+            },
             max_connections: a.max_connections,
         }))
     }
@@ -86,8 +93,18 @@ impl Admin {
         self.listener.local_addr().ok()
     }
 
-    /// Serves until the runtime stops. Must run inside a tokio runtime.
-    pub async fn serve(self, control: Control) {
+    /// Serves until the runtime stops. Must run inside a tokio runtime. `lifecycle` backs
+    /// `POST /reload` and `POST /drain` (and keeps `/credentials` on the REST secret in force
+    /// after a reload); `streams` adds the TCP/TLS counters to `/metrics`.
+    pub async fn serve(
+        mut self,
+        control: Control,
+        lifecycle: Option<Lifecycle>,
+        streams: Option<StreamMetrics>,
+    ) {
+        self.settings.lifecycle = lifecycle;
+        self.settings.streams = streams;
+        let settings = Arc::new(self.settings);
         let listener = match TcpListener::from_std(self.listener) {
             Ok(l) => l,
             Err(e) => {
@@ -114,7 +131,7 @@ impl Admin {
                 continue;
             };
             let control = control.clone();
-            let settings = self.settings.clone();
+            let settings = settings.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = tokio::time::timeout(

@@ -13,7 +13,7 @@ mod udp;
 
 pub(crate) use udp::{DriverIo, Job};
 
-pub use tcp::StreamStats;
+pub use tcp::{StreamMetrics, StreamSnapshot, StreamStats};
 pub use tls::CertStore;
 
 use std::io;
@@ -197,6 +197,11 @@ impl Running {
     /// Open TCP/TLS client connections over all workers.
     pub fn open_connections(&self) -> usize {
         self.streams.open_connections()
+    }
+
+    /// A handle on the TCP/TLS counters for the admin listener's `/metrics`.
+    pub fn stream_metrics(&self) -> StreamMetrics {
+        StreamMetrics::new(self.streams.clone())
     }
 
     /// Ends every allocation, closes every socket and joins the workers.

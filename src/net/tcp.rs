@@ -83,6 +83,8 @@ pub struct StreamStats {
     pub refused_total: AtomicU64,
     pub refused_per_ip: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// PROXY header or TLS handshake not done within `tls.handshake-timeout`.
+    pub handshake_timeouts: AtomicU64,
     pub auth_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub queue_drops: AtomicU64,
@@ -94,6 +96,8 @@ pub(crate) struct Shared {
     pub certs: Option<Arc<CertStore>>,
     pub stats: StreamStats,
     open: AtomicUsize,
+    /// Open connections past setup, by transport: [TCP, TLS].
+    open_by_transport: [AtomicUsize; 2],
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -104,6 +108,7 @@ impl Shared {
             certs,
             stats: StreamStats::default(),
             open: AtomicUsize::new(0),
+            open_by_transport: [AtomicUsize::new(0), AtomicUsize::new(0)],
             per_ip: Mutex::new(HashMap::new()),
         })
     }
@@ -141,6 +146,71 @@ impl Shared {
     /// Open client connections now.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection as open over `transport` until the slot is dropped.
+    fn open_as(self: &Arc<Shared>, transport: Transport) -> TransportSlot {
+        let i = usize::from(transport == Transport::Tls);
+        self.open_by_transport[i].fetch_add(1, Ordering::AcqRel);
+        TransportSlot(self.clone(), i)
+    }
+}
+
+struct TransportSlot(Arc<Shared>, usize);
+
+impl Drop for TransportSlot {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.open_by_transport.get(self.1) {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The stream counters at one moment, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamSnapshot {
+    /// Open client connections past setup (PROXY header, transport detection).
+    pub open_tcp: u64,
+    pub open_tls: u64,
+    pub accepted: u64,
+    /// Refused by `tcp.max-connections`.
+    pub refused_total: u64,
+    /// Refused by `tcp.max-connections-per-ip`.
+    pub refused_per_ip: u64,
+    /// Failed PROXY headers and TLS handshakes (timeouts not included).
+    pub handshake_failures: u64,
+    pub handshake_timeouts: u64,
+    pub auth_timeouts: u64,
+    pub idle_timeouts: u64,
+    /// Messages dropped because a client's write queue was full.
+    pub queue_drops: u64,
+}
+
+/// A handle on the server-wide stream counters, cheap to clone and to read from any thread.
+#[derive(Clone)]
+pub struct StreamMetrics(Arc<Shared>);
+
+impl StreamMetrics {
+    pub(crate) fn new(shared: Arc<Shared>) -> StreamMetrics {
+        StreamMetrics(shared)
+    }
+
+    pub fn snapshot(&self) -> StreamSnapshot {
+        let s = &self.0;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let open = |i: usize| s.open_by_transport[i].load(Ordering::Acquire) as u64;
+        StreamSnapshot {
+            open_tcp: open(0),
+            open_tls: open(1),
+            accepted: n(&s.stats.accepted),
+            refused_total: n(&s.stats.refused_total),
+            refused_per_ip: n(&s.stats.refused_per_ip),
+            handshake_failures: n(&s.stats.handshake_failures),
+            handshake_timeouts: n(&s.stats.handshake_timeouts),
+            auth_timeouts: n(&s.stats.auth_timeouts),
+            idle_timeouts: n(&s.stats.idle_timeouts),
+            queue_drops: n(&s.stats.queue_drops),
+        }
     }
 }
 
@@ -419,7 +489,7 @@ async fn connection(
         Err(_) => {
             shared
                 .stats
-                .handshake_failures
+                .handshake_timeouts
                 .fetch_add(1, Ordering::Relaxed);
             debug!(%peer, "connection setup timed out");
             return;
@@ -429,6 +499,7 @@ async fn connection(
         debug!(%client, "connection refused: tcp.max-connections-per-ip reached");
         return;
     };
+    let _open = shared.open_as(transport);
     let ft = FiveTuple {
         client,
         server: local,
@@ -451,7 +522,7 @@ async fn connection(
             Err(_) => {
                 shared
                     .stats
-                    .handshake_failures
+                    .handshake_timeouts
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(%client, "TLS handshake timed out (tls.handshake-timeout)");
             }

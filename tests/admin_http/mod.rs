@@ -97,3 +97,33 @@ pub fn channel_bind_attrs(
         crate::common::peer_attr(peer),
     ]
 }
+
+/// `/metrics` parsed with a Prometheus text parser: samples keyed by `name{k="v",...}`
+/// (labels sorted).
+pub fn scrape_parsed(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (status, body) = http(admin, "GET", "/metrics", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<std::io::Result<String>> = body.lines().map(|l| Ok(l.to_string())).collect();
+    let parsed = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
+    let mut out = std::collections::HashMap::new();
+    for s in parsed.samples {
+        assert!(parsed.docs.contains_key(&s.metric), "{} has HELP", s.metric);
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            other => panic!("{}: unexpected type {other:?}", s.metric),
+        };
+        let mut labels: Vec<String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\""))
+            .collect();
+        labels.sort();
+        let key = if labels.is_empty() {
+            s.metric.clone()
+        } else {
+            format!("{}{{{}}}", s.metric, labels.join(","))
+        };
+        assert!(out.insert(key.clone(), v).is_none(), "duplicate {key}");
+    }
+    out
+}
