@@ -669,6 +669,7 @@ fn stream_tuple(i: u8) -> FiveTuple {
 
 /// Appends `bytes` to connection `t`'s stream and hands whole frames to the core, reading
 /// `step` bytes at a time as a driver's reads might; a broken stream closes the connection.
+#[allow(clippy::too_many_arguments)] // the harness's whole state, passed apart to borrow it
 fn stream_in(
     now: Time,
     server: &mut Server,
