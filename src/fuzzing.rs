@@ -20,8 +20,8 @@ use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
 use crate::turn::{
-    BindError, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
-    ServerConfig, Time, Transport,
+    BindError, ConnectionId, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, RelayId,
+    RelayOptions, Server, ServerConfig, Time, Transport,
 };
 
 /// The fuzz targets, by the names of their corpus directories.
@@ -34,6 +34,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("stream_framing", stream_framing),
     ("server", server),
     ("config", config),
+    ("proxy_v2", proxy_v2),
+    ("stream_server", stream_server),
 ];
 
 /// A key the fuzzer can hit: messages signed with it verify.
@@ -188,6 +190,89 @@ pub fn config(data: &[u8]) {
             let _ = e.to_string();
         }
     }
+}
+
+// ---------------------------------------------------------------- proxy_v2
+
+/// The PROXY protocol v2 parser (`net::proxy`), as the stream listener runs it: the reader
+/// over the bytes must finish at once (it never waits for more than the header announces),
+/// consume exactly 16 + length bytes when it accepts, and any address it returns must
+/// re-encode into a header that parses to the same address.
+pub fn proxy_v2(data: &[u8]) {
+    use crate::net::proxy::{FIXED_LEN, encode, parse_head, read_header, source_address};
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let mut rest = data;
+    let result = {
+        let fut = std::pin::pin!(read_header(&mut rest));
+        match fut.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => r,
+            Poll::Pending => panic!("PROXY reader waits on in-memory bytes"),
+        }
+    };
+    // The pure parts agree with the reader.
+    let fixed: Option<&[u8; FIXED_LEN]> = data.get(..FIXED_LEN).and_then(|h| h.try_into().ok());
+    let head = fixed.map(parse_head);
+    match &result {
+        Ok(addr) => {
+            let Some(Ok(head)) = head else {
+                panic!("reader accepted a header the parser refuses");
+            };
+            assert_eq!(
+                data.len() - rest.len(),
+                FIXED_LEN + head.len,
+                "consumed more or less than the header"
+            );
+            let body = &data[FIXED_LEN..FIXED_LEN + head.len];
+            assert_eq!(source_address(&head, body), Ok(*addr));
+            if let Some(src) = addr {
+                assert!(head.proxied && matches!(head.family, 0x11 | 0x21));
+                let dst = match src {
+                    SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
+                    SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 3478),
+                };
+                let again = encode(*src, dst);
+                let mut r = &again[..];
+                let back = {
+                    let fut = std::pin::pin!(read_header(&mut r));
+                    fut.poll(&mut Context::from_waker(Waker::noop()))
+                };
+                match back {
+                    Poll::Ready(Ok(back)) => assert_eq!(back, Some(*src)),
+                    other => panic!("re-encoded header: {other:?}"),
+                }
+                assert!(r.is_empty());
+            }
+        }
+        Err(_) => {
+            if let Some(Ok(head)) = head
+                && let Some(body) = data.get(FIXED_LEN..FIXED_LEN + head.len)
+            {
+                assert!(
+                    source_address(&head, body).is_err(),
+                    "reader refused a whole header the parser accepts"
+                );
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------- stream_server
+
+/// The stream path: client bytes arrive on TCP and TLS connections, are cut by the
+/// deframer and handled by the sans-IO core as the stream driver would (including RFC 6062
+/// TCP allocations, Connect, incoming peer connections and ConnectionBind). Same ops and
+/// checks as [`server`], plus: every Connect goes to a peer the policy allows, from a
+/// relayed address; connection ids are never reused; no RFC 6062 connection outlives the
+/// end of everything. The first byte sets the read size.
+pub fn stream_server(data: &[u8]) {
+    run(data, Mode::Streams);
+}
+
+/// [`stream_server`], returning the server's counters and how far into RFC 6062 it got.
+pub fn run_stream_server(data: &[u8]) -> (crate::turn::Stats, Reach) {
+    run(data, Mode::Streams)
 }
 
 // ------------------------------------------------------------------ server
@@ -518,6 +603,167 @@ struct FuzzIo {
     to_peer: Vec<(RelayId, SocketAddr)>,
     open: Vec<(RelayId, SocketAddr)>,
     ever: BTreeSet<RelayId>,
+    /// RFC 6062: relays that are TCP listeners.
+    tcp_relays: BTreeSet<RelayId>,
+    /// Connect attempts the core started, to settle after the op.
+    connects: Vec<(ConnectionId, SocketAddr, SocketAddr)>,
+    /// Every peer a Connect was started to (checked against the policy).
+    connected_to: Vec<SocketAddr>,
+    /// Peer data connections open in the "driver".
+    peer_conns: BTreeSet<ConnectionId>,
+    /// ConnectionBinds waiting for the owner, to settle after the op.
+    claims: Vec<(ConnectionId, FiveTuple, String)>,
+    /// Client data connections joined with a peer connection.
+    bound: Vec<(FiveTuple, ConnectionId)>,
+    reach: Reach,
+}
+
+/// Stream connections in [`Mode::Streams`].
+const STREAM_CONNS: usize = 4;
+/// A stream driver's largest frame (see `net::tcp`): bigger is a broken stream.
+const STREAM_READ_BUF: usize = 65_536 + 64;
+
+const STREAM_METHODS: [u16; 8] = [
+    method::BINDING,
+    method::ALLOCATE,
+    method::REFRESH,
+    method::CREATE_PERMISSION,
+    method::CHANNEL_BIND,
+    method::CONNECT,
+    method::CONNECTION_BIND,
+    method::SEND,
+];
+
+/// One client connection's unread bytes in [`Mode::Streams`].
+#[derive(Default)]
+struct Conn {
+    buf: Vec<u8>,
+    /// Joined with a peer connection: its bytes are piped, not parsed.
+    spliced: bool,
+}
+
+/// Stream client connections: three TCP connections from one IPv4 address (so they share
+/// its quota) and a TLS connection over IPv6.
+fn stream_tuple(i: u8) -> FiveTuple {
+    let i = usize::from(i) % STREAM_CONNS;
+    let (client, transport) = if i == 3 {
+        (
+            SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 3)),
+                41000,
+            ),
+            Transport::Tls,
+        )
+    } else {
+        (
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 3)), 41000 + i as u16),
+            Transport::Tcp,
+        )
+    };
+    FiveTuple {
+        client,
+        server: harness_listen(),
+        transport,
+    }
+}
+
+/// Appends `bytes` to connection `t`'s stream and hands whole frames to the core, reading
+/// `step` bytes at a time as a driver's reads might; a broken stream closes the connection.
+#[allow(clippy::too_many_arguments)] // the harness's whole state, passed apart to borrow it
+fn stream_in(
+    now: Time,
+    server: &mut Server,
+    io: &mut FuzzIo,
+    conns: &mut [Conn; STREAM_CONNS],
+    t: u8,
+    bytes: &[u8],
+    step: usize,
+    policy: &PeerPolicy,
+) {
+    let i = usize::from(t) % STREAM_CONNS;
+    let ft = stream_tuple(t);
+    if conns[i].spliced {
+        return;
+    }
+    for piece in bytes.chunks(step.max(1)) {
+        conns[i].buf.extend_from_slice(piece);
+        loop {
+            match next_frame(&conns[i].buf) {
+                Frame::Complete(n) => {
+                    assert!(n >= 4 && n <= conns[i].buf.len());
+                    let frame: Vec<u8> = conns[i].buf.drain(..n).collect();
+                    server.handle_client(now, ft, &frame, io);
+                    settle(now, server, io, policy);
+                    if io.bound.iter().any(|(d, _)| *d == ft) {
+                        // RFC 6062 §5.4: after ConnectionBind the bytes go to the peer.
+                        conns[i].spliced = true;
+                        conns[i].buf.clear();
+                        return;
+                    }
+                }
+                Frame::NeedMore(total) if total <= STREAM_READ_BUF => {
+                    assert!(total > conns[i].buf.len());
+                    break;
+                }
+                Frame::NeedMore(_) | Frame::Invalid => {
+                    close_conn(server, io, conns, t);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The client closes connection `t` (a later op on it is a new connection).
+fn close_conn(server: &mut Server, io: &mut FuzzIo, conns: &mut [Conn; STREAM_CONNS], t: u8) {
+    let i = usize::from(t) % STREAM_CONNS;
+    let ft = stream_tuple(t);
+    conns[i] = Conn::default();
+    server.close_tuple(&ft, io);
+    // A joined data connection closes its peer connection with it.
+    let ids: Vec<ConnectionId> = io
+        .bound
+        .iter()
+        .filter(|(d, _)| *d == ft)
+        .map(|(_, id)| *id)
+        .collect();
+    io.bound.retain(|(d, _)| *d != ft);
+    for id in ids {
+        io.peer_conns.remove(&id);
+        server.handle_peer_connection_closed(id);
+    }
+}
+
+/// Does what a driver does between events: finishes Connect attempts (a peer port that is
+/// a multiple of 3 refuses) and answers ConnectionBinds from the owning core.
+fn settle(now: Time, server: &mut Server, io: &mut FuzzIo, policy: &PeerPolicy) {
+    for _ in 0..64 {
+        if let Some((id, _from, peer)) = io.connects.pop() {
+            let ok = !peer.port().is_multiple_of(3);
+            if server.handle_peer_connected(now, id, ok, io) {
+                assert!(ok, "kept a connection that failed");
+                assert!(io.peer_conns.insert(id), "connection id reused");
+            }
+        } else if let Some((id, data, user)) = io.claims.pop() {
+            let mut r = server.take_connection(id, &user);
+            if r.is_ok() && !io.peer_conns.contains(&id) {
+                server.handle_peer_connection_closed(id);
+                r = Err(crate::turn::error::BAD_REQUEST);
+            }
+            if !server.handle_connection_claimed(&data, id, r, io) && r.is_ok() {
+                io.peer_conns.remove(&id);
+                server.handle_peer_connection_closed(id);
+            }
+        } else {
+            break;
+        }
+    }
+    for peer in io.connected_to.drain(..) {
+        assert!(
+            policy.is_allowed_addr(peer),
+            "Connect to refused peer {peer}"
+        );
+    }
 }
 
 impl Io for FuzzIo {
@@ -556,6 +802,41 @@ impl Io for FuzzIo {
             .position(|(r, _)| *r == relay)
             .expect("closing a relay that is not open");
         self.open.swap_remove(i);
+        self.tcp_relays.remove(&relay);
+    }
+    fn listen_relay_tcp(&mut self, relay: RelayId, addr: SocketAddr) -> Result<(), BindError> {
+        self.bind_relay(relay, addr, RelayOptions::default())?;
+        self.tcp_relays.insert(relay);
+        Ok(())
+    }
+    fn connect_peer(&mut self, id: ConnectionId, from: SocketAddr, peer: SocketAddr) -> bool {
+        assert!(
+            self.open.iter().any(|(_, a)| *a == from),
+            "Connect from {from}, not a relayed address"
+        );
+        assert!(
+            !self.connects.iter().any(|(c, _, _)| *c == id) && !self.peer_conns.contains(&id),
+            "connection id {id} reused"
+        );
+        self.connects.push((id, from, peer));
+        self.reach.connects += 1;
+        self.connected_to.push(peer);
+        true
+    }
+    fn close_peer_connection(&mut self, id: ConnectionId) {
+        self.peer_conns.remove(&id);
+        self.connects.retain(|(c, _, _)| *c != id);
+    }
+    fn claim_connection(&mut self, id: ConnectionId, data: &FiveTuple, username: &str) {
+        self.claims.push((id, *data, username.to_string()));
+    }
+    fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
+        assert!(
+            !self.bound.iter().any(|(d, _)| d == data),
+            "data connection bound twice"
+        );
+        self.bound.push((*data, id));
+        self.reach.bound += 1;
     }
 }
 
@@ -569,6 +850,41 @@ pub fn server(data: &[u8]) {
 
 /// [`server`], returning the server's counters (to check that seeds reach the deep paths).
 pub fn run_server(data: &[u8]) -> crate::turn::Stats {
+    run(data, Mode::Datagrams).0
+}
+
+/// How far a case got into RFC 6062 (to check that the stream seeds reach the deep paths).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reach {
+    /// Connect attempts started by the core.
+    pub connects: usize,
+    /// Peer connections accepted on a TCP relayed address.
+    pub incoming: usize,
+    /// Data connections joined by ConnectionBind.
+    pub bound: usize,
+}
+
+/// How client bytes reach the core.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Each op is one datagram or one message (the UDP driver, or a TCP driver's frames).
+    Datagrams,
+    /// Every client is a TCP or TLS connection: an op's bytes are appended to its
+    /// connection's byte stream, which the deframer cuts (in pieces of a size taken from the
+    /// first input byte) as the stream driver does; RFC 6062 Connect and ConnectionBind are
+    /// settled as the driver would, and a bound data connection stops carrying STUN.
+    Streams,
+}
+
+fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
+    let (step, data) = match mode {
+        Mode::Datagrams => (0, data),
+        Mode::Streams => match data.split_first() {
+            Some((&s, rest)) => (usize::from(s % 64) + 1, rest),
+            None => return Default::default(),
+        },
+    };
+    let mut conns: [Conn; STREAM_CONNS] = Default::default();
     let auth = Arc::new(Authenticator::new(AuthConfig {
         realm: REALM.into(),
         users: vec![(USER.into(), UserSecret::Password(PASSWORD.into()))],
@@ -627,9 +943,23 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
             unix: UNIX0 + elapsed.as_secs(),
         };
         match op {
-            Op::Datagram { tuple: t, bytes } => {
-                server.handle_client(now, tuple(t), &bytes, &mut io)
-            }
+            Op::Datagram { tuple: t, bytes } => match mode {
+                Mode::Datagrams => server.handle_client(now, tuple(t), &bytes, &mut io),
+                // No bytes: the client closes its connection.
+                Mode::Streams if bytes.is_empty() => {
+                    close_conn(&mut server, &mut io, &mut conns, t)
+                }
+                Mode::Streams => stream_in(
+                    now,
+                    &mut server,
+                    &mut io,
+                    &mut conns,
+                    t,
+                    &bytes,
+                    step,
+                    &policy,
+                ),
+            },
             Op::Peer {
                 relay,
                 peer,
@@ -641,6 +971,15 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
                     .copied()
                     .min_by_key(|id| id.0.abs_diff(u64::from(relay)))
                     .unwrap_or(RelayId(u64::from(relay)));
+                if io.tcp_relays.contains(&id) {
+                    // A peer connecting to a TCP relayed address (RFC 6062 §5.3).
+                    if let Some(cid) = server.handle_peer_connection(now, id, peer, &mut io) {
+                        assert!(io.peer_conns.insert(cid), "connection id reused");
+                        io.reach.incoming += 1;
+                    }
+                    check_outputs(&mut io, &policy);
+                    continue;
+                }
                 let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
                 buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
                 let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
@@ -667,7 +1006,10 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
                 txn = txn.wrapping_add(1);
                 let mut txid = [0x5A; 12];
                 txid[..4].copy_from_slice(&txn.to_be_bytes());
-                let ft = tuple(t);
+                let ft = match mode {
+                    Mode::Datagrams => tuple(t),
+                    Mode::Streams => stream_tuple(t),
+                };
                 let sha256 = flags & 1 != 0;
                 let (user, password) = if flags & 4 != 0 {
                     crate::auth::rest_credential(SECRET, "rest", now.unix + 100, ':')
@@ -686,7 +1028,10 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
                 };
                 let key = long_term_key(alg, &user, REALM, &password);
                 let nonce = auth.mint_nonce(now.unix, ft.client.ip());
-                let method = METHODS[usize::from(m) % METHODS.len()];
+                let method = match mode {
+                    Mode::Datagrams => METHODS[usize::from(m) % METHODS.len()],
+                    Mode::Streams => STREAM_METHODS[usize::from(m) % STREAM_METHODS.len()],
+                };
                 let mut w = MessageWriter::new(&mut scratch, method, Class::Request, txid);
                 for a in &attrs {
                     match TYPES.get(usize::from(a.ty)) {
@@ -719,7 +1064,19 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
                 if flags & 2 != 0 {
                     w.fingerprint();
                 }
-                server.handle_client(now, ft, &scratch, &mut io);
+                match mode {
+                    Mode::Datagrams => server.handle_client(now, ft, &scratch, &mut io),
+                    Mode::Streams => stream_in(
+                        now,
+                        &mut server,
+                        &mut io,
+                        &mut conns,
+                        t,
+                        &scratch,
+                        step,
+                        &policy,
+                    ),
+                }
             }
             Op::ChannelData {
                 tuple: t,
@@ -728,7 +1085,14 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
             } => {
                 let mut d = channel_data::header(number, payload.len() as u16).to_vec();
                 d.extend_from_slice(&payload);
-                server.handle_client(now, tuple(t), &d, &mut io);
+                match mode {
+                    Mode::Datagrams => server.handle_client(now, tuple(t), &d, &mut io),
+                    Mode::Streams => {
+                        // Stream clients pad ChannelData to 4 bytes (RFC 8656 §12.5).
+                        d.resize(d.len().next_multiple_of(4), 0);
+                        stream_in(now, &mut server, &mut io, &mut conns, t, &d, step, &policy)
+                    }
+                }
             }
             Op::Send {
                 tuple: t,
@@ -739,19 +1103,42 @@ pub fn run_server(data: &[u8]) -> crate::turn::Stats {
                     MessageWriter::new(&mut scratch, method::SEND, Class::Indication, [7; 12]);
                 w.xor_address(attr::XOR_PEER_ADDRESS, peer)
                     .attr(attr::DATA, &payload);
-                server.handle_client(now, tuple(t), &scratch, &mut io);
+                match mode {
+                    Mode::Datagrams => server.handle_client(now, tuple(t), &scratch, &mut io),
+                    Mode::Streams => stream_in(
+                        now,
+                        &mut server,
+                        &mut io,
+                        &mut conns,
+                        t,
+                        &scratch,
+                        step,
+                        &policy,
+                    ),
+                }
             }
         }
+        settle(now, &mut server, &mut io, &policy);
         check_outputs(&mut io, &policy);
         assert!(quotas.total() <= 6, "total quota exceeded");
         assert_eq!(quotas.total() as usize, server.allocation_count());
     }
+    for t in 0..STREAM_CONNS as u8 {
+        if mode == Mode::Streams {
+            close_conn(&mut server, &mut io, &mut conns, t);
+        }
+    }
     server.close_all(&mut io);
     check_outputs(&mut io, &policy);
     assert!(io.open.is_empty(), "relays left open: {:?}", io.open);
+    assert_eq!(
+        server.peer_connection_count(),
+        0,
+        "RFC 6062 connections outlive their allocations"
+    );
     assert_eq!(quotas.total(), 0, "quota leaked");
     assert_eq!(server.allocation_count(), 0);
-    server.stats()
+    (server.stats(), io.reach)
 }
 
 fn check_outputs(io: &mut FuzzIo, policy: &PeerPolicy) {
@@ -1088,5 +1475,109 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         }])
         .collect();
     out.push(("server", "quotas-and-unknown".into(), encode_ops(&quotas)));
+
+    // PROXY protocol v2 headers: IPv4, IPv6, LOCAL, with a TLV, then STUN after them.
+    let dst4: SocketAddr = "192.0.2.1:3478".parse().unwrap_or(harness_listen());
+    let dst6: SocketAddr = "[2001:db8::1]:3478".parse().unwrap_or(harness_listen());
+    let v4 = crate::net::proxy::encode(peer4, dst4);
+    out.push(("proxy_v2", "ipv4".into(), v4.clone()));
+    out.push((
+        "proxy_v2",
+        "ipv6".into(),
+        crate::net::proxy::encode(peer6, dst6),
+    ));
+    let mut local = crate::net::proxy::SIGNATURE.to_vec();
+    local.extend([0x20, 0x00, 0x00, 0x00]);
+    out.push(("proxy_v2", "local".into(), local));
+    let mut tlv = v4.clone();
+    tlv[15] += 7;
+    tlv.extend([0x02, 0x00, 0x04, b'h', b'o', b's', b't']);
+    out.push(("proxy_v2", "tlv".into(), tlv));
+    let mut then_stun = v4;
+    then_stun.extend_from_slice(&stun[0].1);
+    out.push(("proxy_v2", "then-stun".into(), then_stun));
+
+    // Streams: an RFC 6062 session (TCP allocation, Connect, ConnectionBind, an incoming
+    // peer connection bound too, refused and failing Connects), and the UDP session over TLS.
+    let tcp_peer: SocketAddr = "8.8.8.8:80".parse().unwrap_or(harness_listen());
+    let failing: SocketAddr = "8.8.4.4:81".parse().unwrap_or(harness_listen());
+    let refused: SocketAddr = "10.0.0.1:80".parse().unwrap_or(harness_listen());
+    let incoming: SocketAddr = "8.8.8.8:4000".parse().unwrap_or(harness_listen());
+    let authed = |tuple: u8, method: u8, attrs: Vec<AttrSpec>| Op::Authed {
+        tuple,
+        method,
+        flags: 2,
+        attrs,
+    };
+    let id = |n: u8| AttrSpec::new(attr::CONNECTION_ID, &[0, 0, 0, n]);
+    let rfc6062 = vec![
+        authed(
+            0,
+            1,
+            vec![AttrSpec::new(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0])],
+        ),
+        authed(0, 3, vec![AttrSpec::peer(tcp_peer)]),
+        authed(0, 5, vec![AttrSpec::peer(tcp_peer)]),
+        authed(0, 5, vec![AttrSpec::peer(tcp_peer)]),
+        authed(0, 5, vec![AttrSpec::peer(refused)]),
+        authed(0, 5, vec![AttrSpec::peer(failing)]),
+        authed(1, 6, vec![id(1)]),
+        Op::Datagram {
+            tuple: 1,
+            bytes: b"piped, not parsed".to_vec(),
+        },
+        Op::Peer {
+            relay: 0,
+            peer: incoming,
+            payload: Vec::new(),
+        },
+        authed(2, 6, vec![id(3)]),
+        Op::Datagram {
+            tuple: 2,
+            bytes: Vec::new(),
+        },
+        Op::Datagram {
+            tuple: 0,
+            bytes: vec![0x00, 0x01, 0x00],
+        },
+        Op::Advance { secs: 40 },
+        authed(0, 2, vec![AttrSpec::new(attr::LIFETIME, &[0, 0, 0, 0])]),
+    ];
+    let mut case = vec![5u8];
+    case.extend(encode_ops(&rfc6062));
+    out.push(("stream_server", "rfc6062".into(), case));
+    let over_tls: Vec<Op> = session
+        .iter()
+        .map(|op| match op.clone() {
+            Op::Authed {
+                method,
+                flags,
+                attrs,
+                ..
+            } => Op::Authed {
+                tuple: 3,
+                // SEND sits one slot later in the stream table.
+                method: if method == 6 { 7 } else { method },
+                flags,
+                attrs,
+            },
+            Op::ChannelData {
+                number, payload, ..
+            } => Op::ChannelData {
+                tuple: 3,
+                number,
+                payload,
+            },
+            Op::Send { peer, payload, .. } => Op::Send {
+                tuple: 3,
+                peer,
+                payload,
+            },
+            other => other,
+        })
+        .collect();
+    let mut case = vec![63u8];
+    case.extend(encode_ops(&over_tls));
+    out.push(("stream_server", "session-tls".into(), case));
     out
 }

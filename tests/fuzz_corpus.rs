@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use turnd::fuzzing::{TARGETS, run_server, seeds};
+use turnd::fuzzing::{TARGETS, run_server, run_stream_server, seeds};
 
 fn corpus_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -111,4 +111,25 @@ fn seeds_cover_every_method() {
             assert!(names.contains(&format!("{m}-{c}")), "{m}-{c}");
         }
     }
+}
+
+#[test]
+fn stream_seeds_reach_rfc6062_and_relaying() {
+    let seeds = seeds();
+    let case = |name: &str| {
+        seeds
+            .iter()
+            .find(|(t, n, _)| *t == "stream_server" && n == name)
+            .map(|(_, _, b)| b.clone())
+            .unwrap_or_else(|| panic!("seed {name}"))
+    };
+    let (st, reach) = run_stream_server(&case("rfc6062"));
+    assert!(st.allocations_created >= 1, "{st:?}");
+    assert!(reach.connects >= 2, "{reach:?}");
+    assert!(reach.incoming >= 1, "{reach:?}");
+    assert_eq!(reach.bound, 2, "{reach:?}");
+    let (st, _) = run_stream_server(&case("session-tls"));
+    assert!(st.allocations_created >= 1, "{st:?}");
+    assert!(st.relayed_to_peer >= 1, "{st:?}");
+    assert!(st.relayed_from_peer >= 1, "{st:?}");
 }

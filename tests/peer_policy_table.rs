@@ -5,14 +5,25 @@
 //! allocation so the IPv6 forms reach the policy rather than the family check. Neither request
 //! sends anything to the peer. The server's own listen address is refused even when the
 //! operator allows its range. (Send is covered in the core: `sim_tests::abuse`.)
+//!
+//! RFC 6062 Connect over TCP allocations goes through the same table: every form is refused
+//! with 403 (a refused Connect opens no connection), on an IPv4 and an IPv6 TCP allocation so
+//! each form reaches the policy rather than the family check; and the server's own TCP, TLS
+//! and admin listen addresses are refused as Connect peers even when loopback is allowed.
 
 mod common;
 
 use std::net::SocketAddr;
 
+use common::stream::{StreamClient, TempDir, TestCert, free_tcp_port};
 use common::{RawClient, TestServer, peer_attr, udp_transport};
-use stun::attributes::{ATTR_CHANNEL_NUMBER, ATTR_XOR_RELAYED_ADDRESS, AttrType};
-use stun::message::{METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION};
+use stun::attributes::{
+    ATTR_CHANNEL_NUMBER, ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_REQUESTED_TRANSPORT,
+    ATTR_XOR_RELAYED_ADDRESS, AttrType,
+};
+use stun::message::{
+    METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CONNECT, METHOD_CREATE_PERMISSION,
+};
 
 const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
 
@@ -147,4 +158,103 @@ fn own_listen_address_is_refused_even_when_its_range_is_allowed() {
         .unwrap();
     assert_eq!(permission(&mut c, other), None);
     assert_eq!(channel_bind(&mut c, 0x4001, other), None);
+}
+
+/// A TCP allocation (RFC 6062 §5.1) over a new TCP control connection, of the given family.
+fn tcp_allocation(server: SocketAddr, ipv6: bool) -> StreamClient {
+    let mut c = StreamClient::tcp(server);
+    let mut attrs = vec![(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0])];
+    if ipv6 {
+        attrs.push((ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]));
+    }
+    let r = c.request(METHOD_ALLOCATE, &attrs);
+    assert_eq!(r.code(), None, "TCP allocate (IPv6: {ipv6})");
+    c
+}
+
+fn connect(c: &mut StreamClient, peer: SocketAddr) -> Option<u16> {
+    c.request(METHOD_CONNECT, &[peer_attr(peer)]).code()
+}
+
+#[test]
+fn every_form_in_the_table_is_refused_for_connect() {
+    let server = TestServer::start(
+        "127.0.0.1",
+        &["--relay-ip", "127.0.0.1", "--relay-ip", "::1"],
+    );
+    let mut v4 = tcp_allocation(server.addr, false);
+    let mut v6 = tcp_allocation(server.addr, true);
+    for (what, addr) in TABLE {
+        let peer: SocketAddr = addr.parse().unwrap();
+        let c = if peer.is_ipv4() { &mut v4 } else { &mut v6 };
+        assert_eq!(connect(c, peer), Some(403), "Connect {what} {peer}");
+    }
+    // (That Connect itself works on such an allocation, once the policy allows the peer, is
+    // shown on loopback below; no test here may reach a non-loopback address.)
+}
+
+#[test]
+fn own_tcp_tls_and_admin_addresses_are_refused_for_connect() {
+    let dir = TempDir::new("own-connect");
+    let cert = TestCert::new(&dir);
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let tls_s = tls.to_string();
+    let admin_s = admin.to_string();
+    let server = TestServer::start(
+        "127.0.0.1",
+        &[
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "::1",
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--tls-listen",
+            &tls_s,
+            "--cert",
+            cert.cert.to_str().unwrap(),
+            "--key",
+            cert.key.to_str().unwrap(),
+            "--admin-listen",
+            &admin_s,
+            "--admin-token",
+            "own-address-test-token",
+        ],
+    );
+    let mut c = tcp_allocation(server.addr, false);
+    let mut c6 = tcp_allocation(server.addr, true);
+    for (what, own) in [
+        ("TCP listener", server.addr),
+        ("TLS listener", tls),
+        ("admin", admin),
+    ] {
+        assert_eq!(
+            connect(&mut c, own),
+            Some(403),
+            "Connect to own {what} {own}"
+        );
+        // The same address in its IPv4-mapped and NAT64 spellings, on the IPv6 allocation.
+        let mapped: SocketAddr = format!("[::ffff:{}]:{}", own.ip(), own.port())
+            .parse()
+            .unwrap();
+        let nat64: SocketAddr = format!("[64:ff9b::7f00:1]:{}", own.port()).parse().unwrap();
+        for form in [mapped, nat64] {
+            assert_eq!(
+                connect(&mut c6, form),
+                Some(403),
+                "Connect to own {what} as {form}"
+            );
+        }
+    }
+    // A loopback peer that is not the server is allowed: Connect succeeds.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = peer.local_addr().unwrap();
+    assert_eq!(
+        connect(&mut c, addr),
+        None,
+        "Connect to an allowed loopback peer"
+    );
+    let (_conn, from) = peer.accept().unwrap();
+    assert_eq!(from.ip(), addr.ip());
 }

@@ -167,6 +167,9 @@ pub struct Authenticator {
     rest_separator: char,
     nonce_lifetime_secs: u64,
     nonce_key: [u8; 32],
+    /// Keys no client can know (derived from the random nonce key), one per algorithm, that
+    /// a request from an unknown user is checked against: see [`Authenticator::decoy_key`].
+    decoy: [Key; 2],
 }
 
 impl fmt::Debug for Authenticator {
@@ -215,6 +218,18 @@ impl Authenticator {
             };
             map.insert(name, keys);
         }
+        let decoy = [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256].map(|alg| {
+            let digest = Sha256::new()
+                .chain_update(b"turnd decoy long-term key")
+                .chain_update(nonce_key)
+                .chain_update([alg as u8])
+                .finalize();
+            let len = match alg {
+                PasswordAlgorithm::Md5 => 16,
+                PasswordAlgorithm::Sha256 => 32,
+            };
+            Key::from_digest(&digest[..len])
+        });
         Authenticator {
             realm,
             users: map,
@@ -222,6 +237,19 @@ impl Authenticator {
             rest_separator,
             nonce_lifetime_secs,
             nonce_key,
+            decoy,
+        }
+    }
+
+    /// A key of `alg`'s length that no user has and no client can compute (it is derived from
+    /// the secret nonce key). A request whose user is unknown has its MESSAGE-INTEGRITY
+    /// checked against it, so that it costs the same HMAC as a known user with a wrong
+    /// password and response timing does not tell which usernames exist. The result of that
+    /// check is always discarded.
+    pub fn decoy_key(&self, alg: PasswordAlgorithm) -> &Key {
+        match alg {
+            PasswordAlgorithm::Md5 => &self.decoy[0],
+            PasswordAlgorithm::Sha256 => &self.decoy[1],
         }
     }
 
@@ -577,6 +605,34 @@ mod tests {
                 REALM,
                 "other"
             )]
+        );
+    }
+
+    #[test]
+    fn decoy_keys_are_secret_sized_and_no_users() {
+        let a = auth(&["s"]);
+        let other = Authenticator::new(AuthConfig {
+            nonce_key: [7; 32],
+            ..config(&["s"], ':')
+        });
+        for (alg, len) in [
+            (PasswordAlgorithm::Md5, 16),
+            (PasswordAlgorithm::Sha256, 32),
+        ] {
+            let d = a.decoy_key(alg);
+            assert_eq!(d.as_bytes().len(), len);
+            assert_ne!(d, other.decoy_key(alg), "derived from the secret nonce key");
+            assert_ne!(d.as_bytes(), &[0u8; 32][..len]);
+            for user in ["alice", "bob", "mallory", ""] {
+                assert_ne!(d, &long_term_key(alg, user, REALM, ""));
+            }
+            if let Ok(c) = a.lookup("alice", alg, 0) {
+                assert!(c.keys.iter().all(|k| k != d));
+            }
+        }
+        assert_ne!(
+            a.decoy_key(PasswordAlgorithm::Md5).as_bytes(),
+            &a.decoy_key(PasswordAlgorithm::Sha256).as_bytes()[..16]
         );
     }
 

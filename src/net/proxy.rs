@@ -88,7 +88,10 @@ pub async fn read_header<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Option<S
     s.read_exact(&mut fixed).await?;
     let head = parse_head(&fixed).map_err(io::Error::other)?;
     let mut body = [0u8; MAX_BODY];
-    let body = &mut body[..head.len];
+    // parse_head bounds the length; checked again so no header can index past the buffer.
+    let body = body
+        .get_mut(..head.len)
+        .ok_or_else(|| io::Error::other("PROXY header too long"))?;
     s.read_exact(body).await?;
     source_address(&head, body).map_err(io::Error::other)
 }

@@ -455,6 +455,20 @@ async fn connection(
     _slot: TotalSlot,
 ) {
     let hs = shared.cfg.handshake_timeout;
+    // Without PROXY the peer is the client: count it before waiting for any byte, so that
+    // connections stalled before their first byte (a mux port's peek) count against
+    // tcp.max-connections-per-ip too. With PROXY the client is known only after the header.
+    let early_slot = if shared.cfg.proxy_protocol {
+        None
+    } else {
+        match shared.acquire_ip(peer.ip()) {
+            Some(s) => Some(s),
+            None => {
+                debug!(%peer, "connection refused: tcp.max-connections-per-ip reached");
+                return;
+            }
+        }
+    };
     let setup = async {
         let client = if shared.cfg.proxy_protocol {
             proxy::read_header(&mut sock).await?.unwrap_or(peer)
@@ -495,7 +509,7 @@ async fn connection(
             return;
         }
     };
-    let Some(_ip_slot) = shared.acquire_ip(client.ip()) else {
+    let Some(_ip_slot) = early_slot.or_else(|| shared.acquire_ip(client.ip())) else {
         debug!(%client, "connection refused: tcp.max-connections-per-ip reached");
         return;
     };

@@ -97,6 +97,9 @@ pub struct Stats {
     pub dropped: u64,
     /// Unauthenticated responses not sent: the source was over its budget.
     pub rate_limited: u64,
+    /// MESSAGE-INTEGRITY checks computed by the authenticate path, decoy checks for unknown
+    /// users included (one per signed request from a static user, known or not).
+    pub integrity_checks: u64,
     /// Relayed data by direction (coturn's rcv/sent/peer_rcv/peer_sent).
     pub traffic: Traffic,
     /// Dropped relayed packets by [`DropReason`].
@@ -804,17 +807,32 @@ impl Server {
             }
             Err(_) => None,
         };
-        let found = candidates.and_then(|c| {
-            let expiry = c.expiry;
-            c.keys
-                .into_iter()
-                .find_map(|k| msg.verify_integrity(k.as_bytes()).map(|i| (k, i)))
-                .map(|(key, integrity)| Authed {
-                    key,
-                    integrity,
-                    expiry,
-                })
-        });
+        let found = match candidates {
+            Some(c) => {
+                let expiry = c.expiry;
+                let checks = &mut self.stats.integrity_checks;
+                c.keys
+                    .into_iter()
+                    .find_map(|k| {
+                        *checks += 1;
+                        msg.verify_integrity(k.as_bytes()).map(|i| (k, i))
+                    })
+                    .map(|(key, integrity)| Authed {
+                        key,
+                        integrity,
+                        expiry,
+                    })
+            }
+            None => {
+                // Unknown (or expired) user: check against a decoy key all the same, so the
+                // answer takes as long as for a known user with a wrong password and timing
+                // does not reveal which usernames exist. The outcome is discarded.
+                self.stats.integrity_checks += 1;
+                let decoy = self.cfg.auth.decoy_key(alg);
+                let _ = std::hint::black_box(msg.verify_integrity(decoy.as_bytes()));
+                None
+            }
+        };
         let Some(auth) = found else {
             self.stats.auth_failures += 1;
             debug!(client = %ft.client, user = display_user(user, self.cfg.rest_separator), "authentication failed");

@@ -590,6 +590,34 @@ fn wrong_password_unknown_user_and_wrong_realm_get_401() {
     assert!(s.server.stats().auth_failures >= 2);
 }
 
+/// Username probing: an unknown user costs the same MESSAGE-INTEGRITY check as a known
+/// user with a wrong password (a decoy key), so timing does not tell them apart; and a
+/// request that happens to be signed with the decoy key is still refused.
+#[test]
+fn unknown_user_costs_the_same_integrity_check_as_a_wrong_password() {
+    let mut s = sim();
+    let checks = |s: &mut Sim, user: &str, pass: &str| {
+        let before = s.server.stats().integrity_checks;
+        let mut c = Client::new(ft(1000), user, pass);
+        assert_eq!(c.allocate(s).code(), Some(401), "{user}");
+        // The first try has no integrity (401 with a nonce); the retry is signed.
+        s.server.stats().integrity_checks - before
+    };
+    let wrong_password = checks(&mut s, "alice", "not-it");
+    let unknown = checks(&mut s, "mallory", "x");
+    assert_eq!(wrong_password, 1);
+    assert_eq!(unknown, wrong_password, "unknown user skips no HMAC");
+    let sha = |s: &mut Sim, user: &str, pass: &str| {
+        let before = s.server.stats().integrity_checks;
+        let mut c = Client::new(ft(1001), user, pass);
+        c.sha256 = true;
+        assert_eq!(c.allocate(s).code(), Some(401), "{user}");
+        s.server.stats().integrity_checks - before
+    };
+    assert_eq!(sha(&mut s, "alice", "not-it"), sha(&mut s, "mallory", "x"));
+    assert_eq!(s.server.allocation_count(), 0);
+}
+
 #[test]
 fn missing_username_with_integrity_is_400() {
     let mut s = sim();
