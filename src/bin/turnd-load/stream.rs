@@ -32,6 +32,8 @@ use crate::traffic::{Plan, Shared, ThreadResult, nanos_since, payload_time};
 
 /// Most bytes one connection holds queued for sending (its bound against a full socket).
 pub const MAX_PENDING: usize = 16 * 1024;
+/// SO_SNDBUF asked for each connection (Linux doubles it).
+const SNDBUF: usize = 64 * 1024;
 /// Input buffer per connection: larger than any message the server sends the tool.
 const IN_CAP: usize = 8 * 1024;
 /// Most packets one thread queues between two looks at its sockets.
@@ -161,6 +163,10 @@ impl StreamConn {
         let mut sock = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)
             .map_err(|e| format!("connect to {server}: {e}"))?;
         let _ = sock.set_nodelay(true);
+        // A small kernel send buffer, so a server that falls behind fills the tool's own
+        // bounded queue (packets then count as unsent) rather than megabytes of socket
+        // buffer that only add latency.
+        let _ = socket2::SockRef::from(&sock).set_send_buffer_size(SNDBUF);
         let tls = match tls {
             None => None,
             Some(t) => {
@@ -633,4 +639,81 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
         );
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair() -> (StreamConn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let conn = StreamConn::connect(l.local_addr().unwrap(), None).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (conn, server)
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_fills_the_bounded_queue_without_blocking() {
+        let (mut conn, _server) = pair();
+        let msg = [0x40u8; 208];
+        let mut refused = 0;
+        // Bounded: 64 MiB offered at most; the kernel buffers hold far less.
+        for _ in 0..(64 << 20) / msg.len() {
+            if conn.queue(&msg) {
+                conn.flush().unwrap();
+            } else {
+                refused += 1;
+                break;
+            }
+        }
+        assert_eq!(refused, 1, "the queue never filled");
+        assert!(conn.pending() <= MAX_PENDING);
+    }
+
+    #[test]
+    fn stream_bytes_are_cut_into_padded_channel_data_and_stun_messages() {
+        let (mut conn, mut server) = pair();
+        let mut bytes = turnd::stun::channel_data::header(0x4000, 5).to_vec();
+        bytes.extend_from_slice(b"hello\0\0\0");
+        let mut stun = vec![0x01, 0x01, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+        stun.extend_from_slice(&[7; 12]);
+        bytes.extend_from_slice(&stun);
+        // Split mid-message: the first read holds a partial ChannelData.
+        server.write_all(&bytes[..6]).unwrap();
+        let mut got = Vec::new();
+        let mut wrote_rest = false;
+        // Bounded: 200 rounds of at most 100 ms.
+        for _ in 0..200 {
+            while let Some(m) = conn.next_message().unwrap() {
+                got.push(m.to_vec());
+            }
+            if got.len() == 2 {
+                break;
+            }
+            if !wrote_rest {
+                server.write_all(&bytes[6..]).unwrap();
+                wrote_rest = true;
+            }
+            conn.wait(Duration::from_millis(100));
+            match conn.fill() {
+                Ok(true) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], bytes[..12]);
+        assert_eq!(got[1], stun);
+        drop(server);
+        let mut end = false;
+        for _ in 0..200 {
+            conn.wait(Duration::from_millis(100));
+            if let Ok(false) = conn.fill() {
+                end = true;
+                break;
+            }
+        }
+        assert!(end, "the end of the stream was not seen");
+    }
 }
