@@ -256,6 +256,9 @@ fn run(args: &Args) -> Result<(), String> {
     if args.topology == Topology::Pair && !args.allocations.is_multiple_of(2) {
         return Err("--allocations must be even with --topology pair".to_owned());
     }
+    if args.transport != Transport::Tls && (args.ca.is_some() || args.insecure) {
+        return Err("--ca and --insecure apply to --transport tls only".to_owned());
+    }
     let creds = credentials(args)?;
     let n = args.allocations as usize;
     let threads = (args.threads as usize).min(n).max(1);

@@ -365,8 +365,23 @@ impl StreamConn {
         deadline: Instant,
         mut accept: impl FnMut(&[u8]) -> bool,
     ) -> Result<Vec<u8>, String> {
-        if !self.queue(request) {
-            return Err("send queue full".to_owned());
+        // Traffic may still fill the queue (at release): wait for room, bounded by
+        // `deadline`, every round waiting at most 100 ms.
+        while !self.queue(request) {
+            self.flush().map_err(|e| format!("write: {e}"))?;
+            // Traffic coming back is read and dropped meanwhile: the answer cannot come
+            // before the request goes.
+            match self.fill() {
+                Ok(false) => return Err("connection closed by the server".to_owned()),
+                Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(format!("read: {e}")),
+                _ => {}
+            }
+            while let Ok(Some(_)) = self.next_message() {}
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("send queue full until the setup deadline".to_owned());
+            }
+            self.wait(left.min(Duration::from_millis(100)));
         }
         // Bounded by `deadline`: every round waits at most 100 ms.
         loop {
