@@ -21,6 +21,7 @@ ALLOCS="100 10000"
 MODES="channel send"
 TOPOLOGIES="peer pair"
 MATRIX_RATE=100000
+TCP_RATES="20000 50000"
 SERVERS="floor floor_batch turnd coturn"
 THREADS=2
 PEERS=2
@@ -44,6 +45,9 @@ usage: bench/compare.sh [--quick] [options]
   --modes "M ..."       channel and/or send (default "$MODES")
   --topologies "T ..."  peer and/or pair (default "$TOPOLOGIES")
   --matrix-rate R       offered pps of the matrix runs (default $MATRIX_RATE)
+  --tcp-rates "R ..."   rates of the TCP rows (turnd and coturn only: 100 allocations,
+                        channel, echo peers, clients over TCP); "" for none
+                        (default "$TCP_RATES")
   --servers "S ..."     any of floor floor_batch turnd coturn (default "$SERVERS");
                         floor_batch is turnd-floor --batch (recvmmsg/sendmmsg)
   --threads N           load tool threads (default $THREADS); --peers N echo sockets
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
         RATES="20000 100000 200000 0"
         ALLOCS="100 1000"
         MODES="channel"
+        TCP_RATES="20000"
         MAX_MINUTES=10
         ;;
     --duration) DURATION=$2; shift ;;
@@ -72,6 +77,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES=$2; shift ;;
     --topologies) TOPOLOGIES=$2; shift ;;
     --matrix-rate) MATRIX_RATE=$2; shift ;;
+    --tcp-rates) TCP_RATES=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
     --threads) THREADS=$2; shift ;;
     --peers) PEERS=$2; shift ;;
@@ -240,21 +246,23 @@ COTURN_VERSION=$( (turnserver --version 2>/dev/null || true) | head -1)
     echo "# servers: $SERVER_THREADS threads each${SERVER_CPUS:+, on CPUs $SERVER_CPUS}; tool: $THREADS threads, $PEERS echo sockets${TOOL_CPUS:+, on CPUs $TOOL_CPUS}"
 } | tee -a "$OUT" >&2
 
-# One load run against one server; appends "server=S <RESULT fields>" to $OUT.
+# One load run against one server; appends "server=S <RESULT fields>" to $OUT. The
+# optional 7th argument is the client transport (udp by default).
 run() {
-    local s=$1 n=$2 mode=$3 topo=$4 rate=$5 phase=$6
+    local s=$1 n=$2 mode=$3 topo=$4 rate=$5 phase=$6 transport=${7:-udp}
     if [ $(($(date +%s) - START)) -ge $((MAX_MINUTES * 60)) ]; then
         echo "skipped (over --max-minutes): $s n=$n $mode $topo rate=$rate" >&2
         return 0
     fi
     local line
     line=$("${TOOL_PIN[@]}" "$BIN/turnd-load" --server "127.0.0.1:${PORT[$s]}" --user "$USER_NAME:$USER_PASS" \
+        --transport "$transport" \
         -n "$n" --mode "$mode" --topology "$topo" --rate "$rate" --duration "$DURATION" \
         --size "$SIZE" --threads "$THREADS" --peers "$PEERS" --server-pid "${PID[$s]}" \
         --setup-timeout 60 2>"$TMP/load.err" | sed -n 's/^RESULT //p') || true
     if [ -z "$line" ]; then
-        echo "run failed: $s n=$n $mode $topo rate=$rate: $(head -3 "$TMP/load.err")" >&2
-        line="allocations=$n ready=0 mode=$mode topology=$topo rate=$rate failed=1"
+        echo "run failed: $s n=$n $mode $topo rate=$rate $transport: $(head -3 "$TMP/load.err")" >&2
+        line="allocations=$n ready=0 transport=$transport mode=$mode topology=$topo rate=$rate failed=1"
     fi
     echo "server=$s phase=$phase $line" | tee -a "$OUT" >&2
 }
@@ -277,6 +285,16 @@ for n in $ALLOCS; do
                 run "$s" "$n" "$mode" "$topo" "$MATRIX_RATE" matrix
             done
         done
+    done
+done
+
+# TCP rows: the clients reach the server over TCP (the allocations relay over UDP), on the
+# same listening port; the floor forwarders speak UDP only.
+for rate in $TCP_RATES; do
+    for s in turnd coturn; do
+        if has_server "$s"; then
+            run "$s" 100 channel peer "$rate" tcp tcp
+        fi
     done
 done
 

@@ -35,6 +35,11 @@ def cores(r, k):
     return "-" if c is None or not d else f"{c / d:.2f}"
 
 
+def transport(r):
+    """The clients' transport ("udp" for results without the key)."""
+    return r.get("transport", "udp").lower()
+
+
 def ratio(a, b):
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
@@ -55,11 +60,12 @@ def main():
     for r in rows:
         rate = r.get("rate", "?")
         offered = "flat out" if rate == "0" else f"{int(rate):,}"
+        over = "" if transport(r) == "udp" else f" over {transport(r)}"
         if r.get("failed"):
-            print(f"| {r['server']} | {r.get('allocations')} | {r.get('mode')} | "
+            print(f"| {r['server']} | {r.get('allocations')} | {r.get('mode')}{over} | "
                   f"{r.get('topology')} | {offered} | failed | | | | | | | | |")
             continue
-        print(f"| {r['server']} | {r['allocations']} | {r['mode'].lower()} | "
+        print(f"| {r['server']} | {r['allocations']} | {r['mode'].lower()}{over} | "
               f"{r['topology'].lower()} | {offered} | {fmt(num(r, 'offered_pps'), 0)} | "
               f"{fmt(num(r, 'delivered_pps'), 0)} | {fmt(num(r, 'loss_pct'), 2)} | "
               f"{fmt(num(r, 'p50_us'))} | {fmt(num(r, 'p99_us'))} | {fmt(num(r, 'p999_us'))} | "
@@ -68,7 +74,8 @@ def main():
 
     def base(r):
         return (r.get("allocations") == "100" and r.get("mode", "").lower() == "channel"
-                and r.get("topology", "").lower() == "peer" and not r.get("failed"))
+                and r.get("topology", "").lower() == "peer" and not r.get("failed")
+                and transport(r) == "udp")
 
     def at_rate(s):
         for r in rows:
@@ -105,7 +112,7 @@ def main():
     # CPU per relayed packet across the matrix, turnd against coturn.
     keys = []
     for r in rows:
-        if r.get("failed") or r.get("rate") != str(args.matrix_rate):
+        if r.get("failed") or r.get("rate") != str(args.matrix_rate) or transport(r) != "udp":
             continue
         k = (r["allocations"], r["mode"].lower(), r["topology"].lower())
         if k not in keys:
@@ -120,7 +127,7 @@ def main():
             v = {}
             for s in servers:
                 for r in rows:
-                    if (r["server"] == s and not r.get("failed")
+                    if (r["server"] == s and not r.get("failed") and transport(r) == "udp"
                             and r.get("rate") == str(args.matrix_rate)
                             and (r["allocations"], r["mode"].lower(), r["topology"].lower()) == k):
                         v[s] = num(r, "cpu_s_per_mpkt")
@@ -128,8 +135,9 @@ def main():
             print(f"| {k[0]} | {k[1]} | {k[2]} | {vals} | {ratio(v.get('turnd'), v.get('coturn'))} |")
 
     # Setup cost and memory, from the runs with the most allocations.
-    most = max((int(r["allocations"]) for r in rows if not r.get("failed")), default=0)
-    big = [r for r in rows if not r.get("failed") and int(r["allocations"]) == most]
+    udp = [r for r in rows if not r.get("failed") and transport(r) == "udp"]
+    most = max((int(r["allocations"]) for r in udp), default=0)
+    big = [r for r in udp if int(r["allocations"]) == most]
     if big:
         print()
         print(f"Setup of {most:,} allocations (Allocate, then ChannelBind or CreatePermission, "

@@ -1,7 +1,8 @@
 //! The load tool (`turnd-load`) sets up allocations on the real server, relays its
 //! timestamped packets and prints a parseable report; it refuses non-loopback targets. The
-//! floor forwarder (`turnd-floor`) carries the same load. Tiny bounded loads, no timing
-//! assertions: only that packets came back and the report parses.
+//! floor forwarder (`turnd-floor`) carries the same load. Over TCP and TLS
+//! (`--transport tcp|tls`) each allocation has its own stream to the server. Tiny bounded
+//! loads, no timing assertions: only that packets came back and the report parses.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::stream::{TempDir, TestCert, free_tcp_port};
 use common::{TestServer, free_udp_port};
 
 /// Runs a binary to completion (killed by its pid after `limit`); (exit code, stdout, stderr).
@@ -120,6 +122,8 @@ fn load(server: &str, pid: u32, extra: &[&str]) -> HashMap<String, String> {
         "cpu_s_per_mpkt",
         "setup_server_cpu_s",
         "rss_kib_per_alloc",
+        "unsent",
+        "broken",
     ] {
         num(&r, k);
     }
@@ -146,6 +150,90 @@ fn load_tool_relays_between_pairs_of_allocations_with_send_indications() {
     assert_eq!(r["mode"], "Send");
     assert_eq!(r["topology"], "Pair");
     assert_eq!(num(&r, "relayed"), 2.0 * num(&r, "received"));
+}
+
+#[test]
+fn load_tool_relays_over_tcp_with_channels_and_echo_peers() {
+    // `--listen` serves TCP on the same address as UDP.
+    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let r = load(
+        &server.addr.to_string(),
+        server.pid(),
+        // 201 bytes: the ChannelData goes padded to 208 (RFC 8656 §12.5), or the server's
+        // framing of the stream would break.
+        &["--transport", "tcp", "--size", "201"],
+    );
+    assert_eq!(r["transport"], "Tcp");
+    assert_eq!(r["mode"], "Channel");
+    assert!(num(&r, "peer_received") > 0.0, "the echo peers got nothing");
+    assert_eq!(num(&r, "broken"), 0.0);
+}
+
+#[test]
+fn load_tool_relays_over_tcp_between_pairs_with_send_indications() {
+    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let r = load(
+        &server.addr.to_string(),
+        server.pid(),
+        &["--transport", "tcp", "--mode", "send", "--topology", "pair"],
+    );
+    assert_eq!(r["transport"], "Tcp");
+    assert_eq!(r["topology"], "Pair");
+    assert_eq!(num(&r, "relayed"), 2.0 * num(&r, "received"));
+    assert_eq!(num(&r, "broken"), 0.0);
+}
+
+#[test]
+fn load_tool_relays_over_tls_trusting_the_servers_certificate() {
+    let dir = TempDir::new("load-tls");
+    let cert = TestCert::new(&dir);
+    let tls = format!("127.0.0.1:{}", free_tcp_port());
+    let server = TestServer::start(
+        "127.0.0.1",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--tls-listen",
+            &tls,
+            "--cert",
+            cert.cert.to_str().unwrap(),
+            "--key",
+            cert.key.to_str().unwrap(),
+        ],
+    );
+    let ca = cert.cert.to_str().unwrap();
+    let r = load(&tls, server.pid(), &["--transport", "tls", "--ca", ca]);
+    assert_eq!(r["transport"], "Tls");
+    assert!(num(&r, "peer_received") > 0.0, "the echo peers got nothing");
+    let r = load(
+        &tls,
+        server.pid(),
+        &["--transport", "tls", "--insecure", "--topology", "pair"],
+    );
+    assert_eq!(num(&r, "relayed"), 2.0 * num(&r, "received"));
+    // A name the certificate does not carry: the handshake fails, nothing is sent.
+    let (code, _out, err) = run(
+        env!("CARGO_BIN_EXE_turnd-load"),
+        &[
+            "--server",
+            &tls,
+            "--user",
+            "alice:wonderland",
+            "-n",
+            "2",
+            "--duration",
+            "1",
+            "--transport",
+            "tls",
+            "--ca",
+            ca,
+            "--tls-name",
+            "wrong.example",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("tls handshake"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! `turnd-load`: a TURN load generator made for measuring (the project's counterpart of
 //! coturn's `turnutils_uclient`).
 //!
-//! It opens N allocations over UDP with long-term credentials (RFC 8656 §7), gives each a
+//! It opens N allocations with long-term credentials (RFC 8656 §7), each over its own UDP
+//! socket or, with `--transport tcp|tls`, its own TCP or TLS connection (the allocation
+//! still relays over UDP, as a browser's `turn:...?transport=tcp` does), gives each a
 //! peer (the tool's own echo sockets, or the relayed address of a partner allocation),
 //! installs a permission (Send mode) or a channel (channel mode), then sends timestamped
 //! packets at a fixed offered rate or flat out for a bounded time. It prints offered and
@@ -12,6 +14,7 @@
 
 mod hist;
 mod setup;
+mod stream;
 mod sys;
 mod traffic;
 
@@ -24,7 +27,8 @@ use clap::{Parser, ValueEnum};
 use turnd::stun::{Class, MessageWriter, attr, channel_data, method};
 
 use hist::Histogram;
-use setup::{Client, Credentials, Step, run_step};
+use setup::{Client, Conn, Credentials, Step, run_step};
+use stream::{StreamConn, StreamFlow, TlsSetup};
 use traffic::{Flow, MAGIC, MIN_PAYLOAD, Plan, Shared};
 
 /// The channel every allocation binds (each has its own 5-tuple, so one number suffices).
@@ -36,6 +40,17 @@ enum Mode {
     Channel,
     /// CreatePermission, then Send and Data indications (RFC 8656 §11).
     Send,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// One UDP socket per allocation.
+    Udp,
+    /// One TCP connection per allocation (RFC 8656 §3.1): control and data on the stream,
+    /// ChannelData padded to 4 bytes (§12.5).
+    Tcp,
+    /// One TLS connection per allocation (`turns:`), ALPN `stun.turn` (RFC 7443).
+    Tls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,9 +71,22 @@ enum Topology {
              and reports rate, loss, latency and the server's CPU per relayed packet"
 )]
 struct Args {
-    /// The server's UDP address; must be a loopback address.
+    /// The server's address (its UDP, TCP or TLS listener, per --transport); must be a
+    /// loopback address.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:3478")]
     server: SocketAddr,
+    /// How each client reaches the server: its own UDP socket, TCP or TLS connection.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// --transport tls: trust the certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<String>,
+    /// --transport tls: accept any server certificate (a self-signed one on loopback).
+    #[arg(long)]
+    insecure: bool,
+    /// --transport tls: the server name to send (SNI) and to verify the certificate for.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    tls_name: String,
     /// Static long-term user NAME:PASSWORD.
     #[arg(long, value_name = "NAME:PASSWORD", conflicts_with = "secret")]
     user: Option<String>,
@@ -165,12 +193,16 @@ fn payload(size: usize, id: u32) -> Vec<u8> {
     p
 }
 
-/// The datagram a client sends, and where its payload starts.
-fn packet(mode: Mode, peer: SocketAddr, payload: &[u8], id: u32) -> (Vec<u8>, usize) {
+/// The message a client sends, and where its payload starts. On streams ChannelData is
+/// padded to a multiple of 4 bytes (RFC 8656 §12.5 MUST).
+fn packet(mode: Mode, peer: SocketAddr, payload: &[u8], id: u32, pad: bool) -> (Vec<u8>, usize) {
     match mode {
         Mode::Channel => {
             let mut p = channel_data::header(CHANNEL, payload.len() as u16).to_vec();
             p.extend_from_slice(payload);
+            if pad {
+                p.resize(p.len().next_multiple_of(4), 0);
+            }
             (p, 4)
         }
         Mode::Send => {
@@ -224,6 +256,9 @@ fn run(args: &Args) -> Result<(), String> {
     if args.topology == Topology::Pair && !args.allocations.is_multiple_of(2) {
         return Err("--allocations must be even with --topology pair".to_owned());
     }
+    if args.transport != Transport::Tls && (args.ca.is_some() || args.insecure) {
+        return Err("--ca and --insecure apply to --transport tls only".to_owned());
+    }
     let creds = credentials(args)?;
     let n = args.allocations as usize;
     let threads = (args.threads as usize).min(n).max(1);
@@ -236,13 +271,23 @@ fn run(args: &Args) -> Result<(), String> {
     let epoch = Instant::now();
     let local = loopback_any(args.server);
 
-    let mut clients = Vec::with_capacity(n);
-    for i in 0..n {
-        let sock = UdpSocket::bind(local).map_err(|e| format!("client socket: {e}"))?;
-        sock.connect(args.server)
-            .map_err(|e| format!("connect to {}: {e}", args.server))?;
-        clients.push(Client::new(sock, i as u32));
-    }
+    let mut clients = match args.transport {
+        Transport::Udp => {
+            let mut clients = Vec::with_capacity(n);
+            for i in 0..n {
+                let sock = UdpSocket::bind(local).map_err(|e| format!("client socket: {e}"))?;
+                sock.connect(args.server)
+                    .map_err(|e| format!("connect to {}: {e}", args.server))?;
+                clients.push(Client::new(Conn::Udp(sock), i as u32));
+            }
+            clients
+        }
+        Transport::Tcp => connect_streams(args.server, None, n, threads)?,
+        Transport::Tls => {
+            let tls = stream::tls_setup(args.ca.as_deref(), args.insecure, &args.tls_name)?;
+            connect_streams(args.server, Some(&tls), n, threads)?
+        }
+    };
     let setup_deadline = epoch + Duration::from_secs_f64(args.setup_timeout);
     let pid = args.server_pid.map(|p| p.to_string());
     // The server's setup cost and its memory per allocation (with a permission or channel).
@@ -332,8 +377,8 @@ fn run(args: &Args) -> Result<(), String> {
         eprintln!("turnd-load: setup failed: {reason}");
     }
     println!(
-        "turnd-load: {} {n} allocations ({:?}, {:?}), {}-byte payloads, {threads} threads",
-        args.server, args.mode, args.topology, args.size
+        "turnd-load: {} {n} allocations ({:?}, {:?}, {:?}), {}-byte payloads, {threads} threads",
+        args.server, args.transport, args.mode, args.topology, args.size
     );
     println!("setup: {ready} of {n} allocations ready in {setup_secs:.2} s");
     let rss_per_alloc = match (rss0, rss1) {
@@ -354,20 +399,28 @@ fn run(args: &Args) -> Result<(), String> {
     // Traffic.
     let size = args.size as usize;
     let mut per_thread: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut per_thread_streams: Vec<Vec<StreamFlow>> = (0..threads).map(|_| Vec::new()).collect();
     let mut k = 0usize;
-    for (i, c) in clients.iter().enumerate() {
+    for (i, c) in clients.iter_mut().enumerate() {
         let (None, Some(peer)) = (&c.failed, c.peer) else {
             continue;
         };
-        let sock = &c.sock;
-        sock.set_nonblocking(true)
-            .map_err(|e| format!("socket: {e}"))?;
-        let (packet, payload_at) = packet(args.mode, peer, &payload(size, i as u32), i as u32);
-        per_thread[k % threads].push(Flow {
-            sock,
-            packet,
-            payload_at,
-        });
+        let pad = !matches!(c.conn, Conn::Udp(_));
+        let (packet, payload_at) = packet(args.mode, peer, &payload(size, i as u32), i as u32, pad);
+        match &mut c.conn {
+            Conn::Udp(sock) => {
+                sock.set_nonblocking(true)
+                    .map_err(|e| format!("socket: {e}"))?;
+                per_thread[k % threads].push(Flow {
+                    sock,
+                    packet,
+                    payload_at,
+                });
+            }
+            Conn::Stream(conn) => {
+                per_thread_streams[k % threads].push(StreamFlow::new(conn, packet, payload_at));
+            }
+        }
         k += 1;
     }
     let start = Instant::now() + Duration::from_millis(50);
@@ -385,23 +438,28 @@ fn run(args: &Args) -> Result<(), String> {
     let tool_cpu0 = sys::cpu_seconds("self");
     let mut hist = Histogram::new();
     let (mut sent, mut received, mut send_errors) = (0u64, 0u64, 0u64);
+    let (mut unsent, mut broken) = (0u64, 0u64);
     std::thread::scope(|s| {
         for sock in echoes.drain(..) {
             let (plan, shared) = (&plan, &shared);
             s.spawn(move || traffic::echo(sock, plan, shared));
         }
-        let handles: Vec<_> = per_thread
-            .into_iter()
-            .map(|flows| {
-                let (plan, shared) = (&plan, &shared);
+        let mut handles: Vec<_> = Vec::with_capacity(threads);
+        for (flows, streams) in per_thread.into_iter().zip(per_thread_streams) {
+            let (plan, shared) = (&plan, &shared);
+            handles.push(if args.transport == Transport::Udp {
                 s.spawn(move || traffic::run_thread(flows, plan, shared))
-            })
-            .collect();
+            } else {
+                s.spawn(move || stream::run_thread(streams, plan, shared))
+            });
+        }
         for h in handles {
             if let Ok(r) = h.join() {
                 sent += r.sent;
                 received += r.received;
                 send_errors += r.send_errors;
+                unsent += r.unsent;
+                broken += r.broken;
                 hist.merge(&r.hist);
             }
         }
@@ -420,7 +478,9 @@ fn run(args: &Args) -> Result<(), String> {
     // Release the allocations so the server can be reused for the next run.
     let release_deadline = Instant::now() + Duration::from_secs_f64(args.setup_timeout.min(30.0));
     for c in &mut clients {
-        let _ = c.sock.set_nonblocking(false);
+        if let Conn::Udp(sock) = &c.conn {
+            let _ = sock.set_nonblocking(false);
+        }
         c.failed = None;
     }
     parallel_step(
@@ -458,6 +518,12 @@ fn run(args: &Args) -> Result<(), String> {
     println!(
         "offered: {requested}, {offered_pps:.0} pps sent ({sent} packets in {secs:.2} s, {send_errors} send errors)"
     );
+    if args.transport != Transport::Udp {
+        println!(
+            "streams: {unsent} packets not sent (send queue of {} bytes full), {broken} connections failed",
+            stream::MAX_PENDING
+        );
+    }
     println!("delivered: {delivered_pps:.0} pps ({received} packets), loss {loss_pct:.3} %");
     let kind = match args.topology {
         Topology::Peer => "round trip",
@@ -485,12 +551,13 @@ fn run(args: &Args) -> Result<(), String> {
     println!("tool cpu: {tool_cpu:.2} s");
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     println!(
-        "RESULT allocations={n} ready={ready} mode={:?} topology={:?} size={size} rate={} \
+        "RESULT allocations={n} ready={ready} transport={:?} mode={:?} topology={:?} size={size} rate={} \
          duration={secs:.3} sent={sent} received={received} peer_received={peer_received} \
          send_errors={send_errors} offered_pps={offered_pps:.0} delivered_pps={delivered_pps:.0} \
          loss_pct={loss_pct:.4} p50_us={p50:.1} p99_us={p99:.1} p999_us={p999:.1} max_us={max:.1} \
          relayed={relayed} server_cpu_s={} cpu_s_per_mpkt={} tool_cpu_s={tool_cpu:.3} setup_s={setup_secs:.3} \
-         setup_server_cpu_s={} rss_kib_per_alloc={}",
+         setup_server_cpu_s={} rss_kib_per_alloc={} unsent={unsent} broken={broken}",
+        args.transport,
         args.mode,
         args.topology,
         args.rate,
@@ -500,4 +567,42 @@ fn run(args: &Args) -> Result<(), String> {
         opt(rss_per_alloc),
     );
     Ok(())
+}
+
+/// Opens `n` stream clients (TCP, or TLS with `tls`), `threads` connecting at once.
+fn connect_streams(
+    server: SocketAddr,
+    tls: Option<&TlsSetup>,
+    n: usize,
+    threads: usize,
+) -> Result<Vec<Client>, String> {
+    let chunk = n.div_ceil(threads).max(1);
+    let ids: Vec<usize> = (0..n).collect();
+    let parts: Vec<Result<Vec<Client>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&i| {
+                            let conn = StreamConn::connect(server, tls)?;
+                            Ok(Client::new(Conn::Stream(Box::new(conn)), i as u32))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("connecting thread panicked".to_owned()))
+            })
+            .collect()
+    });
+    let mut clients = Vec::with_capacity(n);
+    for p in parts {
+        clients.extend(p?);
+    }
+    Ok(clients)
 }

@@ -1,6 +1,8 @@
 //! The control side of the load: Allocate, CreatePermission / ChannelBind and the final
 //! Refresh(0), with the long-term credential mechanism (RFC 8489 §9.2), pipelined over many
-//! client sockets in windows so 10,000 allocations set up in a few round trips.
+//! client sockets in windows so 10,000 allocations set up in a few round trips. Over TCP
+//! and TLS (one connection per client) the same requests go one per connection at a time,
+//! the connections of a window in parallel; a stream needs no retransmission.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -8,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use turnd::auth::{Key, PasswordAlgorithm, long_term_key};
 use turnd::stun::{Class, Message, MessageWriter, attr, method};
+
+use crate::stream::StreamConn;
 
 /// Requests in flight per thread before waiting for answers.
 const WINDOW: usize = 128;
@@ -28,9 +32,17 @@ pub struct Credentials {
     pub password: String,
 }
 
-/// One client: its socket (connected to the server), what the server told it, and its peer.
+/// How a client reaches the server.
+pub enum Conn {
+    /// A UDP socket connected to the server.
+    Udp(UdpSocket),
+    /// A TCP or TLS connection (non-blocking).
+    Stream(Box<StreamConn>),
+}
+
+/// One client: its connection to the server, what the server told it, and its peer.
 pub struct Client {
-    pub sock: UdpSocket,
+    pub conn: Conn,
     pub nonce: Option<Vec<u8>>,
     pub realm: Option<String>,
     key: Option<Key>,
@@ -55,9 +67,9 @@ pub enum Step {
 }
 
 impl Client {
-    pub fn new(sock: UdpSocket, id: u32) -> Client {
+    pub fn new(conn: Conn, id: u32) -> Client {
         Client {
-            sock,
+            conn,
             nonce: None,
             realm: None,
             key: None,
@@ -189,6 +201,12 @@ pub fn step_name(step: Step) -> &'static str {
 /// Runs `step` for every client that has not failed, `WINDOW` at a time, retransmitting
 /// lost requests; stops at `deadline` (the clients still pending then count as failed).
 pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadline: Instant) {
+    if clients
+        .first()
+        .is_some_and(|c| matches!(c.conn, Conn::Stream(_)))
+    {
+        return run_step_stream(clients, step, creds, deadline);
+    }
     let mut buf = Vec::with_capacity(512);
     let mut rx = vec![0u8; 2048];
     let live: Vec<usize> = (0..clients.len())
@@ -225,7 +243,9 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
                 }
                 pending[p].2 += 1;
                 // A failed send is a lost request: the retransmission covers it.
-                let _ = c.sock.send(&requests[p]);
+                if let Conn::Udp(sock) = &c.conn {
+                    let _ = sock.send(&requests[p]);
+                }
             }
             resend.retain(|&p| !pending[p].3);
             if resend.is_empty() {
@@ -243,9 +263,10 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
                 // Bounded: at most 64 reads, each waiting until `wait_until` or, past it,
                 // POLL_WAIT.
                 for _ in 0..64 {
+                    let Conn::Udp(sock) = &c.conn else { break };
                     let left = wait_until.saturating_duration_since(Instant::now());
-                    let _ = c.sock.set_read_timeout(Some(left.max(POLL_WAIT)));
-                    match c.sock.recv(&mut rx) {
+                    let _ = sock.set_read_timeout(Some(left.max(POLL_WAIT)));
+                    match sock.recv(&mut rx) {
                         Ok(n) => {
                             if let Some(done) = c.handle(step, entry.1, &rx[..n]) {
                                 outcome = Some(done);
@@ -268,6 +289,38 @@ pub fn run_step(clients: &mut [Client], step: Step, creds: &Credentials, deadlin
                     None => resend.push(p),
                 }
             }
+        }
+    }
+}
+
+/// [`run_step`] over streams: for every client that has not failed, one request at a time
+/// on its connection (again after a 401/438 with a fresh nonce, at most
+/// `MAX_ATTEMPTS` times), until `deadline`.
+fn run_step_stream(clients: &mut [Client], step: Step, creds: &Credentials, deadline: Instant) {
+    let mut buf = Vec::with_capacity(512);
+    for c in clients.iter_mut() {
+        if c.failed.is_some() || (matches!(step, Step::Release) && c.relay.is_none()) {
+            continue;
+        }
+        // Bounded: at most MAX_ATTEMPTS requests.
+        for attempt in 1..=MAX_ATTEMPTS {
+            buf.clear();
+            let txid = c.build(step, creds, &mut buf);
+            let Conn::Stream(conn) = &mut c.conn else {
+                break;
+            };
+            let answer = conn.exchange(&buf, deadline, |m| {
+                Message::parse(m).is_ok_and(|msg| msg.transaction_id() == txid)
+            });
+            match answer {
+                Ok(m) => match c.handle(step, txid, &m) {
+                    Some(false) if attempt < MAX_ATTEMPTS => continue,
+                    Some(false) => c.failed = Some(format!("{} unanswered", step_name(step))),
+                    Some(true) | None => {}
+                },
+                Err(e) => c.failed = Some(format!("{}: {e}", step_name(step))),
+            }
+            break;
         }
     }
 }

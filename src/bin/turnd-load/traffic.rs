@@ -56,11 +56,16 @@ pub struct ThreadResult {
     pub sent: u64,
     pub received: u64,
     pub send_errors: u64,
+    /// Stream transports: packets that did not fit in their connection's bounded send
+    /// queue, so were not sent (not offered).
+    pub unsent: u64,
+    /// Stream transports: connections that failed during the traffic.
+    pub broken: u64,
     pub hist: Histogram,
 }
 
 /// The payload's send time if the datagram is one of ours: ChannelData or a Data indication.
-fn payload_time(datagram: &[u8]) -> Option<u64> {
+pub fn payload_time(datagram: &[u8]) -> Option<u64> {
     let data = match datagram.first() {
         Some(&b) if channel_data::is_channel_data(b) => channel_data::parse(datagram)?.1,
         Some(_) => {
@@ -81,7 +86,7 @@ fn payload_time(datagram: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(ts))
 }
 
-fn nanos_since(epoch: Instant) -> u64 {
+pub fn nanos_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64
 }
 
@@ -92,6 +97,8 @@ pub fn run_thread(mut flows: Vec<Flow<'_>>, plan: &Plan, shared: &Shared) -> Thr
         sent: 0,
         received: 0,
         send_errors: 0,
+        unsent: 0,
+        broken: 0,
         hist: Histogram::new(),
     };
     let ep = match Epoll::new() {
