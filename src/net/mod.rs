@@ -5,6 +5,8 @@
 //! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path never
 //! leaves the worker: no lock, no channel, no other thread.
 
+mod epoll;
+mod mmsg;
 pub mod proxy;
 mod relay_tcp;
 mod tcp;
