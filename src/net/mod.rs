@@ -6,6 +6,7 @@
 //! leaves the worker: no lock, no channel, no other thread.
 
 mod epoll;
+mod local;
 mod mmsg;
 pub mod proxy;
 mod relay_tcp;

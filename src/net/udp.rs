@@ -19,6 +19,7 @@ use tokio::task::LocalSet;
 use tracing::{debug, error, warn};
 
 use super::epoll::{Epoll, event_buffer};
+use super::local::LocalQueue;
 use super::mmsg::{RX_BATCH, RecvBatch, SendQueue};
 use super::now;
 use crate::turn::{
@@ -48,7 +49,12 @@ pub(crate) struct DriverIo {
     /// UDP listeners by local address; index i has epoll token `LISTENER_TOKEN - i`.
     listeners: Vec<(SocketAddr, StdUdpSocket)>,
     /// Relay sockets: plain non-blocking sockets in `epoll`, closed in `close_relay`.
-    relays: FxHashMap<RelayId, StdUdpSocket>,
+    relays: FxHashMap<RelayId, RelaySocket>,
+    /// The worker's relay sockets by bound address, for relaying between two of them
+    /// without the kernel ([`super::local`]).
+    by_relay_addr: FxHashMap<SocketAddr, RelayId>,
+    /// Datagrams for the worker's own relay sockets, delivered at the end of the batch.
+    local: LocalQueue,
     epoll: Rc<AsyncFd<Epoll>>,
     /// Sends collected while the UDP task handles a batch; sent at its end. Outside a batch
     /// (timers, jobs, TCP clients) sends go out at once.
@@ -57,6 +63,12 @@ pub(crate) struct DriverIo {
     send_drops: u64,
     /// TCP and TLS client connections (src/net/tcp.rs).
     pub(super) tcp: super::tcp::TcpIo,
+}
+
+/// A relay socket and the address it is bound to.
+struct RelaySocket {
+    sock: StdUdpSocket,
+    addr: SocketAddr,
 }
 
 impl DriverIo {
@@ -100,10 +112,19 @@ impl Io for DriverIo {
     }
 
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, data: &[u8]) {
-        if let Some(s) = self.relays.get(&relay) {
-            let fd = s.as_raw_fd();
-            self.send(fd, data, peer);
+        let Some(s) = self.relays.get(&relay) else {
+            return;
+        };
+        // Another allocation of this worker: hand it over at the end of the batch (only
+        // inside one, where the UDP task drains the queue; elsewhere through the kernel).
+        if self.batching
+            && let Some(&to) = self.by_relay_addr.get(&peer)
+            && self.local.push(to, s.addr, data)
+        {
+            return;
         }
+        let fd = s.sock.as_raw_fd();
+        self.send(fd, data, peer);
     }
 
     fn bind_relay(
@@ -122,23 +143,31 @@ impl Io for DriverIo {
                 return Err(BindError::Other);
             }
         };
+        // The port as bound (the core always names one, but be exact).
+        let bound = sock.local_addr().unwrap_or(addr);
         if let Err(e) = self.epoll.get_ref().add(sock.as_raw_fd(), relay.0) {
             warn!(%addr, error = %e, "cannot watch relay socket");
             return Err(BindError::Other);
         }
-        self.relays.insert(relay, sock);
+        if !bound.ip().is_unspecified() {
+            self.by_relay_addr.insert(bound, relay);
+        }
+        self.relays.insert(relay, RelaySocket { sock, addr: bound });
         Ok(())
     }
 
     /// Closes the relay socket now, so its port can be bound again (by any worker) as soon as
     /// this returns. Datagrams queued from it are sent first.
     fn close_relay(&mut self, relay: RelayId) {
-        if let Some(sock) = self.relays.remove(&relay) {
+        if let Some(r) = self.relays.remove(&relay) {
             if !self.tx.is_empty() {
                 self.flush();
             }
-            self.epoll.get_ref().remove(sock.as_raw_fd());
-            drop(sock);
+            if self.by_relay_addr.get(&r.addr) == Some(&relay) {
+                self.by_relay_addr.remove(&r.addr);
+            }
+            self.epoll.get_ref().remove(r.sock.as_raw_fd());
+            drop(r);
         }
         self.tcp.close_relay(relay);
     }
@@ -264,6 +293,8 @@ pub(super) fn run_worker(
             io: DriverIo {
                 listeners,
                 relays: FxHashMap::default(),
+                by_relay_addr: FxHashMap::default(),
+                local: LocalQueue::new(),
                 epoll: epoll.clone(),
                 tx: SendQueue::new(),
                 batching: false,
@@ -330,6 +361,7 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>) {
                 let token = ev.u64;
                 more |= drain_socket(w, token, &mut rx) == RX_BATCH;
             }
+            deliver_local(w);
             w.io.batching = false;
             w.io.flush();
         }
@@ -368,7 +400,7 @@ fn drain_socket(w: &mut Worker, token: u64, rx: &mut RecvBatch) -> usize {
         return n;
     }
     let relay = RelayId(token);
-    let Some(fd) = w.io.relays.get(&relay).map(|s| s.as_raw_fd()) else {
+    let Some(fd) = w.io.relays.get(&relay).map(|r| r.sock.as_raw_fd()) else {
         // Closed earlier in this round.
         return 0;
     };
@@ -381,6 +413,20 @@ fn drain_socket(w: &mut Worker, token: u64, rx: &mut RecvBatch) -> usize {
         w.core.handle_peer(t, relay, peer, slot, range, &mut w.io);
     }
     n
+}
+
+/// Hands the datagrams one relay socket of this worker sent to another to the receiving
+/// allocation (its permission is checked there), as the kernel would have.
+fn deliver_local(w: &mut Worker) {
+    if w.io.local.is_empty() {
+        return;
+    }
+    // Taken out (an empty queue allocates nothing) so the core can have the I/O; the core
+    // sends nothing to a peer while it handles a peer's datagram, so nothing is added.
+    let mut q = std::mem::take(&mut w.io.local);
+    let t = now();
+    q.drain(|to, from, buf, range| w.core.handle_peer(t, to, from, buf, range, &mut w.io));
+    w.io.local = q;
 }
 
 async fn timer_loop(state: Weak<RefCell<Worker>>) {
