@@ -359,6 +359,54 @@ mod tests {
         assert!(got.iter().all(|(_, d)| d.len() == 7));
     }
 
+    /// The driver's per-packet machinery allocates nothing once built: queueing, `sendmmsg`,
+    /// `recvmmsg` and the hand-over between allocations of one worker, over loopback
+    /// (tests/hot_path_alloc.rs covers the core).
+    #[test]
+    fn batches_allocate_nothing_per_packet() {
+        use crate::net::local::LocalQueue;
+        use crate::turn::RelayId;
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let (mut q, mut rx, mut local) = (SendQueue::new(), RecvBatch::new(), LocalQueue::new());
+        let mut received = 0;
+        let mut delivered = 0;
+        let mut round = |count: bool| {
+            counting::set(count);
+            for i in 0..16u8 {
+                assert!(q.push(a.as_raw_fd(), to, &[i; 200]));
+            }
+            q.flush();
+            // The datagrams are in the sink's queue once sendmmsg returns (loopback); a few
+            // rounds cover a late one.
+            for _ in 0..4 {
+                let n = rx.recv(sink.as_raw_fd());
+                for i in 0..n {
+                    let (from, slot, range) = rx.datagram(i).expect("datagram");
+                    assert!(local.push(RelayId(1), from, &slot[range]));
+                    received += 1;
+                }
+                local.drain(|_, _, buf, range| {
+                    buf[range.start - 4..range.start].fill(0);
+                    delivered += 1;
+                });
+            }
+            counting::set(false);
+        };
+        round(false);
+        let before = counting::allocations();
+        for _ in 0..50 {
+            round(true);
+        }
+        assert_eq!(
+            counting::allocations(),
+            before,
+            "allocations on the packet path"
+        );
+        assert!(received > 0 && received == delivered);
+    }
+
     #[test]
     fn queue_refuses_what_does_not_fit() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -372,5 +420,58 @@ mod tests {
         q.flush();
         assert!(q.push(s.as_raw_fd(), to, b"x"));
         q.flush();
+    }
+}
+
+/// A global allocator for this crate's unit tests that counts, on threads that ask, how many
+/// allocations happen (the rest of the tests are unaffected: it only delegates to the system's).
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        static ON: Cell<bool> = const { Cell::new(false) };
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn note() {
+        if ON.with(|c| c.get()) {
+            COUNT.with(|n| n.set(n.get() + 1));
+        }
+    }
+
+    // SAFETY: every call is passed on unchanged to the system allocator.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            note();
+            unsafe { System.alloc(l) }
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            note();
+            unsafe { System.alloc_zeroed(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            unsafe { System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+            note();
+            unsafe { System.realloc(p, l, n) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Starts or stops counting on this thread.
+    pub(crate) fn set(on: bool) {
+        ON.with(|c| c.set(on));
+    }
+
+    /// Allocations counted on this thread so far.
+    pub(crate) fn allocations() -> u64 {
+        COUNT.with(|n| n.get())
     }
 }
