@@ -30,6 +30,9 @@ use crate::turn::{
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 /// Ready sockets taken from the epoll set per round.
 const EVENTS: usize = 256;
+/// Datagrams read per round, over all sockets, before the worker's other tasks (TCP, timers,
+/// jobs from other threads) get their turn.
+const ROUND_BUDGET: usize = 1024;
 /// Epoll tokens of the listeners count down from here; relay sockets use their [`RelayId`]
 /// (counting up from 1).
 const LISTENER_TOKEN: u64 = u64::MAX;
@@ -329,7 +332,8 @@ pub(super) fn run_worker(
 
 /// The UDP data path of one worker. Each round takes the ready sockets from the epoll set
 /// and reads each once, at most [`RX_BATCH`] datagrams (the bound on work per socket per
-/// wakeup), hands them to the core and flushes the sends they caused. After a round that
+/// wakeup) and [`ROUND_BUDGET`] in all, hands them to the core and flushes the sends they
+/// caused. After a round that
 /// may have left work behind (a full batch, or more ready sockets than one round takes) it
 /// yields to the worker's other tasks before the next; otherwise it waits for the set to
 /// become readable again.
@@ -357,9 +361,16 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>) {
             let mut g = state.borrow_mut();
             let w = &mut *g;
             w.io.batching = true;
+            let mut work = 0;
             for ev in &events[..n] {
-                let token = ev.u64;
-                more |= drain_socket(w, token, &mut rx) == RX_BATCH;
+                if work >= ROUND_BUDGET {
+                    // The sockets not read stay ready (level-triggered): next round.
+                    more = true;
+                    break;
+                }
+                let read = drain_socket(w, ev.u64, &mut rx);
+                more |= read == RX_BATCH;
+                work += read;
             }
             deliver_local(w);
             w.io.batching = false;
