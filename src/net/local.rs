@@ -53,13 +53,11 @@ impl LocalQueue {
         }
         let off = self.used;
         let need = PEER_HEADROOM + data.len() + PEER_TAILROOM;
-        let Some(room) = self
-            .arena
-            .get_mut(off + PEER_HEADROOM..off + need - PEER_TAILROOM)
-        else {
+        // The whole span, tail room included, must fit.
+        let Some(span) = self.arena.get_mut(off..off + need) else {
             return false;
         };
-        room.copy_from_slice(data);
+        span[PEER_HEADROOM..PEER_HEADROOM + data.len()].copy_from_slice(data);
         self.items.push(Local {
             to,
             from,
@@ -115,6 +113,22 @@ mod tests {
             ]
         );
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_tail_room_fits_too() {
+        let mut q = LocalQueue::new();
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        // Exactly the arena, and two bytes more than leaves room for the tail.
+        let exact = LOCAL_BYTES - PEER_HEADROOM - PEER_TAILROOM;
+        assert!(!q.push(RelayId(1), from, &vec![0u8; exact + 2]));
+        assert!(q.push(RelayId(1), from, &vec![7u8; exact]));
+        let mut n = 0;
+        q.drain(|_, _, buf, range| {
+            assert_eq!(buf[range].len(), exact);
+            n += 1;
+        });
+        assert_eq!(n, 1);
     }
 
     #[test]
