@@ -178,9 +178,12 @@ start_floor_batch() {
 
 start_turnd() {
     PORT[turnd]=$(free_port)
+    # Every allocation comes from 127.0.0.1: lift the per-source limit on unauthenticated
+    # responses (limits.unauth-rate; coturn has none), or 10,000 Allocates queue for their 401s.
     "${SERVER_PIN[@]}" "$BIN/turnd" --listen "127.0.0.1:${PORT[turnd]}" --relay-ip 127.0.0.1 \
         --realm "$REALM" --user "$USER_NAME:$USER_PASS" --allow-peer 127.0.0.0/8 \
         --min-port "$MIN_PORT" --max-port "$MAX_PORT" --workers "$SERVER_THREADS" --log-level warn \
+        --unauth-rate 0 \
         >"$TMP/turnd.log" 2>&1 &
     PID[turnd]=$!
     PIDS+=("${PID[turnd]}")

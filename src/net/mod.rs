@@ -5,6 +5,9 @@
 //! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path never
 //! leaves the worker: no lock, no channel, no other thread.
 
+mod epoll;
+mod local;
+mod mmsg;
 pub mod proxy;
 mod relay_tcp;
 mod tcp;

@@ -1,28 +1,41 @@
-//! One worker: a current-thread runtime running the listener, relay and timer tasks around
-//! one sans-IO [`Server`].
+//! One worker: a current-thread runtime around one sans-IO [`Server`]. The UDP sockets
+//! (listeners and relay sockets) sit in the worker's own epoll set ([`super::epoll`]), driven
+//! by one task that reads each ready socket with `recvmmsg` into one shared set of buffers
+//! and sends what the core answers with `sendmmsg` at the end of the batch
+//! ([`super::mmsg`]). TCP/TLS and the timer are tokio tasks beside it.
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{AbortHandle, LocalSet};
+use tokio::task::LocalSet;
 use tracing::{debug, error, warn};
 
+use super::epoll::{Epoll, event_buffer};
+use super::local::LocalQueue;
+use super::mmsg::{RX_BATCH, RecvBatch, SendQueue};
 use super::now;
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
-    Server, ServerConfig, Transport,
+    BindError, ConnectionId, FiveTuple, Io, RelayId, RelayOptions, Server, ServerConfig, Transport,
 };
 
-/// Largest UDP payload plus room to write a header in place.
-const RELAY_BUF: usize = PEER_HEADROOM + 65536 + PEER_TAILROOM;
 /// The longest the timer task sleeps, so a missed wakeup costs at most this much.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+/// Ready sockets taken from the epoll set per round.
+const EVENTS: usize = 256;
+/// Datagrams read per round, over all sockets, before the worker's other tasks (TCP, timers,
+/// jobs from other threads) get their turn.
+const ROUND_BUDGET: usize = 1024;
+/// Epoll tokens of the listeners count down from here; relay sockets use their [`RelayId`]
+/// (counting up from 1).
+const LISTENER_TOKEN: u64 = u64::MAX;
 
 pub(super) struct Worker {
     pub(super) core: Server,
@@ -36,18 +49,56 @@ pub(crate) type Job = Box<dyn FnOnce(&mut Server, &mut DriverIo) + Send>;
 
 /// The worker's side of the sans-IO [`Io`] trait: its listener and relay sockets.
 pub(crate) struct DriverIo {
-    listeners: FxHashMap<SocketAddr, Rc<UdpSocket>>,
-    relays: FxHashMap<RelayId, (Rc<UdpSocket>, AbortHandle)>,
-    me: Weak<RefCell<Worker>>,
+    /// UDP listeners by local address; index i has epoll token `LISTENER_TOKEN - i`.
+    listeners: Vec<(SocketAddr, StdUdpSocket)>,
+    /// Relay sockets: plain non-blocking sockets in `epoll`, closed in `close_relay`.
+    relays: FxHashMap<RelayId, RelaySocket>,
+    /// The worker's relay sockets by bound address, for relaying between two of them
+    /// without the kernel ([`super::local`]).
+    by_relay_addr: FxHashMap<SocketAddr, RelayId>,
+    /// Datagrams for the worker's own relay sockets, delivered at the end of the batch.
+    local: LocalQueue,
+    epoll: Rc<AsyncFd<Epoll>>,
+    /// Sends collected while the UDP task handles a batch; sent at its end. Outside a batch
+    /// (timers, jobs, TCP clients) sends go out at once.
+    tx: SendQueue,
+    batching: bool,
     send_drops: u64,
     /// TCP and TLS client connections (src/net/tcp.rs).
     pub(super) tcp: super::tcp::TcpIo,
+}
+
+/// A relay socket and the address it is bound to.
+struct RelaySocket {
+    sock: StdUdpSocket,
+    addr: SocketAddr,
 }
 
 impl DriverIo {
     /// Datagrams the kernel refused (full socket buffer), to clients and peers.
     pub(crate) fn send_drops(&self) -> u64 {
         self.send_drops
+    }
+
+    /// Queues a datagram while a batch is handled, or sends it now.
+    fn send(&mut self, fd: std::os::fd::RawFd, data: &[u8], to: SocketAddr) {
+        if self.batching {
+            if self.tx.push(fd, to, data) {
+                return;
+            }
+            self.flush();
+            if self.tx.push(fd, to, data) {
+                return;
+            }
+        }
+        if send_now(fd, data, to).is_err() {
+            self.send_drops += 1;
+        }
+    }
+
+    /// Sends everything queued.
+    fn flush(&mut self) {
+        self.send_drops += self.tx.flush();
     }
 }
 
@@ -57,19 +108,26 @@ impl Io for DriverIo {
             self.tcp.send(to, data);
             return;
         }
-        if let Some(s) = self.listeners.get(&to.server)
-            && send_now(s, data, to.client).is_err()
-        {
-            self.send_drops += 1;
+        if let Some((_, s)) = self.listeners.iter().find(|(a, _)| *a == to.server) {
+            let fd = s.as_raw_fd();
+            self.send(fd, data, to.client);
         }
     }
 
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, data: &[u8]) {
-        if let Some((s, _)) = self.relays.get(&relay)
-            && send_now(s, data, peer).is_err()
+        let Some(s) = self.relays.get(&relay) else {
+            return;
+        };
+        // Another allocation of this worker: hand it over at the end of the batch (only
+        // inside one, where the UDP task drains the queue; elsewhere through the kernel).
+        if self.batching
+            && let Some(&to) = self.by_relay_addr.get(&peer)
+            && self.local.push(to, s.addr, data)
         {
-            self.send_drops += 1;
+            return;
         }
+        let fd = s.sock.as_raw_fd();
+        self.send(fd, data, peer);
     }
 
     fn bind_relay(
@@ -88,21 +146,31 @@ impl Io for DriverIo {
                 return Err(BindError::Other);
             }
         };
-        let sock = match UdpSocket::from_std(sock) {
-            Ok(s) => Rc::new(s),
-            Err(e) => {
-                warn!(%addr, error = %e, "cannot register relay socket");
-                return Err(BindError::Other);
-            }
-        };
-        let task = tokio::task::spawn_local(relay_loop(self.me.clone(), sock.clone(), relay));
-        self.relays.insert(relay, (sock, task.abort_handle()));
+        // The port as bound (the core always names one, but be exact).
+        let bound = sock.local_addr().unwrap_or(addr);
+        if let Err(e) = self.epoll.get_ref().add(sock.as_raw_fd(), relay.0) {
+            warn!(%addr, error = %e, "cannot watch relay socket");
+            return Err(BindError::Other);
+        }
+        if !bound.ip().is_unspecified() {
+            self.by_relay_addr.insert(bound, relay);
+        }
+        self.relays.insert(relay, RelaySocket { sock, addr: bound });
         Ok(())
     }
 
+    /// Closes the relay socket now, so its port can be bound again (by any worker) as soon as
+    /// this returns. Datagrams queued from it are sent first.
     fn close_relay(&mut self, relay: RelayId) {
-        if let Some((_, task)) = self.relays.remove(&relay) {
-            task.abort();
+        if let Some(r) = self.relays.remove(&relay) {
+            if !self.tx.is_empty() {
+                self.flush();
+            }
+            if self.by_relay_addr.get(&r.addr) == Some(&relay) {
+                self.by_relay_addr.remove(&r.addr);
+            }
+            self.epoll.get_ref().remove(r.sock.as_raw_fd());
+            drop(r);
         }
         self.tcp.close_relay(relay);
     }
@@ -128,12 +196,11 @@ impl Io for DriverIo {
     }
 }
 
-/// One non-blocking `sendto`, straight to the kernel. tokio's `try_send_to` answers
-/// WouldBlock until its reactor has seen the socket writable, which for a relay socket opened
-/// a moment ago (or after one full buffer) is only after the worker next parks: the first
-/// datagrams to a new peer were being dropped. A full kernel buffer still drops, as UDP does.
-fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-    socket2::SockRef::from(sock).send_to(data, &to.into())
+/// One non-blocking `sendto`, straight to the kernel. A full kernel buffer drops, as UDP does.
+fn send_now(fd: std::os::fd::RawFd, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    // SAFETY: `fd` is an open socket owned by the worker for the duration of the call.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&sock).send_to(data, &to.into())
 }
 
 fn relay_socket(addr: SocketAddr, opts: RelayOptions) -> std::io::Result<StdUdpSocket> {
@@ -204,27 +271,41 @@ pub(super) fn run_worker(
     };
     let local = LocalSet::new();
     local.block_on(&rt, async move {
+        let epoll = match Epoll::new().and_then(|e| {
+            // SAFETY: `Epoll` owns its descriptor and keeps it open until it is dropped,
+            // which is only when the `AsyncFd` is.
+            unsafe { AsyncFd::register_with_interest(e, Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(e) => Rc::new(e),
+            Err(e) => {
+                error!(worker = index, error = %e, "cannot create the worker's epoll set");
+                return;
+            }
+        };
+        let mut listeners = Vec::new();
+        for (addr, s) in sockets {
+            let token = LISTENER_TOKEN - listeners.len() as u64;
+            match epoll.get_ref().add(s.as_raw_fd(), token) {
+                Ok(()) => listeners.push((addr, s)),
+                Err(e) => error!(worker = index, %addr, error = %e, "cannot register listener"),
+            }
+        }
         let state = Rc::new(RefCell::new(Worker {
             core: Server::new(cfg),
             io: DriverIo {
-                listeners: FxHashMap::default(),
+                listeners,
                 relays: FxHashMap::default(),
-                me: Weak::new(),
+                by_relay_addr: FxHashMap::default(),
+                local: LocalQueue::new(),
+                epoll: epoll.clone(),
+                tx: SendQueue::new(),
+                batching: false,
                 send_drops: 0,
                 tcp: Default::default(),
             },
         }));
-        state.borrow_mut().io.me = Rc::downgrade(&state);
-        for (addr, s) in sockets {
-            match UdpSocket::from_std(s) {
-                Ok(s) => {
-                    let s = Rc::new(s);
-                    state.borrow_mut().io.listeners.insert(addr, s.clone());
-                    tokio::task::spawn_local(listener_loop(Rc::downgrade(&state), s, addr));
-                }
-                Err(e) => error!(worker = index, %addr, error = %e, "cannot register listener"),
-            }
-        }
+        tokio::task::spawn_local(udp_loop(Rc::downgrade(&state), epoll));
         super::tcp::spawn_listeners(&state, streams);
         tokio::task::spawn_local(timer_loop(Rc::downgrade(&state)));
         while !*stop.borrow() {
@@ -244,61 +325,119 @@ pub(super) fn run_worker(
         let mut g = state.borrow_mut();
         let w = &mut *g;
         w.core.close_all(&mut w.io);
-        for (_, (_, task)) in w.io.relays.drain() {
-            task.abort();
-        }
+        w.io.flush();
+        w.io.relays.clear();
     });
 }
 
-async fn listener_loop(state: Weak<RefCell<Worker>>, sock: Rc<UdpSocket>, local: SocketAddr) {
-    let mut buf = vec![0u8; 65536];
+/// The UDP data path of one worker. Each round takes the ready sockets from the epoll set
+/// and reads each once, at most [`RX_BATCH`] datagrams (the bound on work per socket per
+/// wakeup) and [`ROUND_BUDGET`] in all, hands them to the core and flushes the sends they
+/// caused. After a round that
+/// may have left work behind (a full batch, or more ready sockets than one round takes) it
+/// yields to the worker's other tasks before the next; otherwise it waits for the set to
+/// become readable again.
+async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>) {
+    let mut rx = RecvBatch::new();
+    let mut events = event_buffer(EVENTS);
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let mut guard = match epoll.readable().await {
+            Ok(g) => g,
             Err(e) => {
-                debug!(%local, error = %e, "recv failed");
-                continue;
+                error!(error = %e, "worker epoll set failed");
+                return;
             }
         };
+        let n = epoll.get_ref().poll_now(&mut events);
+        if n == 0 {
+            guard.clear_ready();
+            continue;
+        }
         let Some(state) = state.upgrade() else {
             return;
         };
-        let mut g = state.borrow_mut();
-        let w = &mut *g;
-        let ft = FiveTuple {
-            client: from,
-            server: local,
-            transport: Transport::Udp,
-        };
-        w.core.handle_client(now(), ft, &buf[..n], &mut w.io);
+        let mut more = n == events.len();
+        {
+            let mut g = state.borrow_mut();
+            let w = &mut *g;
+            w.io.batching = true;
+            let mut work = 0;
+            for ev in &events[..n] {
+                if work >= ROUND_BUDGET {
+                    // The sockets not read stay ready (level-triggered): next round.
+                    more = true;
+                    break;
+                }
+                let read = drain_socket(w, ev.u64, &mut rx);
+                more |= read == RX_BATCH;
+                work += read;
+            }
+            deliver_local(w);
+            w.io.batching = false;
+            w.io.flush();
+        }
+        if more {
+            drop(guard);
+            tokio::task::yield_now().await;
+        } else {
+            // Every socket was read empty: anything arriving from now on wakes the set's
+            // file descriptor again (the readiness tick of this guard is older).
+            guard.clear_ready();
+        }
     }
 }
 
-async fn relay_loop(state: Weak<RefCell<Worker>>, sock: Rc<UdpSocket>, relay: RelayId) {
-    let mut buf = vec![0u8; RELAY_BUF];
-    let end = RELAY_BUF - PEER_TAILROOM;
-    loop {
-        let (n, from) = match sock.recv_from(&mut buf[PEER_HEADROOM..end]).await {
-            Ok(x) => x,
-            Err(e) => {
-                debug!(?relay, error = %e, "relay recv failed");
+/// Reads one batch from the socket with epoll token `token` and hands it to the core;
+/// returns how many datagrams were read.
+fn drain_socket(w: &mut Worker, token: u64, rx: &mut RecvBatch) -> usize {
+    let listener = LISTENER_TOKEN - token;
+    let found = w.io.listeners.get(listener as usize);
+    if let Some((local, fd)) = found.map(|(a, s)| (*a, s.as_raw_fd())) {
+        let n = rx.recv(fd);
+        let t = now();
+        for i in 0..n {
+            let Some((client, slot, range)) = rx.datagram(i) else {
                 continue;
+            };
+            let ft = FiveTuple {
+                client,
+                server: local,
+                transport: Transport::Udp,
+            };
+            if let Some(data) = slot.get(range) {
+                w.core.handle_client(t, ft, data, &mut w.io);
             }
-        };
-        let Some(state) = state.upgrade() else {
-            return;
-        };
-        let mut g = state.borrow_mut();
-        let w = &mut *g;
-        w.core.handle_peer(
-            now(),
-            relay,
-            from,
-            &mut buf,
-            PEER_HEADROOM..PEER_HEADROOM + n,
-            &mut w.io,
-        );
+        }
+        return n;
     }
+    let relay = RelayId(token);
+    let Some(fd) = w.io.relays.get(&relay).map(|r| r.sock.as_raw_fd()) else {
+        // Closed earlier in this round.
+        return 0;
+    };
+    let n = rx.recv(fd);
+    let t = now();
+    for i in 0..n {
+        let Some((peer, slot, range)) = rx.datagram(i) else {
+            continue;
+        };
+        w.core.handle_peer(t, relay, peer, slot, range, &mut w.io);
+    }
+    n
+}
+
+/// Hands the datagrams one relay socket of this worker sent to another to the receiving
+/// allocation (its permission is checked there), as the kernel would have.
+fn deliver_local(w: &mut Worker) {
+    if w.io.local.is_empty() {
+        return;
+    }
+    // Taken out (an empty queue allocates nothing) so the core can have the I/O; the core
+    // sends nothing to a peer while it handles a peer's datagram, so nothing is added.
+    let mut q = std::mem::take(&mut w.io.local);
+    let t = now();
+    q.drain(|to, from, buf, range| w.core.handle_peer(t, to, from, buf, range, &mut w.io));
+    w.io.local = q;
 }
 
 async fn timer_loop(state: Weak<RefCell<Worker>>) {

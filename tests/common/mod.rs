@@ -56,9 +56,10 @@ impl TestServer {
                 addr.to_string(),
                 "--realm".into(),
                 REALM.into(),
-                "--workers".into(),
-                "2".into(),
             ];
+            if !extra.contains(&"--workers") {
+                args.extend(["--workers".into(), "2".into()]);
+            }
             if !extra.contains(&"--relay-ip") {
                 args.extend(["--relay-ip".into(), ip.into()]);
             }

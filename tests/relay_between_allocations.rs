@@ -1,0 +1,130 @@
+//! Two allocations of one server relay to each other (each the other's peer, relayed address
+//! to relayed address, the browser-to-browser case), through the real server with one worker
+//! so both live on it and turnd hands the data over without the kernel. Permissions hold on
+//! both sides: a datagram goes out only if the sender has a permission for the receiver's
+//! relayed address, and comes in only if the receiver has one for the sender's (RFC 8656
+//! §12). Dropped datagrams are proven by order, not by waiting: each side's first delivery
+//! is the one sent after the permission that allows it (the datagram to be refused is
+//! followed by a request of its sender, whose answer comes after the hand-over).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{
+    RawClient, TestServer, peer_attr, recv_data_indication, send_indication, udp_transport,
+};
+use stun::attributes::{ATTR_CHANNEL_NUMBER, ATTR_XOR_RELAYED_ADDRESS};
+use stun::message::{METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION};
+
+fn allocate(server: &TestServer) -> (RawClient, SocketAddr) {
+    let mut c = RawClient::new(server.addr, "alice", "wonderland");
+    let r = c.request(METHOD_ALLOCATE, &[udp_transport()]);
+    assert_eq!(r.code(), None, "allocate");
+    let relayed = r.xor_addrs(ATTR_XOR_RELAYED_ADDRESS)[0];
+    (c, relayed)
+}
+
+fn permit(c: &mut RawClient, peer: SocketAddr) {
+    let r = c.request(METHOD_CREATE_PERMISSION, &[peer_attr(peer)]);
+    assert_eq!(r.code(), None, "create permission for {peer}");
+}
+
+fn bind_channel(c: &mut RawClient, number: u16, peer: SocketAddr) {
+    let r = c.request(
+        METHOD_CHANNEL_BIND,
+        &[
+            (
+                ATTR_CHANNEL_NUMBER,
+                vec![(number >> 8) as u8, number as u8, 0, 0],
+            ),
+            peer_attr(peer),
+        ],
+    );
+    assert_eq!(r.code(), None, "channel bind {number:#x} to {peer}");
+}
+
+fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = number.to_be_bytes().to_vec();
+    m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    m.extend_from_slice(data);
+    m
+}
+
+/// The next ChannelData on the client's socket: (channel, data).
+fn recv_channel_data(c: &RawClient) -> Option<(u16, Vec<u8>)> {
+    for _ in 0..10 {
+        let raw = c.recv_raw()?;
+        if raw.len() >= 4 && (0x40..0x80).contains(&raw[0]) {
+            let number = u16::from_be_bytes([raw[0], raw[1]]);
+            let len = u16::from_be_bytes([raw[2], raw[3]]) as usize;
+            return Some((number, raw.get(4..4 + len)?.to_vec()));
+        }
+    }
+    None
+}
+
+#[test]
+fn allocations_relay_to_each_other_with_permissions_checked_on_both_sides() {
+    let server = TestServer::start(
+        "127.0.0.1",
+        &["--workers", "1", "--allow-peer", "127.0.0.1/32"],
+    );
+    let (mut a, relay_a) = allocate(&server);
+    let (mut b, relay_b) = allocate(&server);
+    assert_ne!(relay_a, relay_b);
+
+    // A may send to B, but B has no permission for A: B's side drops it. A's next request is
+    // answered only after the server has handed that datagram to B's allocation (within the
+    // same batch), so B's permission below comes strictly later.
+    permit(&mut a, relay_b);
+    a.send_raw(&send_indication(relay_b, b"refused by b"));
+    permit(&mut a, relay_b);
+    // B has no permission for A: B's own send is dropped before it leaves.
+    b.send_raw(&send_indication(relay_a, b"refused at b"));
+
+    permit(&mut b, relay_a);
+    a.send_raw(&send_indication(relay_b, b"to b"));
+    assert_eq!(
+        recv_data_indication(&b),
+        Some((relay_a, b"to b".to_vec())),
+        "B's first delivery is the one sent after its permission, from A's relayed address"
+    );
+    b.send_raw(&send_indication(relay_a, b"to a"));
+    assert_eq!(
+        recv_data_indication(&a),
+        Some((relay_b, b"to a".to_vec())),
+        "A's first delivery is B's send after B's permission"
+    );
+
+    // Channels: A's ChannelData reaches B as a Data indication until B binds a channel to A,
+    // then as ChannelData on B's channel.
+    bind_channel(&mut a, 0x4000, relay_b);
+    a.send_raw(&channel_data(0x4000, b"over a's channel"));
+    assert_eq!(
+        recv_data_indication(&b),
+        Some((relay_a, b"over a's channel".to_vec()))
+    );
+    bind_channel(&mut b, 0x4abc, relay_a);
+    a.send_raw(&channel_data(0x4000, b"both channels"));
+    assert_eq!(
+        recv_channel_data(&b),
+        Some((0x4abc, b"both channels".to_vec()))
+    );
+    b.send_raw(&channel_data(0x4abc, b"back to a"));
+    assert_eq!(recv_channel_data(&a), Some((0x4000, b"back to a".to_vec())));
+
+    // A burst in one direction arrives whole and in order (a burst fills the worker's
+    // batches, some of them in one round).
+    for i in 0..200u32 {
+        a.send_raw(&channel_data(0x4000, &i.to_be_bytes()));
+    }
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        match recv_channel_data(&b) {
+            Some((0x4abc, d)) => got.push(u32::from_be_bytes(d.try_into().expect("4 bytes"))),
+            other => panic!("after {} datagrams: {other:?}", got.len()),
+        }
+    }
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+}
