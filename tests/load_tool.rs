@@ -7,49 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::stream::{TempDir, TestCert, free_tcp_port};
-use common::{TestServer, free_udp_port};
-
-/// Runs a binary to completion (killed by its pid after `limit`); (exit code, stdout, stderr).
-fn run(bin: &str, args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let timed_out = matches!(child.try_wait(), Ok(None));
-    if timed_out {
-        let _ = child.kill();
-    }
-    let status = child.wait();
-    (
-        status.ok().filter(|_| !timed_out).and_then(|s| s.code()),
-        out_reader.join().unwrap_or_default(),
-        err_reader.join().unwrap_or_default(),
-    )
-}
+use common::{TestServer, free_udp_port, run_binary as run};
 
 /// The `RESULT k=v ...` line as a map.
 fn result_line(stdout: &str) -> HashMap<String, String> {

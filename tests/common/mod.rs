@@ -381,14 +381,19 @@ pub async fn turn_client(server: &TestServer, user: &str, pass: &str) -> turn::c
 /// stderr). The process is killed (by its pid) if it is still running after `limit`; the code
 /// is then `None` (as it is when it dies by a signal).
 pub fn run_turnd(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    run_binary(env!("CARGO_BIN_EXE_turnd"), args, limit)
+}
+
+/// [`run_turnd`] for any binary (the load tool, the floor forwarder).
+pub fn run_binary(bin: &str, args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
     use std::io::Read;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn turnd");
+        .expect("spawn");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
