@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Worker threads, 0 for one per CPU core [server.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Do not use the kernel's UDP segmentation offloads, GSO and GRO
+    /// [server.udp-offload = false].
+    #[arg(long)]
+    pub no_udp_offload: bool,
     /// error, warn, info, debug or trace [log.level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -69,6 +69,9 @@ pub struct ServerSection {
     pub alternate_server: Vec<SocketAddr>,
     /// Seconds a drain (SIGTERM) waits for the live allocations to end before exiting.
     pub drain_timeout: u64,
+    /// Use the kernel's UDP segmentation offloads (GSO on send, GRO on receive) where it has
+    /// them.
+    pub udp_offload: bool,
 }
 
 impl Default for ServerSection {
@@ -81,6 +84,7 @@ impl Default for ServerSection {
             mapped_address: false,
             alternate_server: Vec::new(),
             drain_timeout: 300,
+            udp_offload: true,
         }
     }
 }
@@ -498,6 +502,9 @@ impl Config {
         replace(&mut self.server.listen, &cli.listen);
         set(&mut self.server.realm, &cli.realm);
         set(&mut self.server.workers, &cli.workers);
+        if cli.no_udp_offload {
+            self.server.udp_offload = false;
+        }
         if !cli.user.is_empty() {
             self.auth.users = cli
                 .user
@@ -1424,6 +1431,13 @@ mod tests {
         assert_eq!(c.log.format, "json");
         assert_eq!(Config::default().log.format, "text");
         assert_eq!(Config::default().server.drain_timeout, 300);
+        assert!(Config::default().server.udp_offload);
+        assert!(
+            !Config::from_toml_str("[server]\nudp-offload = false")
+                .unwrap()
+                .server
+                .udp_offload
+        );
         assert_invalid(
             "[server]\ndrain-timeout = 86401",
             "server.drain-timeout",

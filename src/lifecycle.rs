@@ -85,6 +85,10 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("server.listen", old.server.listen != new.server.listen);
     check("server.workers", old.server.workers != new.server.workers);
+    check(
+        "server.udp-offload",
+        old.server.udp_offload != new.server.udp_offload,
+    );
     check("relay.ips", old.relay_ips() != new.relay_ips());
     check(
         "relay.external-ips",
@@ -134,6 +138,7 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
 fn keep_running_values(old: &Config, mut new: Config) -> Config {
     new.server.listen = old.server.listen.clone();
     new.server.workers = old.server.workers;
+    new.server.udp_offload = old.server.udp_offload;
     new.relay.ips = old.relay.ips.clone();
     new.relay.external_ips = old.relay.external_ips.clone();
     new.relay.min_port = old.relay.min_port;

@@ -20,6 +20,8 @@ pub struct WorkerSnapshot {
     pub gauges: Gauges,
     /// Datagrams the kernel refused to take (full socket buffer).
     pub send_drops: u64,
+    /// What the UDP segmentation offloads (GSO, GRO) did.
+    pub offload: crate::net::OffloadCounts,
 }
 
 /// Asks every worker for its counters.
@@ -29,6 +31,7 @@ pub async fn gather(control: &Control) -> Vec<WorkerSnapshot> {
             stats: core.stats(),
             gauges: core.gauges(crate::net::now().mono),
             send_drops: io.send_drops(),
+            offload: io.offload_counts(),
         })
         .await
 }
@@ -65,6 +68,10 @@ pub fn sum(workers: &[WorkerSnapshot]) -> WorkerSnapshot {
         t.gauges.permissions += w.gauges.permissions;
         t.gauges.channels += w.gauges.channels;
         t.send_drops += w.send_drops;
+        t.offload.gso_datagrams += w.offload.gso_datagrams;
+        t.offload.gso_messages += w.offload.gso_messages;
+        t.offload.gro_reads += w.offload.gro_reads;
+        t.offload.gro_datagrams += w.offload.gro_datagrams;
     }
     t
 }
@@ -211,6 +218,33 @@ pub fn render(
         &[("reason", "send_failed")],
         t.send_drops,
     );
+
+    let g = &t.offload;
+    for (name, help, v) in [
+        (
+            "turnd_udp_gso_datagrams_total",
+            "UDP datagrams sent inside GSO messages (one pass through the kernel per message).",
+            g.gso_datagrams,
+        ),
+        (
+            "turnd_udp_gso_messages_total",
+            "GSO messages sent.",
+            g.gso_messages,
+        ),
+        (
+            "turnd_udp_gro_datagrams_total",
+            "UDP datagrams received coalesced by GRO.",
+            g.gro_datagrams,
+        ),
+        (
+            "turnd_udp_gro_reads_total",
+            "Reads that returned GRO-coalesced datagrams.",
+            g.gro_reads,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        o.sample(name, &[], v);
+    }
 
     o.family(
         "turnd_requests_total",

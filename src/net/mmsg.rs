@@ -1,6 +1,13 @@
 //! Batched UDP system calls: `recvmmsg` into one shared set of buffers per worker, and a send
 //! queue flushed with `sendmmsg`, one call per socket per flush.
 //!
+//! Where the kernel has them, the UDP segmentation offloads go further ([`Offload`]): a run of
+//! datagrams of one size from one socket to one destination leaves as one GSO message
+//! (`UDP_SEGMENT`, Linux 4.18), which crosses the IP stack once, and a socket with `UDP_GRO`
+//! (Linux 5.0) receives a burst of equal datagrams from one sender as one read, which the
+//! worker splits back into the datagrams. The sends and reads are the same datagrams either
+//! way: only the number of passes through the kernel changes.
+//!
 //! Everything is allocated once, when the worker starts: receiving, queueing and flushing a
 //! datagram allocate nothing.
 
@@ -22,6 +29,64 @@ const SLOT: usize = (PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM).next_multiple
 const TX_BATCH: usize = 64;
 /// Bytes the send queue holds; a datagram larger than this is sent on its own.
 const TX_BYTES: usize = 128 * 1024;
+
+/// Most datagrams one GSO message carries (the kernel's `UDP_MAX_SEGMENTS` is 64 up to Linux
+/// 6.8 and 128 since).
+const GSO_SEGMENTS: usize = 64;
+/// Most bytes one GSO message carries: the largest UDP payload over IPv4.
+const GSO_BYTES: usize = 65507;
+/// The largest datagram merged into a GSO message: a UDP payload that fits a 1500-byte IPv6
+/// path. The kernel refuses a segment larger than the route's MTU allows (then the datagrams
+/// go one by one: see [`SendQueue::flush`]); a larger datagram is IP-fragmented when sent on
+/// its own, which GSO cannot do, so it is never merged.
+const GSO_MAX_SEGMENT: usize = 1452;
+/// Room for one control message holding a `u16` (GSO) or a `c_int` (GRO), 8-byte aligned.
+type CmsgBuf = [u64; 4];
+
+/// The UDP segmentation offloads a worker uses: what the kernel supports, unless the operator
+/// turned them off (`server.udp-offload = false`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Offload {
+    /// Send runs of equal datagrams to one destination as one `UDP_SEGMENT` message.
+    pub(crate) gso: bool,
+    /// Set `UDP_GRO` on the sockets and split what arrives coalesced.
+    pub(crate) gro: bool,
+}
+
+impl Offload {
+    /// What this kernel supports, found by setting the options on a throwaway socket.
+    pub(crate) fn probe() -> Offload {
+        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            return Offload::default();
+        };
+        use std::os::fd::AsRawFd;
+        let fd = s.as_raw_fd();
+        Offload {
+            gso: set_int(fd, libc::UDP_SEGMENT, 1200),
+            gro: set_int(fd, libc::UDP_GRO, 1),
+        }
+    }
+
+    /// Turns GRO on for a socket of a worker using it; false when the kernel refused.
+    pub(crate) fn enable_gro(&self, fd: RawFd) -> bool {
+        self.gro && set_int(fd, libc::UDP_GRO, 1)
+    }
+}
+
+/// `setsockopt(fd, SOL_UDP, name, value)`; true when it took.
+fn set_int(fd: RawFd, name: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
 
 /// Room for an IPv4 or IPv6 socket address as the kernel reads and writes it.
 #[repr(C)]
@@ -104,11 +169,24 @@ pub(super) struct RecvBatch {
     names: Box<[RawAddr]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    /// Control message room per slot, for the GRO segment size; used when `gro` is on.
+    cmsgs: Box<[CmsgBuf]>,
+    gro: bool,
 }
 
 impl RecvBatch {
+    /// Buffers for a worker; with `gro`, reads also take the segment size of coalesced
+    /// datagrams ([`RecvBatch::segment_size`]).
+    pub(super) fn with_gro(gro: bool) -> RecvBatch {
+        let mut b = RecvBatch::new();
+        b.gro = gro;
+        b
+    }
+
     pub(super) fn new() -> RecvBatch {
         let mut b = RecvBatch {
+            gro: false,
+            cmsgs: vec![[0u64; 4]; RX_BATCH].into_boxed_slice(),
             bufs: vec![0u8; RX_BATCH * SLOT].into_boxed_slice(),
             names: vec![RawAddr::zeroed(); RX_BATCH].into_boxed_slice(),
             iovs: (0..RX_BATCH)
@@ -139,10 +217,14 @@ impl RecvBatch {
     /// Reads up to [`RX_BATCH`] datagrams from `fd` without waiting; returns how many
     /// arrived (0 when none was waiting or on error).
     pub(super) fn recv(&mut self, fd: RawFd) -> usize {
-        for h in self.hdrs.iter_mut() {
+        for (h, c) in self.hdrs.iter_mut().zip(self.cmsgs.iter_mut()) {
             h.msg_hdr.msg_namelen = std::mem::size_of::<RawAddr>() as libc::socklen_t;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
+            if self.gro {
+                h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = std::mem::size_of::<CmsgBuf>() as _;
+            }
         }
         // SAFETY: every header points at its own live slot, iovec and address room, set up
         // in `new` and owned by `self`, which is borrowed mutably across the call.
@@ -173,6 +255,31 @@ impl RecvBatch {
         let slot = self.bufs.get_mut(i * SLOT..(i + 1) * SLOT)?;
         Some((from, slot, PEER_HEADROOM..PEER_HEADROOM + len))
     }
+
+    /// The size of the datagrams that datagram `i` of the last read coalesces (GRO): every
+    /// one but the last is this long. None when it is a single datagram.
+    pub(super) fn segment_size(&self, i: usize) -> Option<usize> {
+        if !self.gro {
+            return None;
+        }
+        let h = &self.hdrs.get(i)?.msg_hdr;
+        if h.msg_controllen == 0 {
+            return None;
+        }
+        // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed control messages
+        // into this header's own buffer; the macros stay inside that length.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    return usize::try_from(size).ok().filter(|&s| s > 0);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
+    }
 }
 
 /// A queued datagram: the socket it leaves from, where it goes, and its bytes in the arena.
@@ -193,11 +300,37 @@ pub(super) struct SendQueue {
     names: Box<[RawAddr]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    /// Per message: the GSO control message, and the queued datagrams it carries.
+    cmsgs: Box<[CmsgBuf]>,
+    spans: Box<[(u16, u16)]>,
+    /// Merge runs into GSO messages; turned off for good if the kernel says the device
+    /// cannot (EIO).
+    gso: bool,
+    /// Datagrams that left in GSO messages, and the messages (for the metrics and tests).
+    gso_datagrams: u64,
+    gso_messages: u64,
 }
 
 impl SendQueue {
+    /// A queue that merges runs of equal datagrams into GSO messages when `gso` is on.
+    pub(super) fn with_gso(gso: bool) -> SendQueue {
+        let mut q = SendQueue::new();
+        q.gso = gso;
+        q
+    }
+
+    /// Datagrams sent inside GSO messages, and how many messages carried them.
+    pub(super) fn gso_counts(&self) -> (u64, u64) {
+        (self.gso_datagrams, self.gso_messages)
+    }
+
     pub(super) fn new() -> SendQueue {
         SendQueue {
+            cmsgs: vec![[0u64; 4]; TX_BATCH].into_boxed_slice(),
+            spans: vec![(0u16, 0u16); TX_BATCH].into_boxed_slice(),
+            gso: false,
+            gso_datagrams: 0,
+            gso_messages: 0,
             arena: vec![0u8; TX_BYTES].into_boxed_slice(),
             used: 0,
             queued: Vec::with_capacity(TX_BATCH),
@@ -241,38 +374,66 @@ impl SendQueue {
 
     /// Sends everything queued, one `sendmmsg` per socket; returns how many datagrams the
     /// kernel refused (full socket buffer), which are dropped as UDP would.
+    ///
+    /// With GSO, consecutive datagrams of one socket to one destination, of one size (the
+    /// last of a run may be shorter), leave as one message with a `UDP_SEGMENT` control
+    /// message. Datagrams to one destination keep their order; only the order between
+    /// different destinations of one socket may change, which UDP never promised. If the
+    /// kernel refuses a GSO message for its size (a route with a small MTU), its datagrams
+    /// go one by one; if it says the device cannot segment (EIO), GSO stays off.
     pub(super) fn flush(&mut self) -> u64 {
         let k = self.queued.len();
         if k == 0 {
             return 0;
         }
-        // Group by socket; the arena offset keeps each socket's datagrams in queue order.
-        // (An unstable sort does not allocate.)
-        self.queued.sort_unstable_by_key(|q| (q.fd, q.off));
+        // Group by socket, then by destination; the arena offset keeps each destination's
+        // datagrams in queue order. (An unstable sort does not allocate.)
+        if self.gso {
+            self.queued.sort_unstable_by_key(|q| (q.fd, q.to, q.off));
+        } else {
+            self.queued.sort_unstable_by_key(|q| (q.fd, q.off));
+        }
         let base = self.arena.as_mut_ptr();
         for (i, q) in self.queued.iter().enumerate() {
-            let namelen = self.names[i].set(&q.to);
             // SAFETY: off + len lies inside the arena (checked in `push`).
             self.iovs[i].iov_base = unsafe { base.add(q.off as usize) }.cast();
             self.iovs[i].iov_len = q.len as usize;
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = (&mut self.names[i] as *mut RawAddr).cast();
+        }
+        // Messages: runs of datagrams, each message m carrying queued[spans[m]].
+        let mut m = 0;
+        let mut i = 0;
+        while i < k {
+            let q = self.queued[i];
+            let j = if self.gso { self.run_end(i) } else { i + 1 };
+            let namelen = self.names[m].set(&q.to);
+            let h = &mut self.hdrs[m];
+            h.msg_hdr.msg_name = (&mut self.names[m] as *mut RawAddr).cast();
             h.msg_hdr.msg_namelen = namelen;
             h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_iovlen = j - i;
             h.msg_hdr.msg_control = std::ptr::null_mut();
             h.msg_hdr.msg_controllen = 0;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
+            if j - i > 1 {
+                set_gso_cmsg(&mut h.msg_hdr, &mut self.cmsgs[m], q.len as u16);
+            }
+            self.spans[m] = (i as u16, j as u16);
+            m += 1;
+            i = j;
         }
         let mut drops = 0;
         let mut i = 0;
-        while i < k {
-            let fd = self.queued[i].fd;
-            let end = i + self.queued[i..].iter().take_while(|q| q.fd == fd).count();
-            // Bounded: each round sends at least one datagram or skips one.
+        while i < m {
+            let fd = self.queued[self.spans[i].0 as usize].fd;
+            let end = i + self.spans[i..m]
+                .iter()
+                .take_while(|&&(a, _)| self.queued[a as usize].fd == fd)
+                .count();
+            // Bounded: each round sends at least one message or skips one.
             while i < end {
-                // SAFETY: headers i..end point at live names, iovecs and arena bytes.
+                // SAFETY: headers i..end point at live names, iovecs, control messages and
+                // arena bytes, all owned by `self`.
                 let r = unsafe {
                     libc::sendmmsg(
                         fd,
@@ -282,17 +443,94 @@ impl SendQueue {
                     )
                 };
                 if r > 0 {
+                    for &(a, b) in &self.spans[i..i + r as usize] {
+                        if b - a > 1 {
+                            self.gso_messages += 1;
+                            self.gso_datagrams += u64::from(b - a);
+                        }
+                    }
                     i += r as usize;
-                } else {
-                    drops += 1;
-                    i += 1;
+                    continue;
                 }
+                let err = std::io::Error::last_os_error().raw_os_error();
+                let (a, b) = self.spans[i];
+                let (a, b) = (a as usize, b as usize);
+                if b - a > 1 && matches!(err, Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)) {
+                    if err == Some(libc::EIO) {
+                        // The device cannot checksum or segment: stop asking.
+                        self.gso = false;
+                    }
+                    for e in a..b {
+                        let q = self.queued[e];
+                        let data = &self.arena[q.off as usize..(q.off + q.len) as usize];
+                        if send_one(fd, data, &q.to).is_err() {
+                            drops += 1;
+                        }
+                    }
+                } else {
+                    drops += (b - a) as u64;
+                }
+                i += 1;
             }
         }
         self.queued.clear();
         self.used = 0;
         drops
     }
+
+    /// The end of the GSO run that starts at queued datagram `i`: the datagrams after it
+    /// from the same socket to the same destination, as long as the first one, within the
+    /// kernel's limits; one shorter datagram may end the run.
+    fn run_end(&self, i: usize) -> usize {
+        let q = self.queued[i];
+        let size = q.len as usize;
+        let mut j = i + 1;
+        if size == 0 || size > GSO_MAX_SEGMENT {
+            return j;
+        }
+        let mut total = size;
+        while let Some(n) = self.queued.get(j) {
+            let len = n.len as usize;
+            if n.fd != q.fd
+                || n.to != q.to
+                || len == 0
+                || len > size
+                || j - i >= GSO_SEGMENTS
+                || total + len > GSO_BYTES
+            {
+                break;
+            }
+            total += len;
+            j += 1;
+            if len < size {
+                break;
+            }
+        }
+        j
+    }
+}
+
+/// Attaches a `UDP_SEGMENT` control message giving the segment size to `h`.
+fn set_gso_cmsg(h: &mut libc::msghdr, buf: &mut CmsgBuf, size: u16) {
+    h.msg_control = buf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE of a u16 (24 bytes on 64-bit Linux) fits the 32-byte, 8-aligned
+    // buffer that `msg_control` now points at, so CMSG_FIRSTHDR is that buffer and the
+    // header and its data lie inside it.
+    unsafe {
+        h.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+    }
+}
+
+/// One plain `sendto`, for the datagrams of a GSO message the kernel refused.
+fn send_one(fd: RawFd, data: &[u8], to: &SocketAddr) -> std::io::Result<usize> {
+    // SAFETY: `fd` is an open socket owned by the worker for the duration of the call.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&sock).send_to(data, &(*to).into())
 }
 
 #[cfg(test)]
@@ -369,7 +607,15 @@ mod tests {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = sink.local_addr().unwrap();
-        let (mut q, mut rx, mut local) = (SendQueue::new(), RecvBatch::new(), LocalQueue::new());
+        // With the offloads where the kernel has them: the 16 datagrams below leave as one
+        // GSO message and are read back as one GRO read.
+        let offload = Offload::probe();
+        offload.enable_gro(sink.as_raw_fd());
+        let (mut q, mut rx, mut local) = (
+            SendQueue::with_gso(offload.gso),
+            RecvBatch::with_gro(offload.gro),
+            LocalQueue::new(),
+        );
         let mut received = 0;
         let mut delivered = 0;
         let mut round = |count: bool| {
@@ -383,9 +629,12 @@ mod tests {
             for _ in 0..4 {
                 let n = rx.recv(sink.as_raw_fd());
                 for i in 0..n {
+                    let step = rx.segment_size(i);
                     let (from, slot, range) = rx.datagram(i).expect("datagram");
-                    assert!(local.push(RelayId(1), from, &slot[range]));
-                    received += 1;
+                    for d in slot[range].chunks(step.unwrap_or(200)) {
+                        assert!(local.push(RelayId(1), from, d));
+                        received += 1;
+                    }
                 }
                 local.drain(|_, _, buf, range| {
                     buf[range.start - 4..range.start].fill(0);
@@ -405,6 +654,56 @@ mod tests {
             "allocations on the packet path"
         );
         assert!(received > 0 && received == delivered);
+    }
+
+    /// With GSO, a run of equal datagrams from one socket to one destination leaves as one
+    /// message (a shorter one may end it), other destinations keep their own messages, and
+    /// each destination gets its datagrams whole and in order.
+    #[test]
+    fn gso_merges_runs_per_destination_in_order() {
+        let offload = Offload::probe();
+        let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (ta, tb) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut q = SendQueue::with_gso(offload.gso);
+        let fd = src.as_raw_fd();
+        let to_a: Vec<Vec<u8>> = vec![
+            vec![1; 100],
+            vec![2; 100],
+            vec![3; 100],
+            vec![4; 50],
+            vec![5; 100],
+            vec![6; 1453],
+            vec![7; 1453],
+        ];
+        for (i, d) in to_a.iter().enumerate() {
+            assert!(q.push(fd, ta, d));
+            if i == 1 {
+                assert!(q.push(fd, tb, &[9; 100]));
+            }
+        }
+        assert_eq!(q.flush(), 0);
+        if offload.gso {
+            // 1, 2, 3 and the shorter 4 in one message; 5, 6, 7 and B's on their own (6 and 7
+            // are over the largest merged size).
+            assert_eq!(q.gso_counts(), (4, 1));
+        } else {
+            assert_eq!(q.gso_counts(), (0, 0));
+        }
+        let read = |s: &UdpSocket, n: usize| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            (0..n)
+                .map(|_| {
+                    let (len, _) = s.recv_from(&mut buf).unwrap();
+                    buf[..len].to_vec()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(&a, to_a.len()), to_a);
+        assert_eq!(read(&b, 1), vec![vec![9u8; 100]]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod relay_tcp;
 mod tcp;
 pub mod tls;
 mod udp;
+pub use udp::OffloadCounts;
 
 pub(crate) use udp::{DriverIo, Job};
 
@@ -333,6 +334,16 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         cfg.unauth_limit(),
         random_bytes::<16>().map_err(|e| format!("random: {e}"))?,
     ));
+    let offload = if cfg.server.udp_offload {
+        mmsg::Offload::probe()
+    } else {
+        mmsg::Offload::default()
+    };
+    info!(
+        gso = offload.gso,
+        gro = offload.gro,
+        "udp segmentation offload"
+    );
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
@@ -368,7 +379,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         };
         let h = std::thread::Builder::new()
             .name(format!("turnd-worker-{i}"))
-            .spawn(move || udp::run_worker(i, socks, core, rx, job_rx, ws))
+            .spawn(move || udp::run_worker(i, socks, core, offload, rx, job_rx, ws))
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         handles.push(h);
     }

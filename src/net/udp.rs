@@ -20,10 +20,11 @@ use tracing::{debug, error, warn};
 
 use super::epoll::{Epoll, event_buffer};
 use super::local::LocalQueue;
-use super::mmsg::{RX_BATCH, RecvBatch, SendQueue};
+use super::mmsg::{Offload, RX_BATCH, RecvBatch, SendQueue};
 use super::now;
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, RelayId, RelayOptions, Server, ServerConfig, Transport,
+    BindError, ConnectionId, FiveTuple, Io, PEER_TAILROOM, RelayId, RelayOptions, Server,
+    ServerConfig, Transport,
 };
 
 /// The longest the timer task sleeps, so a missed wakeup costs at most this much.
@@ -64,8 +65,22 @@ pub(crate) struct DriverIo {
     tx: SendQueue,
     batching: bool,
     send_drops: u64,
+    /// The UDP segmentation offloads in use (GRO is set on each relay socket as it opens).
+    offload: Offload,
+    /// Reads that returned coalesced datagrams (GRO), and the datagrams they held.
+    gro_reads: u64,
+    gro_datagrams: u64,
     /// TCP and TLS client connections (src/net/tcp.rs).
     pub(super) tcp: super::tcp::TcpIo,
+}
+
+/// How much the UDP segmentation offloads did on one worker (see [`DriverIo::offload_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffloadCounts {
+    pub gso_datagrams: u64,
+    pub gso_messages: u64,
+    pub gro_reads: u64,
+    pub gro_datagrams: u64,
 }
 
 /// A relay socket and the address it is bound to.
@@ -78,6 +93,18 @@ impl DriverIo {
     /// Datagrams the kernel refused (full socket buffer), to clients and peers.
     pub(crate) fn send_drops(&self) -> u64 {
         self.send_drops
+    }
+
+    /// The offload counters: datagrams sent in GSO messages and those messages; reads that
+    /// returned GRO-coalesced datagrams and the datagrams they held.
+    pub(crate) fn offload_counts(&self) -> OffloadCounts {
+        let (gso_datagrams, gso_messages) = self.tx.gso_counts();
+        OffloadCounts {
+            gso_datagrams,
+            gso_messages,
+            gro_reads: self.gro_reads,
+            gro_datagrams: self.gro_datagrams,
+        }
     }
 
     /// Queues a datagram while a batch is handled, or sends it now.
@@ -148,6 +175,10 @@ impl Io for DriverIo {
         };
         // The port as bound (the core always names one, but be exact).
         let bound = sock.local_addr().unwrap_or(addr);
+        if self.offload.gro {
+            // Best effort: without it the socket reads one datagram at a time.
+            self.offload.enable_gro(sock.as_raw_fd());
+        }
         if let Err(e) = self.epoll.get_ref().add(sock.as_raw_fd(), relay.0) {
             warn!(%addr, error = %e, "cannot watch relay socket");
             return Err(BindError::Other);
@@ -255,6 +286,7 @@ pub(super) fn run_worker(
     index: usize,
     sockets: Vec<(SocketAddr, StdUdpSocket)>,
     cfg: ServerConfig,
+    offload: Offload,
     mut stop: watch::Receiver<bool>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     streams: super::tcp::WorkerStreams,
@@ -286,6 +318,9 @@ pub(super) fn run_worker(
         let mut listeners = Vec::new();
         for (addr, s) in sockets {
             let token = LISTENER_TOKEN - listeners.len() as u64;
+            if offload.gro {
+                offload.enable_gro(s.as_raw_fd());
+            }
             match epoll.get_ref().add(s.as_raw_fd(), token) {
                 Ok(()) => listeners.push((addr, s)),
                 Err(e) => error!(worker = index, %addr, error = %e, "cannot register listener"),
@@ -299,13 +334,16 @@ pub(super) fn run_worker(
                 by_relay_addr: FxHashMap::default(),
                 local: LocalQueue::new(),
                 epoll: epoll.clone(),
-                tx: SendQueue::new(),
+                tx: SendQueue::with_gso(offload.gso),
                 batching: false,
                 send_drops: 0,
+                offload,
+                gro_reads: 0,
+                gro_datagrams: 0,
                 tcp: Default::default(),
             },
         }));
-        tokio::task::spawn_local(udp_loop(Rc::downgrade(&state), epoll));
+        tokio::task::spawn_local(udp_loop(Rc::downgrade(&state), epoll, offload.gro));
         super::tcp::spawn_listeners(&state, streams);
         tokio::task::spawn_local(timer_loop(Rc::downgrade(&state)));
         while !*stop.borrow() {
@@ -337,8 +375,8 @@ pub(super) fn run_worker(
 /// may have left work behind (a full batch, or more ready sockets than one round takes) it
 /// yields to the worker's other tasks before the next; otherwise it waits for the set to
 /// become readable again.
-async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>) {
-    let mut rx = RecvBatch::new();
+async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>, gro: bool) {
+    let mut rx = RecvBatch::with_gro(gro);
     let mut events = event_buffer(EVENTS);
     loop {
         let mut guard = match epoll.readable().await {
@@ -368,9 +406,9 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>) {
                     more = true;
                     break;
                 }
-                let read = drain_socket(w, ev.u64, &mut rx);
+                let (read, datagrams) = drain_socket(w, ev.u64, &mut rx);
                 more |= read == RX_BATCH;
-                work += read;
+                work += datagrams;
             }
             deliver_local(w);
             w.io.batching = false;
@@ -388,14 +426,17 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>) {
 }
 
 /// Reads one batch from the socket with epoll token `token` and hands it to the core;
-/// returns how many datagrams were read.
-fn drain_socket(w: &mut Worker, token: u64, rx: &mut RecvBatch) -> usize {
+/// returns how many reads the batch held and how many datagrams they carried (more than the
+/// reads when GRO coalesced some).
+fn drain_socket(w: &mut Worker, token: u64, rx: &mut RecvBatch) -> (usize, usize) {
     let listener = LISTENER_TOKEN - token;
     let found = w.io.listeners.get(listener as usize);
+    let mut datagrams = 0;
     if let Some((local, fd)) = found.map(|(a, s)| (*a, s.as_raw_fd())) {
         let n = rx.recv(fd);
         let t = now();
         for i in 0..n {
+            let seg = rx.segment_size(i);
             let Some((client, slot, range)) = rx.datagram(i) else {
                 continue;
             };
@@ -404,26 +445,79 @@ fn drain_socket(w: &mut Worker, token: u64, rx: &mut RecvBatch) -> usize {
                 server: local,
                 transport: Transport::Udp,
             };
-            if let Some(data) = slot.get(range) {
-                w.core.handle_client(t, ft, data, &mut w.io);
+            let step = segment_step(seg, &range);
+            let mut start = range.start;
+            // At least once: an empty datagram is a datagram too.
+            loop {
+                let end = (start + step).min(range.end);
+                if let Some(data) = slot.get(start..end) {
+                    w.core.handle_client(t, ft, data, &mut w.io);
+                }
+                datagrams += 1;
+                start = end;
+                if start >= range.end {
+                    break;
+                }
             }
+            w.io.count_gro(step, &range);
         }
-        return n;
+        return (n, datagrams);
     }
     let relay = RelayId(token);
     let Some(fd) = w.io.relays.get(&relay).map(|r| r.sock.as_raw_fd()) else {
         // Closed earlier in this round.
-        return 0;
+        return (0, 0);
     };
     let n = rx.recv(fd);
     let t = now();
     for i in 0..n {
+        let seg = rx.segment_size(i);
         let Some((peer, slot, range)) = rx.datagram(i) else {
             continue;
         };
-        w.core.handle_peer(t, relay, peer, slot, range, &mut w.io);
+        let step = segment_step(seg, &range);
+        let mut start = range.start;
+        // At least once: an empty datagram from a peer is relayed too.
+        loop {
+            let end = (start + step).min(range.end);
+            // The core writes the header in place before the datagram (over the previous
+            // one, already handled) and may pad after it: over the next datagram's first
+            // bytes, which are put back once this one is sent (every send copies).
+            let mut keep = [0u8; PEER_TAILROOM];
+            let next = end < range.end;
+            if next && let Some(b) = slot.get(end..end + PEER_TAILROOM) {
+                keep.copy_from_slice(b);
+            }
+            w.core
+                .handle_peer(t, relay, peer, slot, start..end, &mut w.io);
+            if next && let Some(b) = slot.get_mut(end..end + PEER_TAILROOM) {
+                b.copy_from_slice(&keep);
+            }
+            datagrams += 1;
+            start = end;
+            if start >= range.end {
+                break;
+            }
+        }
+        w.io.count_gro(step, &range);
     }
-    n
+    (n, datagrams)
+}
+
+/// The length of each datagram in a read of `range`: the GRO segment size, or all of it.
+fn segment_step(seg: Option<usize>, range: &std::ops::Range<usize>) -> usize {
+    let len = range.end - range.start;
+    seg.filter(|&s| s < len).unwrap_or(len.max(1))
+}
+
+impl DriverIo {
+    fn count_gro(&mut self, step: usize, range: &std::ops::Range<usize>) {
+        let len = range.end - range.start;
+        if step < len {
+            self.gro_reads += 1;
+            self.gro_datagrams += len.div_ceil(step) as u64;
+        }
+    }
 }
 
 /// Hands the datagrams one relay socket of this worker sent to another to the receiving
