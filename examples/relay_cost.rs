@@ -23,14 +23,11 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use turnd::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
 use turnd::stun::{Class, Message, MessageWriter, attr, method};
-use turnd::turn::peer_policy::PeerPolicy;
-use turnd::turn::ports::PortPool;
-use turnd::turn::quota::Quotas;
 use turnd::turn::{
     BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
     ServerConfig, Time, Transport,
@@ -113,28 +110,20 @@ fn main() {
         nonce_lifetime_secs: 600,
         nonce_key: [1; 32],
     });
+    let relay = "192.0.2.1".parse().unwrap();
     let mut server = Server::new(ServerConfig {
-        auth: Arc::new(auth),
-        policy: PeerPolicy::new(vec![], vec![]),
-        ports: Arc::new(Mutex::new(PortPool::new(50000, 50100))),
-        quotas: Arc::new(Quotas::new(0, 0)),
-        relay_ips: [
-            Some(("192.0.2.1".parse().unwrap(), "192.0.2.1".parse().unwrap())),
-            None,
-        ],
         default_lifetime: Duration::from_secs(3600),
-        max_lifetime: Duration::from_secs(3600),
-        software: None,
-        mapped_address: false,
-        enforce_credential_expiry: true,
-        rest_separator: ':',
         max_permissions: 16,
-        secret: [2; 32],
-        limits: turnd::turn::Limits::default(),
         unauth_limiter: Arc::new(turnd::turn::rate_limit::ResponseLimiter::new(
             turnd::turn::rate_limit::RateLimit { rate: 0, burst: 0 },
             [3; 16],
         )),
+        ..ServerConfig::testing(
+            Arc::new(auth),
+            [Some((relay, relay)), None],
+            50000..=50100,
+            [2; 32],
+        )
     });
     let mut io = NullIo::default();
     let now = Time {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
@@ -16,7 +16,6 @@ use crate::stun::{
     Class, Message, MessageWriter, attr, channel_data, decode_address, decode_error_code, method,
 };
 use crate::turn::peer_policy::PeerPolicy;
-use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
 use crate::turn::{
@@ -895,35 +894,28 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
     }));
     let policy = PeerPolicy::new(vec![], vec![]).with_own_addresses([harness_listen()]);
     let quotas = Arc::new(Quotas::new(3, 6).with_ip_quota(2));
-    let ports = Arc::new(Mutex::new(PortPool::new(50000, 50015)));
+    let relay_ips = [
+        Some((
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+        )),
+        Some((
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
+        )),
+    ];
     let mut server = Server::new(ServerConfig {
-        auth: auth.clone(),
         policy: policy.clone(),
-        ports: ports.clone(),
         quotas: quotas.clone(),
-        relay_ips: [
-            Some((
-                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
-                IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
-            )),
-            Some((
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
-            )),
-        ],
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
         software: Some("fuzz".into()),
         mapped_address: true,
-        enforce_credential_expiry: true,
-        rest_separator: ':',
         max_permissions: 4,
-        secret: [5; 32],
         limits: Limits { max_channels: 4 },
         unauth_limiter: Arc::new(ResponseLimiter::new(
             RateLimit { rate: 5, burst: 10 },
             [6; 16],
         )),
+        ..ServerConfig::testing(auth.clone(), relay_ips, 50000..=50015, [5; 32])
     });
     let mut io = FuzzIo::default();
     let t0 = Instant::now();

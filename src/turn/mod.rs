@@ -14,6 +14,7 @@ pub mod quota;
 pub mod rate_limit;
 mod server;
 pub mod stats;
+mod test_config;
 
 #[cfg(test)]
 mod sim_tests;

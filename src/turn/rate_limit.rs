@@ -61,6 +61,11 @@ impl ResponseLimiter {
         }
     }
 
+    /// The rate and burst this limiter enforces.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
     /// Whether one more response may go to `source` at `now`; takes a token if so.
     pub fn allow(&self, source: IpAddr, now: Instant) -> bool {
         if self.limit.rate == 0 {

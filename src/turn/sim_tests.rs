@@ -3,11 +3,10 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::peer_policy::{Cidr, PeerPolicy};
-use super::ports::PortPool;
 use super::*;
 use crate::auth::{AuthConfig, Authenticator, UserSecret, rest_credential};
 use crate::stun::{Class, Message, MessageWriter, attr, decode_error_code, method};
@@ -135,29 +134,23 @@ fn sim_with(o: Opts) -> Sim {
             .with_bandwidth(o.max_bps, 0, 0)
             .with_ip_quota(o.ip_quota),
     );
+    let relay_ips = [
+        Some(("10.0.0.1".parse().unwrap(), "203.0.113.1".parse().unwrap())),
+        if o.v6 {
+            Some(("fd00::1".parse().unwrap(), "2001:db8::1".parse().unwrap()))
+        } else {
+            None
+        },
+    ];
     let cfg = ServerConfig {
-        auth: Arc::new(auth),
         policy: PeerPolicy::new(o.allow, vec![]).with_own_addresses(o.own),
-        ports: Arc::new(Mutex::new(PortPool::new(o.min_port, o.max_port))),
         quotas: quotas.clone(),
-        relay_ips: [
-            Some(("10.0.0.1".parse().unwrap(), "203.0.113.1".parse().unwrap())),
-            if o.v6 {
-                Some(("fd00::1".parse().unwrap(), "2001:db8::1".parse().unwrap()))
-            } else {
-                None
-            },
-        ],
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
         software: o.software,
-        mapped_address: false,
         enforce_credential_expiry: o.enforce_expiry,
-        rest_separator: ':',
         max_permissions: 8,
-        secret: [7; 32],
         limits: o.limits,
         unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(o.unauth, [8; 16])),
+        ..ServerConfig::testing(Arc::new(auth), relay_ips, o.min_port..=o.max_port, [7; 32])
     };
     Sim {
         server: Server::new(cfg),
