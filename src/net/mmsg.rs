@@ -26,9 +26,9 @@ const MAX_DATAGRAM: usize = 65536;
 const SLOT: usize = (PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM).next_multiple_of(64);
 
 /// Datagrams the send queue holds before it flushes by itself.
-const TX_BATCH: usize = 64;
+const TX_BATCH: usize = 256;
 /// Bytes the send queue holds; a datagram larger than this is sent on its own.
-const TX_BYTES: usize = 128 * 1024;
+const TX_BYTES: usize = 256 * 1024;
 
 /// Most datagrams one GSO message carries (the kernel's `UDP_MAX_SEGMENTS` is 64 up to Linux
 /// 6.8 and 128 since).
