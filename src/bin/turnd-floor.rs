@@ -9,6 +9,10 @@
 //! one `sendto` of ChannelData (or a Data indication) to the client from the listener. One
 //! thread per core, each with its own SO_REUSEPORT listener, epoll and allocations, as in
 //! turnd. IPv4 loopback only; NOT a TURN server: it relays for anyone who asks.
+//!
+//! `--syscall-cost` forwards nothing: it measures the kernel's CPU cost per loopback
+//! datagram (sendmmsg + recvmmsg on one thread, with and without GSO/GRO) and exits; see
+//! `turnd-load/syscall_cost.rs`.
 
 #[path = "turnd-load/gso.rs"]
 mod gso;

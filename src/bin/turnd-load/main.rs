@@ -10,7 +10,8 @@
 //! delivered packets per second, loss, latency percentiles and, given `--server-pid`, the
 //! server's CPU seconds per million relayed packets; the last line (`RESULT k=v ...`) is
 //! for scripts. Traffic goes to loopback only: a non-loopback server or relayed address is
-//! refused.
+//! refused. `--burst K` makes each allocation send K packets back to back (a video frame's
+//! shape), and `--gso` sends each burst as one UDP_SEGMENT message (see `gso.rs`).
 
 mod gso;
 mod hist;
