@@ -26,6 +26,9 @@ SERVERS="floor floor_batch turnd coturn"
 THREADS=2
 PEERS=2
 SIZE=200
+BURST=1
+GSO=0
+FLOOR_COUNT=1000000
 MAX_MINUTES=30
 BUILD=1
 INSTALL=1
@@ -37,7 +40,8 @@ usage() {
     cat <<EOF
 usage: bench/compare.sh [--quick] [options]
   --quick               short run: 2 s per point, rates "20000 100000 200000 0",
-                        100 and 1000 allocations, channel mode only, 10-minute cap
+                        100 and 1000 allocations, channel mode only, 300,000 datagrams
+                        per kernel-floor case, 10-minute cap
   --duration S          seconds of sending per point (default $DURATION)
   --rates "R ..."       rate sweep at 100 allocations, channel, peer; 0 = flat out
                         (default "$RATES")
@@ -52,6 +56,12 @@ usage: bench/compare.sh [--quick] [options]
                         floor_batch is turnd-floor --batch (recvmmsg/sendmmsg)
   --threads N           load tool threads (default $THREADS); --peers N echo sockets
   --size B              payload bytes (default $SIZE)
+  --burst K             packets each allocation sends back to back (turnd-load --burst;
+                        default $BURST)
+  --gso                 send each burst as one UDP GSO message, echo peers and clients
+                        receive with GRO (turnd-load --gso; UDP runs only)
+  --floor-count N       datagrams per case of the kernel-floor measurement run first
+                        (turnd-floor --syscall-cost; default $FLOOR_COUNT, 0 skips it)
   --max-minutes M       start no new run after M minutes (default $MAX_MINUTES)
   --server-cpus LIST    pin the servers to these CPUs (taskset -c LIST), e.g. 1
   --tool-cpus LIST      pin the load tool to these CPUs, e.g. 0
@@ -69,6 +79,7 @@ while [ $# -gt 0 ]; do
         ALLOCS="100 1000"
         MODES="channel"
         TCP_RATES="20000"
+        FLOOR_COUNT=300000
         MAX_MINUTES=10
         ;;
     --duration) DURATION=$2; shift ;;
@@ -82,6 +93,9 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2; shift ;;
     --peers) PEERS=$2; shift ;;
     --size) SIZE=$2; shift ;;
+    --burst) BURST=$2; shift ;;
+    --gso) GSO=1 ;;
+    --floor-count) FLOOR_COUNT=$2; shift ;;
     --max-minutes) MAX_MINUTES=$2; shift ;;
     --server-cpus) SERVER_CPUS=$2; shift ;;
     --tool-cpus) TOOL_CPUS=$2; shift ;;
@@ -247,6 +261,14 @@ COTURN_VERSION=$( (turnserver --version 2>/dev/null || true) | head -1)
     echo "# turnd $(git rev-parse --short HEAD 2>/dev/null || echo '?'), coturn ${COTURN_VERSION:-absent}"
     echo "# command: bench/compare.sh $ARGS"
     echo "# servers: $SERVER_THREADS threads each${SERVER_CPUS:+, on CPUs $SERVER_CPUS}; tool: $THREADS threads, $PEERS echo sockets${TOOL_CPUS:+, on CPUs $TOOL_CPUS}"
+    echo "# load shape: burst=$BURST gso=$GSO (packets per allocation back to back; UDP GSO sends and GRO receives in the tool)"
+    # The kernel's own CPU per loopback datagram (sendmmsg + recvmmsg, one thread, no
+    # server), measured before the servers get any load.
+    if [ "$FLOOR_COUNT" != 0 ]; then
+        "${TOOL_PIN[@]}" "$BIN/turnd-floor" --syscall-cost --syscall-cost-count "$FLOOR_COUNT" \
+            2>"$TMP/floor-cost.err" | sed 's/^/# kernel floor: /' ||
+            echo "# kernel floor: measurement failed: $(head -3 "$TMP/floor-cost.err")"
+    fi
 } | tee -a "$OUT" >&2
 
 # One load run against one server; appends "server=S <RESULT fields>" to $OUT. The
@@ -257,15 +279,20 @@ run() {
         echo "skipped (over --max-minutes): $s n=$n $mode $topo rate=$rate" >&2
         return 0
     fi
-    local line
+    local line shape=(--burst "$BURST") gso=0
+    # GSO is for UDP clients only.
+    if [ "$GSO" = 1 ] && [ "$transport" = udp ]; then
+        shape+=(--gso)
+        gso=1
+    fi
     line=$("${TOOL_PIN[@]}" "$BIN/turnd-load" --server "127.0.0.1:${PORT[$s]}" --user "$USER_NAME:$USER_PASS" \
-        --transport "$transport" \
+        --transport "$transport" "${shape[@]}" \
         -n "$n" --mode "$mode" --topology "$topo" --rate "$rate" --duration "$DURATION" \
         --size "$SIZE" --threads "$THREADS" --peers "$PEERS" --server-pid "${PID[$s]}" \
         --setup-timeout 60 2>"$TMP/load.err" | sed -n 's/^RESULT //p') || true
     if [ -z "$line" ]; then
         echo "run failed: $s n=$n $mode $topo rate=$rate $transport: $(head -3 "$TMP/load.err")" >&2
-        line="allocations=$n ready=0 transport=$transport mode=$mode topology=$topo rate=$rate failed=1"
+        line="allocations=$n ready=0 transport=$transport mode=$mode topology=$topo rate=$rate burst=$BURST gso=$gso failed=1"
     fi
     echo "server=$s phase=$phase $line" | tee -a "$OUT" >&2
 }

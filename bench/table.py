@@ -40,6 +40,34 @@ def transport(r):
     return r.get("transport", "udp").lower()
 
 
+def shape(r):
+    """The load shape of a run: packets per burst and whether GSO was on ("1", "0")."""
+    return r.get("burst", "1"), r.get("gso", "0")
+
+
+def floor_table(header):
+    """The kernel-floor lines of the header ("kernel floor: syscall-cost k=v ...") as a
+    table, if there are any."""
+    cases = []
+    for h in header:
+        if h.startswith("kernel floor: syscall-cost "):
+            kv = dict(x.split("=", 1) for x in h.split() if "=" in x)
+            if "case" in kv:
+                cases.append(kv)
+    if not cases:
+        return
+    print()
+    print(f"Kernel floor (turnd-floor --syscall-cost: one thread, sendmmsg + recvmmsg of "
+          f"{cases[0].get('size', '200')}-byte datagrams on loopback, no server):")
+    print()
+    print("| case | sockets | datagrams per message (GSO) | GRO | CPU µs per datagram sent and received |")
+    print("|---|---:|---:|---|---:|")
+    for c in cases:
+        print(f"| {c['case']} | {c.get('sockets', '?')} | {c.get('segments', '?')} | "
+              f"{'on' if c.get('gro') == '1' else 'off'} | "
+              f"{fmt(num(c, 'cpu_us_per_datagram'), 2)} |")
+
+
 def ratio(a, b):
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
@@ -52,21 +80,30 @@ def main():
     header, rows = load(args.results)
     servers = [s for s in ("floor", "floor_batch", "turnd", "coturn") if any(r["server"] == s for r in rows)]
     for h in header:
-        print(f"> {h}  ")
+        # The kernel-floor cases get their own table below.
+        if not h.startswith("kernel floor: syscall-cost case="):
+            print(f"> {h}  ")
+    # Burst and GSO columns when the results carry them (turnd-load --burst / --gso).
+    shaped = any("burst" in r for r in rows)
+    floor_table(header)
     print()
-    print("| server | allocs | mode | topology | offered | sent pps | delivered pps | loss % "
+    print("| server | allocs | mode | topology |" + (" burst | gso |" if shaped else "")
+          + " offered | sent pps | delivered pps | loss % "
           "| p50 µs | p99 µs | p99.9 µs | server CPU µs/relayed pkt | server cores | tool cores |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---|" + ("---:|---|" if shaped else "")
+          + "---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rate = r.get("rate", "?")
         offered = "flat out" if rate == "0" else f"{int(rate):,}"
         over = "" if transport(r) == "udp" else f" over {transport(r)}"
+        burst, gso = shape(r)
+        cols = f" {burst} | {'on' if gso == '1' else 'off'} |" if shaped else ""
         if r.get("failed"):
             print(f"| {r['server']} | {r.get('allocations')} | {r.get('mode')}{over} | "
-                  f"{r.get('topology')} | {offered} | failed | | | | | | | | |")
+                  f"{r.get('topology')} |{cols} {offered} | failed | | | | | | | | |")
             continue
         print(f"| {r['server']} | {r['allocations']} | {r['mode'].lower()}{over} | "
-              f"{r['topology'].lower()} | {offered} | {fmt(num(r, 'offered_pps'), 0)} | "
+              f"{r['topology'].lower()} |{cols} {offered} | {fmt(num(r, 'offered_pps'), 0)} | "
               f"{fmt(num(r, 'delivered_pps'), 0)} | {fmt(num(r, 'loss_pct'), 2)} | "
               f"{fmt(num(r, 'p50_us'))} | {fmt(num(r, 'p99_us'))} | {fmt(num(r, 'p999_us'))} | "
               f"{fmt(num(r, 'cpu_s_per_mpkt'), 2)} | {cores(r, 'server_cpu_s')} | "
@@ -93,9 +130,14 @@ def main():
               and num(r, "delivered_pps") is not None]
         best[s] = max(ok) if ok else None
 
+    shapes = sorted({shape(r) for r in rows if transport(r) == "udp" and not r.get("failed")})
+    shape_text = ""
+    if shaped and shapes:
+        shape_text = ", " + " / ".join(
+            f"bursts of {b}{' with GSO' if g == '1' else ''}" for b, g in shapes)
     print()
     print(f"Summary (100 allocations, {args.matrix_rate:,} pps offered where a rate applies, "
-          "channel mode, echo peers, 200-byte payloads):")
+          f"channel mode, echo peers, 200-byte payloads{shape_text}):")
     print()
     cols = " | ".join(servers)
     print(f"| metric | {cols} | turnd/coturn | target | turnd/floor |")
@@ -119,7 +161,7 @@ def main():
             keys.append(k)
     if keys:
         print()
-        print(f"CPU per relayed packet (µs) at {args.matrix_rate:,} pps offered:")
+        print(f"CPU per relayed packet (µs) at {args.matrix_rate:,} pps offered{shape_text}:")
         print()
         print(f"| allocs | mode | topology | {cols} | turnd/coturn |")
         print("|---:|---|---|" + "---:|" * len(servers) + "---:|")

@@ -9,9 +9,17 @@
 //! one `sendto` of ChannelData (or a Data indication) to the client from the listener. One
 //! thread per core, each with its own SO_REUSEPORT listener, epoll and allocations, as in
 //! turnd. IPv4 loopback only; NOT a TURN server: it relays for anyone who asks.
+//!
+//! `--syscall-cost` forwards nothing: it measures the kernel's CPU cost per loopback
+//! datagram (sendmmsg + recvmmsg on one thread, with and without GSO/GRO) and exits; see
+//! `turnd-load/syscall_cost.rs`.
 
+#[path = "turnd-load/gso.rs"]
+mod gso;
 #[path = "turnd-load/sys.rs"]
 mod sys;
+#[path = "turnd-load/syscall_cost.rs"]
+mod syscall_cost;
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -54,6 +62,16 @@ struct Args {
     /// each). Shows how far batching takes the kernel's cost below the plain floor.
     #[arg(long)]
     batch: bool,
+    /// Instead of forwarding: measure the kernel's CPU cost per loopback datagram sent
+    /// with sendmmsg and read with recvmmsg (one socket; 100 sockets one datagram each;
+    /// 100 sockets with GSO bursts of 4 and 8, without and with GRO), print one line per
+    /// case and exit.
+    #[arg(long)]
+    syscall_cost: bool,
+    /// --syscall-cost: datagrams per case.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(100..=20_000_000))]
+    syscall_cost_count: u64,
 }
 
 struct Alloc {
@@ -76,6 +94,9 @@ struct Worker {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.syscall_cost {
+        return syscall_costs(args.syscall_cost_count);
+    }
     if !args.listen.ip().is_loopback() {
         eprintln!("turnd-floor: --listen must be a loopback address");
         return ExitCode::from(2);
@@ -110,6 +131,25 @@ fn main() -> ExitCode {
         .collect();
     for h in handles {
         let _ = h.join();
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--syscall-cost`: every case in turn on this (the only) thread, one line each.
+fn syscall_costs(count: u64) -> ExitCode {
+    println!(
+        "syscall-cost: {count} datagrams of {} bytes per case, one thread, loopback; \
+         process CPU per datagram sent and received",
+        syscall_cost::SIZE
+    );
+    for case in &syscall_cost::CASES {
+        match syscall_cost::run(case, count) {
+            Ok(o) => println!("{}", o.line(case)),
+            Err(e) => {
+                eprintln!("turnd-floor: syscall cost, case {}: {e}", case.name);
+                return ExitCode::from(1);
+            }
+        }
     }
     ExitCode::SUCCESS
 }

@@ -10,8 +10,10 @@
 //! delivered packets per second, loss, latency percentiles and, given `--server-pid`, the
 //! server's CPU seconds per million relayed packets; the last line (`RESULT k=v ...`) is
 //! for scripts. Traffic goes to loopback only: a non-loopback server or relayed address is
-//! refused.
+//! refused. `--burst K` makes each allocation send K packets back to back (a video frame's
+//! shape), and `--gso` sends each burst as one UDP_SEGMENT message (see `gso.rs`).
 
+mod gso;
 mod hist;
 mod setup;
 mod stream;
@@ -29,7 +31,7 @@ use turnd::stun::{Class, MessageWriter, attr, channel_data, method};
 use hist::Histogram;
 use setup::{Client, Conn, Credentials, Step, run_step};
 use stream::{StreamConn, StreamFlow, TlsSetup};
-use traffic::{Flow, MAGIC, MIN_PAYLOAD, Plan, Shared};
+use traffic::{Flow, MAGIC, MAX_BURST_LEN, MIN_PAYLOAD, Plan, Shared};
 
 /// The channel every allocation binds (each has its own 5-tuple, so one number suffices).
 const CHANNEL: u16 = 0x4000;
@@ -129,6 +131,15 @@ struct Args {
     /// The server's process id: report its CPU time per relayed packet (from /proc).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// Packets each allocation sends back to back per turn, as a video frame leaves a
+    /// browser (same total rate; over TCP and TLS, K messages written together).
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_BURST_LEN as i64))]
+    burst: u32,
+    /// UDP: send each burst as one message with UDP segmentation offload (UDP_SEGMENT),
+    /// have the echo peers send runs back the same way, and receive with UDP_GRO.
+    #[arg(long)]
+    gso: bool,
     /// Most seconds allowed for setting up (and for releasing) the allocations.
     #[arg(long, default_value_t = 60.0, value_parser = parse_duration)]
     setup_timeout: f64,
@@ -255,6 +266,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if args.topology == Topology::Pair && !args.allocations.is_multiple_of(2) {
         return Err("--allocations must be even with --topology pair".to_owned());
+    }
+    if args.gso && args.transport != Transport::Udp {
+        return Err("--gso applies to --transport udp only".to_owned());
     }
     if args.transport != Transport::Tls && (args.ca.is_some() || args.insecure) {
         return Err("--ca and --insecure apply to --transport tls only".to_owned());
@@ -397,6 +411,15 @@ fn run(args: &Args) -> Result<(), String> {
     }
 
     // Traffic.
+    let shared = Shared::default();
+    let gso = args.gso
+        && match clients.first().map(|c| &c.conn) {
+            Some(Conn::Udp(sock)) if !gso::supported(sock) => {
+                shared.gso_refused(&std::io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+                false
+            }
+            _ => true,
+        };
     let size = args.size as usize;
     let mut per_thread: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
     let mut per_thread_streams: Vec<Vec<StreamFlow>> = (0..threads).map(|_| Vec::new()).collect();
@@ -423,6 +446,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
         k += 1;
     }
+    let burst = args.burst as usize;
     let start = Instant::now() + Duration::from_millis(50);
     let send_until = start + Duration::from_secs_f64(args.duration);
     let plan = Plan {
@@ -432,13 +456,14 @@ fn run(args: &Args) -> Result<(), String> {
         drain_until: send_until + Duration::from_secs_f64(args.drain),
         rate_per_thread: args.rate as f64 / threads as f64,
         threads,
+        burst,
+        gso,
     };
-    let shared = Shared::default();
     let server_cpu0 = pid.as_deref().and_then(sys::cpu_seconds);
     let tool_cpu0 = sys::cpu_seconds("self");
     let mut hist = Histogram::new();
     let (mut sent, mut received, mut send_errors) = (0u64, 0u64, 0u64);
-    let (mut unsent, mut broken) = (0u64, 0u64);
+    let (mut unsent, mut broken, mut bursts, mut gso_sends) = (0u64, 0u64, 0u64, 0u64);
     std::thread::scope(|s| {
         for sock in echoes.drain(..) {
             let (plan, shared) = (&plan, &shared);
@@ -460,6 +485,8 @@ fn run(args: &Args) -> Result<(), String> {
                 send_errors += r.send_errors;
                 unsent += r.unsent;
                 broken += r.broken;
+                bursts += r.bursts;
+                gso_sends += r.gso_sends;
                 hist.merge(&r.hist);
             }
         }
@@ -474,6 +501,9 @@ fn run(args: &Args) -> Result<(), String> {
         _ => 0.0,
     };
     let peer_received = shared.peer_received.load(Ordering::SeqCst);
+    let peer_gso_sends = shared.peer_gso_sends.load(Ordering::SeqCst);
+    // GSO as it was in the end: off if the kernel refused it.
+    let gso = gso && !shared.gso_refused.load(Ordering::SeqCst);
 
     // Release the allocations so the server can be reused for the next run.
     let release_deadline = Instant::now() + Duration::from_secs_f64(args.setup_timeout.min(30.0));
@@ -524,6 +554,11 @@ fn run(args: &Args) -> Result<(), String> {
             stream::MAX_PENDING
         );
     }
+    println!(
+        "shape: bursts of {burst} packets per allocation ({bursts} whole bursts sent), GSO {} \
+         ({gso_sends} GSO messages sent, {peer_gso_sends} by the echo peers)",
+        if gso { "on" } else { "off" }
+    );
     println!("delivered: {delivered_pps:.0} pps ({received} packets), loss {loss_pct:.3} %");
     let kind = match args.topology {
         Topology::Peer => "round trip",
@@ -556,7 +591,8 @@ fn run(args: &Args) -> Result<(), String> {
          send_errors={send_errors} offered_pps={offered_pps:.0} delivered_pps={delivered_pps:.0} \
          loss_pct={loss_pct:.4} p50_us={p50:.1} p99_us={p99:.1} p999_us={p999:.1} max_us={max:.1} \
          relayed={relayed} server_cpu_s={} cpu_s_per_mpkt={} tool_cpu_s={tool_cpu:.3} setup_s={setup_secs:.3} \
-         setup_server_cpu_s={} rss_kib_per_alloc={} unsent={unsent} broken={broken}",
+         setup_server_cpu_s={} rss_kib_per_alloc={} unsent={unsent} broken={broken} \
+         burst={burst} gso={} bursts={bursts} gso_sends={gso_sends} peer_gso_sends={peer_gso_sends}",
         args.transport,
         args.mode,
         args.topology,
@@ -565,6 +601,7 @@ fn run(args: &Args) -> Result<(), String> {
         opt(cpu_per_m),
         opt(setup_cpu),
         opt(rss_per_alloc),
+        u8::from(gso),
     );
     Ok(())
 }

@@ -26,9 +26,8 @@ use rustls::{
 };
 use turnd::stun::framing::{Frame, next_frame};
 
-use crate::hist::Histogram;
 use crate::sys::{Epoll, event_buffer};
-use crate::traffic::{Plan, Shared, ThreadResult, nanos_since, payload_time};
+use crate::traffic::{Plan, Rounds, Shared, ThreadResult, nanos_since, payload_time};
 
 /// Most bytes one connection holds queued for sending (its bound against a full socket).
 pub const MAX_PENDING: usize = 16 * 1024;
@@ -40,7 +39,7 @@ const IN_CAP: usize = 8 * 1024;
 const MAX_BURST: u64 = 256;
 /// Packets per burst when running flat out.
 const FLAT_BURST: u64 = 64;
-/// Most packets of one allocation queued before one write.
+/// Most packets of one allocation queued before one write (unless a burst is longer).
 const PER_FLOW: usize = 16;
 /// Reads of one connection per wakeup before it yields to the others.
 const READS_PER_WAKEUP: usize = 8;
@@ -444,14 +443,7 @@ impl<'a> StreamFlow<'a> {
 /// does not cause a burst later), flushes without blocking, and cuts what comes back into
 /// messages. A connection that fails is dropped from the run and counted in `broken`.
 pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) -> ThreadResult {
-    let mut result = ThreadResult {
-        sent: 0,
-        received: 0,
-        send_errors: 0,
-        unsent: 0,
-        broken: 0,
-        hist: Histogram::new(),
-    };
+    let mut result = ThreadResult::new();
     let ep = match Epoll::new() {
         Ok(e) => e,
         Err(e) => {
@@ -472,13 +464,13 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
     let mut backlog: Vec<usize> = Vec::with_capacity(flows.len());
     let mut in_backlog = vec![false; flows.len()];
     let mut again: Vec<u64> = Vec::new();
-    let mut next = 0usize;
     let mut flushed = 0u64;
     let mut done_sending = flows.is_empty();
     if done_sending {
         shared.senders_done.fetch_add(1, Ordering::SeqCst);
     }
-    let count = flows.len().max(1);
+    let count = flows.len();
+    let mut rounds = Rounds::new(plan.burst, PER_FLOW, true);
     loop {
         let now = Instant::now();
         if now >= plan.drain_until {
@@ -498,31 +490,34 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
                 owed.min(MAX_BURST)
             } else {
                 behind = true;
-                FLAT_BURST
+                FLAT_BURST.max(rounds.burst() as u64)
             };
-            let per_flow = (budget as usize).div_ceil(count).clamp(1, PER_FLOW);
-            let mut left = budget as usize;
-            let mut visited = 0;
-            // Bounded: every round takes one flow; at most one pass over all of them.
-            while left > 0 && visited < count {
-                visited += 1;
-                let i = next;
-                next = (next + 1) % count;
-                let Some(f) = flows.get_mut(i) else { break };
+            // Whole bursts (`--burst` messages of one allocation queued back to back and
+            // written together), each connection visited once per round at most.
+            let burst = rounds.burst();
+            let (mut sent, mut unsent, mut bursts) = (0u64, 0u64, 0u64);
+            rounds.round(budget as usize, count, |i, k| {
+                let f = flows.get_mut(i)?;
                 if f.broken {
-                    continue;
+                    return None;
                 }
-                let k = per_flow.min(left);
-                left -= k;
-                for _ in 0..k {
+                let mut whole = 0;
+                for b in 0..k {
                     let ts = nanos_since(plan.epoch).to_be_bytes();
                     if let Some(t) = f.packet.get_mut(f.payload_at..f.payload_at + 8) {
                         t.copy_from_slice(&ts);
                     }
                     if f.conn.queue(&f.packet) {
-                        result.sent += 1;
+                        sent += 1;
+                        whole += 1;
                     } else {
-                        result.unsent += 1;
+                        unsent += 1;
+                    }
+                    if (b + 1) % burst == 0 {
+                        if whole == burst {
+                            bursts += 1;
+                        }
+                        whole = 0;
                     }
                 }
                 if let Err(e) = f.conn.flush() {
@@ -534,7 +529,12 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
                     in_backlog[i] = true;
                     backlog.push(i);
                 }
-            }
+                // Attempted, whether queued or not: pacing counts both.
+                Some(k)
+            });
+            result.sent += sent;
+            result.unsent += unsent;
+            result.bursts += bursts;
         } else if !done_sending {
             done_sending = true;
             shared.sent.fetch_add(result.sent, Ordering::SeqCst);

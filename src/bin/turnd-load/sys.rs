@@ -7,6 +7,8 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+use crate::gso::{CmsgBuf, gro_size, set_recv_control};
+
 /// An epoll instance, closed on drop. Level-triggered: a socket drained only partly is
 /// reported again by the next wait.
 pub struct Epoll {
@@ -126,6 +128,9 @@ pub struct Mmsg {
     lens: Vec<usize>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Control buffers for receiving the `UDP_GRO` segment size (empty: not asked for).
+    ctrl: Vec<CmsgBuf>,
+    gro: Vec<Option<usize>>,
 }
 
 impl Mmsg {
@@ -142,7 +147,24 @@ impl Mmsg {
                 .collect(),
             // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
             hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            ctrl: Vec::new(),
+            gro: vec![None; n],
         }
+    }
+
+    /// As [`Mmsg::new`], receiving with room for the `UDP_GRO` control message, so a
+    /// coalesced datagram (on a socket with `UDP_GRO` on) reports its segment size in
+    /// [`Mmsg::gro_size`]. `cap` should be [`crate::gso::GRO_BUFFER`].
+    pub fn with_gro(n: usize, cap: usize) -> Mmsg {
+        let mut m = Mmsg::new(n, cap);
+        m.ctrl = vec![CmsgBuf::default(); n];
+        m
+    }
+
+    /// The segment size of datagram `i` of the last [`Mmsg::recv`] if the kernel coalesced
+    /// it (see [`crate::gso::segments`]).
+    pub fn gro_size(&self, i: usize) -> Option<usize> {
+        self.gro.get(i).copied().flatten()
     }
 
     pub fn slots(&self) -> usize {
@@ -201,7 +223,10 @@ impl Mmsg {
         let n = self.slots();
         let cap = self.cap;
         self.prepare(n, |_| cap);
-        // SAFETY: all n headers point at live slots of `bufs`.
+        for (h, c) in self.hdrs.iter_mut().zip(self.ctrl.iter_mut()) {
+            set_recv_control(&mut h.msg_hdr, c);
+        }
+        // SAFETY: all n headers point at live slots of `bufs` (and control buffers).
         let r = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
@@ -217,6 +242,11 @@ impl Mmsg {
         let r = r as usize;
         for i in 0..r {
             self.lens[i] = self.hdrs[i].msg_len as usize;
+            self.gro[i] = if self.ctrl.is_empty() {
+                None
+            } else {
+                gro_size(&self.hdrs[i].msg_hdr)
+            };
         }
         Ok(r)
     }
