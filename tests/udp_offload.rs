@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use admin_http::{channel_bind_attrs, channel_data, scrape_parsed, start_with_admin};
+use admin_http::{TOKEN, channel_bind_attrs, channel_data, free_tcp_port, scrape_parsed};
 use common::{
     RawClient, parse_data_indication, peer_attr, peer_socket, send_indication, udp_transport,
 };
@@ -51,17 +51,7 @@ fn send_burst(sock: &UdpSocket, to: SocketAddr, datagrams: &[Vec<u8>], gso: bool
     let size = datagrams[0].len();
     assert!(datagrams.iter().all(|d| d.len() == size));
     let joined: Vec<u8> = datagrams.concat();
-    let SocketAddr::V4(v4) = to else {
-        panic!("IPv4 only")
-    };
-    let mut name = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let (mut name, namelen) = sockaddr(to);
     let mut iov = libc::iovec {
         iov_base: joined.as_ptr() as *mut libc::c_void,
         iov_len: joined.len(),
@@ -71,8 +61,8 @@ fn send_burst(sock: &UdpSocket, to: SocketAddr, datagrams: &[Vec<u8>], gso: bool
     // (32 bytes, 8-aligned) holds CMSG_SPACE(2).
     let rc = unsafe {
         let mut h: libc::msghdr = std::mem::zeroed();
-        h.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = namelen;
         h.msg_iov = &mut iov;
         h.msg_iovlen = 1;
         h.msg_control = cbuf.as_mut_ptr().cast();
@@ -90,6 +80,43 @@ fn send_burst(sock: &UdpSocket, to: SocketAddr, datagrams: &[Vec<u8>], gso: bool
         "GSO send: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// `to` as the kernel takes it.
+fn sockaddr(to: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage; the family-specific views written below
+    // fit inside it.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(a) => {
+            let v = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), v) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let v = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), v) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
 }
 
 /// Reads datagrams from `sock` until `n` arrived (or a generous hang guard passes).
@@ -117,20 +144,42 @@ fn counter(m: &std::collections::HashMap<String, f64>, name: &str) -> f64 {
     *m.get(name).unwrap_or_else(|| panic!("{name} exported"))
 }
 
+/// turnd on `ip` with its admin listener on 127.0.0.1 (the metrics are read there).
+fn start_with_admin_on(ip: &str, extra: &[&str]) -> (common::TestServer, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let admin_s = admin.to_string();
+    let mut args = vec!["--admin-listen", admin_s.as_str(), "--admin-token", TOKEN];
+    args.extend_from_slice(extra);
+    (common::TestServer::start(ip, &args), admin)
+}
+
 /// Allocates for `c` and returns the relayed address.
 fn allocate(c: &mut RawClient) -> SocketAddr {
-    let r = c.request(METHOD_ALLOCATE, &[udp_transport()]);
+    let mut attrs = vec![udp_transport()];
+    if c.server.is_ipv6() {
+        // RFC 8656 §7.1: without REQUESTED-ADDRESS-FAMILY the relayed address is IPv4.
+        attrs.push((
+            stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY,
+            vec![2, 0, 0, 0],
+        ));
+    }
+    let r = c.request(METHOD_ALLOCATE, &attrs);
     assert_eq!(r.code(), None, "allocate");
     r.xor_addrs(stun::attributes::ATTR_XOR_RELAYED_ADDRESS)[0]
 }
 
 /// Relays bursts both ways over a channel and with indications; returns whether the
 /// offloads were in use (both directions) according to the server's counters.
-fn relay_bursts(extra: &[&str], gso_from_tests: bool) -> (f64, f64) {
-    let mut args = vec!["--allow-peer", "127.0.0.1/32"];
+fn relay_bursts(ip: &str, extra: &[&str], gso_from_tests: bool) -> (f64, f64) {
+    let allow = if ip.contains(':') {
+        "::1/128"
+    } else {
+        "127.0.0.1/32"
+    };
+    let mut args = vec!["--allow-peer", allow];
     args.extend_from_slice(extra);
-    let (server, admin) = start_with_admin(&args);
-    let peer = peer_socket("127.0.0.1");
+    let (server, admin) = start_with_admin_on(ip, &args);
+    let peer = peer_socket(ip);
     let peer_addr = peer.local_addr().unwrap();
 
     // Over a channel: peer to client, then client to peer.
@@ -188,7 +237,13 @@ fn relay_bursts(extra: &[&str], gso_from_tests: bool) -> (f64, f64) {
 #[test]
 fn bursts_are_split_and_merged_and_arrive_whole_and_in_order() {
     let offload = kernel_offload();
-    let (gro, gso) = relay_bursts(&[], offload);
+    for ip in ["127.0.0.1", "::1"] {
+        let (gro, gso) = relay_bursts(ip, &[], offload);
+        check_counts(offload, gro, gso);
+    }
+}
+
+fn check_counts(offload: bool, gro: f64, gso: f64) {
     if offload {
         // Four bursts reached the server as GSO messages, each read whole (GRO) ...
         assert_eq!(gro, (4 * BURST) as f64, "datagrams read coalesced");
@@ -207,6 +262,8 @@ fn without_offload_the_same_traffic_arrives_the_same() {
     let offload = kernel_offload();
     // The test still sends its bursts as GSO messages when it can: the kernel splits them
     // before turnd's sockets, which do not ask for GRO.
-    let (gro, gso) = relay_bursts(&["--no-udp-offload"], offload);
-    assert_eq!((gro, gso), (0.0, 0.0), "no offload used");
+    for ip in ["127.0.0.1", "::1"] {
+        let (gro, gso) = relay_bursts(ip, &["--no-udp-offload"], offload);
+        assert_eq!((gro, gso), (0.0, 0.0), "no offload used");
+    }
 }
