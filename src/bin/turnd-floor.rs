@@ -449,12 +449,14 @@ impl Worker {
                 for_each_segment(data, rx.gro_size(k), |data| {
                     if let Some(q) = &mut self.gsoq {
                         let fd = self.listener.as_raw_fd();
-                        if let Some(len) = q.room(SLOT).and_then(|out| frame(a, peer, data, out)) {
+                        // Room for the longer framing: a Data indication, padded.
+                        let max = HEADROOM + data.len().next_multiple_of(4);
+                        if let Some(len) = q.room(max).and_then(|out| frame(a, peer, data, out)) {
                             q.commit(fd, client, len);
                             return;
                         }
                         q.flush();
-                        if let Some(len) = q.room(SLOT).and_then(|out| frame(a, peer, data, out)) {
+                        if let Some(len) = q.room(max).and_then(|out| frame(a, peer, data, out)) {
                             q.commit(fd, client, len);
                         }
                         return;
