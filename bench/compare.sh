@@ -22,7 +22,7 @@ MODES="channel send"
 TOPOLOGIES="peer pair"
 MATRIX_RATE=100000
 TCP_RATES="20000 50000"
-SERVERS="floor floor_batch turnd coturn"
+SERVERS="floor floor_batch floor_gso turnd coturn"
 THREADS=2
 PEERS=2
 SIZE=200
@@ -52,8 +52,11 @@ usage: bench/compare.sh [--quick] [options]
   --tcp-rates "R ..."   rates of the TCP rows (turnd and coturn only: 100 allocations,
                         channel, echo peers, clients over TCP); "" for none
                         (default "$TCP_RATES")
-  --servers "S ..."     any of floor floor_batch turnd coturn (default "$SERVERS");
-                        floor_batch is turnd-floor --batch (recvmmsg/sendmmsg)
+  --servers "S ..."     any of floor floor_batch floor_gso turnd coturn
+                        (default "$SERVERS");
+                        floor_batch is turnd-floor --batch (recvmmsg/sendmmsg),
+                        floor_gso is turnd-floor --batch --gso (also UDP GSO sends
+                        and GRO reads, as turnd does: the fair floor for --burst)
   --threads N           load tool threads (default $THREADS); --peers N echo sockets
   --size B              payload bytes (default $SIZE)
   --burst K             packets each allocation sends back to back (turnd-load --burst;
@@ -190,6 +193,15 @@ start_floor_batch() {
     PIDS+=("${PID[floor_batch]}")
 }
 
+start_floor_gso() {
+    PORT[floor_gso]=$(free_port)
+    "${SERVER_PIN[@]}" "$BIN/turnd-floor" --listen "127.0.0.1:${PORT[floor_gso]}" --batch --gso \
+        --threads "$SERVER_THREADS" --max-seconds 7200 \
+        2>"$TMP/floor_gso.log" &
+    PID[floor_gso]=$!
+    PIDS+=("${PID[floor_gso]}")
+}
+
 start_turnd() {
     PORT[turnd]=$(free_port)
     # Every allocation comes from 127.0.0.1: lift the per-source limit on unauthenticated
@@ -262,6 +274,10 @@ COTURN_VERSION=$( (turnserver --version 2>/dev/null || true) | head -1)
     echo "# command: bench/compare.sh $ARGS"
     echo "# servers: $SERVER_THREADS threads each${SERVER_CPUS:+, on CPUs $SERVER_CPUS}; tool: $THREADS threads, $PEERS echo sockets${TOOL_CPUS:+, on CPUs $TOOL_CPUS}"
     echo "# load shape: burst=$BURST gso=$GSO (packets per allocation back to back; UDP GSO sends and GRO receives in the tool)"
+    # Whether floor_gso got the offloads from this kernel (its banner says so).
+    if has_server floor_gso; then
+        echo "# floor_gso: $(head -2 "$TMP/floor_gso.log" | tr '\n' ' ')"
+    fi
     # The kernel's own CPU per loopback datagram (sendmmsg + recvmmsg, one thread, no
     # server), measured before the servers get any load.
     if [ "$FLOOR_COUNT" != 0 ]; then

@@ -13,9 +13,16 @@
 //! `--syscall-cost` forwards nothing: it measures the kernel's CPU cost per loopback
 //! datagram (sendmmsg + recvmmsg on one thread, with and without GSO/GRO) and exits; see
 //! `turnd-load/syscall_cost.rs`.
+//!
+//! `--batch --gso` adds the UDP segmentation offloads turnd uses: sends are queued while a
+//! round of reads is handled and leave at its end, runs of equal datagrams from one socket
+//! to one destination merged into `UDP_SEGMENT` messages (see `turnd-floor/gso_queue.rs`),
+//! and every socket has `UDP_GRO` set, so a coalesced read is cut back into its datagrams.
 
 #[path = "turnd-load/gso.rs"]
 mod gso;
+#[path = "turnd-floor/gso_queue.rs"]
+mod gso_queue;
 #[path = "turnd-load/sys.rs"]
 mod sys;
 #[path = "turnd-load/syscall_cost.rs"]
@@ -23,6 +30,7 @@ mod syscall_cost;
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -31,6 +39,7 @@ use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 use turnd::stun::{Class, MAGIC_COOKIE, Message, MessageWriter, attr, channel_data, method};
 
+use gso_queue::GsoQueue;
 use sys::{Epoll, event_buffer};
 
 /// Room in front of a payload read from a peer for the Data indication header: STUN header
@@ -62,6 +71,13 @@ struct Args {
     /// each). Shows how far batching takes the kernel's cost below the plain floor.
     #[arg(long)]
     batch: bool,
+    /// With --batch: UDP GSO and GRO as turnd uses them. Sends (both directions) are queued
+    /// and leave at the end of each round of reads, one sendmmsg per socket, runs of
+    /// equal-size datagrams from one socket to one destination as one UDP_SEGMENT message;
+    /// sockets read with UDP_GRO and coalesced reads are split. Without kernel support,
+    /// runs as plain --batch (and says so).
+    #[arg(long, requires = "batch")]
+    gso: bool,
     /// Instead of forwarding: measure the kernel's CPU cost per loopback datagram sent
     /// with sendmmsg and read with recvmmsg (one socket; 100 sockets one datagram each;
     /// 100 sockets with GSO bursts of 4 and 8, without and with GRO), print one line per
@@ -90,6 +106,8 @@ struct Worker {
     free: Vec<usize>,
     by_client: FxHashMap<SocketAddr, usize>,
     out: Vec<u8>,
+    /// `--gso`: every relayed datagram goes through this queue, flushed each round.
+    gsoq: Option<GsoQueue>,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +127,12 @@ fn main() -> ExitCode {
     } else {
         args.threads
     };
+    let gso = args.gso && offload_supported();
+    if args.gso && !gso {
+        eprintln!(
+            "turnd-floor: this kernel lacks UDP GSO/GRO; --gso ignored, running as plain --batch"
+        );
+    }
     let mut listeners = Vec::new();
     for _ in 0..threads {
         match listener(args.listen) {
@@ -119,15 +143,20 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mode = match (args.batch, gso) {
+        (false, _) => "",
+        (true, false) => ", batched",
+        (true, true) => ", batched with UDP GSO/GRO",
+    };
     eprintln!(
-        "turnd-floor: listening on {} with {threads} threads",
+        "turnd-floor: listening on {} with {threads} threads{mode}",
         args.listen
     );
     let until = Instant::now() + Duration::from_secs(args.max_seconds);
     let relay_ip = *args.listen.ip();
     let handles: Vec<_> = listeners
         .into_iter()
-        .map(|l| std::thread::spawn(move || worker(l, relay_ip, until, args.batch)))
+        .map(|l| std::thread::spawn(move || worker(l, relay_ip, until, args.batch, gso)))
         .collect();
     for h in handles {
         let _ = h.join();
@@ -154,6 +183,12 @@ fn syscall_costs(count: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Whether this kernel takes `UDP_SEGMENT` sends and `UDP_GRO` (probed on a throwaway
+/// socket).
+fn offload_supported() -> bool {
+    UdpSocket::bind("127.0.0.1:0").is_ok_and(|s| gso::supported(&s) && gso::enable_gro(&s).is_ok())
+}
+
 fn listener(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
@@ -164,7 +199,7 @@ fn listener(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool) {
+fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool, gso: bool) {
     let ep = match Epoll::new() {
         Ok(e) => e,
         Err(e) => {
@@ -172,6 +207,10 @@ fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool) 
             return;
         }
     };
+    if gso && let Err(e) = gso::enable_gro(&listener) {
+        eprintln!("turnd-floor: UDP_GRO on the listener: {e}");
+        return;
+    }
     if let Err(e) = ep.add(&listener, LISTENER) {
         eprintln!("turnd-floor: epoll_ctl: {e}");
         return;
@@ -184,11 +223,14 @@ fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool) 
         free: Vec::new(),
         by_client: FxHashMap::default(),
         out: Vec::with_capacity(256),
+        gsoq: gso.then(GsoQueue::new),
     };
     let mut events = event_buffer(256);
     let mut ready = Vec::with_capacity(256);
     let mut buf = vec![0u8; HEADROOM + 65536 + 4];
-    let mut rx = Batch::new(MMSG, SLOT);
+    // With GRO a read may hold a whole coalesced burst.
+    let mut rx = Batch::new(MMSG, if gso { gso::GRO_BUFFER } else { SLOT });
+    rx.gro = gso;
     let mut tx = Batch::new(MMSG, SLOT);
     while Instant::now() < until {
         w.ep.wait(&mut events, Duration::from_millis(100), &mut ready);
@@ -201,6 +243,9 @@ fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool) 
             }
         }
         tx.flush(&w.listener);
+        if let Some(q) = &mut w.gsoq {
+            q.flush();
+        }
     }
 }
 
@@ -217,6 +262,9 @@ struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     /// Datagrams queued for the next flush.
     queued: usize,
+    /// Read with room for the `UDP_GRO` control message (`--gso`).
+    gro: bool,
+    ctrl: Vec<gso::CmsgBuf>,
 }
 
 impl Batch {
@@ -235,6 +283,8 @@ impl Batch {
             // SAFETY: as above.
             hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
             queued: 0,
+            gro: false,
+            ctrl: vec![gso::CmsgBuf::default(); n],
         }
     }
 
@@ -269,6 +319,11 @@ impl Batch {
         let slot = self.slot_len();
         self.lens.fill(slot);
         self.prepare(n);
+        if self.gro {
+            for (h, c) in self.hdrs.iter_mut().zip(self.ctrl.iter_mut()) {
+                gso::set_recv_control(&mut h.msg_hdr, c);
+            }
+        }
         // SAFETY: all n headers point at live slots and addresses.
         let r = unsafe {
             libc::recvmmsg(
@@ -299,6 +354,14 @@ impl Batch {
             &self.bufs[start..start + self.lens[i].min(slot)],
             SocketAddr::V4(from),
         )
+    }
+
+    /// The segment size when datagram `i` of the last receive is a coalesced burst (GRO).
+    fn gro_size(&self, i: usize) -> Option<usize> {
+        if !self.gro {
+            return None;
+        }
+        self.hdrs.get(i).and_then(|h| gso::gro_size(&h.msg_hdr))
     }
 
     /// The slot for the next datagram to queue (flush first when full).
@@ -362,7 +425,9 @@ impl Worker {
             let n = rx.recv(&self.listener);
             for i in 0..n {
                 let (datagram, from) = rx.get(i);
-                self.handle_listener_datagram(from, datagram);
+                for_each_segment(datagram, rx.gro_size(i), |d| {
+                    self.handle_listener_datagram(from, d)
+                });
             }
             if n < MMSG {
                 return;
@@ -381,30 +446,28 @@ impl Worker {
             let n = rx.recv(&a.sock);
             for k in 0..n {
                 let (data, peer) = rx.get(k);
-                if tx.is_full() {
-                    tx.flush(&self.listener);
-                }
-                let out = tx.next_slot();
-                let len = if let Some(&ch) = a.channel_by_peer.get(&peer) {
-                    let Some(body) = out.get_mut(4..4 + data.len()) else {
-                        continue;
-                    };
-                    body.copy_from_slice(data);
-                    out[..4].copy_from_slice(&channel_data::header(ch, data.len() as u16));
-                    4 + data.len()
-                } else if let SocketAddr::V4(p) = peer {
-                    let padded = data.len().next_multiple_of(4);
-                    let Some(body) = out.get_mut(HEADROOM..HEADROOM + padded) else {
-                        continue;
-                    };
-                    body.fill(0);
-                    body[..data.len()].copy_from_slice(data);
-                    data_indication_header(&mut out[..HEADROOM], p, data.len());
-                    HEADROOM + padded
-                } else {
-                    continue;
-                };
-                tx.queue(len, client);
+                for_each_segment(data, rx.gro_size(k), |data| {
+                    if let Some(q) = &mut self.gsoq {
+                        let fd = self.listener.as_raw_fd();
+                        // Room for the longer framing: a Data indication, padded.
+                        let max = HEADROOM + data.len().next_multiple_of(4);
+                        if let Some(len) = q.room(max).and_then(|out| frame(a, peer, data, out)) {
+                            q.commit(fd, client, len);
+                            return;
+                        }
+                        q.flush();
+                        if let Some(len) = q.room(max).and_then(|out| frame(a, peer, data, out)) {
+                            q.commit(fd, client, len);
+                        }
+                        return;
+                    }
+                    if tx.is_full() {
+                        tx.flush(&self.listener);
+                    }
+                    if let Some(len) = frame(a, peer, data, tx.next_slot()) {
+                        tx.queue(len, client);
+                    }
+                });
             }
             if n < MMSG {
                 return;
@@ -435,10 +498,14 @@ impl Worker {
             let Some((ch, data)) = channel_data::parse(datagram) else {
                 return;
             };
-            if let Some(a) = self.by_client.get(&from).and_then(|&i| self.alloc(i))
-                && let Some(peer) = a.peer_by_channel.get(&ch)
+            if let Some(a) = self
+                .by_client
+                .get(&from)
+                .and_then(|&i| self.allocs.get(i))
+                .and_then(|a| a.as_ref())
+                && let Some(&peer) = a.peer_by_channel.get(&ch)
             {
-                let _ = a.sock.send_to(data, peer);
+                send_to_peer(&mut self.gsoq, a, peer, data);
             }
             return;
         }
@@ -459,11 +526,14 @@ impl Worker {
         match (msg.method(), msg.class()) {
             (method::SEND, Class::Indication) => {
                 if let (Some(a), Some(peer), Some(data)) = (
-                    self.by_client.get(&from).and_then(|&i| self.alloc(i)),
+                    self.by_client
+                        .get(&from)
+                        .and_then(|&i| self.allocs.get(i))
+                        .and_then(|a| a.as_ref()),
                     peer,
                     msg.get(attr::DATA),
                 ) {
-                    let _ = a.sock.send_to(data, peer);
+                    send_to_peer(&mut self.gsoq, a, peer, data);
                 }
             }
             (method::ALLOCATE, Class::Request) => {
@@ -475,6 +545,12 @@ impl Worker {
             }
             (method::REFRESH, Class::Request) => {
                 let lifetime = msg.u32_attr(attr::LIFETIME).and_then(|r| r.ok());
+                if lifetime == Some(0)
+                    && let Some(q) = &mut self.gsoq
+                {
+                    // Queued datagrams name the socket about to close.
+                    q.flush();
+                }
                 if lifetime == Some(0)
                     && let Some(i) = self.by_client.remove(&from)
                     && let Some(a) = self.allocs.get_mut(i).and_then(|a| a.take())
@@ -506,6 +582,9 @@ impl Worker {
     fn allocate(&mut self, client: SocketAddr) -> Option<SocketAddr> {
         let sock = UdpSocket::bind((self.relay_ip, 0)).ok()?;
         sock.set_nonblocking(true).ok()?;
+        if self.gsoq.is_some() {
+            gso::enable_gro(&sock).ok()?;
+        }
         let relay = sock.local_addr().ok()?;
         let i = self.free.pop().unwrap_or(self.allocs.len());
         self.ep.add(&sock, i as u64).ok()?;
@@ -586,6 +665,52 @@ impl Worker {
             }
         }
     }
+}
+
+/// Calls `f` with each datagram of a read: the whole read, or, when it coalesces a burst
+/// (GRO), every `gro` bytes of it (the last piece may be shorter).
+fn for_each_segment(data: &[u8], gro: Option<usize>, mut f: impl FnMut(&[u8])) {
+    match gro.filter(|&s| s > 0 && s < data.len()) {
+        Some(s) => data.chunks(s).for_each(f),
+        None => f(data),
+    }
+}
+
+/// Writes into `out` what a datagram `data` from `peer` becomes towards the client of `a`:
+/// ChannelData on the peer's channel, else a Data indication. Returns its length; `None`
+/// when it does not fit `out` or the peer is not IPv4.
+fn frame(a: &Alloc, peer: SocketAddr, data: &[u8], out: &mut [u8]) -> Option<usize> {
+    if let Some(&ch) = a.channel_by_peer.get(&peer) {
+        out.get_mut(4..4 + data.len())?.copy_from_slice(data);
+        out.get_mut(..4)?
+            .copy_from_slice(&channel_data::header(ch, data.len() as u16));
+        return Some(4 + data.len());
+    }
+    let SocketAddr::V4(p) = peer else {
+        return None;
+    };
+    let padded = data.len().next_multiple_of(4);
+    let body = out.get_mut(HEADROOM..HEADROOM + padded)?;
+    body.fill(0);
+    body[..data.len()].copy_from_slice(data);
+    data_indication_header(&mut out[..HEADROOM], p, data.len());
+    Some(HEADROOM + padded)
+}
+
+/// Client to peer: one `sendto` out of the allocation's socket, or with `--gso` queued for
+/// the end of the round (sent at once if the queue cannot take it even after a flush).
+fn send_to_peer(q: &mut Option<GsoQueue>, a: &Alloc, peer: SocketAddr, data: &[u8]) {
+    if let (Some(q), SocketAddr::V4(p)) = (q, peer) {
+        let fd = a.sock.as_raw_fd();
+        if q.push(fd, p, data) {
+            return;
+        }
+        q.flush();
+        if q.push(fd, p, data) {
+            return;
+        }
+    }
+    let _ = a.sock.send_to(data, peer);
 }
 
 /// Writes the header of a Data indication (RFC 8656 §11.4) for `n` bytes from an IPv4 peer:
