@@ -7,75 +7,18 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::load::{num, result_line, small_load, start_floor};
 use common::stream::{TempDir, TestCert, free_tcp_port};
-use common::{TestServer, free_udp_port, run_binary as run};
-
-/// The `RESULT k=v ...` line as a map.
-fn result_line(stdout: &str) -> HashMap<String, String> {
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"));
-    line.split_whitespace()
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').expect("k=v");
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
-}
-
-fn num(r: &HashMap<String, String>, k: &str) -> f64 {
-    r.get(k)
-        .unwrap_or_else(|| panic!("no {k}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{k} is not a number: {:?}", r.get(k)))
-}
+use common::{TestServer, run_binary as run};
 
 fn load(server: &str, pid: u32, extra: &[&str]) -> HashMap<String, String> {
-    let pid = pid.to_string();
-    let mut args = vec![
-        "--server",
-        server,
-        "--user",
-        "alice:wonderland",
-        "--allocations",
-        "2",
-        "--rate",
-        "200",
-        "--duration",
-        "1",
-        "--drain",
-        "3",
-        "--threads",
-        "1",
-        "--peers",
-        "1",
-        "--server-pid",
-        &pid,
-    ];
-    args.extend_from_slice(extra);
-    let (code, out, err) = run(
-        env!("CARGO_BIN_EXE_turnd-load"),
-        &args,
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "turnd-load failed:\n{out}\n{err}");
-    let r = result_line(&out);
+    let r = small_load(server, "alice:wonderland", 2, 200, pid, extra);
     assert_eq!(num(&r, "allocations"), 2.0);
-    assert_eq!(num(&r, "ready"), 2.0, "{out}\n{err}");
-    assert!(num(&r, "sent") > 0.0, "{out}");
-    assert!(
-        num(&r, "received") > 0.0,
-        "nothing came back:\n{out}\n{err}"
-    );
-    assert!(num(&r, "received") <= num(&r, "sent"), "{out}");
     for k in [
         "offered_pps",
         "delivered_pps",
-        "loss_pct",
         "p50_us",
         "p99_us",
         "p999_us",
@@ -270,16 +213,6 @@ fn load_tool_refuses_non_loopback_servers() {
     assert!(err.contains("only loopback"), "{err}");
 }
 
-/// A floor forwarder process, ended by its pid on drop.
-struct Floor(Child);
-
-impl Drop for Floor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn floor_forwarder_carries_the_same_load() {
     floor_carries_the_load(&[]);
@@ -291,35 +224,13 @@ fn batched_floor_forwarder_carries_the_same_load() {
 }
 
 fn floor_carries_the_load(flags: &[&str]) {
-    let port = free_udp_port("127.0.0.1");
-    let addr = format!("127.0.0.1:{port}");
-    let floor = Floor(
-        Command::new(env!("CARGO_BIN_EXE_turnd-floor"))
-            .args(["--listen", &addr, "--threads", "1", "--max-seconds", "120"])
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn turnd-floor"),
-    );
-    // Ready when it answers a Binding request (it answers every request with success).
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut buf = [0u8; 1500];
-    let mut ready = false;
-    while !ready && Instant::now() < deadline {
-        let _ = probe.send_to(&common::binding_request(), &addr);
-        ready = probe.recv_from(&mut buf).is_ok();
-    }
-    assert!(ready, "turnd-floor did not start");
+    let floor = start_floor(flags);
+    let addr = floor.addr.clone();
     for extra in [
         &["--mode", "channel"][..],
         &["--mode", "send", "--topology", "pair"],
     ] {
-        let r = load(&addr, floor.0.id(), extra);
+        let r = load(&addr, floor.child.id(), extra);
         assert!(num(&r, "received") > 0.0);
     }
 }

@@ -9,65 +9,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::load::{num, small_load};
 use common::{TestServer, run_binary as run};
-
-fn result_line(stdout: &str) -> HashMap<String, String> {
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"));
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-fn num(r: &HashMap<String, String>, k: &str) -> f64 {
-    r.get(k)
-        .unwrap_or_else(|| panic!("no {k}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{k} is not a number: {:?}", r.get(k)))
-}
 
 /// Runs a small load with `extra` flags against `server` and checks it was delivered.
 fn load(server: &TestServer, extra: &[&str]) -> HashMap<String, String> {
     let addr = server.addr.to_string();
-    let pid = server.pid().to_string();
-    let mut args = vec![
-        "--server",
-        &addr,
-        "--user",
-        "alice:wonderland",
-        "--allocations",
-        "4",
-        "--rate",
-        "400",
-        "--duration",
-        "1",
-        "--drain",
-        "3",
-        "--threads",
-        "1",
-        "--peers",
-        "1",
-        "--server-pid",
-        &pid,
-    ];
-    args.extend_from_slice(extra);
-    let (code, out, err) = run(
-        env!("CARGO_BIN_EXE_turnd-load"),
-        &args,
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "turnd-load failed:\n{out}\n{err}");
-    let r = result_line(&out);
-    assert_eq!(num(&r, "ready"), 4.0, "{out}\n{err}");
-    let (sent, received) = (num(&r, "sent"), num(&r, "received"));
-    assert!(sent > 0.0, "{out}");
-    assert!(received > 0.0, "nothing came back:\n{out}\n{err}");
-    assert!(received <= sent, "{out}");
-    assert!(num(&r, "loss_pct") < 50.0, "{out}\n{err}");
-    r
+    small_load(&addr, "alice:wonderland", 4, 400, server.pid(), extra)
 }
 
 /// Every packet sent left in a whole burst of `k` (short sends, on a full socket buffer,

@@ -3,6 +3,7 @@
 //! not write).
 #![allow(dead_code)]
 
+pub mod load;
 pub mod stream;
 
 use std::net::{SocketAddr, UdpSocket};
