@@ -56,7 +56,10 @@ pub(crate) struct Offload {
 impl Offload {
     /// What this kernel supports, found by setting the options on a throwaway socket.
     pub(crate) fn probe() -> Offload {
-        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        // Either loopback will do (a host may have only one of them).
+        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0")
+            .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+        else {
             return Offload::default();
         };
         use std::os::fd::AsRawFd;
