@@ -466,7 +466,7 @@ impl SendQueue {
                     for e in a..b {
                         let q = self.queued[e];
                         let data = &self.arena[q.off as usize..(q.off + q.len) as usize];
-                        if send_one(fd, data, &q.to).is_err() {
+                        if send_now(fd, data, &q.to).is_err() {
                             drops += 1;
                         }
                     }
@@ -529,8 +529,9 @@ fn set_gso_cmsg(h: &mut libc::msghdr, buf: &mut CmsgBuf, size: u16) {
     }
 }
 
-/// One plain `sendto`, for the datagrams of a GSO message the kernel refused.
-fn send_one(fd: RawFd, data: &[u8], to: &SocketAddr) -> std::io::Result<usize> {
+/// One non-blocking `sendto`, straight to the kernel (a full kernel buffer drops, as UDP
+/// does): for sends outside a batch, and the datagrams of a GSO message the kernel refused.
+pub(super) fn send_now(fd: RawFd, data: &[u8], to: &SocketAddr) -> std::io::Result<usize> {
     // SAFETY: `fd` is an open socket owned by the worker for the duration of the call.
     let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&sock).send_to(data, &(*to).into())

@@ -20,7 +20,7 @@ use tracing::{debug, error, warn};
 
 use super::epoll::{Epoll, event_buffer};
 use super::local::LocalQueue;
-use super::mmsg::{Offload, RX_BATCH, RecvBatch, SendQueue};
+use super::mmsg::{Offload, RX_BATCH, RecvBatch, SendQueue, send_now};
 use super::now;
 use crate::turn::{
     BindError, ConnectionId, FiveTuple, Io, PEER_TAILROOM, RelayId, RelayOptions, Server,
@@ -118,7 +118,7 @@ impl DriverIo {
                 return;
             }
         }
-        if send_now(fd, data, to).is_err() {
+        if send_now(fd, data, &to).is_err() {
             self.send_drops += 1;
         }
     }
@@ -225,13 +225,6 @@ impl Io for DriverIo {
     fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
         self.tcp.bind_data_connection(id, data);
     }
-}
-
-/// One non-blocking `sendto`, straight to the kernel. A full kernel buffer drops, as UDP does.
-fn send_now(fd: std::os::fd::RawFd, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-    // SAFETY: `fd` is an open socket owned by the worker for the duration of the call.
-    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&sock).send_to(data, &to.into())
 }
 
 fn relay_socket(addr: SocketAddr, opts: RelayOptions) -> std::io::Result<StdUdpSocket> {
