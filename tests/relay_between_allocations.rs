@@ -1,15 +1,21 @@
 //! Two allocations of one server relay to each other (each the other's peer, relayed address
-//! to relayed address, the browser-to-browser case), through the real server with one worker
-//! so both live on it and turnd hands the data over without the kernel. Permissions hold on
-//! both sides: a datagram goes out only if the sender has a permission for the receiver's
-//! relayed address, and comes in only if the receiver has one for the sender's (RFC 8656
-//! §12). Dropped datagrams are proven by order, not by waiting: each side's first delivery
-//! is the one sent after the permission that allows it (the datagram to be refused is
-//! followed by a request of its sender, whose answer comes after the hand-over).
+//! to relayed address, the browser-to-browser case), through the real server, and turnd
+//! hands the data over without the kernel: on one worker (both allocations in its maps) and
+//! across two workers (the hand-over queue between them, `src/net/handover.rs`). Permissions
+//! hold on both sides: a datagram goes out only if the sender has a permission for the
+//! receiver's relayed address, and comes in only if the receiver has one for the sender's
+//! (RFC 8656 §12). Dropped datagrams are proven by order, not by waiting: each side's first
+//! delivery is the one sent after the permission that allows it (the datagram to be refused
+//! is followed by a request of its sender, whose answer comes after the hand-over, and the
+//! receiving worker takes handed-over datagrams before what it reads after them).
+//! `/metrics` shows which path carried them.
 
+mod admin_http;
 mod common;
 
 use std::net::SocketAddr;
+
+use admin_http::{get_json, scrape_parsed, start_with_admin};
 
 use common::{
     RawClient, TestServer, peer_attr, recv_data_indication, send_indication, udp_transport,
@@ -64,19 +70,19 @@ fn recv_channel_data(c: &RawClient) -> Option<(u16, Vec<u8>)> {
     None
 }
 
-#[test]
-fn allocations_relay_to_each_other_with_permissions_checked_on_both_sides() {
-    let server = TestServer::start(
-        "127.0.0.1",
-        &["--workers", "1", "--allow-peer", "127.0.0.1/32"],
-    );
-    let (mut a, relay_a) = allocate(&server);
-    let (mut b, relay_b) = allocate(&server);
+/// Sends both ways between `a` and `b` (allocations with relayed addresses `relay_a` and
+/// `relay_b`, no permissions yet) and checks what arrives; returns how many datagrams went
+/// from one allocation to the other.
+fn relay_both_ways(
+    (mut a, relay_a): (RawClient, SocketAddr),
+    (mut b, relay_b): (RawClient, SocketAddr),
+) -> f64 {
     assert_ne!(relay_a, relay_b);
 
     // A may send to B, but B has no permission for A: B's side drops it. A's next request is
-    // answered only after the server has handed that datagram to B's allocation (within the
-    // same batch), so B's permission below comes strictly later.
+    // answered only after the server has handed that datagram over (to B's allocation within
+    // the same batch, or to B's worker before the answer is sent, and that worker takes it
+    // before anything it reads later), so B's permission below comes strictly later.
     permit(&mut a, relay_b);
     a.send_raw(&send_indication(relay_b, b"refused by b"));
     permit(&mut a, relay_b);
@@ -127,4 +133,62 @@ fn allocations_relay_to_each_other_with_permissions_checked_on_both_sides() {
         }
     }
     assert_eq!(got, (0..200).collect::<Vec<_>>());
+    // Delivered: "to b", "to a", two over channels, "back to a", and the burst.
+    205.0
+}
+
+/// The internal-relay counters: (same worker, other worker).
+fn internal_counts(admin: SocketAddr) -> (f64, f64) {
+    let m = scrape_parsed(admin);
+    let get = |path: &str| {
+        m.get(&format!(
+            "turnd_relay_internal_datagrams_total{{path=\"{path}\"}}"
+        ))
+        .copied()
+        .unwrap_or_else(|| panic!("no {path} sample"))
+    };
+    (get("same_worker"), get("other_worker"))
+}
+
+#[test]
+fn allocations_on_one_worker_relay_to_each_other_with_permissions_checked_on_both_sides() {
+    let (server, admin) = start_with_admin(&["--workers", "1", "--allow-peer", "127.0.0.1/32"]);
+    let a = allocate(&server);
+    let b = allocate(&server);
+    let delivered = relay_both_ways(a, b);
+    let (same, other) = internal_counts(admin);
+    assert!(same >= delivered, "same worker: {same}");
+    assert_eq!(other, 0.0);
+}
+
+#[test]
+fn allocations_on_two_workers_relay_to_each_other_with_permissions_checked_on_both_sides() {
+    let (server, admin) = start_with_admin(&["--workers", "2", "--allow-peer", "127.0.0.1/32"]);
+    // The kernel spreads clients over the workers by their address: allocate until each
+    // worker has one (16 clients all on one worker has odds of 1 in 32,768).
+    let mut on: [Option<(RawClient, SocketAddr)>; 2] = [None, None];
+    for _ in 0..16 {
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+        let (c, relayed) = allocate(&server);
+        let sessions = get_json(admin, "/sessions");
+        let worker = sessions
+            .as_array()
+            .expect("a session list")
+            .iter()
+            .find(|s| s["relayed"][0] == relayed.to_string())
+            .and_then(|s| s["id"].as_str()?.split('-').next()?.parse::<usize>().ok())
+            .expect("the session of the allocation, with its worker");
+        if on[worker].is_none() {
+            on[worker] = Some((c, relayed));
+        }
+    }
+    let [Some(a), Some(b)] = on else {
+        panic!("every allocation landed on one worker");
+    };
+    let delivered = relay_both_ways(a, b);
+    let (same, other) = internal_counts(admin);
+    assert!(other >= delivered, "other worker: {other}");
+    assert_eq!(same, 0.0);
 }

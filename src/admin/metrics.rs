@@ -72,6 +72,8 @@ pub fn sum(workers: &[WorkerSnapshot]) -> WorkerSnapshot {
         t.offload.gso_messages += w.offload.gso_messages;
         t.offload.gro_reads += w.offload.gro_reads;
         t.offload.gro_datagrams += w.offload.gro_datagrams;
+        t.offload.local_datagrams += w.offload.local_datagrams;
+        t.offload.handover_datagrams += w.offload.handover_datagrams;
     }
     t
 }
@@ -244,6 +246,19 @@ pub fn render(
     ] {
         o.family(name, "counter", help);
         o.sample(name, &[], v);
+    }
+
+    o.family(
+        "turnd_relay_internal_datagrams_total",
+        "counter",
+        "Datagrams relayed from one allocation to another of this server without the \
+         kernel, by path: both on one worker, or handed to another worker.",
+    );
+    for (path, v) in [
+        ("same_worker", g.local_datagrams),
+        ("other_worker", g.handover_datagrams),
+    ] {
+        o.sample("turnd_relay_internal_datagrams_total", &[("path", path)], v);
     }
 
     o.family(

@@ -6,6 +6,7 @@
 //! leaves the worker: no lock, no channel, no other thread.
 
 mod epoll;
+mod handover;
 mod local;
 mod mmsg;
 pub mod proxy;
@@ -344,6 +345,8 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         gro = offload.gro,
         "udp segmentation offload"
     );
+    let handover = handover::Handover::new(workers, relay_ips.map(|r| r.map(|(bind, _)| bind)))
+        .map_err(|e| format!("cannot set up the hand-over between workers: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
@@ -371,6 +374,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         let Some(job_rx) = job_rxs.next() else {
             return Err("worker job queue missing".into());
         };
+        let handover = handover.clone();
         let ws = tcp::WorkerStreams {
             listeners: tcp_socks,
             shared: streams.clone(),
@@ -379,7 +383,20 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         };
         let h = std::thread::Builder::new()
             .name(format!("turnd-worker-{i}"))
-            .spawn(move || udp::run_worker(i, socks, core, offload, rx, job_rx, ws))
+            .spawn(move || {
+                udp::run_worker(
+                    i,
+                    udp::UdpSetup {
+                        sockets: socks,
+                        offload,
+                        handover,
+                    },
+                    core,
+                    rx,
+                    job_rx,
+                    ws,
+                )
+            })
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         handles.push(h);
     }

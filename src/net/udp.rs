@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -19,6 +20,7 @@ use tokio::task::LocalSet;
 use tracing::{debug, error, warn};
 
 use super::epoll::{Epoll, event_buffer};
+use super::handover::{Handover, HandoverPort};
 use super::local::LocalQueue;
 use super::mmsg::{Offload, RX_BATCH, RecvBatch, SendQueue, send_now};
 use super::now;
@@ -37,6 +39,8 @@ const ROUND_BUDGET: usize = 1024;
 /// Epoll tokens of the listeners count down from here; relay sockets use their [`RelayId`]
 /// (counting up from 1).
 const LISTENER_TOKEN: u64 = u64::MAX;
+/// The epoll token of the hand-over eventfd (no relay has id 0).
+const HANDOVER_TOKEN: u64 = 0;
 
 pub(super) struct Worker {
     pub(super) core: Server,
@@ -59,6 +63,11 @@ pub(crate) struct DriverIo {
     by_relay_addr: FxHashMap<SocketAddr, RelayId>,
     /// Datagrams for the worker's own relay sockets, delivered at the end of the batch.
     local: LocalQueue,
+    /// Datagrams for other workers' relay sockets ([`super::handover`]); `None` with one
+    /// worker.
+    handover: Option<HandoverPort>,
+    /// Datagrams relayed to one of this worker's own relay sockets without the kernel.
+    local_datagrams: u64,
     epoll: Rc<AsyncFd<Epoll>>,
     /// Sends collected while the UDP task handles a batch; sent at its end. Outside a batch
     /// (timers, jobs, TCP clients) sends go out at once.
@@ -81,6 +90,10 @@ pub struct OffloadCounts {
     pub gso_messages: u64,
     pub gro_reads: u64,
     pub gro_datagrams: u64,
+    /// Datagrams relayed between two allocations without the kernel: both on this worker,
+    /// and handed to another worker's allocation.
+    pub local_datagrams: u64,
+    pub handover_datagrams: u64,
 }
 
 /// A relay socket and the address it is bound to.
@@ -104,6 +117,8 @@ impl DriverIo {
             gso_messages,
             gro_reads: self.gro_reads,
             gro_datagrams: self.gro_datagrams,
+            local_datagrams: self.local_datagrams,
+            handover_datagrams: self.handover.as_ref().map_or(0, |h| h.sent),
         }
     }
 
@@ -145,13 +160,20 @@ impl Io for DriverIo {
         let Some(s) = self.relays.get(&relay) else {
             return;
         };
-        // Another allocation of this worker: hand it over at the end of the batch (only
-        // inside one, where the UDP task drains the queue; elsewhere through the kernel).
-        if self.batching
-            && let Some(&to) = self.by_relay_addr.get(&peer)
-            && self.local.push(to, s.addr, data)
-        {
-            return;
+        // Another allocation of this worker: hand it over at the end of the batch; of
+        // another worker: hand it to that worker (only inside a batch, where the UDP task
+        // drains the queue and wakes the other worker; elsewhere through the kernel).
+        if self.batching {
+            if let Some(&to) = self.by_relay_addr.get(&peer) {
+                if self.local.push(to, s.addr, data) {
+                    self.local_datagrams += 1;
+                    return;
+                }
+            } else if let Some(h) = &mut self.handover
+                && h.send(peer, s.addr, data)
+            {
+                return;
+            }
         }
         let fd = s.sock.as_raw_fd();
         self.send(fd, data, peer);
@@ -185,6 +207,9 @@ impl Io for DriverIo {
         }
         if !bound.ip().is_unspecified() {
             self.by_relay_addr.insert(bound, relay);
+            if let Some(h) = &self.handover {
+                h.claim(&bound);
+            }
         }
         self.relays.insert(relay, RelaySocket { sock, addr: bound });
         Ok(())
@@ -199,6 +224,9 @@ impl Io for DriverIo {
             }
             if self.by_relay_addr.get(&r.addr) == Some(&relay) {
                 self.by_relay_addr.remove(&r.addr);
+                if let Some(h) = &self.handover {
+                    h.release(&r.addr);
+                }
             }
             self.epoll.get_ref().remove(r.sock.as_raw_fd());
             drop(r);
@@ -275,15 +303,27 @@ fn set_dont_fragment(s: &Socket, v6: bool) {
     }
 }
 
+/// What a worker's UDP data path starts with: its listener sockets, the offloads the
+/// kernel has, and the hand-over to the other workers (none with one worker).
+pub(super) struct UdpSetup {
+    pub(super) sockets: Vec<(SocketAddr, StdUdpSocket)>,
+    pub(super) offload: Offload,
+    pub(super) handover: Option<Arc<Handover>>,
+}
+
 pub(super) fn run_worker(
     index: usize,
-    sockets: Vec<(SocketAddr, StdUdpSocket)>,
+    udp: UdpSetup,
     cfg: ServerConfig,
-    offload: Offload,
     mut stop: watch::Receiver<bool>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     streams: super::tcp::WorkerStreams,
 ) {
+    let UdpSetup {
+        sockets,
+        offload,
+        handover,
+    } = udp;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -319,6 +359,12 @@ pub(super) fn run_worker(
                 Err(e) => error!(worker = index, %addr, error = %e, "cannot register listener"),
             }
         }
+        let handover = handover.map(|h| HandoverPort::new(h, index));
+        if let Some(h) = &handover
+            && let Err(e) = epoll.get_ref().add(h.wake_fd(), HANDOVER_TOKEN)
+        {
+            error!(worker = index, error = %e, "cannot watch the hand-over eventfd");
+        }
         let state = Rc::new(RefCell::new(Worker {
             core: Server::new(cfg),
             io: DriverIo {
@@ -326,6 +372,8 @@ pub(super) fn run_worker(
                 relays: FxHashMap::default(),
                 by_relay_addr: FxHashMap::default(),
                 local: LocalQueue::new(),
+                handover,
+                local_datagrams: 0,
                 epoll: epoll.clone(),
                 tx: SendQueue::with_gso(offload.gso),
                 batching: false,
@@ -380,18 +428,32 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>, gro: 
             }
         };
         let n = epoll.get_ref().poll_now(&mut events);
-        if n == 0 {
-            guard.clear_ready();
-            continue;
-        }
         let Some(state) = state.upgrade() else {
             return;
         };
+        // No socket ready and no parcel waiting: wait again.
+        let parcels = state
+            .borrow()
+            .io
+            .handover
+            .as_ref()
+            .is_some_and(|h| h.waiting());
+        if n == 0 && !parcels {
+            guard.clear_ready();
+            continue;
+        }
         let mut more = n == events.len();
         {
             let mut g = state.borrow_mut();
             let w = &mut *g;
             w.io.batching = true;
+            if let Some(h) = &w.io.handover {
+                h.busy();
+            }
+            // Parcels from other workers first: those handed over before anything this
+            // round reads was sent (a reply that came after the hand-over, then a request
+            // caused by it) are delivered before it.
+            more |= deliver_handover(w, ROUND_BUDGET);
             let mut work = 0;
             for ev in &events[..n] {
                 if work >= ROUND_BUDGET {
@@ -406,6 +468,11 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>, gro: 
             deliver_local(w);
             w.io.batching = false;
             w.io.flush();
+            if let Some(h) = &mut w.io.handover {
+                h.notify();
+                // Last look for parcels before waiting (senders wake only an idle worker).
+                more |= !more && h.going_idle();
+            }
         }
         if more {
             drop(guard);
@@ -422,6 +489,13 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>, gro: 
 /// returns how many reads the batch held and how many datagrams they carried (more than the
 /// reads when GRO coalesced some).
 fn drain_socket(w: &mut Worker, token: u64, rx: &mut RecvBatch) -> (usize, usize) {
+    if token == HANDOVER_TOKEN {
+        // Parcels from other workers: taken at the start of each round.
+        if let Some(h) = &w.io.handover {
+            h.acknowledge();
+        }
+        return (0, 0);
+    }
     let listener = LISTENER_TOKEN - token;
     let found = w.io.listeners.get(listener as usize);
     let mut datagrams = 0;
@@ -525,6 +599,27 @@ fn deliver_local(w: &mut Worker) {
     let t = now();
     q.drain(|to, from, buf, range| w.core.handle_peer(t, to, from, buf, range, &mut w.io));
     w.io.local = q;
+}
+
+/// Hands the parcels other workers handed to this one's relay sockets to their allocations
+/// (at most `budget`); true when the budget ran out first.
+fn deliver_handover(w: &mut Worker, budget: usize) -> bool {
+    // Taken out so the core can have the I/O; put back below.
+    let Some(h) = w.io.handover.take() else {
+        return false;
+    };
+    let t = now();
+    let n = h.drain(budget, |p| {
+        // Gone if the allocation ended since: dropped, as the kernel drops a datagram to a
+        // closed port.
+        if let Some(relay) = w.io.by_relay_addr.get(&p.to).copied() {
+            let from = p.from;
+            let (buf, range) = p.payload();
+            w.core.handle_peer(t, relay, from, buf, range, &mut w.io);
+        }
+    });
+    w.io.handover = Some(h);
+    n == budget
 }
 
 async fn timer_loop(state: Weak<RefCell<Worker>>) {
