@@ -15,17 +15,24 @@ mod common;
 
 use std::net::SocketAddr;
 
-use admin_http::{get_json, scrape_parsed, start_with_admin};
+use admin_http::{get_json, scrape_parsed, start_with_admin, start_with_admin_on};
 
 use common::{
     RawClient, TestServer, peer_attr, recv_data_indication, send_indication, udp_transport,
 };
-use stun::attributes::{ATTR_CHANNEL_NUMBER, ATTR_XOR_RELAYED_ADDRESS};
+use stun::attributes::{
+    ATTR_CHANNEL_NUMBER, ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_XOR_RELAYED_ADDRESS,
+};
 use stun::message::{METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION};
 
 fn allocate(server: &TestServer) -> (RawClient, SocketAddr) {
     let mut c = RawClient::new(server.addr, "alice", "wonderland");
-    let r = c.request(METHOD_ALLOCATE, &[udp_transport()]);
+    let mut attrs = vec![udp_transport()];
+    if server.addr.is_ipv6() {
+        // A relayed address of the client's own family (IPv4 unless asked, RFC 6156).
+        attrs.push((ATTR_REQUESTED_ADDRESS_FAMILY, vec![0x02, 0, 0, 0]));
+    }
+    let r = c.request(METHOD_ALLOCATE, &attrs);
     assert_eq!(r.code(), None, "allocate");
     let relayed = r.xor_addrs(ATTR_XOR_RELAYED_ADDRESS)[0];
     (c, relayed)
@@ -163,7 +170,16 @@ fn allocations_on_one_worker_relay_to_each_other_with_permissions_checked_on_bot
 
 #[test]
 fn allocations_on_two_workers_relay_to_each_other_with_permissions_checked_on_both_sides() {
-    let (server, admin) = start_with_admin(&["--workers", "2", "--allow-peer", "127.0.0.1/32"]);
+    on_two_workers("127.0.0.1", "127.0.0.1/32");
+}
+
+#[test]
+fn allocations_on_two_workers_relay_to_each_other_over_ipv6() {
+    on_two_workers("::1", "::1/128");
+}
+
+fn on_two_workers(ip: &str, allow: &str) {
+    let (server, admin) = start_with_admin_on(ip, &["--workers", "2", "--allow-peer", allow]);
     // The kernel spreads clients over the workers by their address: allocate until each
     // worker has one (16 clients all on one worker has odds of 1 in 32,768).
     let mut on: [Option<(RawClient, SocketAddr)>; 2] = [None, None];

@@ -21,11 +21,17 @@ pub fn free_tcp_port() -> u16 {
 
 /// turnd with the admin listener on 127.0.0.1 and the test token; `extra` flags appended.
 pub fn start_with_admin(extra: &[&str]) -> (TestServer, SocketAddr) {
+    start_with_admin_on("127.0.0.1", extra)
+}
+
+/// As [`start_with_admin`], with turnd listening and relaying on `ip` (the admin listener
+/// stays on 127.0.0.1).
+pub fn start_with_admin_on(ip: &str, extra: &[&str]) -> (TestServer, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let admin_s = admin.to_string();
     let mut args = vec!["--admin-listen", admin_s.as_str(), "--admin-token", TOKEN];
     args.extend_from_slice(extra);
-    let server = TestServer::start("127.0.0.1", &args);
+    let server = TestServer::start(ip, &args);
     (server, admin)
 }
 
