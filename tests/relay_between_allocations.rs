@@ -170,16 +170,42 @@ fn allocations_on_one_worker_relay_to_each_other_with_permissions_checked_on_bot
 
 #[test]
 fn allocations_on_two_workers_relay_to_each_other_with_permissions_checked_on_both_sides() {
-    on_two_workers("127.0.0.1", "127.0.0.1/32");
+    on_two_workers("127.0.0.1", &["--allow-peer", "127.0.0.1/32"]);
 }
 
 #[test]
 fn allocations_on_two_workers_relay_to_each_other_over_ipv6() {
-    on_two_workers("::1", "::1/128");
+    on_two_workers("::1", &["--allow-peer", "::1/128"]);
 }
 
-fn on_two_workers(ip: &str, allow: &str) {
-    let (server, admin) = start_with_admin_on(ip, &["--workers", "2", "--allow-peer", allow]);
+// Behind 1:1 NAT (`relay.external-ips`) clients know each other's relayed addresses by the
+// advertised IP. Here the relay sockets are bound to 127.0.0.1 and 127.0.0.2 is advertised:
+// through the kernel a datagram to 127.0.0.2 would find no socket, so everything that
+// arrives was handed over, from the sender's advertised address, as a NAT that loops it
+// back would show it.
+const BEHIND_NAT: [&str; 4] = ["--external-ip", "127.0.0.2", "--allow-peer", "127.0.0.2/32"];
+
+#[test]
+fn allocations_on_one_worker_relay_to_each_other_by_their_advertised_addresses() {
+    let mut args = vec!["--workers", "1"];
+    args.extend(BEHIND_NAT);
+    let (server, admin) = start_with_admin(&args);
+    let a = allocate(&server);
+    let b = allocate(&server);
+    assert_eq!(a.1.ip().to_string(), "127.0.0.2", "the advertised address");
+    let delivered = relay_both_ways(a, b);
+    assert!(internal_counts(admin).0 >= delivered);
+}
+
+#[test]
+fn allocations_on_two_workers_relay_to_each_other_by_their_advertised_addresses() {
+    on_two_workers("127.0.0.1", &BEHIND_NAT);
+}
+
+fn on_two_workers(ip: &str, extra: &[&str]) {
+    let mut args = vec!["--workers", "2"];
+    args.extend(extra);
+    let (server, admin) = start_with_admin_on(ip, &args);
     // The kernel spreads clients over the workers by their address: allocate until each
     // worker has one (16 clients all on one worker has odds of 1 in 32,768).
     let mut on: [Option<(RawClient, SocketAddr)>; 2] = [None, None];

@@ -68,8 +68,8 @@ struct Inbox {
 
 /// What all workers share: the owner table, the inboxes and the parcel pool.
 pub(crate) struct Handover {
-    /// The relay bind address per family (specified addresses only).
-    ips: [Option<IpAddr>; 2],
+    /// The relay addresses per family, (bound, advertised); specified addresses only.
+    ips: [Option<(IpAddr, IpAddr)>; 2],
     /// Per family, per port: the owning worker + 1, or 0.
     owners: [Box<[AtomicU8]>; 2],
     inboxes: Vec<Inbox>,
@@ -79,17 +79,17 @@ pub(crate) struct Handover {
 }
 
 impl Handover {
-    /// The hand-over for `workers` workers relaying on `relay_ips` (bind addresses per
-    /// family); `None` when there is nothing to hand over (one worker, or more workers than
-    /// the table can name).
+    /// The hand-over for `workers` workers relaying on `relay_ips` (bound and advertised
+    /// address per family); `None` when there is nothing to hand over (one worker, or more
+    /// workers than the table can name).
     pub(crate) fn new(
         workers: usize,
-        relay_ips: [Option<IpAddr>; 2],
+        relay_ips: [Option<(IpAddr, IpAddr)>; 2],
     ) -> io::Result<Option<Arc<Handover>>> {
         if !(2..=MAX_WORKERS).contains(&workers) {
             return Ok(None);
         }
-        let ips = relay_ips.map(|ip| ip.filter(|ip| !ip.is_unspecified()));
+        let ips = relay_ips.map(|ip| ip.filter(|(bound, _)| !bound.is_unspecified()));
         if ips.iter().all(Option::is_none) {
             return Ok(None);
         }
@@ -118,10 +118,11 @@ impl Handover {
         })))
     }
 
-    /// The owner slot of a relay address, if it is one of the relay addresses.
+    /// The owner slot of a relay address (bound or advertised), if it is one.
     fn slot(&self, addr: &SocketAddr) -> Option<&AtomicU8> {
         let fam = usize::from(addr.is_ipv6());
-        if self.ips[fam]? != addr.ip() {
+        let (bound, advertised) = self.ips[fam]?;
+        if addr.ip() != bound && addr.ip() != advertised {
             return None;
         }
         self.owners[fam].get(usize::from(addr.port()))
@@ -347,9 +348,8 @@ mod tests {
     }
 
     fn pair() -> (HandoverPort, HandoverPort) {
-        let h = Handover::new(2, [Some("127.0.0.1".parse().unwrap()), None])
-            .unwrap()
-            .unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let h = Handover::new(2, [Some((ip, ip)), None]).unwrap().unwrap();
         (HandoverPort::new(h.clone(), 0), HandoverPort::new(h, 1))
     }
 
@@ -366,14 +366,26 @@ mod tests {
 
     #[test]
     fn nothing_to_hand_over_with_one_worker_or_no_relay_address() {
-        let ip = Some("127.0.0.1".parse().unwrap());
-        assert!(Handover::new(1, [ip, None]).unwrap().is_none());
-        assert!(
-            Handover::new(2, [Some("0.0.0.0".parse().unwrap()), None])
-                .unwrap()
-                .is_none()
-        );
-        assert!(Handover::new(2, [ip, None]).unwrap().is_some());
+        let lo = "127.0.0.1".parse().unwrap();
+        let any = "0.0.0.0".parse().unwrap();
+        assert!(Handover::new(1, [Some((lo, lo)), None]).unwrap().is_none());
+        assert!(Handover::new(2, [Some((any, lo)), None]).unwrap().is_none());
+        assert!(Handover::new(2, [Some((lo, lo)), None]).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_advertised_address_names_the_same_relay() {
+        let (bound, adv) = ("10.0.0.5".parse().unwrap(), "203.0.113.5".parse().unwrap());
+        let h = Handover::new(2, [Some((bound, adv)), None])
+            .unwrap()
+            .unwrap();
+        let (mut a, b) = (HandoverPort::new(h.clone(), 0), HandoverPort::new(h, 1));
+        let (ra, rb) = (v4("203.0.113.5:50000"), v4("10.0.0.5:50001"));
+        b.claim(&rb);
+        assert!(a.send(v4("203.0.113.5:50001"), ra, b"to the advertised address"));
+        assert!(a.send(rb, ra, b"to the bound address"));
+        assert!(!a.send(v4("203.0.113.6:50001"), ra, b"not ours"));
+        assert_eq!(drained(&b).len(), 2);
     }
 
     #[test]

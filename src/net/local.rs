@@ -4,7 +4,10 @@
 //! allocation on the same worker (both sides relay-only, the common browser case), the
 //! driver hands it to that allocation's [`crate::turn::Server::handle_peer`] directly, with the
 //! sending relay socket's address as the peer: exactly what the receiving socket would have
-//! read from the kernel. The core has checked the sender's permission for the destination
+//! read from the kernel. Behind 1:1 NAT (`relay.external-ips`) clients name each other's
+//! relayed addresses by the advertised IP, which the kernel could not deliver here (it takes
+//! a NAT that loops the datagram back); the driver matches those too, and the receiver sees
+//! the sender's advertised address, as such a NAT would show it. The core has checked the sender's permission for the destination
 //! before asking to send (RFC 8656 §12: a client's data goes only to permitted peers) and
 //! checks the receiver's permission for the sender in `handle_peer` (RFC 8656 §11.2 and §12:
 //! data from a peer without a permission is dropped), so both sides are checked as if the

@@ -345,7 +345,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         gro = offload.gro,
         "udp segmentation offload"
     );
-    let handover = handover::Handover::new(workers, relay_ips.map(|r| r.map(|(bind, _)| bind)))
+    let handover = handover::Handover::new(workers, relay_ips)
         .map_err(|e| format!("cannot set up the hand-over between workers: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();

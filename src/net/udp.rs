@@ -58,9 +58,11 @@ pub(crate) struct DriverIo {
     listeners: Vec<(SocketAddr, StdUdpSocket)>,
     /// Relay sockets: plain non-blocking sockets in `epoll`, closed in `close_relay`.
     relays: FxHashMap<RelayId, RelaySocket>,
-    /// The worker's relay sockets by bound address, for relaying between two of them
-    /// without the kernel ([`super::local`]).
+    /// The worker's relay sockets by bound address and by advertised address, for relaying
+    /// between two of them without the kernel ([`super::local`]).
     by_relay_addr: FxHashMap<SocketAddr, RelayId>,
+    /// The relay addresses per family: (bound, advertised).
+    relay_ips: [Option<(std::net::IpAddr, std::net::IpAddr)>; 2],
     /// Datagrams for the worker's own relay sockets, delivered at the end of the batch.
     local: LocalQueue,
     /// Datagrams for other workers' relay sockets ([`super::handover`]); `None` with one
@@ -96,10 +98,25 @@ pub struct OffloadCounts {
     pub handover_datagrams: u64,
 }
 
-/// A relay socket and the address it is bound to.
+/// A relay socket, the address it is bound to and the address clients are told (the
+/// external IP behind 1:1 NAT, or the same).
 struct RelaySocket {
     sock: StdUdpSocket,
     addr: SocketAddr,
+    advertised: SocketAddr,
+}
+
+impl RelaySocket {
+    /// The source address another relay socket of this server sees on a datagram this one
+    /// sends to `to`: the bound address when `to` is a bound relay address; the advertised
+    /// one when `to` is advertised, as a NAT that loops the datagram back would rewrite it.
+    fn seen_from(&self, to: &SocketAddr) -> SocketAddr {
+        if to.ip() == self.addr.ip() {
+            self.addr
+        } else {
+            self.advertised
+        }
+    }
 }
 
 impl DriverIo {
@@ -165,12 +182,12 @@ impl Io for DriverIo {
         // drains the queue and wakes the other worker; elsewhere through the kernel).
         if self.batching {
             if let Some(&to) = self.by_relay_addr.get(&peer) {
-                if self.local.push(to, s.addr, data) {
+                if self.local.push(to, s.seen_from(&peer), data) {
                     self.local_datagrams += 1;
                     return;
                 }
             } else if let Some(h) = &mut self.handover
-                && h.send(peer, s.addr, data)
+                && h.send(peer, s.seen_from(&peer), data)
             {
                 return;
             }
@@ -205,13 +222,25 @@ impl Io for DriverIo {
             warn!(%addr, error = %e, "cannot watch relay socket");
             return Err(BindError::Other);
         }
+        let advertised = match self.relay_ips[usize::from(bound.is_ipv6())] {
+            Some((bind, adv)) if bind == bound.ip() => SocketAddr::new(adv, bound.port()),
+            _ => bound,
+        };
         if !bound.ip().is_unspecified() {
             self.by_relay_addr.insert(bound, relay);
+            self.by_relay_addr.insert(advertised, relay);
             if let Some(h) = &self.handover {
                 h.claim(&bound);
             }
         }
-        self.relays.insert(relay, RelaySocket { sock, addr: bound });
+        self.relays.insert(
+            relay,
+            RelaySocket {
+                sock,
+                addr: bound,
+                advertised,
+            },
+        );
         Ok(())
     }
 
@@ -227,6 +256,9 @@ impl Io for DriverIo {
                 if let Some(h) = &self.handover {
                     h.release(&r.addr);
                 }
+            }
+            if self.by_relay_addr.get(&r.advertised) == Some(&relay) {
+                self.by_relay_addr.remove(&r.advertised);
             }
             self.epoll.get_ref().remove(r.sock.as_raw_fd());
             drop(r);
@@ -365,12 +397,14 @@ pub(super) fn run_worker(
         {
             error!(worker = index, error = %e, "cannot watch the hand-over eventfd");
         }
+        let relay_ips = cfg.relay_ips;
         let state = Rc::new(RefCell::new(Worker {
             core: Server::new(cfg),
             io: DriverIo {
                 listeners,
                 relays: FxHashMap::default(),
                 by_relay_addr: FxHashMap::default(),
+                relay_ips,
                 local: LocalQueue::new(),
                 handover,
                 local_datagrams: 0,
