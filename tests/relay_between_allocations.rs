@@ -1,7 +1,8 @@
 //! Two allocations of one server relay to each other (each the other's peer, relayed address
 //! to relayed address, the browser-to-browser case), through the real server, and turnd
 //! hands the data over without the kernel: on one worker (both allocations in its maps) and
-//! across two workers (the hand-over queue between them, `src/net/handover.rs`). Permissions
+//! across two workers (the hand-over queue between them, `src/net/handover.rs`), by bound or
+//! advertised relayed address, for clients over UDP and over TCP. Permissions
 //! hold on both sides: a datagram goes out only if the sender has a permission for the
 //! receiver's relayed address, and comes in only if the receiver has one for the sender's
 //! (RFC 8656 §12). Dropped datagrams are proven by order, not by waiting: each side's first
@@ -17,8 +18,10 @@ use std::net::SocketAddr;
 
 use admin_http::{get_json, scrape_parsed, start_with_admin, start_with_admin_on};
 
+use common::stream::StreamClient;
 use common::{
-    RawClient, TestServer, peer_attr, recv_data_indication, send_indication, udp_transport,
+    RawClient, TestServer, parse_data_indication, peer_attr, recv_data_indication, send_indication,
+    udp_transport,
 };
 use stun::attributes::{
     ATTR_CHANNEL_NUMBER, ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_XOR_RELAYED_ADDRESS,
@@ -233,4 +236,40 @@ fn on_two_workers(ip: &str, extra: &[&str]) {
     let (same, other) = internal_counts(admin);
     assert!(other >= delivered, "other worker: {other}");
     assert_eq!(same, 0.0);
+}
+
+/// A client over TCP (TURN over TCP or TLS, as behind a strict firewall) and one over UDP:
+/// the TCP client's datagram to the other allocation is handed over too (each frame is a
+/// batch of its own), counted exactly once either way.
+#[test]
+fn a_client_over_tcp_relays_to_another_allocation_without_the_kernel() {
+    for workers in ["1", "2"] {
+        let (server, admin) =
+            start_with_admin(&["--workers", workers, "--allow-peer", "127.0.0.1/32"]);
+        let mut a = StreamClient::tcp(server.addr);
+        let r = a.request(METHOD_ALLOCATE, &[udp_transport()]);
+        assert_eq!(r.code(), None, "allocate over tcp");
+        let relay_a = r.xor_addrs(ATTR_XOR_RELAYED_ADDRESS)[0];
+        let (mut b, relay_b) = allocate(&server);
+        let r = a.request(METHOD_CREATE_PERMISSION, &[peer_attr(relay_b)]);
+        assert_eq!(r.code(), None, "permission over tcp");
+        permit(&mut b, relay_a);
+
+        a.send_raw(&send_indication(relay_b, b"over tcp"));
+        assert_eq!(
+            recv_data_indication(&b),
+            Some((relay_a, b"over tcp".to_vec()))
+        );
+        let (same, other) = internal_counts(admin);
+        assert_eq!(same + other, 1.0, "{workers} workers: the one datagram");
+
+        b.send_raw(&send_indication(relay_a, b"back over tcp"));
+        let frame = a.recv_frame().expect("a frame");
+        assert_eq!(
+            parse_data_indication(&frame),
+            Some((relay_b, b"back over tcp".to_vec()))
+        );
+        let (same, other) = internal_counts(admin);
+        assert_eq!(same + other, 2.0, "{workers} workers: both datagrams");
+    }
 }

@@ -643,8 +643,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     };
                     let mut g = st.borrow_mut();
                     let w = &mut *g;
+                    // One frame, one batch: its datagram to another allocation of the
+                    // server skips the kernel, as from a UDP client.
+                    super::udp::begin_batch(w);
                     w.core
                         .handle_client(now(), *ft, &buf[start..start + len], &mut w.io);
+                    super::udp::end_batch(w);
                     if !authed {
                         authed = w.core.counters(ft).is_some();
                     }

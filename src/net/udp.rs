@@ -480,7 +480,7 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>, gro: 
         {
             let mut g = state.borrow_mut();
             let w = &mut *g;
-            w.io.batching = true;
+            begin_batch(w);
             if let Some(h) = &w.io.handover {
                 h.busy();
             }
@@ -499,11 +499,8 @@ async fn udp_loop(state: Weak<RefCell<Worker>>, epoll: Rc<AsyncFd<Epoll>>, gro: 
                 more |= read == RX_BATCH;
                 work += datagrams;
             }
-            deliver_local(w);
-            w.io.batching = false;
-            w.io.flush();
-            if let Some(h) = &mut w.io.handover {
-                h.notify();
+            end_batch(w);
+            if let Some(h) = &w.io.handover {
                 // Last look for parcels before waiting (senders wake only an idle worker).
                 more |= !more && h.going_idle();
             }
@@ -618,6 +615,23 @@ impl DriverIo {
             self.gro_reads += 1;
             self.gro_datagrams += len.div_ceil(step) as u64;
         }
+    }
+}
+
+/// Starts a batch: sends are queued until [`end_batch`], and datagrams for another
+/// allocation of the server are handed over instead of going through the kernel.
+pub(super) fn begin_batch(w: &mut Worker) {
+    w.io.batching = true;
+}
+
+/// Ends a batch: delivers what it handed to this worker's own relay sockets, sends what is
+/// queued, and wakes the workers it handed parcels to.
+pub(super) fn end_batch(w: &mut Worker) {
+    deliver_local(w);
+    w.io.batching = false;
+    w.io.flush();
+    if let Some(h) = &mut w.io.handover {
+        h.notify();
     }
 }
 
