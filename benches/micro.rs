@@ -5,14 +5,13 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use turnd::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
+use turnd::auth::{PasswordAlgorithm, long_term_key};
 use turnd::stun::{Class, Message, MessageWriter, attr, channel_data, method};
 use turnd::turn::{
-    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
-    ServerConfig, Time, Transport,
+    BindError, FiveTuple, Io, LastToClient, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
+    Server, TestClient, Time, Transport,
 };
 
 const REALM: &str = "bench.test";
@@ -64,29 +63,14 @@ impl Io for NullIo {
     fn close_relay(&mut self, _: RelayId) {}
 }
 
+impl LastToClient for NullIo {
+    fn last_to_client(&self) -> &[u8] {
+        &self.last
+    }
+}
+
 fn server() -> Server {
-    let auth = Authenticator::new(AuthConfig {
-        realm: REALM.into(),
-        users: vec![("alice".into(), UserSecret::Password("pw".into()))],
-        secrets: vec![],
-        rest_separator: ':',
-        nonce_lifetime_secs: 600,
-        nonce_key: [1; 32],
-    });
-    let relay = "192.0.2.1".parse().unwrap();
-    Server::new(ServerConfig {
-        max_permissions: 16,
-        unauth_limiter: Arc::new(turnd::turn::rate_limit::ResponseLimiter::new(
-            turnd::turn::rate_limit::RateLimit { rate: 0, burst: 0 },
-            [3; 16],
-        )),
-        ..ServerConfig::testing(
-            Arc::new(auth),
-            [Some((relay, relay)), None],
-            20000..=40000,
-            [2; 32],
-        )
-    })
+    Server::new(client().server_config(20000..=40000))
 }
 
 fn tuple(i: u32) -> FiveTuple {
@@ -99,17 +83,11 @@ fn tuple(i: u32) -> FiveTuple {
     }
 }
 
-fn authed(m: u16, txid: [u8; 12], nonce: &[u8], attrs: impl FnOnce(&mut MessageWriter)) -> Vec<u8> {
-    let key = long_term_key(PasswordAlgorithm::Md5, "alice", REALM, "pw");
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, m, Class::Request, txid);
-    attrs(&mut w);
-    w.attr(attr::USERNAME, b"alice")
-        .attr(attr::REALM, REALM.as_bytes())
-        .attr(attr::NONCE, nonce)
-        .integrity(key.as_bytes())
-        .fingerprint();
-    buf
+/// Alice on `tuple(0)`, with FINGERPRINT on her signed requests.
+fn client() -> TestClient {
+    let mut c = TestClient::new("alice", REALM, "pw", tuple(0));
+    c.fingerprint = true;
+    c
 }
 
 /// A server with `n` allocations, each with channel 0x4000 bound to `peer`; their relays
@@ -117,28 +95,18 @@ fn authed(m: u16, txid: [u8; 12], nonce: &[u8], attrs: impl FnOnce(&mut MessageW
 fn populated(n: u32, peer: SocketAddr, now: Time) -> (Server, NullIo) {
     let mut s = server();
     let mut io = NullIo::default();
-    let mut probe = Vec::new();
-    MessageWriter::new(&mut probe, method::ALLOCATE, Class::Request, [9; 12])
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    s.handle_client(now, tuple(0), &probe, &mut io);
-    let nonce = Message::parse(&io.last)
-        .ok()
-        .and_then(|m| m.get(attr::NONCE))
-        .expect("401 with a nonce")
-        .to_vec();
+    let mut client = client();
+    assert!(
+        client.learn_nonce(&mut s, &mut io, now, [9; 12]),
+        "401 with a nonce"
+    );
     for i in 0..n {
+        client.tuple = tuple(i);
         let mut txid = [0u8; 12];
         txid[..4].copy_from_slice(&i.to_be_bytes());
-        let alloc = authed(method::ALLOCATE, txid, &nonce, |w| {
-            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        });
-        s.handle_client(now, tuple(i), &alloc, &mut io);
+        client.allocate(&mut s, &mut io, now, txid);
         txid[4] = 1;
-        let bind = authed(method::CHANNEL_BIND, txid, &nonce, |w| {
-            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0])
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
-        });
-        s.handle_client(now, tuple(i), &bind, &mut io);
+        client.bind_channel(&mut s, &mut io, now, txid, 0x4000, peer);
     }
     assert_eq!(s.allocation_count(), n as usize, "setup");
     (s, io)
@@ -157,7 +125,9 @@ fn main() {
     let payload = [0x5Au8; 200];
 
     // Codec.
-    let allocate = authed(method::ALLOCATE, [7; 12], b"nonce-nonce-nonce", |w| {
+    let mut alice = client();
+    alice.nonce = b"nonce-nonce-nonce".to_vec();
+    let allocate = alice.signed(method::ALLOCATE, [7; 12], |w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     });
     let mut send = Vec::new();

@@ -23,14 +23,12 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use turnd::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
-use turnd::stun::{Class, Message, MessageWriter, attr, method};
+use turnd::stun::{Class, Message};
 use turnd::turn::{
-    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
-    ServerConfig, Time, Transport,
+    BindError, FiveTuple, Io, LastToClient, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
+    Server, ServerConfig, TestClient, Time, Transport,
 };
 
 /// Packets per timed run, and runs per direction; `RELAY_COST_PACKETS` and
@@ -54,6 +52,12 @@ struct NullIo {
     relay: Option<RelayId>,
 }
 
+impl LastToClient for NullIo {
+    fn last_to_client(&self) -> &[u8] {
+        &self.last
+    }
+}
+
 impl Io for NullIo {
     fn send_to_client(&mut self, _: &FiveTuple, data: &[u8]) {
         self.to_client += 1;
@@ -74,25 +78,9 @@ impl Io for NullIo {
     fn close_relay(&mut self, _: RelayId) {}
 }
 
-fn request(
-    server: &mut Server,
-    io: &mut NullIo,
-    now: Time,
-    ft: FiveTuple,
-    m: u16,
-    nonce: &[u8],
-    attrs: &dyn Fn(&mut MessageWriter),
-) -> Class {
-    let key = long_term_key(PasswordAlgorithm::Md5, "alice", "bench", "pw");
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, m, Class::Request, [m as u8; 12]);
-    attrs(&mut w);
-    w.attr(attr::USERNAME, b"alice")
-        .attr(attr::REALM, b"bench")
-        .attr(attr::NONCE, nonce)
-        .integrity(key.as_bytes());
-    server.handle_client(now, ft, &buf, io);
-    Message::parse(&io.last).map_or(Class::Error, |m| m.class())
+/// The class of an answer to the client; an answer that does not parse counts as an error.
+fn class(answer: &[u8]) -> Class {
+    Message::parse(answer).map_or(Class::Error, |m| m.class())
 }
 
 /// (fastest, median) of the runs: the fastest is the least disturbed by other load.
@@ -102,75 +90,31 @@ fn summary(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
-    let auth = Authenticator::new(AuthConfig {
-        realm: "bench".into(),
-        users: vec![("alice".into(), UserSecret::Password("pw".into()))],
-        secrets: vec![],
-        rest_separator: ':',
-        nonce_lifetime_secs: 600,
-        nonce_key: [1; 32],
-    });
-    let relay = "192.0.2.1".parse().unwrap();
+    let ft = FiveTuple {
+        client: "198.51.100.1:40000".parse().unwrap(),
+        server: "192.0.2.1:3478".parse().unwrap(),
+        transport: Transport::Udp,
+    };
+    let mut client = TestClient::new("alice", "bench", "pw", ft);
     let mut server = Server::new(ServerConfig {
         default_lifetime: Duration::from_secs(3600),
-        max_permissions: 16,
-        unauth_limiter: Arc::new(turnd::turn::rate_limit::ResponseLimiter::new(
-            turnd::turn::rate_limit::RateLimit { rate: 0, burst: 0 },
-            [3; 16],
-        )),
-        ..ServerConfig::testing(
-            Arc::new(auth),
-            [Some((relay, relay)), None],
-            50000..=50100,
-            [2; 32],
-        )
+        ..client.server_config(50000..=50100)
     });
     let mut io = NullIo::default();
     let now = Time {
         mono: Instant::now(),
         unix: 1_800_000_000,
     };
-    let ft = FiveTuple {
-        client: "198.51.100.1:40000".parse().unwrap(),
-        server: "192.0.2.1:3478".parse().unwrap(),
-        transport: Transport::Udp,
-    };
     let peer: SocketAddr = "8.8.8.8:5000".parse().unwrap();
 
-    let mut buf = Vec::new();
-    MessageWriter::new(&mut buf, method::ALLOCATE, Class::Request, [9; 12])
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    server.handle_client(now, ft, &buf, &mut io);
-    let nonce = Message::parse(&io.last)
-        .expect("a 401")
-        .get(attr::NONCE)
-        .expect("a nonce")
-        .to_vec();
-    let c = request(
-        &mut server,
-        &mut io,
-        now,
-        ft,
-        method::ALLOCATE,
-        &nonce,
-        &|w| {
-            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        },
+    assert!(
+        client.learn_nonce(&mut server, &mut io, now, [9; 12]),
+        "a 401 with a nonce"
     );
-    assert_eq!(c, Class::Success, "allocate");
-    let c = request(
-        &mut server,
-        &mut io,
-        now,
-        ft,
-        method::CHANNEL_BIND,
-        &nonce,
-        &|w| {
-            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0])
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-    );
-    assert_eq!(c, Class::Success, "channel bind");
+    let a = client.allocate(&mut server, &mut io, now, [3; 12]);
+    assert_eq!(class(a), Class::Success, "allocate");
+    let b = client.bind_channel(&mut server, &mut io, now, [9; 12], 0x4000, peer);
+    assert_eq!(class(b), Class::Success, "channel bind");
     let relay = io.relay.expect("a relay");
 
     let payload = [0x5Au8; 200];

@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use turnd::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
 use turnd::stun::{Class, Message, MessageWriter, attr, method};
 use turnd::turn::{
-    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Server,
-    ServerConfig, Time, Transport,
+    BindError, FiveTuple, Io, LastToClient, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
+    Server, ServerConfig, TestClient, Time, Transport,
 };
 
 struct Counting;
@@ -67,64 +66,14 @@ impl Io for CountingIo {
     fn close_relay(&mut self, _: RelayId) {}
 }
 
-fn request(
-    server: &mut Server,
-    io: &mut CountingIo,
-    now: Time,
-    ft: FiveTuple,
-    m: u16,
-    nonce: &[u8],
-    attrs: &dyn Fn(&mut MessageWriter),
-) -> Vec<u8> {
-    let key = long_term_key(PasswordAlgorithm::Md5, "alice", "hot.test", "pw");
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, m, Class::Request, [m as u8; 12]);
-    attrs(&mut w);
-    w.attr(attr::USERNAME, b"alice")
-        .attr(attr::REALM, b"hot.test")
-        .attr(attr::NONCE, nonce)
-        .integrity(key.as_bytes());
-    server.handle_client(now, ft, &buf, io);
-    io.last.clone()
+impl LastToClient for CountingIo {
+    fn last_to_client(&self) -> &[u8] {
+        &self.last
+    }
 }
 
 #[test]
 fn relaying_packets_allocates_nothing() {
-    let auth = Authenticator::new(AuthConfig {
-        realm: "hot.test".into(),
-        users: vec![("alice".into(), UserSecret::Password("pw".into()))],
-        secrets: vec![],
-        rest_separator: ':',
-        nonce_lifetime_secs: 600,
-        nonce_key: [1; 32],
-    });
-    let relay = "192.0.2.1".parse().unwrap();
-    let mut server = Server::new(ServerConfig {
-        // A limit far above what the loop sends, so the token buckets run on every packet
-        // without dropping any.
-        quotas: Arc::new(turnd::turn::quota::Quotas::new(0, 0).with_bandwidth(
-            1_000_000_000_000,
-            0,
-            0,
-        )),
-        max_permissions: 16,
-        unauth_limiter: Arc::new(turnd::turn::rate_limit::ResponseLimiter::new(
-            turnd::turn::rate_limit::RateLimit { rate: 0, burst: 0 },
-            [0; 16],
-        )),
-        ..ServerConfig::testing(
-            Arc::new(auth),
-            [Some((relay, relay)), None],
-            50000..=50100,
-            [2; 32],
-        )
-    });
-    let mut io = CountingIo {
-        last: Vec::with_capacity(70_000),
-        to_client: 0,
-        to_peer: 0,
-        relay: None,
-    };
     let now = Time {
         mono: Instant::now(),
         unix: 1_800_000_000,
@@ -134,44 +83,32 @@ fn relaying_packets_allocates_nothing() {
         server: "192.0.2.1:3478".parse().unwrap(),
         transport: Transport::Udp,
     };
+    let mut client = TestClient::new("alice", "hot.test", "pw", ft);
+    let mut server = Server::new(ServerConfig {
+        // A limit far above what the loop sends, so the token buckets run on every packet
+        // without dropping any.
+        quotas: Arc::new(turnd::turn::quota::Quotas::new(0, 0).with_bandwidth(
+            1_000_000_000_000,
+            0,
+            0,
+        )),
+        ..client.server_config(50000..=50100)
+    });
+    let mut io = CountingIo {
+        last: Vec::with_capacity(70_000),
+        to_client: 0,
+        to_peer: 0,
+        relay: None,
+    };
     let peer: SocketAddr = "8.8.8.8:5000".parse().unwrap();
     let other: SocketAddr = "8.8.8.8:5001".parse().unwrap();
 
     // Setup: learn the nonce, allocate, permit, bind a channel.
-    let mut buf = Vec::new();
-    MessageWriter::new(&mut buf, method::ALLOCATE, Class::Request, [9; 12])
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    server.handle_client(now, ft, &buf, &mut io);
-    let nonce = Message::parse(&io.last)
-        .unwrap()
-        .get(attr::NONCE)
-        .unwrap()
-        .to_vec();
-    let r = request(
-        &mut server,
-        &mut io,
-        now,
-        ft,
-        method::ALLOCATE,
-        &nonce,
-        &|w| {
-            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        },
-    );
-    assert_eq!(Message::parse(&r).unwrap().class(), Class::Success);
-    let r = request(
-        &mut server,
-        &mut io,
-        now,
-        ft,
-        method::CHANNEL_BIND,
-        &nonce,
-        &|w| {
-            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0])
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-    );
-    assert_eq!(Message::parse(&r).unwrap().class(), Class::Success);
+    assert!(client.learn_nonce(&mut server, &mut io, now, [9; 12]));
+    let r = client.allocate(&mut server, &mut io, now, [3; 12]);
+    assert_eq!(Message::parse(r).unwrap().class(), Class::Success);
+    let r = client.bind_channel(&mut server, &mut io, now, [9; 12], 0x4000, peer);
+    assert_eq!(Message::parse(r).unwrap().class(), Class::Success);
     let relay = io.relay.unwrap();
 
     let payload = [0x5Au8; 200];

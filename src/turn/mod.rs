@@ -14,12 +14,15 @@ pub mod quota;
 pub mod rate_limit;
 mod server;
 pub mod stats;
+mod test_client;
 mod test_config;
 
 #[cfg(test)]
 mod sim_tests;
 
 pub use server::{Limits, Reconfigure, Server, ServerConfig, Stats};
+#[doc(hidden)]
+pub use test_client::{LastToClient, TestClient};
 
 use std::net::SocketAddr;
 use std::time::Instant;
