@@ -6,7 +6,7 @@
 //! often as not), the datagram is handed over here instead: the sending worker copies it
 //! into a parcel from a shared pool and pushes the parcel on the receiving worker's inbox,
 //! a bounded lock-free queue; at the end of its round it wakes that worker if it is idle
-//! (an eventfd in the receiver's epoll set). A busy receiver takes its parcels at the end
+//! (an eventfd in the receiver's epoll set). A busy receiver takes its parcels at the start
 //! of each round and looks once more before it goes idle, so it needs no wakeup.
 //! The receiver hands each parcel to the allocation's core as a datagram read from its
 //! relay socket, with the sender's relay address as the peer, so permissions are checked

@@ -71,8 +71,8 @@ pub(crate) struct DriverIo {
     /// Datagrams relayed to one of this worker's own relay sockets without the kernel.
     local_datagrams: u64,
     epoll: Rc<AsyncFd<Epoll>>,
-    /// Sends collected while the UDP task handles a batch; sent at its end. Outside a batch
-    /// (timers, jobs, TCP clients) sends go out at once.
+    /// Sends collected while the UDP task handles a batch (or a TCP client's frame); sent at
+    /// its end. Outside a batch (timers, jobs) sends go out at once.
     tx: SendQueue,
     batching: bool,
     send_drops: u64,
