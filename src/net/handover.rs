@@ -446,6 +446,61 @@ mod tests {
         assert_eq!(a.shared.created.load(Ordering::Relaxed), created);
     }
 
+    /// The wake protocol under real concurrency: a sender thread hands over parcels one at
+    /// a time, each after the receiver has taken the previous one (so each lands in the
+    /// window where the receiver may be going idle), then a burst that fills the inbox;
+    /// the receiver drains, goes idle and waits on its eventfd as a worker does. A lost
+    /// wakeup leaves the receiver waiting with a parcel in its inbox: the wait has a hang
+    /// guard far above any scheduling delay.
+    #[test]
+    fn no_wakeup_is_lost_between_two_threads() {
+        use std::sync::atomic::AtomicU32;
+        const ONE_BY_ONE: u32 = 20_000;
+        const TOTAL: u32 = ONE_BY_ONE + 5 * PARCELS_PER_WORKER as u32;
+        let (mut a, b) = pair();
+        let (ra, rb) = (v4("127.0.0.1:50000"), v4("127.0.0.1:50001"));
+        b.claim(&rb);
+        let taken = Arc::new(AtomicU32::new(0));
+        let seen = taken.clone();
+        let sender = std::thread::spawn(move || {
+            for i in 0..TOTAL {
+                while !a.send(rb, ra, &i.to_be_bytes()) {
+                    // Full: wake the receiver and let it drain.
+                    a.notify();
+                    std::thread::yield_now();
+                }
+                a.notify();
+                // Bounded by the receiver, which takes every parcel or fails the test.
+                while i < ONE_BY_ONE && seen.load(Ordering::Acquire) <= i {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let mut next = 0u32;
+        while next < TOTAL {
+            b.busy();
+            b.drain(usize::MAX, |p| {
+                let (buf, range) = p.payload();
+                assert_eq!(buf[range], next.to_be_bytes(), "in order, none lost");
+                next += 1;
+                taken.store(next, Ordering::Release);
+            });
+            if next == TOTAL || b.going_idle() {
+                continue;
+            }
+            let mut pfd = libc::pollfd {
+                fd: b.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+            assert_eq!(ready, 1, "woken (after {next} parcels)");
+            b.acknowledge();
+        }
+        sender.join().expect("the sender finishes");
+    }
+
     #[test]
     fn wakes_an_idle_receiver_only() {
         let (mut a, b) = pair();
