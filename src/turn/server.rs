@@ -125,6 +125,42 @@ fn bump(counter: &mut u64, n: u64) {
     }
 }
 
+/// The client-to-peer half of the data path, after the allocation and the peer are known
+/// (from a channel or a Send indication): the permission (RFC 8656 §12: data goes only to a
+/// permitted peer), the relay socket of the peer's family, the bandwidth limit, the
+/// counters, then the send. Always inlined: as a call it cost 32 more instructions per
+/// packet pair (callgrind over `examples/relay_cost.rs`), inlined the same as the two copies
+/// it replaces.
+#[inline(always)]
+fn forward_to_peer(
+    stats: &mut Stats,
+    a: &mut Allocation,
+    now: Instant,
+    peer: SocketAddr,
+    payload: &[u8],
+    io: &mut impl Io,
+) {
+    let len = payload.len();
+    if !a.has_permission(&peer.ip(), now) {
+        count_drop(stats, Some(&mut a.counters), DropReason::NoPermission);
+        return;
+    }
+    let Some(id) = a.relay_for(&peer).map(|r| r.id) else {
+        count_drop(stats, Some(&mut a.counters), DropReason::Unroutable);
+        return;
+    };
+    if !a.bucket_to_peer.allow(now, len) {
+        count_drop(stats, Some(&mut a.counters), DropReason::Bandwidth);
+        return;
+    }
+    bump(&mut a.counters.packets_to_peer, 1);
+    bump(&mut a.counters.bytes_to_peer, len as u64);
+    bump(&mut stats.relayed_to_peer, 1);
+    bump(&mut stats.traffic.peer_sentp, 1);
+    bump(&mut stats.traffic.peer_sentb, len as u64);
+    io.send_to_peer(id, peer, payload);
+}
+
 /// Counts a dropped relayed packet, on the server and (when known) on its allocation.
 fn count_drop(stats: &mut Stats, counters: Option<&mut Counters>, why: DropReason) {
     stats.dropped += 1;
@@ -545,36 +581,7 @@ impl Server {
             );
             return;
         };
-        if !a.has_permission(&peer.ip(), now) {
-            count_drop(
-                &mut self.stats,
-                Some(&mut a.counters),
-                DropReason::NoPermission,
-            );
-            return;
-        }
-        let Some(id) = a.relay_for(&peer).map(|r| r.id) else {
-            count_drop(
-                &mut self.stats,
-                Some(&mut a.counters),
-                DropReason::Unroutable,
-            );
-            return;
-        };
-        if !a.bucket_to_peer.allow(now, len) {
-            count_drop(
-                &mut self.stats,
-                Some(&mut a.counters),
-                DropReason::Bandwidth,
-            );
-            return;
-        }
-        bump(&mut a.counters.packets_to_peer, 1);
-        bump(&mut a.counters.bytes_to_peer, len as u64);
-        bump(&mut self.stats.relayed_to_peer, 1);
-        bump(&mut self.stats.traffic.peer_sentp, 1);
-        bump(&mut self.stats.traffic.peer_sentb, len as u64);
-        io.send_to_peer(id, peer, payload);
+        forward_to_peer(&mut self.stats, a, now, peer, payload, io);
     }
 
     /// Send indication (RFC 8656 §11.3): no authentication, no answer; dropped unless a
@@ -606,36 +613,7 @@ impl Server {
         let len = data.len();
         bump(&mut self.stats.traffic.rcvp, 1);
         bump(&mut self.stats.traffic.rcvb, len as u64);
-        if !a.has_permission(&peer.ip(), now) {
-            count_drop(
-                &mut self.stats,
-                Some(&mut a.counters),
-                DropReason::NoPermission,
-            );
-            return;
-        }
-        let Some(id) = a.relay_for(&peer).map(|r| r.id) else {
-            count_drop(
-                &mut self.stats,
-                Some(&mut a.counters),
-                DropReason::Unroutable,
-            );
-            return;
-        };
-        if !a.bucket_to_peer.allow(now, len) {
-            count_drop(
-                &mut self.stats,
-                Some(&mut a.counters),
-                DropReason::Bandwidth,
-            );
-            return;
-        }
-        bump(&mut a.counters.packets_to_peer, 1);
-        bump(&mut a.counters.bytes_to_peer, len as u64);
-        bump(&mut self.stats.relayed_to_peer, 1);
-        bump(&mut self.stats.traffic.peer_sentp, 1);
-        bump(&mut self.stats.traffic.peer_sentb, len as u64);
-        io.send_to_peer(id, peer, data);
+        forward_to_peer(&mut self.stats, a, now, peer, data, io);
     }
 
     // ------------------------------------------------------------ requests
