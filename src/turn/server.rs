@@ -1032,7 +1032,6 @@ impl Server {
         self.seal_and_send(ft, msg, Some(auth), io);
     }
 
-    /// RFC 8656 §7.2/§8: min(requested, maximum), but never below the default.
     /// Puts a new allocation in a slot, indexes it by 5-tuple and relay, logs it and
     /// schedules its timers. Returns the slot.
     fn install(&mut self, alloc: Allocation, lifetime: Duration) -> usize {
@@ -1066,6 +1065,7 @@ impl Server {
         slot
     }
 
+    /// RFC 8656 §7.2/§8: min(requested, maximum), but never below the default.
     fn lifetime(&self, msg: &Message<'_>) -> Duration {
         match msg.u32_attr(attr::LIFETIME) {
             Some(Ok(secs)) => Duration::from_secs(secs as u64)
