@@ -2,7 +2,8 @@
 //! playwright-core through `tests/browser/webrtc_relay.mjs`) connects two RTCPeerConnections
 //! with `iceTransportPolicy: "relay"` whose only ICE server is turnd, sends data-channel
 //! messages both ways and reports the selected candidate pair from getStats(). Once each over
-//! UDP, TCP and TLS (RFC 8656 §3.1 client-to-server transports; RFC 7443 for `turns:`).
+//! UDP, TCP and TLS (RFC 8656 §3.1 client-to-server transports; RFC 7443 for `turns:`). The
+//! two allocations relay to each other inside turnd, without the kernel (`/metrics`).
 //!
 //! Both relayed addresses are on 127.0.0.1, so the server runs with `--allow-peer 127.0.0.0/8`
 //! (loopback peers are denied by default).
@@ -11,6 +12,7 @@
 //! `bash .ci/setup-browser.sh` installs them, and `.ci/run` calls it. When something is
 //! missing the tests fail and say so; they never pass without a browser.
 
+mod admin_http;
 mod common;
 
 use std::io::Read;
@@ -20,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use admin_http::{scrape_parsed, start_with_admin};
 use serde_json::Value;
 
 /// One browser at a time: three Chromiums at once on a 2-core machine that also builds and
@@ -182,6 +184,23 @@ fn relay_ports(candidates: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// Both peer connections relay through turnd, so their packets (ICE checks, DTLS, SCTP) go
+/// from one allocation to the other: turnd hands them over without the kernel, on one worker
+/// or across two.
+fn assert_relayed_inside(admin: SocketAddr) {
+    let m = scrape_parsed(admin);
+    let path = |p: &str| {
+        m.get(&format!(
+            "turnd_relay_internal_datagrams_total{{path=\"{p}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    let inside = path("same_worker") + path("other_worker");
+    // At the least the ICE checks both ways and the DTLS handshake.
+    assert!(inside >= 10.0, "datagrams relayed inside turnd: {inside}");
+}
+
 /// Polls until something accepts TCP connections on `addr` (hang guard: 20 s).
 fn wait_tcp(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -205,10 +224,11 @@ fn free_tcp_port() -> u16 {
 fn browser_relays_data_channel_over_turn_udp() {
     let chromium = prerequisites();
     let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let (server, admin) = start_with_admin(&["--allow-peer", "127.0.0.0/8"]);
     let url = format!("turn:127.0.0.1:{}?transport=udp", server.addr.port());
     let report = run_driver(&chromium, &url);
     assert_relayed(&report, &url, "udp");
+    assert_relayed_inside(admin);
 }
 
 #[test]
@@ -216,11 +236,12 @@ fn browser_relays_data_channel_over_turn_tcp() {
     let chromium = prerequisites();
     let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     // `--listen` serves TCP on the same address and port as UDP.
-    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let (server, admin) = start_with_admin(&["--allow-peer", "127.0.0.0/8"]);
     wait_tcp(server.addr);
     let url = format!("turn:127.0.0.1:{}?transport=tcp", server.addr.port());
     let report = run_driver(&chromium, &url);
     assert_relayed(&report, &url, "tcp");
+    assert_relayed_inside(admin);
 }
 
 #[test]
@@ -233,22 +254,20 @@ fn browser_relays_data_channel_over_turns_tls() {
     let key = tls_dir.join("key.pem");
     let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let tls_listen = tls_addr.to_string();
-    let server = TestServer::start(
-        "127.0.0.1",
-        &[
-            "--allow-peer",
-            "127.0.0.0/8",
-            "--tls-listen",
-            &tls_listen,
-            "--cert",
-            cert.to_str().expect("utf-8 path"),
-            "--key",
-            key.to_str().expect("utf-8 path"),
-        ],
-    );
+    let (server, admin) = start_with_admin(&[
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--tls-listen",
+        &tls_listen,
+        "--cert",
+        cert.to_str().expect("utf-8 path"),
+        "--key",
+        key.to_str().expect("utf-8 path"),
+    ]);
     wait_tcp(tls_addr);
     let url = format!("turns:localhost:{}?transport=tcp", tls_addr.port());
     let report = run_driver(&chromium, &url);
     assert_relayed(&report, &url, "tls");
+    assert_relayed_inside(admin);
     drop(server);
 }
