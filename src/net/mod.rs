@@ -2,8 +2,11 @@
 //!
 //! One worker per core. Each worker is a thread with a single-threaded runtime that owns one
 //! SO_REUSEPORT socket per UDP listen address, a [`Server`] (the sans-IO core) and the relay
-//! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path never
-//! leaves the worker: no lock, no channel, no other thread.
+//! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path takes
+//! no lock and stays on its worker, with one exception that takes no lock either: a datagram
+//! from one allocation to another allocation of the server that lives on another worker is
+//! handed to that worker through a bounded lock-free queue ([`handover`]) instead of the
+//! kernel.
 
 mod epoll;
 mod handover;
