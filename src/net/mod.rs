@@ -5,8 +5,8 @@
 //! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path takes
 //! no lock and stays on its worker, with one exception that takes no lock either: a datagram
 //! from one allocation to another allocation of the server that lives on another worker is
-//! handed to that worker through a bounded lock-free queue (`src/net/handover.rs`) instead of the
-//! kernel.
+//! handed to that worker through a bounded lock-free queue (`src/net/handover.rs`) instead
+//! of the kernel.
 
 mod epoll;
 mod handover;
