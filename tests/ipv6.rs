@@ -1,7 +1,7 @@
 //! IPv6: a server listening on ::1 with relay IPs in both families serves a `turn`-crate
 //! client over IPv6 (IPv4 relay by default), gives an IPv6 relay for
-//! REQUESTED-ADDRESS-FAMILY and both for ADDITIONAL-ADDRESS-FAMILY, and relays data to an
-//! IPv6 peer; a server with only an IPv4 relay answers an IPv6 request with 440.
+//! REQUESTED-ADDRESS-FAMILY and both for ADDITIONAL-ADDRESS-FAMILY (with even ports for
+//! EVEN-PORT), and relays data to an IPv6 peer; a server with only an IPv4 relay answers an IPv6 request with 440.
 
 mod common;
 
@@ -107,6 +107,40 @@ fn additional_address_family_gives_two_relayed_addresses() {
     assert_eq!(v6.len(), 1, "{relayed:?}");
     assert_eq!(v4[0].ip().to_string(), "127.0.0.1");
     assert_eq!(v6[0].ip().to_string(), "::1");
+}
+
+/// EVEN-PORT in a dual allocation (RFC 8656 §7.2): without the R bit both relayed addresses
+/// get an even port; with it (a reservation, which holds a port of one family) the request is
+/// refused with 400.
+#[test]
+fn even_port_in_a_dual_allocation() {
+    const ATTR_EVEN_PORT: AttrType = AttrType(0x0018);
+    let server = dual_server();
+    for _ in 0..4 {
+        let mut c = RawClient::new(server.addr, "alice", "wonderland");
+        let r = c.request(
+            METHOD_ALLOCATE,
+            &[
+                udp_transport(),
+                (ATTR_EVEN_PORT, vec![0x00]),
+                (ATTR_ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6.to_vec()),
+            ],
+        );
+        assert_eq!(r.code(), None, "dual allocate with EVEN-PORT");
+        let relayed = r.xor_addrs(ATTR_XOR_RELAYED_ADDRESS);
+        assert_eq!(relayed.len(), 2, "{relayed:?}");
+        assert!(relayed.iter().all(|a| a.port() % 2 == 0), "{relayed:?}");
+    }
+    let mut c = RawClient::new(server.addr, "alice", "wonderland");
+    let r = c.request(
+        METHOD_ALLOCATE,
+        &[
+            udp_transport(),
+            (ATTR_EVEN_PORT, vec![0x80]),
+            (ATTR_ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6.to_vec()),
+        ],
+    );
+    assert_eq!(r.code(), Some(400), "a reservation in a dual allocation");
 }
 
 #[test]

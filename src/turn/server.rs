@@ -895,9 +895,12 @@ impl Server {
             Some([attr::FAMILY_IPV6, _, _, _]) => true,
             Some(_) => return fail(self, error::BAD_REQUEST, io),
         };
-        // RFC 8656 §7.2: these combinations are contradictory.
+        // RFC 8656 §7.2: these combinations are contradictory. A reservation (EVEN-PORT with
+        // R) holds the next port of one family, and one RESERVATION-TOKEN cannot name ports of
+        // two: refused with a dual allocation, as coturn does.
         if (token.is_some() && (even_port.is_some() || requested.is_some() || additional))
             || (requested.is_some() && additional)
+            || (additional && even_port == Some(true))
         {
             return fail(self, error::BAD_REQUEST, io);
         }
@@ -967,7 +970,9 @@ impl Server {
         if additional {
             if self.cfg.relay_ips[1].is_none() {
                 address_error = Some(error::ADDRESS_FAMILY_NOT_SUPPORTED);
-            } else if let Some(r) = self.open_relay(now.mono, 1, false, None, opts, io) {
+            } else if let Some(r) =
+                self.open_relay(now.mono, 1, even_port.is_some(), None, opts, io)
+            {
                 relays[1] = Some(r);
             } else {
                 address_error = Some(error::INSUFFICIENT_CAPACITY);

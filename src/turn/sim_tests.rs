@@ -1110,6 +1110,36 @@ fn even_port_and_reservation_token() {
 }
 
 #[test]
+fn even_port_in_a_dual_allocation() {
+    let mut s = sim();
+    // EVEN-PORT without R: both relayed addresses get an even port (eight allocations, so
+    // an odd port picked at random would not go unnoticed).
+    for i in 0..8 {
+        let mut c = Client::new(ft(1000 + i), "alice", "wonderland");
+        let r = c.request(&mut s, method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .attr(attr::EVEN_PORT, &[0x00])
+                .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        });
+        assert!(r.is_ok());
+        let relayed = r.relayed();
+        assert_eq!(relayed.len(), 2);
+        assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6());
+        assert!(relayed.iter().all(|a| a.port() % 2 == 0), "{relayed:?}");
+        assert!(r.msg().get(attr::RESERVATION_TOKEN).is_none());
+    }
+    // With R: one token cannot reserve ports of two families.
+    let mut d = Client::new(ft(2000), "alice", "wonderland");
+    let r = d.request(&mut s, method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80])
+            .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
+    assert_eq!(r.code(), Some(400));
+    assert!(s.server.relayed_addresses(&d.ft).is_empty());
+}
+
+#[test]
 fn requested_and_additional_address_family() {
     let mut s = sim();
     let mut c = Client::new(ft(1000), "alice", "wonderland");
