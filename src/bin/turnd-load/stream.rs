@@ -14,7 +14,6 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -448,7 +447,7 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
         Ok(e) => e,
         Err(e) => {
             eprintln!("turnd-load: epoll: {e}");
-            shared.senders_done.fetch_add(1, Ordering::SeqCst);
+            shared.finish_sending(0);
             return result;
         }
     };
@@ -467,7 +466,7 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
     let mut flushed = 0u64;
     let mut done_sending = flows.is_empty();
     if done_sending {
-        shared.senders_done.fetch_add(1, Ordering::SeqCst);
+        shared.finish_sending(0);
     }
     let count = flows.len();
     let mut rounds = Rounds::new(plan.burst, PER_FLOW, true);
@@ -537,8 +536,7 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
             result.bursts += bursts;
         } else if !done_sending {
             done_sending = true;
-            shared.sent.fetch_add(result.sent, Ordering::SeqCst);
-            shared.senders_done.fetch_add(1, Ordering::SeqCst);
+            shared.finish_sending(result.sent);
         }
         // Retry the connections whose socket was full.
         backlog.retain(|&i| {
@@ -630,22 +628,13 @@ pub fn run_thread(mut flows: Vec<StreamFlow<'_>>, plan: &Plan, shared: &Shared) 
                 }
             }
         }
-        if result.received > flushed {
-            shared
-                .received
-                .fetch_add(result.received - flushed, Ordering::SeqCst);
-            flushed = result.received;
-        }
-        if done_sending
-            && shared.senders_done.load(Ordering::SeqCst) >= plan.threads
-            && shared.received.load(Ordering::SeqCst) >= shared.sent.load(Ordering::SeqCst)
-        {
+        shared.publish_received(&mut flushed, result.received);
+        if done_sending && shared.all_back(plan.threads) {
             break;
         }
     }
     if !done_sending {
-        shared.sent.fetch_add(result.sent, Ordering::SeqCst);
-        shared.senders_done.fetch_add(1, Ordering::SeqCst);
+        shared.finish_sending(result.sent);
     }
     if let Some(e) = first_error {
         eprintln!(

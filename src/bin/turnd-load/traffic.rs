@@ -67,6 +67,27 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// This thread has sent all it will (`sent` datagrams; 0 when it could not start).
+    pub fn finish_sending(&self, sent: u64) {
+        self.sent.fetch_add(sent, Ordering::SeqCst);
+        self.senders_done.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Adds what this thread received since the last call (`*flushed` of `received`).
+    pub fn publish_received(&self, flushed: &mut u64, received: u64) {
+        if received > *flushed {
+            self.received
+                .fetch_add(received - *flushed, Ordering::SeqCst);
+            *flushed = received;
+        }
+    }
+
+    /// Every one of `threads` senders is done and everything sent has come back.
+    pub fn all_back(&self, threads: usize) -> bool {
+        self.senders_done.load(Ordering::SeqCst) >= threads
+            && self.received.load(Ordering::SeqCst) >= self.sent.load(Ordering::SeqCst)
+    }
+
     /// Notes that the kernel refused GSO, saying so on stderr once per run.
     pub fn gso_refused(&self, e: &std::io::Error) {
         if !self.gso_refused.swap(true, Ordering::SeqCst) {
@@ -211,7 +232,7 @@ pub fn run_thread(flows: Vec<Flow<'_>>, plan: &Plan, shared: &Shared) -> ThreadR
         Ok(e) => e,
         Err(e) => {
             eprintln!("turnd-load: epoll: {e}");
-            shared.senders_done.fetch_add(1, Ordering::SeqCst);
+            shared.finish_sending(0);
             return result;
         }
     };
@@ -239,7 +260,7 @@ pub fn run_thread(flows: Vec<Flow<'_>>, plan: &Plan, shared: &Shared) -> ThreadR
     let mut flushed = 0u64;
     let mut done_sending = flows.is_empty();
     if done_sending {
-        shared.senders_done.fetch_add(1, Ordering::SeqCst);
+        shared.finish_sending(0);
     }
     loop {
         let now = Instant::now();
@@ -284,8 +305,7 @@ pub fn run_thread(flows: Vec<Flow<'_>>, plan: &Plan, shared: &Shared) -> ThreadR
             result.send_errors += errors;
         } else if !done_sending {
             done_sending = true;
-            shared.sent.fetch_add(result.sent, Ordering::SeqCst);
-            shared.senders_done.fetch_add(1, Ordering::SeqCst);
+            shared.finish_sending(result.sent);
         }
         let timeout = if behind {
             Duration::ZERO
@@ -321,22 +341,13 @@ pub fn run_thread(flows: Vec<Flow<'_>>, plan: &Plan, shared: &Shared) -> ThreadR
                 }
             }
         }
-        if result.received > flushed {
-            shared
-                .received
-                .fetch_add(result.received - flushed, Ordering::SeqCst);
-            flushed = result.received;
-        }
-        if done_sending
-            && shared.senders_done.load(Ordering::SeqCst) >= plan.threads
-            && shared.received.load(Ordering::SeqCst) >= shared.sent.load(Ordering::SeqCst)
-        {
+        shared.publish_received(&mut flushed, result.received);
+        if done_sending && shared.all_back(plan.threads) {
             break;
         }
     }
     if !done_sending {
-        shared.sent.fetch_add(result.sent, Ordering::SeqCst);
-        shared.senders_done.fetch_add(1, Ordering::SeqCst);
+        shared.finish_sending(result.sent);
     }
     result.gso_sends = gtx.gso_sends;
     result
