@@ -8,8 +8,8 @@
 //! process CPU (`getrusage`, all threads) over the datagrams moved is printed per datagram
 //! sent and received:
 //!
-//! - `syscalls`: `sendmmsg` of the round, then `recvmmsg` on each socket (the floor's
-//!   case b, and what turnd does);
+//! - `syscalls`: `sendmmsg` of the round, then `recvmmsg` on each socket: the floor's
+//!   case b itself (`src/bin/turnd-load/syscall_cost.rs`), and what turnd does;
 //! - `uring_recv`: `sendmmsg` as above; every socket has one multishot `RECVMSG` armed
 //!   with buffers from a provided-buffer ring, so a datagram costs no system call on the
 //!   receiving side, and one `io_uring_enter` reaps the round;
@@ -27,9 +27,20 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
+// The floor's own case b, run from its source (the load tool's modules it is built on come
+// along; the example uses a few of their functions, and they allow the rest unused).
+#[path = "../src/bin/turnd-load/gso.rs"]
+mod gso;
+#[path = "../src/bin/turnd-load/sys.rs"]
+mod sys;
+#[allow(dead_code)]
+#[path = "../src/bin/turnd-load/syscall_cost.rs"]
+mod syscall_cost;
+
+use syscall_cost::{SIZE, process_cpu};
+
 const SOCKETS: usize = 100;
 const ROUND: usize = 32;
-const SIZE: usize = 200;
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 /// Provided buffers (a power of two) and the room of each.
 const BUFFERS: usize = 1024;
@@ -73,11 +84,14 @@ impl Rig {
         for _ in 0..SOCKETS {
             let s = UdpSocket::bind("127.0.0.1:0")?;
             s.set_nonblocking(true)?;
+            // As the floor's sockets.
+            let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
             dests.push(sockaddr(s.local_addr()?)?);
             rx.push(s);
         }
         let tx = UdpSocket::bind("127.0.0.1:0")?;
         tx.set_nonblocking(true)?;
+        let _ = socket2::SockRef::from(&tx).set_send_buffer_size(4 << 20);
         Ok(Rig {
             rx,
             dests,
@@ -85,18 +99,6 @@ impl Rig {
             payload: [0x5A; SIZE],
         })
     }
-}
-
-/// User plus system CPU seconds of this process (every thread, io_uring's included).
-fn process_cpu() -> f64 {
-    // SAFETY: all-zero is a valid rusage; getrusage fills it in.
-    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `r` is a valid out-parameter.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) } != 0 {
-        return 0.0;
-    }
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(r.ru_utime) + t(r.ru_stime)
 }
 
 /// One message header per datagram of a round, all pointing at the payload; `point`
@@ -133,59 +135,6 @@ impl SendRound {
         // SAFETY: every header points at the payload and a live destination.
         let r = unsafe { libc::sendmmsg(tx.as_raw_fd(), self.hdrs.as_mut_ptr(), ROUND as u32, 0) };
         r.max(0) as u64
-    }
-}
-
-/// Slots of one `recvmmsg` (as the floor's case b: a call returns what is queued, and one
-/// that fills fewer slots than it has ends the socket's turn).
-const RECV_SLOTS: usize = 8;
-
-struct RecvSlots {
-    bufs: Vec<u8>,
-    names: Vec<libc::sockaddr_in>,
-    iov: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl RecvSlots {
-    fn new() -> RecvSlots {
-        RecvSlots {
-            bufs: vec![0; RECV_SLOTS * BUFFER_LEN],
-            // SAFETY: all-zero is a valid value of these plain C structs.
-            names: vec![unsafe { std::mem::zeroed() }; RECV_SLOTS],
-            iov: Vec::with_capacity(RECV_SLOTS),
-            hdrs: vec![unsafe { std::mem::zeroed() }; RECV_SLOTS],
-        }
-    }
-
-    /// Reads what is queued on `s`, up to the slots; returns how many datagrams came.
-    fn recvmmsg(&mut self, s: &UdpSocket) -> usize {
-        let base = self.bufs.as_mut_ptr();
-        self.iov.clear();
-        for i in 0..RECV_SLOTS {
-            self.iov.push(libc::iovec {
-                // SAFETY: i < RECV_SLOTS, so the slot lies inside `bufs`.
-                iov_base: unsafe { base.add(i * BUFFER_LEN) }.cast(),
-                iov_len: BUFFER_LEN,
-            });
-        }
-        for (i, h) in self.hdrs.iter_mut().enumerate() {
-            h.msg_hdr.msg_iov = &mut self.iov[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        }
-        // SAFETY: every header points at a live slot and address.
-        let r = unsafe {
-            libc::recvmmsg(
-                s.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                RECV_SLOTS as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        r.max(0) as usize
     }
 }
 
@@ -270,37 +219,21 @@ fn arm_recv(ring: &mut IoUring, rig: &Rig, i: usize, template: &libc::msghdr) ->
     unsafe { ring.submission().push(&e) }.map_err(|_| io::Error::other("submission queue full"))
 }
 
-/// Runs one case for `count` datagrams; returns (sent, received, CPU µs per datagram).
+/// Runs one case for `count` datagrams; returns (sent, received, CPU seconds).
 fn run(case: Case, count: u64) -> io::Result<(u64, u64, f64)> {
+    if case == Case::Syscalls {
+        let b = syscall_cost::CASES
+            .iter()
+            .find(|c| c.name == "b")
+            .ok_or_else(|| io::Error::other("the floor has no case b"))?;
+        let o = syscall_cost::run(b, count)?;
+        return Ok((o.sent, o.received, o.cpu_s));
+    }
     let rig = Rig::new()?;
     let mut round = SendRound::new(&rig.payload);
     let (mut sent, mut received) = (0u64, 0u64);
     let mut next = 0usize;
     let deadline = Instant::now() + CASE_LIMIT;
-    if case == Case::Syscalls {
-        let mut rx = RecvSlots::new();
-        let cpu0 = process_cpu();
-        while sent < count && Instant::now() < deadline {
-            let first = next;
-            for i in 0..ROUND {
-                round.point(i, &rig.dests[next]);
-                next = (next + 1) % SOCKETS;
-            }
-            sent += round.sendmmsg(&rig.tx);
-            for j in 0..ROUND {
-                let s = &rig.rx[(first + j) % SOCKETS];
-                // Bounded: a call that fills fewer slots than it has emptied the queue.
-                loop {
-                    let k = rx.recvmmsg(s);
-                    received += k as u64;
-                    if k < RECV_SLOTS {
-                        break;
-                    }
-                }
-            }
-        }
-        return Ok((sent, received, process_cpu() - cpu0));
-    }
     // Declared before the ring, so that it is dropped after it.
     let mut bufs = BufRing::new()?;
     let mut ring: IoUring = IoUring::builder()

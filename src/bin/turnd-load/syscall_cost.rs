@@ -113,8 +113,8 @@ impl Outcome {
     }
 }
 
-/// User plus system CPU seconds of this process.
-fn process_cpu() -> f64 {
+/// User plus system CPU seconds of this process (every thread).
+pub fn process_cpu() -> f64 {
     // SAFETY: all-zero is a valid rusage; getrusage fills it in.
     let mut r: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `r` is a valid out-parameter.
