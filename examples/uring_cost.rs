@@ -13,7 +13,11 @@
 //! - `uring_recv`: `sendmmsg` as above; every socket has one multishot `RECVMSG` armed
 //!   with buffers from a provided-buffer ring, so a datagram costs no system call on the
 //!   receiving side, and one `io_uring_enter` reaps the round;
-//! - `uring_both`: the sends as 32 `SENDMSG` entries too, submitted with the reaping.
+//! - `uring_both`: the sends as 32 `SENDMSG` entries too, submitted with the reaping;
+//! - `spread_syscalls`: every datagram of a round sent from a different one of the 100
+//!   sockets, one `sendmmsg` each, as turnd's relay sockets send to peers; `recvmmsg` on
+//!   each receiving socket;
+//! - `spread_uring`: those sends as 32 `SENDMSG` entries, with the multishot receive.
 //!
 //! Run: `cargo run --release --example uring_cost [datagrams per case]` (default
 //! 1,000,000; each case is also bounded by 60 s of wall time). Needs Linux 6.0 or later
@@ -51,9 +55,27 @@ const SEND_TAG: u64 = 1 << 32;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Case {
+    /// The floor's case b: every datagram from one socket.
     Syscalls,
     UringRecv,
     UringBoth,
+    /// Every datagram from a different socket, one `sendmmsg` each (turnd's relay sockets
+    /// sending to peers).
+    SpreadSyscalls,
+    /// The same sends as queue entries, with the multishot receive.
+    SpreadUring,
+}
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Case::Syscalls => "syscalls",
+            Case::UringRecv => "uring_recv",
+            Case::UringBoth => "uring_both",
+            Case::SpreadSyscalls => "spread_syscalls",
+            Case::SpreadUring => "spread_uring",
+        }
+    }
 }
 
 struct Rig {
@@ -78,6 +100,12 @@ fn sockaddr(a: SocketAddr) -> io::Result<libc::sockaddr_in> {
 }
 
 impl Rig {
+    /// The socket datagram `k` of the spread cases leaves from: the one after its
+    /// destination, so that every datagram of a round leaves from a different socket.
+    fn spread_source(&self, k: usize) -> &UdpSocket {
+        &self.rx[(k + 1) % SOCKETS]
+    }
+
     fn new() -> io::Result<Rig> {
         let mut rx = Vec::with_capacity(SOCKETS);
         let mut dests = Vec::with_capacity(SOCKETS);
@@ -234,6 +262,37 @@ fn run(case: Case, count: u64) -> io::Result<(u64, u64, f64)> {
     let (mut sent, mut received) = (0u64, 0u64);
     let mut next = 0usize;
     let deadline = Instant::now() + CASE_LIMIT;
+    if case == Case::SpreadSyscalls {
+        let mut rx = sys::Mmsg::new(ROUND, 2048);
+        let cpu0 = process_cpu();
+        while sent < count && Instant::now() < deadline {
+            let first = next;
+            for i in 0..ROUND {
+                round.point(i, &rig.dests[next]);
+                next = (next + 1) % SOCKETS;
+                let from = rig.spread_source(first + i).as_raw_fd();
+                // SAFETY: the header points at the payload and a live destination.
+                let r = unsafe { libc::sendmmsg(from, &mut round.hdrs[i], 1, 0) };
+                sent += r.max(0) as u64;
+            }
+            for j in 0..ROUND {
+                // Bounded: one datagram per socket per round is queued.
+                loop {
+                    match rx.recv(&rig.rx[(first + j) % SOCKETS]) {
+                        Ok(k) => {
+                            received += k as u64;
+                            if k < rx.slots() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        return Ok((sent, received, process_cpu() - cpu0));
+    }
     // Declared before the ring, so that it is dropped after it.
     let mut bufs = BufRing::new()?;
     let mut ring: IoUring = IoUring::builder()
@@ -255,14 +314,20 @@ fn run(case: Case, count: u64) -> io::Result<(u64, u64, f64)> {
     let mut rearm = Vec::with_capacity(SOCKETS);
     let cpu0 = process_cpu();
     while sent < count && Instant::now() < deadline {
+        let first = next;
         for i in 0..ROUND {
             round.point(i, &rig.dests[next]);
             next = (next + 1) % SOCKETS;
         }
         let mut sends = 0;
-        if case == Case::UringBoth {
+        if case != Case::UringRecv {
             for i in 0..ROUND {
-                let e = opcode::SendMsg::new(types::Fd(rig.tx.as_raw_fd()), &round.hdrs[i].msg_hdr)
+                let from = if case == Case::SpreadUring {
+                    rig.spread_source(first + i).as_raw_fd()
+                } else {
+                    rig.tx.as_raw_fd()
+                };
+                let e = opcode::SendMsg::new(types::Fd(from), &round.hdrs[i].msg_hdr)
                     .build()
                     .user_data(SEND_TAG | i as u64);
                 // SAFETY: the header, payload and destination outlive the completion,
@@ -317,11 +382,18 @@ fn main() {
         "uring-cost: {count} datagrams of {SIZE} bytes per case, {SOCKETS} sockets, one \
          datagram per socket per round of {ROUND}; process CPU per datagram sent and received"
     );
-    for case in [Case::Syscalls, Case::UringRecv, Case::UringBoth] {
+    for case in [
+        Case::Syscalls,
+        Case::UringRecv,
+        Case::UringBoth,
+        Case::SpreadSyscalls,
+        Case::SpreadUring,
+    ] {
         match run(case, count) {
             Ok((sent, received, cpu)) => println!(
-                "uring-cost case={case:?} sent={sent} received={received} \
+                "uring-cost case={} sent={sent} received={received} \
                  cpu_us_per_datagram={:.3}",
+                case.name(),
                 if sent > 0 {
                     cpu * 1e6 / sent as f64
                 } else {
@@ -329,7 +401,7 @@ fn main() {
                 }
             ),
             Err(e) => {
-                eprintln!("uring-cost: case {case:?}: {e}");
+                eprintln!("uring-cost: case {}: {e}", case.name());
                 std::process::exit(1);
             }
         }

@@ -120,6 +120,9 @@ pub struct ServeArgs {
     /// [server.udp-offload = false].
     #[arg(long)]
     pub no_udp_offload: bool,
+    /// Do not send through io_uring [server.udp-io-uring = false].
+    #[arg(long)]
+    pub no_udp_io_uring: bool,
     /// error, warn, info, debug or trace [log.level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -72,6 +72,9 @@ pub struct ServerSection {
     /// Use the kernel's UDP segmentation offloads (GSO on send, GRO on receive) where it has
     /// them.
     pub udp_offload: bool,
+    /// Send the datagrams of a round that leave from different sockets (relay sockets to
+    /// their peers) through io_uring, one system call for all, where the kernel allows it.
+    pub udp_io_uring: bool,
 }
 
 impl Default for ServerSection {
@@ -85,6 +88,7 @@ impl Default for ServerSection {
             alternate_server: Vec::new(),
             drain_timeout: 300,
             udp_offload: true,
+            udp_io_uring: true,
         }
     }
 }
@@ -504,6 +508,9 @@ impl Config {
         set(&mut self.server.workers, &cli.workers);
         if cli.no_udp_offload {
             self.server.udp_offload = false;
+        }
+        if cli.no_udp_io_uring {
+            self.server.udp_io_uring = false;
         }
         if !cli.user.is_empty() {
             self.auth.users = cli
@@ -1437,6 +1444,13 @@ mod tests {
                 .unwrap()
                 .server
                 .udp_offload
+        );
+        assert!(Config::default().server.udp_io_uring);
+        assert!(
+            !Config::from_toml_str("[server]\nudp-io-uring = false")
+                .unwrap()
+                .server
+                .udp_io_uring
         );
         assert_invalid(
             "[server]\ndrain-timeout = 86401",

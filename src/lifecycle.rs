@@ -89,6 +89,10 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.udp-offload",
         old.server.udp_offload != new.server.udp_offload,
     );
+    check(
+        "server.udp-io-uring",
+        old.server.udp_io_uring != new.server.udp_io_uring,
+    );
     check("relay.ips", old.relay_ips() != new.relay_ips());
     check(
         "relay.external-ips",
@@ -139,6 +143,7 @@ fn keep_running_values(old: &Config, mut new: Config) -> Config {
     new.server.listen = old.server.listen.clone();
     new.server.workers = old.server.workers;
     new.server.udp_offload = old.server.udp_offload;
+    new.server.udp_io_uring = old.server.udp_io_uring;
     new.relay.ips = old.relay.ips.clone();
     new.relay.external_ips = old.relay.external_ips.clone();
     new.relay.min_port = old.relay.min_port;

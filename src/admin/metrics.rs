@@ -74,6 +74,7 @@ pub fn sum(workers: &[WorkerSnapshot]) -> WorkerSnapshot {
         t.offload.gro_datagrams += w.offload.gro_datagrams;
         t.offload.local_datagrams += w.offload.local_datagrams;
         t.offload.handover_datagrams += w.offload.handover_datagrams;
+        t.offload.io_uring_messages += w.offload.io_uring_messages;
     }
     t
 }
@@ -242,6 +243,11 @@ pub fn render(
             "turnd_udp_gro_reads_total",
             "Reads that returned GRO-coalesced datagrams.",
             g.gro_reads,
+        ),
+        (
+            "turnd_udp_io_uring_messages_total",
+            "UDP messages sent as io_uring entries, many per system call (server.udp-io-uring).",
+            g.io_uring_messages,
         ),
     ] {
         o.family(name, "counter", help);

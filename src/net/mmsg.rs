@@ -8,11 +8,18 @@
 //! worker splits back into the datagrams. The sends and reads are the same datagrams either
 //! way: only the number of passes through the kernel changes.
 //!
+//! A flush that would make one system call per socket for many sockets (relay sockets sending
+//! one datagram each to their peers, the shape of TURN traffic) hands those messages to the
+//! kernel through io_uring instead ([`Offload::io_uring`]): one `SENDMSG` entry per message, all
+//! submitted by one `io_uring_enter`.
+//!
 //! Everything is allocated once, when the worker starts: receiving, queueing and flushing a
 //! datagram allocate nothing.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+
+use tracing::warn;
 
 use crate::turn::{PEER_HEADROOM, PEER_TAILROOM};
 
@@ -43,14 +50,18 @@ const GSO_MAX_SEGMENT: usize = 1452;
 /// Room for one control message holding a `u16` (GSO) or a `c_int` (GRO), 8-byte aligned.
 type CmsgBuf = [u64; 4];
 
-/// The UDP segmentation offloads a worker uses: what the kernel supports, unless the operator
-/// turned them off (`server.udp-offload = false`).
+/// The UDP segmentation offloads a worker uses, and whether it sends through io_uring: what the
+/// kernel supports, unless the operator turned them off (`server.udp-offload = false`,
+/// `server.udp-io-uring = false`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Offload {
     /// Send runs of equal datagrams to one destination as one `UDP_SEGMENT` message.
     pub(crate) gso: bool,
     /// Set `UDP_GRO` on the sockets and split what arrives coalesced.
     pub(crate) gro: bool,
+    /// Send a flush's plain messages through io_uring when two or more sockets have one
+    /// message each (see [`SendQueue::flush`]).
+    pub(crate) io_uring: bool,
 }
 
 impl Offload {
@@ -67,6 +78,15 @@ impl Offload {
         Offload {
             gso: set_int(fd, libc::UDP_SEGMENT, 1200),
             gro: set_int(fd, libc::UDP_GRO, 1),
+            io_uring: SendRing::new().is_ok(),
+        }
+    }
+
+    /// The same, without io_uring (`server.udp-io-uring = false`).
+    pub(crate) fn without_io_uring(self) -> Offload {
+        Offload {
+            io_uring: false,
+            ..self
         }
     }
 
@@ -312,6 +332,13 @@ pub(super) struct SendQueue {
     /// Datagrams that left in GSO messages, and the messages (for the metrics and tests).
     gso_datagrams: u64,
     gso_messages: u64,
+    /// io_uring for the sends of a flush with several lone messages; `None` when not in use.
+    ring: Option<SendRing>,
+    /// The messages of the current flush handed to the ring, in the order of their entries
+    /// (`u16::MAX` once reaped).
+    in_ring: Box<[u16]>,
+    /// Messages sent as io_uring entries.
+    ring_messages: u64,
 }
 
 impl SendQueue {
@@ -322,9 +349,30 @@ impl SendQueue {
         q
     }
 
+    /// A queue using the offloads of `o`; without io_uring if this thread cannot set up a
+    /// ring (the error says why).
+    pub(super) fn with_offload(o: Offload) -> (SendQueue, Option<std::io::Error>) {
+        let mut q = SendQueue::with_gso(o.gso);
+        if !o.io_uring {
+            return (q, None);
+        }
+        match SendRing::new() {
+            Ok(r) => {
+                q.ring = Some(r);
+                (q, None)
+            }
+            Err(e) => (q, Some(e)),
+        }
+    }
+
     /// Datagrams sent inside GSO messages, and how many messages carried them.
     pub(super) fn gso_counts(&self) -> (u64, u64) {
         (self.gso_datagrams, self.gso_messages)
+    }
+
+    /// Messages sent as io_uring entries.
+    pub(super) fn ring_messages(&self) -> u64 {
+        self.ring_messages
     }
 
     pub(super) fn new() -> SendQueue {
@@ -334,6 +382,9 @@ impl SendQueue {
             gso: false,
             gso_datagrams: 0,
             gso_messages: 0,
+            ring: None,
+            in_ring: vec![0u16; TX_BATCH].into_boxed_slice(),
+            ring_messages: 0,
             arena: vec![0u8; TX_BYTES].into_boxed_slice(),
             used: 0,
             queued: Vec::with_capacity(TX_BATCH),
@@ -425,14 +476,37 @@ impl SendQueue {
             m += 1;
             i = j;
         }
+        // Messages alone on their socket cost a system call each through `sendmmsg`; with
+        // two or more of them, the flush's plain messages go to the kernel together through
+        // the ring.
+        let mut ring = self.ring.take();
+        if ring.is_some() && self.lone_messages(m) < 2 {
+            self.ring = ring.take();
+        }
         let mut drops = 0;
+        let mut in_ring = 0;
         let mut i = 0;
         while i < m {
-            let fd = self.queued[self.spans[i].0 as usize].fd;
+            let fd = self.fd_of(i);
             let end = i + self.spans[i..m]
                 .iter()
                 .take_while(|&&(a, _)| self.queued[a as usize].fd == fd)
                 .count();
+            // A socket's messages go one way or the other, all of them, so that they leave
+            // in order; a GSO message stays with `sendmmsg`, whose failure is handled before
+            // the next message of its socket leaves.
+            if let Some(r) = &mut ring
+                && self.spans[i..end].iter().all(|&(a, b)| b - a == 1)
+                && r.room() >= end - i
+            {
+                for j in i..end {
+                    r.push(fd, &self.hdrs[j].msg_hdr, in_ring as u64);
+                    self.in_ring[in_ring] = j as u16;
+                    in_ring += 1;
+                }
+                i = end;
+                continue;
+            }
             // Bounded: each round sends at least one message or skips one.
             while i < end {
                 // SAFETY: headers i..end point at live names, iovecs, control messages and
@@ -446,38 +520,145 @@ impl SendQueue {
                     )
                 };
                 if r > 0 {
-                    for &(a, b) in &self.spans[i..i + r as usize] {
-                        if b - a > 1 {
-                            self.gso_messages += 1;
-                            self.gso_datagrams += u64::from(b - a);
-                        }
+                    for j in i..i + r as usize {
+                        self.sent(j);
                     }
                     i += r as usize;
                     continue;
                 }
                 let err = std::io::Error::last_os_error().raw_os_error();
-                let (a, b) = self.spans[i];
-                let (a, b) = (a as usize, b as usize);
-                if b - a > 1 && matches!(err, Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)) {
-                    if err == Some(libc::EIO) {
-                        // The device cannot checksum or segment: stop asking.
-                        self.gso = false;
-                    }
-                    for e in a..b {
-                        let q = self.queued[e];
-                        let data = &self.arena[q.off as usize..(q.off + q.len) as usize];
-                        if send_now(fd, data, &q.to).is_err() {
-                            drops += 1;
-                        }
-                    }
-                } else {
-                    drops += (b - a) as u64;
-                }
+                drops += self.refused(i, err);
                 i += 1;
+            }
+        }
+        if let Some(mut r) = ring {
+            if in_ring > 0 {
+                drops += self.complete(&mut r, in_ring);
+            }
+            if r.broken {
+                warn!("io_uring failed; sending with sendmmsg from now on");
+            } else {
+                self.ring = Some(r);
             }
         }
         self.queued.clear();
         self.used = 0;
+        drops
+    }
+
+    /// The socket message `i` of the current flush leaves from.
+    fn fd_of(&self, i: usize) -> RawFd {
+        self.queued[self.spans[i].0 as usize].fd
+    }
+
+    /// How many of the first `m` messages are the only one of their socket.
+    fn lone_messages(&self, m: usize) -> usize {
+        let mut lone = 0;
+        let mut i = 0;
+        while i < m {
+            let fd = self.fd_of(i);
+            let n = self.spans[i..m]
+                .iter()
+                .take_while(|&&(a, _)| self.queued[a as usize].fd == fd)
+                .count();
+            lone += usize::from(n == 1);
+            i += n;
+        }
+        lone
+    }
+
+    /// Message `i` went: counts its GSO datagrams.
+    fn sent(&mut self, i: usize) {
+        let (a, b) = self.spans[i];
+        if b - a > 1 {
+            self.gso_messages += 1;
+            self.gso_datagrams += u64::from(b - a);
+        }
+    }
+
+    /// Message `i` was refused with `err`; returns the datagrams dropped. A GSO message the
+    /// kernel would not take for its size (EINVAL, EMSGSIZE: a route with a small MTU), or
+    /// because the device cannot segment (EIO: then GSO stays off), goes datagram by
+    /// datagram; anything else (a full socket buffer) drops, as UDP does.
+    fn refused(&mut self, i: usize, err: Option<i32>) -> u64 {
+        let fd = self.fd_of(i);
+        let (a, b) = self.spans[i];
+        let (a, b) = (a as usize, b as usize);
+        if b - a > 1 && matches!(err, Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)) {
+            if err == Some(libc::EIO) {
+                // The device cannot checksum or segment: stop asking.
+                self.gso = false;
+            }
+            let mut drops = 0;
+            for e in a..b {
+                let q = self.queued[e];
+                let data = &self.arena[q.off as usize..(q.off + q.len) as usize];
+                if send_now(fd, data, &q.to).is_err() {
+                    drops += 1;
+                }
+            }
+            drops
+        } else {
+            (b - a) as u64
+        }
+    }
+
+    /// Submits the `n` messages pushed on `ring` and waits until the kernel is done with
+    /// every one (their headers and bytes are reused by the next flush); returns the
+    /// datagrams dropped. If the ring cannot submit, it is marked broken and the messages
+    /// go through `sendmmsg` instead.
+    fn complete(&mut self, ring: &mut SendRing, n: usize) -> u64 {
+        let mut drops = 0;
+        let mut done = 0;
+        // Bounded: each message is one entry sent with MSG_DONTWAIT, which the kernel
+        // completes when it submits it (a full socket buffer completes it with EAGAIN
+        // rather than waiting for room), so every pass reaps at least one completion.
+        while done < n {
+            if let Err(e) = ring.ring.submit_and_wait(n - done) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Nothing was submitted (the kernel consumes entries before it waits): drop
+                // the ring, which discards them unsent, and send the rest the usual way.
+                ring.broken = true;
+                break;
+            }
+            for cqe in ring.ring.completion() {
+                // The tag is the entry's place in `in_ring`, which names the message.
+                let Some(slot) = self.in_ring[..n].get_mut(cqe.user_data() as usize) else {
+                    continue;
+                };
+                let i = *slot as usize;
+                // Reaped: a ring that breaks later does not send it again.
+                *slot = u16::MAX;
+                done += 1;
+                if cqe.result() >= 0 {
+                    self.ring_messages += 1;
+                    self.sent(i);
+                } else {
+                    drops += self.refused(i, Some(-cqe.result()));
+                }
+            }
+        }
+        if ring.broken {
+            for k in 0..n {
+                let i = self.in_ring[k];
+                if i == u16::MAX {
+                    continue;
+                }
+                let i = i as usize;
+                let fd = self.fd_of(i);
+                // SAFETY: header i points at a live name, iovec, control message and arena
+                // bytes, all owned by `self`.
+                let r = unsafe { libc::sendmmsg(fd, &mut self.hdrs[i], 1, 0) };
+                if r == 1 {
+                    self.sent(i);
+                } else {
+                    let err = std::io::Error::last_os_error().raw_os_error();
+                    drops += self.refused(i, err);
+                }
+            }
+        }
         drops
     }
 
@@ -510,6 +691,55 @@ impl SendQueue {
             }
         }
         j
+    }
+}
+
+/// An io_uring for a worker's sends (Linux 5.5 or later with `SENDMSG`; refused where
+/// io_uring is disabled, e.g. by `kernel.io_uring_disabled` or a seccomp filter). Entries
+/// carry `MSG_DONTWAIT`, so the kernel completes each one as it submits it and no send
+/// outlives [`SendQueue::flush`].
+struct SendRing {
+    ring: io_uring::IoUring,
+    /// Submitting failed: the queue goes back to `sendmmsg` for good.
+    broken: bool,
+}
+
+impl SendRing {
+    fn new() -> std::io::Result<SendRing> {
+        let ring = io_uring::IoUring::builder()
+            // One completion per entry, even after an entry fails.
+            .setup_submit_all()
+            .build(TX_BATCH as u32)?;
+        if !ring.params().is_feature_nodrop() || !ring.params().is_feature_submit_stable() {
+            return Err(std::io::Error::other("io_uring is older than Linux 5.5"));
+        }
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(io_uring::opcode::SendMsg::CODE) {
+            return Err(std::io::Error::other("io_uring cannot SENDMSG"));
+        }
+        Ok(SendRing {
+            ring,
+            broken: false,
+        })
+    }
+
+    /// Free entries in the submission queue.
+    fn room(&mut self) -> usize {
+        let sq = self.ring.submission();
+        sq.capacity() - sq.len()
+    }
+
+    /// Queues `hdr` to be sent from `fd` (call [`SendRing::room`] first).
+    fn push(&mut self, fd: RawFd, hdr: &libc::msghdr, tag: u64) {
+        let e = io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), hdr)
+            .flags(libc::MSG_DONTWAIT as u32)
+            .build()
+            .user_data(tag);
+        // SAFETY: the header and all it points at belong to the send queue, which does not
+        // touch them until `SendQueue::complete` has reaped this entry. There is room (the
+        // caller checked), so the push cannot fail.
+        let _ = unsafe { self.ring.submission().push(&e) };
     }
 }
 
@@ -609,6 +839,11 @@ mod tests {
         use crate::net::local::LocalQueue;
         use crate::turn::RelayId;
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Four more sockets with one datagram each per round: with io_uring, their sends go
+        // through the ring.
+        let lone: Vec<UdpSocket> = (0..4)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = sink.local_addr().unwrap();
         // With the offloads where the kernel has them: the 16 datagrams below leave as one
@@ -616,7 +851,7 @@ mod tests {
         let offload = Offload::probe();
         offload.enable_gro(sink.as_raw_fd());
         let (mut q, mut rx, mut local) = (
-            SendQueue::with_gso(offload.gso),
+            SendQueue::with_offload(offload).0,
             RecvBatch::with_gro(offload.gro),
             LocalQueue::new(),
         );
@@ -627,6 +862,9 @@ mod tests {
             for i in 0..16u8 {
                 assert!(q.push(a.as_raw_fd(), to, &[i; 200]));
             }
+            for l in &lone {
+                assert!(q.push(l.as_raw_fd(), to, &[99; 100]));
+            }
             q.flush();
             // The datagrams are in the sink's queue once sendmmsg returns (loopback); a few
             // rounds cover a late one.
@@ -635,6 +873,7 @@ mod tests {
                 for i in 0..n {
                     let step = rx.segment_size(i);
                     let (from, slot, range) = rx.datagram(i).expect("datagram");
+                    let step = if range.len() == 100 { None } else { step };
                     for d in slot[range].chunks(step.unwrap_or(200)) {
                         assert!(local.push(RelayId(1), from, d));
                         received += 1;
@@ -658,6 +897,134 @@ mod tests {
             "allocations on the packet path"
         );
         assert!(received > 0 && received == delivered);
+        assert_eq!(
+            q.ring_messages() > 0,
+            offload.io_uring,
+            "sends through io_uring where the kernel allows it"
+        );
+    }
+
+    /// Reads `n` datagrams from `s` (a generous hang guard).
+    fn read_n(s: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        (0..n)
+            .map(|_| {
+                let (len, _) = s.recv_from(&mut buf).unwrap();
+                buf[..len].to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lone_messages_go_through_io_uring_together_and_gso_runs_through_sendmmsg() {
+        let offload = Offload::probe();
+        let (mut q, err) = SendQueue::with_offload(offload);
+        assert!(err.is_none(), "a ring where the probe found one: {err:?}");
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gso_sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (to, to_gso) = (sink.local_addr().unwrap(), gso_sink.local_addr().unwrap());
+        // Six sockets with one datagram each, one with two datagrams of different sizes (two
+        // plain messages: through the ring too, in order), and one with a GSO run.
+        let lone: Vec<UdpSocket> = (0..6)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let two = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let run = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for (i, l) in lone.iter().enumerate() {
+            assert!(q.push(l.as_raw_fd(), to, &[i as u8; 50]));
+        }
+        assert!(q.push(two.as_raw_fd(), to, &[7; 60]));
+        assert!(q.push(two.as_raw_fd(), to, &[8; 70]));
+        for i in 0..4u8 {
+            assert!(q.push(run.as_raw_fd(), to_gso, &[20 + i; 100]));
+        }
+        assert_eq!(q.flush(), 0);
+        let mut got = read_n(&sink, 8);
+        let seven = got.iter().position(|d| d[0] == 7).unwrap();
+        let eight = got.iter().position(|d| d[0] == 8).unwrap();
+        assert!(seven < eight, "one socket's datagrams in order");
+        got.sort();
+        let mut want: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 50]).collect();
+        want.extend([vec![7; 60], vec![8; 70]]);
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(
+            read_n(&gso_sink, 4),
+            (0..4u8).map(|i| vec![20 + i; 100]).collect::<Vec<_>>()
+        );
+        if offload.io_uring {
+            assert_eq!(
+                q.ring_messages(),
+                8,
+                "the plain messages went through the ring"
+            );
+        } else {
+            assert_eq!(q.ring_messages(), 0);
+        }
+        if offload.gso {
+            assert_eq!(q.gso_counts(), (4, 1), "the run left as one GSO message");
+        }
+
+        // One lone message: one system call either way, so no ring.
+        let before = q.ring_messages();
+        assert!(q.push(lone[0].as_raw_fd(), to, &[1; 10]));
+        assert!(q.push(run.as_raw_fd(), to, &[2; 10]));
+        assert!(q.push(run.as_raw_fd(), to, &[3; 20]));
+        assert_eq!(q.flush(), 0);
+        assert_eq!(read_n(&sink, 3).len(), 3);
+        assert_eq!(q.ring_messages(), before);
+    }
+
+    #[test]
+    fn a_ring_that_fails_hands_its_messages_to_sendmmsg() {
+        let offload = Offload::probe();
+        let (mut q, _) = SendQueue::with_offload(offload);
+        let Some(r) = &q.ring else {
+            assert!(!offload.io_uring, "a ring where the probe found one");
+            return;
+        };
+        // The ring's descriptor now names /dev/null: io_uring_enter fails (its mappings stay
+        // valid, and dropping the ring closes our own descriptor).
+        use std::os::fd::AsRawFd as _;
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: both descriptors are open and owned by this test.
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), r.ring.as_raw_fd()) } >= 0);
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let lone: Vec<UdpSocket> = (0..6)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, l) in lone.iter().enumerate() {
+            assert!(q.push(l.as_raw_fd(), to, &[i as u8; 50]));
+        }
+        assert_eq!(q.flush(), 0);
+        let mut got = read_n(&sink, 6);
+        got.sort();
+        assert_eq!(got, (0..6u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
+        assert_eq!(q.ring_messages(), 0);
+        assert!(q.ring.is_none(), "sendmmsg from now on");
+    }
+
+    #[test]
+    fn without_io_uring_the_same_sends_go_through_sendmmsg() {
+        let offload = Offload::probe().without_io_uring();
+        let (mut q, err) = SendQueue::with_offload(offload);
+        assert!(err.is_none());
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let lone: Vec<UdpSocket> = (0..6)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, l) in lone.iter().enumerate() {
+            assert!(q.push(l.as_raw_fd(), to, &[i as u8; 50]));
+        }
+        assert_eq!(q.flush(), 0);
+        let mut got = read_n(&sink, 6);
+        got.sort();
+        assert_eq!(got, (0..6u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
+        assert_eq!(q.ring_messages(), 0);
     }
 
     /// With GSO, a run of equal datagrams from one socket to one destination leaves as one

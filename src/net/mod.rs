@@ -338,15 +338,19 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         cfg.unauth_limit(),
         random_bytes::<16>().map_err(|e| format!("random: {e}"))?,
     ));
-    let offload = if cfg.server.udp_offload {
-        mmsg::Offload::probe()
-    } else {
-        mmsg::Offload::default()
-    };
+    let mut offload = mmsg::Offload::probe();
+    if !cfg.server.udp_offload {
+        offload.gso = false;
+        offload.gro = false;
+    }
+    if !cfg.server.udp_io_uring {
+        offload = offload.without_io_uring();
+    }
     info!(
         gso = offload.gso,
         gro = offload.gro,
-        "udp segmentation offload"
+        io_uring = offload.io_uring,
+        "udp segmentation offload and io_uring sends"
     );
     let handover = handover::Handover::new(workers, relay_ips)
         .map_err(|e| format!("cannot set up the hand-over between workers: {e}"))?;

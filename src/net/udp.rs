@@ -96,6 +96,8 @@ pub struct OffloadCounts {
     /// and handed to another worker's allocation.
     pub local_datagrams: u64,
     pub handover_datagrams: u64,
+    /// Messages sent as io_uring entries (`server.udp-io-uring`).
+    pub io_uring_messages: u64,
 }
 
 /// A relay socket, the address it is bound to and the address clients are told (the
@@ -136,6 +138,7 @@ impl DriverIo {
             gro_datagrams: self.gro_datagrams,
             local_datagrams: self.local_datagrams,
             handover_datagrams: self.handover.as_ref().map_or(0, |h| h.sent),
+            io_uring_messages: self.tx.ring_messages(),
         }
     }
 
@@ -398,6 +401,10 @@ pub(super) fn run_worker(
             error!(worker = index, error = %e, "cannot watch the hand-over eventfd");
         }
         let relay_ips = cfg.relay_ips;
+        let (tx, ring_error) = SendQueue::with_offload(offload);
+        if let Some(e) = ring_error {
+            warn!(worker = index, error = %e, "io_uring unavailable; sending with sendmmsg");
+        }
         let state = Rc::new(RefCell::new(Worker {
             core: Server::new(cfg),
             io: DriverIo {
@@ -409,7 +416,7 @@ pub(super) fn run_worker(
                 handover,
                 local_datagrams: 0,
                 epoll: epoll.clone(),
-                tx: SendQueue::with_gso(offload.gso),
+                tx,
                 batching: false,
                 send_drops: 0,
                 offload,
