@@ -55,8 +55,9 @@ usage: bench/compare.sh [--quick] [options]
   --servers "S ..."     any of floor floor_batch floor_gso turnd coturn
                         (default "$SERVERS");
                         floor_batch is turnd-floor --batch (recvmmsg/sendmmsg),
-                        floor_gso is turnd-floor --batch --gso (also UDP GSO sends
-                        and GRO reads, as turnd does: the fair floor for --burst)
+                        floor_gso is turnd-floor --batch --gso --io-uring (also UDP
+                        GSO sends and GRO reads, and sends through io_uring, as turnd
+                        does: the fair floor)
   --threads N           load tool threads (default $THREADS); --peers N echo sockets
   --size B              payload bytes (default $SIZE)
   --burst K             packets each allocation sends back to back (turnd-load --burst;
@@ -195,7 +196,7 @@ start_floor_batch() {
 
 start_floor_gso() {
     PORT[floor_gso]=$(free_port)
-    "${SERVER_PIN[@]}" "$BIN/turnd-floor" --listen "127.0.0.1:${PORT[floor_gso]}" --batch --gso \
+    "${SERVER_PIN[@]}" "$BIN/turnd-floor" --listen "127.0.0.1:${PORT[floor_gso]}" --batch --gso --io-uring \
         --threads "$SERVER_THREADS" --max-seconds 7200 \
         2>"$TMP/floor_gso.log" &
     PID[floor_gso]=$!

@@ -1,4 +1,4 @@
-//! `turnd-floor --batch --gso` (the `floor_gso` server of bench/compare.sh) relays
+//! `turnd-floor --batch --gso --io-uring` (the `floor_gso` server of bench/compare.sh) relays
 //! turnd-load's bursts, plain or sent as UDP GSO messages, with its own sends merged into
 //! GSO messages and its sockets reading with GRO. Tiny bounded loads, no timing
 //! assertions: the floor says it runs with GSO/GRO, and packets come back (loss under 50%
@@ -52,6 +52,26 @@ fn floor_gso_relays_send_indications_between_pairs() {
         ],
     );
     assert_eq!(num(&r, "relayed"), 2.0 * num(&r, "received"), "{r:?}");
+}
+
+#[test]
+fn floor_gso_with_io_uring_relays_bursts_of_one_and_says_how_it_sends() {
+    let floor = start_floor(&["--batch", "--gso", "--io-uring"]);
+    // Where io_uring is refused the floor says so and runs as plain --gso.
+    let allowed = io_uring::IoUring::new(8).is_ok_and(|r| {
+        let mut p = io_uring::Probe::new();
+        r.submitter().register_probe(&mut p).is_ok()
+            && p.is_supported(io_uring::opcode::SendMsg::CODE)
+    });
+    let said = if allowed {
+        "batched with UDP GSO/GRO and io_uring sends"
+    } else {
+        "io_uring unavailable"
+    };
+    assert!(floor.banner.contains(said), "{}", floor.banner);
+    let r = small_load(&floor.addr, "bench:bench", 4, 400, floor.child.id(), &[]);
+    assert!(num(&r, "received") > 0.0, "nothing came back: {r:?}");
+    assert!(num(&r, "peer_received") > 0.0, "the echo peers got nothing");
 }
 
 #[test]

@@ -18,6 +18,8 @@
 //! round of reads is handled and leave at its end, runs of equal datagrams from one socket
 //! to one destination merged into `UDP_SEGMENT` messages (see `turnd-floor/gso_queue.rs`),
 //! and every socket has `UDP_GRO` set, so a coalesced read is cut back into its datagrams.
+//! `--io-uring` adds turnd's io_uring sends: a round in which several sockets have one
+//! message each hands its plain messages to the kernel in one `io_uring_enter`.
 
 #[path = "turnd-load/gso.rs"]
 mod gso;
@@ -78,6 +80,11 @@ struct Args {
     /// runs as plain --batch (and says so).
     #[arg(long, requires = "batch")]
     gso: bool,
+    /// With --gso: send as turnd does with `server.udp-io-uring`, through io_uring when
+    /// several sockets have one message each in a round. Without io_uring here, runs as
+    /// plain --gso (and says so).
+    #[arg(long, requires = "gso")]
+    io_uring: bool,
     /// Instead of forwarding: measure the kernel's CPU cost per loopback datagram sent
     /// with sendmmsg and read with recvmmsg (one socket; 100 sockets one datagram each;
     /// 100 sockets with GSO bursts of 4 and 8, without and with GRO), print one line per
@@ -143,10 +150,20 @@ fn main() -> ExitCode {
             }
         }
     }
-    let mode = match (args.batch, gso) {
-        (false, _) => "",
-        (true, false) => ", batched",
-        (true, true) => ", batched with UDP GSO/GRO",
+    let io_uring = gso
+        && args.io_uring
+        && match GsoQueue::with_io_uring() {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("turnd-floor: io_uring unavailable ({e}); --io-uring ignored");
+                false
+            }
+        };
+    let mode = match (args.batch, gso, io_uring) {
+        (false, _, _) => "",
+        (true, false, _) => ", batched",
+        (true, true, false) => ", batched with UDP GSO/GRO",
+        (true, true, true) => ", batched with UDP GSO/GRO and io_uring sends",
     };
     eprintln!(
         "turnd-floor: listening on {} with {threads} threads{mode}",
@@ -156,7 +173,7 @@ fn main() -> ExitCode {
     let relay_ip = *args.listen.ip();
     let handles: Vec<_> = listeners
         .into_iter()
-        .map(|l| std::thread::spawn(move || worker(l, relay_ip, until, args.batch, gso)))
+        .map(|l| std::thread::spawn(move || worker(l, relay_ip, until, args.batch, gso, io_uring)))
         .collect();
     for h in handles {
         let _ = h.join();
@@ -199,7 +216,14 @@ fn listener(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool, gso: bool) {
+fn worker(
+    listener: UdpSocket,
+    relay_ip: Ipv4Addr,
+    until: Instant,
+    batch: bool,
+    gso: bool,
+    io_uring: bool,
+) {
     let ep = match Epoll::new() {
         Ok(e) => e,
         Err(e) => {
@@ -223,7 +247,12 @@ fn worker(listener: UdpSocket, relay_ip: Ipv4Addr, until: Instant, batch: bool, 
         free: Vec::new(),
         by_client: FxHashMap::default(),
         out: Vec::with_capacity(256),
-        gsoq: gso.then(GsoQueue::new),
+        gsoq: match (gso, io_uring) {
+            (false, _) => None,
+            (true, false) => Some(GsoQueue::new()),
+            // Probed in main; a worker that cannot set up its own ring sends as --gso.
+            (true, true) => Some(GsoQueue::with_io_uring().unwrap_or_else(|_| GsoQueue::new())),
+        },
     };
     let mut events = event_buffer(256);
     let mut ready = Vec::with_capacity(256);

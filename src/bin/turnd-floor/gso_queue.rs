@@ -4,6 +4,11 @@
 //! socket, and a run of queued datagrams from one socket to one destination of one size
 //! (the last may be shorter) leaves as one message with a `UDP_SEGMENT` control message.
 //! So the floor pays the kernel what turnd pays for bursty traffic, and no more.
+//!
+//! With `--io-uring`, as turnd with `server.udp-io-uring`: when two or more sockets have one
+//! message each in a flush, every socket whose messages are all plain (no GSO message) hands
+//! them to the kernel as io_uring `SENDMSG` entries with `MSG_DONTWAIT`, one `io_uring_enter`
+//! for all, reaped before the flush returns.
 
 use std::net::SocketAddrV4;
 use std::os::fd::RawFd;
@@ -46,9 +51,29 @@ pub struct GsoQueue {
     /// GSO messages sent, and the datagrams they carried.
     pub gso_messages: u64,
     pub gso_datagrams: u64,
+    /// `--io-uring`: the ring the plain messages of a flush go through.
+    ring: Option<io_uring::IoUring>,
+    /// Messages sent through the ring.
+    pub ring_messages: u64,
 }
 
 impl GsoQueue {
+    /// A queue that also sends through io_uring (`--io-uring`); the error when this kernel
+    /// or process cannot set up a ring that sends.
+    pub fn with_io_uring() -> std::io::Result<GsoQueue> {
+        let ring = io_uring::IoUring::builder()
+            .setup_submit_all()
+            .build(ENTRIES as u32)?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(io_uring::opcode::SendMsg::CODE) {
+            return Err(std::io::Error::other("io_uring cannot SENDMSG here"));
+        }
+        let mut q = GsoQueue::new();
+        q.ring = Some(ring);
+        Ok(q)
+    }
+
     pub fn new() -> GsoQueue {
         GsoQueue {
             arena: vec![0; BYTES],
@@ -72,6 +97,8 @@ impl GsoQueue {
             gso: true,
             gso_messages: 0,
             gso_datagrams: 0,
+            ring: None,
+            ring_messages: 0,
         }
     }
 
@@ -148,6 +175,11 @@ impl GsoQueue {
             i = j;
         }
         let mut drops = 0;
+        let mut ring = self.ring.take();
+        let mut in_ring = 0;
+        if ring.is_some() && self.lone_messages(m) < 2 {
+            self.ring = ring.take();
+        }
         let mut i = 0;
         while i < m {
             let fd = self.queued[self.spans[i].0].fd;
@@ -155,6 +187,21 @@ impl GsoQueue {
                 .iter()
                 .take_while(|&&(a, _)| self.queued[a].fd == fd)
                 .count();
+            if let Some(r) = &mut ring
+                && self.spans[i..end].iter().all(|&(a, b)| b - a == 1)
+            {
+                for h in &self.hdrs[i..end] {
+                    let e = io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), &h.msg_hdr)
+                        .flags(libc::MSG_DONTWAIT as u32)
+                        .build();
+                    // SAFETY: the header and what it points at stay untouched until the
+                    // entry is reaped below; at most ENTRIES entries fit a ring of ENTRIES.
+                    let _ = unsafe { r.submission().push(&e) };
+                    in_ring += 1;
+                }
+                i = end;
+                continue;
+            }
             // Bounded: each round sends at least one message or gives one up.
             while i < end {
                 // SAFETY: headers i..end point at live names, iovecs, control buffers and
@@ -202,9 +249,51 @@ impl GsoQueue {
                 i += 1;
             }
         }
+        if let Some(mut r) = ring {
+            let mut done = 0;
+            // Bounded: MSG_DONTWAIT entries complete as they are submitted; a ring that
+            // cannot submit is dropped (with its entries, unsent: counted as drops).
+            while done < in_ring {
+                match r.submit_and_wait(in_ring - done) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        drops += (in_ring - done) as u64;
+                        in_ring = usize::MAX;
+                        break;
+                    }
+                }
+                for cqe in r.completion() {
+                    done += 1;
+                    if cqe.result() >= 0 {
+                        self.ring_messages += 1;
+                    } else {
+                        drops += 1;
+                    }
+                }
+            }
+            if in_ring != usize::MAX {
+                self.ring = Some(r);
+            }
+        }
         self.queued.clear();
         self.used = 0;
         drops
+    }
+
+    /// How many of the first `m` messages are the only one of their socket.
+    fn lone_messages(&self, m: usize) -> usize {
+        let (mut lone, mut i) = (0, 0);
+        while i < m {
+            let fd = self.queued[self.spans[i].0].fd;
+            let n = self.spans[i..m]
+                .iter()
+                .take_while(|&&(a, _)| self.queued[a].fd == fd)
+                .count();
+            lone += usize::from(n == 1);
+            i += n;
+        }
+        lone
     }
 
     /// The end of the run that starts at queued datagram `i`: the datagrams after it from
@@ -336,6 +425,58 @@ mod tests {
         }
         // 46 * 1400 = 64,400 <= 65,507 < 47 * 1400.
         assert_eq!(q.run_end(0), 46);
+    }
+
+    #[test]
+    fn with_io_uring_lone_plain_messages_go_through_the_ring() {
+        // Whether this kernel and process allow a ring that sends, asked directly.
+        let allowed = io_uring::IoUring::new(8).is_ok_and(|r| {
+            let mut p = io_uring::Probe::new();
+            r.submitter().register_probe(&mut p).is_ok()
+                && p.is_supported(io_uring::opcode::SendMsg::CODE)
+        });
+        let q = GsoQueue::with_io_uring();
+        assert_eq!(
+            q.is_ok(),
+            allowed,
+            "a ring exactly where io_uring is allowed"
+        );
+        let Ok(mut q) = q else {
+            return;
+        };
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let to = v4(&sink);
+        let lone: Vec<UdpSocket> = (0..5)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, l) in lone.iter().enumerate() {
+            assert!(q.push(l.as_raw_fd(), to, &[i as u8; 30]));
+        }
+        let run = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..3 {
+            assert!(q.push(run.as_raw_fd(), to, &[9; 40]));
+        }
+        assert_eq!(q.flush(), 0);
+        let mut buf = [0u8; 2048];
+        let mut got: Vec<Vec<u8>> = (0..8)
+            .map(|_| {
+                let (n, _) = sink.recv_from(&mut buf).unwrap();
+                buf[..n].to_vec()
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 30]).collect();
+        want.extend(std::iter::repeat_n(vec![9u8; 40], 3));
+        want.sort();
+        assert_eq!(got, want);
+        let plain_run = if q.gso { 0 } else { 3 };
+        assert_eq!(
+            q.ring_messages,
+            5 + plain_run,
+            "the lone messages through the ring"
+        );
     }
 
     #[test]
