@@ -159,6 +159,17 @@ impl SendRound {
         h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     }
 
+    /// Aims the round at the next `ROUND` destinations from `next` on (advancing it);
+    /// returns the first destination's index.
+    fn aim(&mut self, rig: &Rig, next: &mut usize) -> usize {
+        let first = *next;
+        for i in 0..ROUND {
+            self.point(i, &rig.dests[*next]);
+            *next = (*next + 1) % SOCKETS;
+        }
+        first
+    }
+
     fn sendmmsg(&mut self, tx: &UdpSocket) -> u64 {
         // SAFETY: every header points at the payload and a live destination.
         let r = unsafe { libc::sendmmsg(tx.as_raw_fd(), self.hdrs.as_mut_ptr(), ROUND as u32, 0) };
@@ -266,10 +277,8 @@ fn run(case: Case, count: u64) -> io::Result<(u64, u64, f64)> {
         let mut rx = sys::Mmsg::new(ROUND, 2048);
         let cpu0 = process_cpu();
         while sent < count && Instant::now() < deadline {
-            let first = next;
+            let first = round.aim(&rig, &mut next);
             for i in 0..ROUND {
-                round.point(i, &rig.dests[next]);
-                next = (next + 1) % SOCKETS;
                 let from = rig.spread_source(first + i).as_raw_fd();
                 // SAFETY: the header points at the payload and a live destination.
                 let r = unsafe { libc::sendmmsg(from, &mut round.hdrs[i], 1, 0) };
@@ -314,11 +323,7 @@ fn run(case: Case, count: u64) -> io::Result<(u64, u64, f64)> {
     let mut rearm = Vec::with_capacity(SOCKETS);
     let cpu0 = process_cpu();
     while sent < count && Instant::now() < deadline {
-        let first = next;
-        for i in 0..ROUND {
-            round.point(i, &rig.dests[next]);
-            next = (next + 1) % SOCKETS;
-        }
+        let first = round.aim(&rig, &mut next);
         let mut sends = 0;
         if case != Case::UringRecv {
             for i in 0..ROUND {

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use admin_http::{TOKEN, channel_bind_attrs, channel_data, free_tcp_port, scrape_parsed};
-use common::{RawClient, peer_socket, udp_transport};
-use stun::message::{METHOD_ALLOCATE, METHOD_CHANNEL_BIND};
+use common::{RawClient, allocate_same_family, peer_socket};
+use stun::message::METHOD_CHANNEL_BIND;
 
 const CLIENTS: usize = 8;
 const CHANNEL: u16 = 0x4001;
@@ -32,18 +32,6 @@ fn kernel_io_uring() -> bool {
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe).is_ok()
         && probe.is_supported(io_uring::opcode::SendMsg::CODE)
-}
-
-fn allocate(c: &mut RawClient) {
-    let mut attrs = vec![udp_transport()];
-    if c.server.is_ipv6() {
-        attrs.push((
-            stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY,
-            vec![2, 0, 0, 0],
-        ));
-    }
-    let r = c.request(METHOD_ALLOCATE, &attrs);
-    assert_eq!(r.code(), None, "allocate");
 }
 
 /// Relays rounds of one datagram per client until a round went through the ring (or
@@ -77,7 +65,7 @@ fn relay_rounds(ip: &str, extra: &[&str], stop_early: bool) -> (f64, usize) {
     let clients: Vec<RawClient> = (0..CLIENTS)
         .map(|_| {
             let mut c = RawClient::new(server.addr, "alice", "wonderland");
-            allocate(&mut c);
+            allocate_same_family(&mut c);
             let r = c.request(METHOD_CHANNEL_BIND, &channel_bind_attrs(CHANNEL, peer_addr));
             assert_eq!(r.code(), None, "channel bind");
             c

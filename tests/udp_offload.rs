@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use admin_http::{TOKEN, channel_bind_attrs, channel_data, free_tcp_port, scrape_parsed};
 use common::{
-    RawClient, parse_data_indication, peer_attr, peer_socket, send_indication, udp_transport,
+    RawClient, allocate_same_family, parse_data_indication, peer_attr, peer_socket, send_indication,
 };
-use stun::message::{METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION};
+use stun::message::{METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION};
 
 const BURST: usize = 16;
 const CHANNEL: u16 = 0x4001;
@@ -153,21 +153,6 @@ fn start_with_admin_on(ip: &str, extra: &[&str]) -> (common::TestServer, SocketA
     (common::TestServer::start(ip, &args), admin)
 }
 
-/// Allocates for `c` and returns the relayed address.
-fn allocate(c: &mut RawClient) -> SocketAddr {
-    let mut attrs = vec![udp_transport()];
-    if c.server.is_ipv6() {
-        // RFC 8656 §7.1: without REQUESTED-ADDRESS-FAMILY the relayed address is IPv4.
-        attrs.push((
-            stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY,
-            vec![2, 0, 0, 0],
-        ));
-    }
-    let r = c.request(METHOD_ALLOCATE, &attrs);
-    assert_eq!(r.code(), None, "allocate");
-    r.xor_addrs(stun::attributes::ATTR_XOR_RELAYED_ADDRESS)[0]
-}
-
 /// Relays bursts both ways over a channel and with indications; returns whether the
 /// offloads were in use (both directions) according to the server's counters.
 fn relay_bursts(ip: &str, extra: &[&str], gso_from_tests: bool) -> (f64, f64) {
@@ -184,7 +169,7 @@ fn relay_bursts(ip: &str, extra: &[&str], gso_from_tests: bool) -> (f64, f64) {
 
     // Over a channel: peer to client, then client to peer.
     let mut c = RawClient::new(server.addr, "alice", "wonderland");
-    let relayed = allocate(&mut c);
+    let relayed = allocate_same_family(&mut c);
     let r = c.request(METHOD_CHANNEL_BIND, &channel_bind_attrs(CHANNEL, peer_addr));
     assert_eq!(r.code(), None, "channel bind");
     let down = payloads(203, 1);
@@ -205,7 +190,7 @@ fn relay_bursts(ip: &str, extra: &[&str], gso_from_tests: bool) -> (f64, f64) {
     // With indications (a second allocation, permission only): the server pads each Data
     // indication in place, right before the next datagram of a coalesced read.
     let mut d = RawClient::new(server.addr, "alice", "wonderland");
-    let relayed = allocate(&mut d);
+    let relayed = allocate_same_family(&mut d);
     let r = d.request(METHOD_CREATE_PERMISSION, &[peer_attr(peer_addr)]);
     assert_eq!(r.code(), None, "create permission");
     let down = payloads(201, 80);

@@ -977,6 +977,22 @@ mod tests {
         assert_eq!(q.ring_messages(), before);
     }
 
+    /// Six sockets with one datagram each go out in one flush, and all six arrive.
+    fn six_lone_datagrams_arrive(q: &mut SendQueue) {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let lone: Vec<UdpSocket> = (0..6)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, l) in lone.iter().enumerate() {
+            assert!(q.push(l.as_raw_fd(), to, &[i as u8; 50]));
+        }
+        assert_eq!(q.flush(), 0);
+        let mut got = read_n(&sink, 6);
+        got.sort();
+        assert_eq!(got, (0..6u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
+    }
+
     #[test]
     fn a_ring_that_fails_hands_its_messages_to_sendmmsg() {
         let offload = Offload::probe();
@@ -991,18 +1007,7 @@ mod tests {
         let null = std::fs::File::open("/dev/null").unwrap();
         // SAFETY: both descriptors are open and owned by this test.
         assert!(unsafe { libc::dup2(null.as_raw_fd(), r.ring.as_raw_fd()) } >= 0);
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = sink.local_addr().unwrap();
-        let lone: Vec<UdpSocket> = (0..6)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        for (i, l) in lone.iter().enumerate() {
-            assert!(q.push(l.as_raw_fd(), to, &[i as u8; 50]));
-        }
-        assert_eq!(q.flush(), 0);
-        let mut got = read_n(&sink, 6);
-        got.sort();
-        assert_eq!(got, (0..6u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
+        six_lone_datagrams_arrive(&mut q);
         assert_eq!(q.ring_messages(), 0);
         assert!(q.ring.is_none(), "sendmmsg from now on");
     }
@@ -1012,18 +1017,7 @@ mod tests {
         let offload = Offload::probe().without_io_uring();
         let (mut q, err) = SendQueue::with_offload(offload);
         assert!(err.is_none());
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = sink.local_addr().unwrap();
-        let lone: Vec<UdpSocket> = (0..6)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        for (i, l) in lone.iter().enumerate() {
-            assert!(q.push(l.as_raw_fd(), to, &[i as u8; 50]));
-        }
-        assert_eq!(q.flush(), 0);
-        let mut got = read_n(&sink, 6);
-        got.sort();
-        assert_eq!(got, (0..6u8).map(|i| vec![i; 50]).collect::<Vec<_>>());
+        six_lone_datagrams_arrive(&mut q);
         assert_eq!(q.ring_messages(), 0);
     }
 
@@ -1062,19 +1056,8 @@ mod tests {
         } else {
             assert_eq!(q.gso_counts(), (0, 0));
         }
-        let read = |s: &UdpSocket, n: usize| {
-            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .unwrap();
-            let mut buf = [0u8; 2048];
-            (0..n)
-                .map(|_| {
-                    let (len, _) = s.recv_from(&mut buf).unwrap();
-                    buf[..len].to_vec()
-                })
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(read(&a, to_a.len()), to_a);
-        assert_eq!(read(&b, 1), vec![vec![9u8; 100]]);
+        assert_eq!(read_n(&a, to_a.len()), to_a);
+        assert_eq!(read_n(&b, 1), vec![vec![9u8; 100]]);
     }
 
     #[test]

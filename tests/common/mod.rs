@@ -314,6 +314,22 @@ pub fn udp_transport() -> (AttrType, Vec<u8>) {
     (ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
 }
 
+/// Allocates for `c` (a relayed address of the server's family: RFC 8656 §7.1 gives IPv4
+/// without REQUESTED-ADDRESS-FAMILY) and returns the relayed address.
+#[allow(dead_code)]
+pub fn allocate_same_family(c: &mut RawClient) -> SocketAddr {
+    let mut attrs = vec![udp_transport()];
+    if c.server.is_ipv6() {
+        attrs.push((
+            stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY,
+            vec![2, 0, 0, 0],
+        ));
+    }
+    let r = c.request(stun::message::METHOD_ALLOCATE, &attrs);
+    assert_eq!(r.code(), None, "allocate");
+    r.xor_addrs(stun::attributes::ATTR_XOR_RELAYED_ADDRESS)[0]
+}
+
 pub fn peer_attr(addr: SocketAddr) -> (AttrType, Vec<u8>) {
     (ATTR_XOR_PEER_ADDRESS, addr.to_string().into_bytes())
 }
