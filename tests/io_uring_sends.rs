@@ -5,7 +5,8 @@
 //! once and whole, over IPv4 and IPv6. With `--no-udp-io-uring` the same traffic arrives
 //! the same way and the counter stays at zero. On a kernel that refuses io_uring, the
 //! server falls back to `sendmmsg` and the counter stays at zero too; the test checks that
-//! instead.
+//! instead. Each worker holds one ring, and none with `--no-udp-io-uring`, counted among the
+//! server's open descriptors.
 
 mod admin_http;
 mod common;
@@ -136,4 +137,27 @@ fn without_io_uring_the_same_traffic_arrives_the_same() {
         assert_eq!(rounds, MAX_ROUNDS);
         assert_eq!(counter, 0.0, "{ip}: no send through io_uring");
     }
+}
+
+/// The io_uring instances process `pid` holds open.
+fn rings_open(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy() == "anon_inode:[io_uring]")
+        .count()
+}
+
+#[test]
+fn each_worker_holds_one_ring_and_none_without_io_uring() {
+    let server = common::TestServer::start("127.0.0.1", &["--workers", "2"]);
+    let want = if kernel_io_uring() { 2 } else { 0 };
+    assert_eq!(rings_open(server.pid()), want, "one ring per worker");
+    drop(server);
+    let server = common::TestServer::start("127.0.0.1", &["--workers", "2", "--no-udp-io-uring"]);
+    assert_eq!(
+        rings_open(server.pid()),
+        0,
+        "no ring with --no-udp-io-uring"
+    );
 }

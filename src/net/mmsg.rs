@@ -65,8 +65,9 @@ pub(crate) struct Offload {
 }
 
 impl Offload {
-    /// What this kernel supports, found by setting the options on a throwaway socket.
-    pub(crate) fn probe() -> Offload {
+    /// What this kernel supports, found by setting the options on a throwaway socket and,
+    /// with `io_uring`, by setting up a ring (without, no io_uring call is made).
+    pub(crate) fn probe(io_uring: bool) -> Offload {
         // Either loopback will do (a host may have only one of them).
         let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0")
             .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
@@ -78,15 +79,7 @@ impl Offload {
         Offload {
             gso: set_int(fd, libc::UDP_SEGMENT, 1200),
             gro: set_int(fd, libc::UDP_GRO, 1),
-            io_uring: SendRing::new().is_ok(),
-        }
-    }
-
-    /// The same, without io_uring (`server.udp-io-uring = false`).
-    pub(crate) fn without_io_uring(self) -> Offload {
-        Offload {
-            io_uring: false,
-            ..self
+            io_uring: io_uring && SendRing::new().is_ok(),
         }
     }
 
@@ -848,7 +841,7 @@ mod tests {
         let to = sink.local_addr().unwrap();
         // With the offloads where the kernel has them: the 16 datagrams below leave as one
         // GSO message and are read back as one GRO read.
-        let offload = Offload::probe();
+        let offload = Offload::probe(true);
         offload.enable_gro(sink.as_raw_fd());
         let (mut q, mut rx, mut local) = (
             SendQueue::with_offload(offload).0,
@@ -919,7 +912,7 @@ mod tests {
 
     #[test]
     fn lone_messages_go_through_io_uring_together_and_gso_runs_through_sendmmsg() {
-        let offload = Offload::probe();
+        let offload = Offload::probe(true);
         let (mut q, err) = SendQueue::with_offload(offload);
         assert!(err.is_none(), "a ring where the probe found one: {err:?}");
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -995,7 +988,7 @@ mod tests {
 
     #[test]
     fn a_ring_that_fails_hands_its_messages_to_sendmmsg() {
-        let offload = Offload::probe();
+        let offload = Offload::probe(true);
         let (mut q, _) = SendQueue::with_offload(offload);
         let Some(r) = &q.ring else {
             assert!(!offload.io_uring, "a ring where the probe found one");
@@ -1014,7 +1007,7 @@ mod tests {
 
     #[test]
     fn without_io_uring_the_same_sends_go_through_sendmmsg() {
-        let offload = Offload::probe().without_io_uring();
+        let offload = Offload::probe(false);
         let (mut q, err) = SendQueue::with_offload(offload);
         assert!(err.is_none());
         six_lone_datagrams_arrive(&mut q);
@@ -1026,7 +1019,7 @@ mod tests {
     /// each destination gets its datagrams whole and in order.
     #[test]
     fn gso_merges_runs_per_destination_in_order() {
-        let offload = Offload::probe();
+        let offload = Offload::probe(true);
         let src = UdpSocket::bind("127.0.0.1:0").unwrap();
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -338,13 +338,10 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         cfg.unauth_limit(),
         random_bytes::<16>().map_err(|e| format!("random: {e}"))?,
     ));
-    let mut offload = mmsg::Offload::probe();
+    let mut offload = mmsg::Offload::probe(cfg.server.udp_io_uring);
     if !cfg.server.udp_offload {
         offload.gso = false;
         offload.gro = false;
-    }
-    if !cfg.server.udp_io_uring {
-        offload = offload.without_io_uring();
     }
     info!(
         gso = offload.gso,
