@@ -33,6 +33,7 @@ fn kernel_io_uring() -> bool {
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe).is_ok()
         && probe.is_supported(io_uring::opcode::SendMsg::CODE)
+        && ring.params().is_feature_skip_cqe_on_success()
 }
 
 /// Relays rounds of one datagram per client until a round went through the ring (or

@@ -687,7 +687,7 @@ impl SendQueue {
     }
 }
 
-/// An io_uring for a worker's sends (Linux 5.5 or later with `SENDMSG`; refused where
+/// An io_uring for a worker's sends (Linux 5.17 or later with `SENDMSG`; refused where
 /// io_uring is disabled, e.g. by `kernel.io_uring_disabled` or a seccomp filter). Entries
 /// carry `MSG_DONTWAIT`, so the kernel completes each one as it submits it and no send
 /// outlives [`SendQueue::flush`].
@@ -703,8 +703,11 @@ impl SendRing {
             // One completion per entry, even after an entry fails.
             .setup_submit_all()
             .build(TX_BATCH as u32)?;
-        if !ring.params().is_feature_nodrop() || !ring.params().is_feature_submit_stable() {
-            return Err(std::io::Error::other("io_uring is older than Linux 5.5"));
+        // Linux 5.17 (the feature is only a marker of the version): an entry with
+        // MSG_DONTWAIT completes with EAGAIN instead of waiting for room, which `flush`
+        // relies on, in every kernel since well before it.
+        if !ring.params().is_feature_skip_cqe_on_success() {
+            return Err(std::io::Error::other("io_uring is older than Linux 5.17"));
         }
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;

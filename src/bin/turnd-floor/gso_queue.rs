@@ -66,7 +66,10 @@ impl GsoQueue {
             .build(ENTRIES as u32)?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(io_uring::opcode::SendMsg::CODE) {
+        // As turnd: Linux 5.17 or later, so that MSG_DONTWAIT entries never wait.
+        if !probe.is_supported(io_uring::opcode::SendMsg::CODE)
+            || !ring.params().is_feature_skip_cqe_on_success()
+        {
             return Err(std::io::Error::other("io_uring cannot SENDMSG here"));
         }
         let mut q = GsoQueue::new();
@@ -434,6 +437,7 @@ mod tests {
             let mut p = io_uring::Probe::new();
             r.submitter().register_probe(&mut p).is_ok()
                 && p.is_supported(io_uring::opcode::SendMsg::CODE)
+                && r.params().is_feature_skip_cqe_on_success()
         });
         let q = GsoQueue::with_io_uring();
         assert_eq!(
