@@ -293,10 +293,12 @@ impl Default for LogSection {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct LimitsSection {
-    /// Responses per second one source address (an IPv6 source by its /64) may get to
-    /// unauthenticated UDP requests (Binding, 401/438, early errors); 0 means no limit.
+    /// The first-contact allowance for answers to unauthenticated UDP requests (Binding,
+    /// 401, early errors) sent to an address that holds no allocation (an IPv6 one by its
+    /// /64), beyond twice the bytes received from it: answers per second, counted at the
+    /// size of the server's 401; 0 turns the budget off.
     pub unauth_rate: u32,
-    /// Responses a source may get at once before the rate applies.
+    /// The allowance's burst, in answers.
     pub unauth_burst: u32,
     /// Most live allocations per client IP (IPv6 by /64); 0 means no limit. Over it: 486.
     pub allocations_per_ip: u32,
@@ -310,8 +312,8 @@ pub struct LimitsSection {
 impl Default for LimitsSection {
     fn default() -> LimitsSection {
         LimitsSection {
-            unauth_rate: 50,
-            unauth_burst: 100,
+            unauth_rate: 1,
+            unauth_burst: 8,
             allocations_per_ip: 0,
             permissions_per_allocation: 1024,
             channels_per_allocation: 1024,
@@ -319,7 +321,8 @@ impl Default for LimitsSection {
     }
 }
 
-/// Largest unauthenticated response rate a source can be given (per second).
+/// Largest unauthenticated-answer allowance a source can be given (answers per second, and
+/// burst).
 const MAX_UNAUTH_RATE: u32 = 1_000_000;
 /// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF.
 const MAX_CHANNELS: usize = 4096;
@@ -1831,14 +1834,14 @@ mod tests {
     #[test]
     fn limits_defaults_and_errors() {
         let c = Config::from_toml_str("").expect("valid");
-        assert_eq!(c.limits.unauth_rate, 50);
-        assert_eq!(c.limits.unauth_burst, 100);
+        assert_eq!(c.limits.unauth_rate, 1);
+        assert_eq!(c.limits.unauth_burst, 8);
         assert_eq!(c.limits.allocations_per_ip, 0);
         assert_eq!(c.limits.permissions_per_allocation, 1024);
         assert_eq!(c.limits.channels_per_allocation, 1024);
         assert_eq!(c.core_limits().max_channels, 1024);
         assert_eq!(c.core_limits(), crate::turn::Limits::default());
-        assert_eq!((c.unauth_limit().rate, c.unauth_limit().burst), (50, 100));
+        assert_eq!((c.unauth_limit().rate, c.unauth_limit().burst), (1, 8));
         assert!(Config::from_toml_str("[limits]\nunauth-rate = 0\nunauth-burst = 0").is_ok());
         assert_invalid(
             "[limits]\nunauth-burst = 0",

@@ -913,6 +913,7 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
         limits: Limits { max_channels: 4 },
         unauth_limiter: Arc::new(ResponseLimiter::new(
             RateLimit { rate: 5, burst: 10 },
+            128,
             [6; 16],
         )),
         ..ServerConfig::testing(auth.clone(), relay_ips, 50000..=50015, [5; 32])

@@ -336,6 +336,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     let policy = policy.with_own_addresses(own_addresses(&own_listen, cfg, &relay_ips));
     let unauth_limiter = Arc::new(ResponseLimiter::new(
         cfg.unauth_limit(),
+        crate::turn::challenge_len(&cfg.server.realm),
         random_bytes::<16>().map_err(|e| format!("random: {e}"))?,
     ));
     let mut offload = mmsg::Offload::probe(cfg.server.udp_io_uring);

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use super::bandwidth::{Rate, TokenBucket};
+use super::bandwidth::TokenBucket;
+use super::quota::QuotaHold;
 use super::stats::DROP_REASONS;
 use super::{FiveTuple, RelayId, Time};
 
@@ -73,8 +74,9 @@ pub struct Allocation {
     pub tcp: bool,
     /// Unique in the worker's life: the id of the first relay socket.
     pub id: u64,
-    /// The bandwidth limit granted at Allocate (its `bps` is reserved in the quotas).
-    pub rate: Rate,
+    /// The allocation's count in the quotas, given back when the allocation is dropped, and
+    /// the bandwidth limit granted at Allocate (its `bps` is reserved in the quotas).
+    pub quota: QuotaHold,
     /// Client to peer, and peer to client (RFC 8656 leaves rate limiting to the server).
     pub bucket_to_peer: TokenBucket,
     pub bucket_to_client: TokenBucket,
@@ -90,7 +92,8 @@ pub struct NewAllocation {
     pub now: Time,
     pub lifetime: Duration,
     pub allocate_txid: [u8; 12],
-    pub rate: Rate,
+    /// The allocation's count in the quotas; its rate is the bandwidth limit.
+    pub quota: QuotaHold,
     /// An RFC 6062 TCP allocation.
     pub tcp: bool,
 }
@@ -115,9 +118,9 @@ impl Allocation {
             counters: Counters::default(),
             tcp: n.tcp,
             id: primary,
-            rate: n.rate,
-            bucket_to_peer: TokenBucket::new(n.rate, n.now.mono),
-            bucket_to_client: TokenBucket::new(n.rate, n.now.mono),
+            bucket_to_peer: TokenBucket::new(n.quota.rate(), n.now.mono),
+            bucket_to_client: TokenBucket::new(n.quota.rate(), n.now.mono),
+            quota: n.quota,
         }
     }
 

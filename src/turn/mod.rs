@@ -20,7 +20,7 @@ mod test_config;
 #[cfg(test)]
 mod sim_tests;
 
-pub use server::{Limits, Reconfigure, Server, ServerConfig, Stats};
+pub use server::{Limits, Reconfigure, Server, ServerConfig, Stats, challenge_len};
 #[doc(hidden)]
 pub use test_client::{LastToClient, TestClient};
 

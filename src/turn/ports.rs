@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use super::quota::QuotaHold;
+
 /// How long a port reserved by EVEN-PORT (R bit) waits for its RESERVATION-TOKEN
 /// (RFC 8656 §14.9 suggests about 30 seconds).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
@@ -17,6 +19,9 @@ struct Reservation {
     family: Family,
     port: u16,
     expires: Instant,
+    /// The reservation's own count in the quotas (it holds a port as an allocation does),
+    /// given back when the reservation expires or is cancelled, or handed to the claimer.
+    hold: Option<QuotaHold>,
 }
 
 /// Free/used ports of one range, per family, and the reserved ones.
@@ -114,16 +119,37 @@ impl PortPool {
                     family,
                     port: found + 1,
                     expires: now + RESERVATION_LIFETIME,
+                    hold: None,
                 },
             );
         }
         Some(found)
     }
 
-    /// Claims a reserved port by its token; the port stays taken, now by the caller.
-    pub fn claim(&mut self, token: u64, now: Instant) -> Option<(Family, u16)> {
+    /// Counts a reservation made by [`PortPool::take_even`] in the quotas until it ends.
+    /// False (and the hold given back) when there is no such reservation.
+    pub fn hold_reservation(&mut self, token: u64, hold: QuotaHold) -> bool {
+        match self.reservations.get_mut(&token) {
+            Some(r) => {
+                r.hold = Some(hold);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Claims a reserved port by its token; the port stays taken, now by the caller, who
+    /// also gets the reservation's quota hold.
+    pub fn claim(&mut self, token: u64, now: Instant) -> Option<(Family, u16, Option<QuotaHold>)> {
         self.expire_reservations(now);
-        self.reservations.remove(&token).map(|r| (r.family, r.port))
+        self.reservations
+            .remove(&token)
+            .map(|r| (r.family, r.port, r.hold))
+    }
+
+    /// Ends the reservations whose time is up, giving back their ports and quota counts.
+    pub fn expire(&mut self, now: Instant) {
+        self.expire_reservations(now);
     }
 
     pub fn release(&mut self, family: Family, port: u16) {
@@ -180,8 +206,11 @@ mod tests {
         let even = p.take_even(0, Some(42), now, 1).unwrap();
         assert_eq!(even % 2, 0);
         assert_eq!(p.in_use(0), 2);
-        assert_eq!(p.claim(42, now), Some((0, even + 1)));
-        assert_eq!(p.claim(42, now), None);
+        assert_eq!(
+            p.claim(42, now).map(|(f, p, _)| (f, p)),
+            Some((0, even + 1))
+        );
+        assert!(p.claim(42, now).is_none());
         assert_eq!(p.in_use(0), 2);
     }
 
@@ -193,7 +222,23 @@ mod tests {
         assert_eq!(p.take(0, now, 0), None);
         let later = now + RESERVATION_LIFETIME;
         assert_eq!(p.take(0, later, 0), Some(50001));
-        assert_eq!(p.claim(7, later), None);
+        assert!(p.claim(7, later).is_none());
+    }
+
+    #[test]
+    fn a_reservation_counts_in_the_quotas_until_it_expires() {
+        use crate::turn::quota::Quotas;
+        use std::sync::Arc;
+        let q = Arc::new(Quotas::new(0, 0));
+        let ip = "192.0.2.7".parse().unwrap();
+        let now = Instant::now();
+        let mut p = PortPool::new(50000, 50003);
+        p.take_even(0, Some(9), now, 0).unwrap();
+        assert!(p.hold_reservation(9, QuotaHold::acquire(&q, "u", ip).unwrap()));
+        assert!(!p.hold_reservation(10, QuotaHold::acquire(&q, "u", ip).unwrap()));
+        assert_eq!((q.user_count("u"), q.ip_count(ip)), (1, 1));
+        p.expire(now + RESERVATION_LIFETIME);
+        assert_eq!((q.user_count("u"), q.ip_count(ip), q.total()), (0, 0, 0));
     }
 
     #[test]

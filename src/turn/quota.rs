@@ -4,7 +4,7 @@
 //! Touched only when an allocation starts or ends (and on reload), never per packet.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
@@ -254,6 +254,52 @@ impl Quotas {
     }
 }
 
+/// One allocation (or one EVEN-PORT reservation) counted against the quotas: the user's
+/// count, the total, the bandwidth capacity and the client IP's count. Given back when
+/// dropped, so no failure path can leak a count.
+#[derive(Debug)]
+pub struct QuotaHold {
+    quotas: Arc<Quotas>,
+    user: String,
+    ip: IpAddr,
+    rate: Rate,
+}
+
+impl QuotaHold {
+    /// Counts one more allocation of `user` from `ip`, or says which error code refuses it
+    /// (see [`Quotas::acquire`] and [`Quotas::acquire_ip`]).
+    pub fn acquire(quotas: &Arc<Quotas>, user: &str, ip: IpAddr) -> Result<QuotaHold, u16> {
+        let rate = quotas.acquire(user)?;
+        if let Err(code) = quotas.acquire_ip(ip) {
+            quotas.release(user, rate.bps);
+            return Err(code);
+        }
+        Ok(QuotaHold {
+            quotas: quotas.clone(),
+            user: user.to_string(),
+            ip,
+            rate,
+        })
+    }
+
+    /// The bandwidth limit granted with this hold.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Whether this hold counts for `user` from `ip` (an IPv6 client by its /64).
+    pub fn is_for(&self, user: &str, ip: IpAddr) -> bool {
+        self.user == user && ip_key(self.ip) == ip_key(ip)
+    }
+}
+
+impl Drop for QuotaHold {
+    fn drop(&mut self) {
+        self.quotas.release(&self.user, self.rate.bps);
+        self.quotas.release_ip(self.ip);
+    }
+}
+
 /// The key a client IP is counted under: IPv4 (mapped ones too) as itself, IPv6 by its /64.
 fn ip_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
@@ -280,6 +326,21 @@ mod tests {
         assert_eq!(q.user_count("a"), 1);
         q.release("nobody", 0);
         assert_eq!(q.total(), 3);
+    }
+
+    #[test]
+    fn a_hold_gives_its_counts_back_when_dropped() {
+        let q = Arc::new(Quotas::new(1, 0).with_ip_quota(1));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let h = QuotaHold::acquire(&q, "a", ip).unwrap();
+        assert_eq!(QuotaHold::acquire(&q, "a", ip).unwrap_err(), 486);
+        // Over the IP's cap: the user's count taken on the way is given back.
+        assert_eq!(QuotaHold::acquire(&q, "b", ip).unwrap_err(), 486);
+        assert_eq!(q.user_count("b"), 0);
+        assert!(h.is_for("a", ip) && !h.is_for("b", ip));
+        drop(h);
+        assert_eq!((q.total(), q.ip_count(ip), q.user_count("a")), (0, 0, 0));
+        assert!(QuotaHold::acquire(&q, "a", ip).is_ok());
     }
 
     #[test]

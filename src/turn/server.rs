@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rand_chacha::ChaCha12Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
@@ -17,7 +19,7 @@ use super::allocation::{
 use super::error::{self, reason};
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
-use super::quota::Quotas;
+use super::quota::{QuotaHold, Quotas};
 use super::rate_limit::ResponseLimiter;
 use super::stats::{
     CODE_SLOTS, DROP_REASONS, DropReason, Gauges, METHOD_SLOTS, SessionInfo, Traffic, code_slot,
@@ -42,6 +44,18 @@ const PASSWORD_ALGORITHMS_VALUE: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 
 const MAX_USERNAME: usize = 513;
 /// How many times Allocate tries another port when a bind finds it taken.
 const BIND_ATTEMPTS: usize = 8;
+
+/// The size of this server's 401 to a request with FINGERPRINT: the unit in which the
+/// unauthenticated-answer allowance (`limits.unauth-rate`, `limits.unauth-burst`) is counted.
+pub fn challenge_len(realm: &str) -> usize {
+    let attr = |len: usize| 4 + len.next_multiple_of(4);
+    HEADER_LEN
+        + attr(4 + reason(error::UNAUTHENTICATED).len())
+        + attr(realm.len())
+        + attr(crate::auth::NONCE_LEN)
+        + attr(PASSWORD_ALGORITHMS_VALUE.len())
+        + attr(4)
+}
 
 /// Everything one worker's server needs; shared parts are behind `Arc`.
 pub struct ServerConfig {
@@ -198,8 +212,9 @@ pub struct Server {
     by_relay: FxHashMap<RelayId, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     next_relay: u64,
-    rng: u64,
-    token_counter: u64,
+    /// Relay ports, Data indication transaction ids and reservation tokens: values a client
+    /// sees or must not guess, so a CSPRNG (ChaCha12) seeded from the driver's OS randomness.
+    rng: ChaCha12Rng,
     out: Vec<u8>,
     stats: Stats,
     /// RFC 6062 peer data connections.
@@ -229,10 +244,15 @@ pub struct Reconfigure {
 
 impl Server {
     pub fn new(cfg: ServerConfig) -> Server {
-        let mut seed = [0u8; 8];
-        seed.copy_from_slice(&cfg.secret[..8]);
+        // The seed is derived from the secret rather than being it, so nothing the generator
+        // gives out relates to the other uses of the secret.
+        let seed: [u8; 32] = Sha256::new()
+            .chain_update(b"turnd relay rng")
+            .chain_update(cfg.secret)
+            .finalize()
+            .into();
         Server {
-            rng: u64::from_le_bytes(seed) | 1,
+            rng: ChaCha12Rng::from_seed(seed),
             cfg,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -240,7 +260,6 @@ impl Server {
             by_relay: FxHashMap::default(),
             timers: BinaryHeap::new(),
             next_relay: 1,
-            token_counter: 0,
             out: Vec::with_capacity(1500),
             stats: Stats::default(),
             draining: None,
@@ -365,7 +384,7 @@ impl Server {
             lifetime_left_secs: a.expires.saturating_duration_since(now).as_secs(),
             peers: a.live_permissions(now),
             channels: a.live_channels(now),
-            max_bps: a.rate.bps,
+            max_bps: a.quota.rate().bps,
             packets_to_peer: c.packets_to_peer,
             bytes_to_peer: c.bytes_to_peer,
             packets_from_peer: c.packets_from_peer,
@@ -379,13 +398,16 @@ impl Server {
         self.slots.get(i)?.as_ref()
     }
 
-    /// SplitMix64: cheap, seeded by the driver's randomness.
     fn random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
+    }
+
+    /// A transaction id for a message this server starts (Data indications, RFC 6062
+    /// ConnectionAttempt).
+    fn random_txid(&mut self) -> [u8; 12] {
+        let mut txid = [0u8; 12];
+        self.rng.fill_bytes(&mut txid);
+        txid
     }
 
     // ---------------------------------------------------------------- input
@@ -479,11 +501,7 @@ impl Server {
             return;
         }
         // A Data indication written in place around the payload (RFC 8656 §11.6).
-        let mut txid = [0u8; 12];
-        let r1 = self.random().to_le_bytes();
-        let r2 = self.random().to_le_bytes();
-        txid[..8].copy_from_slice(&r1);
-        txid[8..].copy_from_slice(&r2[..4]);
+        let txid = self.random_txid();
         let mut xaddr = [0u8; 20];
         let alen = encode_xor_address(peer, &txid, &mut xaddr);
         let pad = (4 - len % 4) % 4;
@@ -688,9 +706,6 @@ impl Server {
         msg: &Message<'_>,
         io: &mut impl Io,
     ) {
-        if !self.unauth_response_allowed(now, ft) {
-            return;
-        }
         let mut unknown = [0u8; 32];
         let mut n = 0;
         for (t, _) in msg.attributes() {
@@ -710,14 +725,17 @@ impl Server {
                 w.address(attr::MAPPED_ADDRESS, ft.client);
             }
         }
-        if n > 0 {
+        if self.seal_and_send_unauth(now, ft, msg, io) && n > 0 {
             self.count_error(method::BINDING, error::UNKNOWN_ATTRIBUTE);
         }
-        self.seal_and_send(ft, msg, None, io);
     }
 
     /// The long-term credential mechanism (RFC 8489 §9.2.4). Sends the error and returns
     /// None when the request does not pass.
+    ///
+    /// The nonce is checked after the integrity, as §9.2.4 orders it: a stale nonce on a
+    /// request whose MESSAGE-INTEGRITY is valid gets its 438 whatever the source's budget for
+    /// unauthenticated answers, because the request proves its sender holds the key.
     fn authenticate(
         &mut self,
         now: Time,
@@ -726,15 +744,21 @@ impl Server {
         io: &mut impl Io,
     ) -> Option<Authed> {
         if !msg.has_integrity() {
-            self.challenge(now, ft, msg, error::UNAUTHENTICATED, io);
+            self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
             return None;
         }
-        let (Some(user), Some(realm), Some(nonce)) = (
-            msg.get(attr::USERNAME),
-            msg.get(attr::REALM),
-            msg.get(attr::NONCE),
-        ) else {
+        let (Some(realm), Some(nonce)) = (msg.get(attr::REALM), msg.get(attr::NONCE)) else {
             self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+            return None;
+        };
+        let Some(user) = msg.get(attr::USERNAME) else {
+            // USERHASH (RFC 8489 §14.4) is not supported: a client that sent only the hash
+            // is challenged, so it can retry with USERNAME.
+            if msg.get(attr::USERHASH).is_some() {
+                self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
+            } else {
+                self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+            }
             return None;
         };
         let Ok(user) = std::str::from_utf8(user) else {
@@ -745,14 +769,9 @@ impl Server {
             self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
             return None;
         }
-        if !self.cfg.auth.check_nonce(nonce, now.unix, ft.client.ip()) {
-            self.challenge(now, ft, msg, error::STALE_NONCE, io);
-            return None;
-        }
-        let alg = match (
-            msg.get(attr::PASSWORD_ALGORITHMS),
-            msg.get(attr::PASSWORD_ALGORITHM),
-        ) {
+        let algorithms = msg.get(attr::PASSWORD_ALGORITHMS);
+        let algorithm = msg.get(attr::PASSWORD_ALGORITHM);
+        let alg = match (algorithms, algorithm) {
             (None, None) => PasswordAlgorithm::Md5,
             (Some(list), Some(one)) if list == PASSWORD_ALGORITHMS_VALUE => match one {
                 [0x00, 0x01, 0x00, 0x00] => PasswordAlgorithm::Md5,
@@ -769,7 +788,7 @@ impl Server {
         };
         if realm != self.cfg.auth.realm().as_bytes() {
             self.stats.auth_failures += 1;
-            self.challenge(now, ft, msg, error::UNAUTHENTICATED, io);
+            self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
             return None;
         }
         let has_alloc = self.by_tuple.contains_key(ft);
@@ -785,17 +804,24 @@ impl Server {
             }
             Err(_) => None,
         };
+        // RFC 8489 §9.2.4: the response carries MESSAGE-INTEGRITY-SHA256 when the request
+        // named its password algorithm, MESSAGE-INTEGRITY otherwise.
+        let integrity = if algorithms.is_some() {
+            Integrity::Sha256
+        } else {
+            Integrity::Sha1
+        };
         let found = match candidates {
             Some(c) => {
                 let expiry = c.expiry;
                 let checks = &mut self.stats.integrity_checks;
                 c.keys
                     .into_iter()
-                    .find_map(|k| {
+                    .find(|k| {
                         *checks += 1;
-                        msg.verify_integrity(k.as_bytes()).map(|i| (k, i))
+                        msg.verify_integrity(k.as_bytes()).is_some()
                     })
-                    .map(|(key, integrity)| Authed {
+                    .map(|key| Authed {
                         key,
                         integrity,
                         expiry,
@@ -814,9 +840,13 @@ impl Server {
         let Some(auth) = found else {
             self.stats.auth_failures += 1;
             debug!(client = %ft.client, user = display_user(user, self.cfg.rest_separator), "authentication failed");
-            self.challenge(now, ft, msg, error::UNAUTHENTICATED, io);
+            self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
             return None;
         };
+        if !self.cfg.auth.check_nonce(nonce, now.unix, ft.client.ip()) {
+            self.challenge(now, ft, msg, error::STALE_NONCE, true, io);
+            return None;
+        }
         if self.alloc(ft).is_some_and(|a| a.username != user) {
             self.send_error(ft, msg, error::WRONG_CREDENTIALS, Some(&auth), io);
             return None;
@@ -824,18 +854,17 @@ impl Server {
         Some(auth)
     }
 
-    /// 401 or 438 with a fresh nonce: the smallest answer that lets a client go on.
+    /// 401 or 438 with a fresh nonce: the smallest answer that lets a client go on. Drawn
+    /// from the source's budget unless `proven` (the request carried valid integrity).
     fn challenge(
         &mut self,
         now: Time,
         ft: &FiveTuple,
         msg: &Message<'_>,
         code: u16,
+        proven: bool,
         io: &mut impl Io,
     ) {
-        if !self.unauth_response_allowed(now.mono, ft) {
-            return;
-        }
         let nonce = self.cfg.auth.mint_nonce(now.unix, ft.client.ip());
         let auth = self.cfg.auth.clone();
         let mut w = self.writer(msg, Class::Error);
@@ -843,8 +872,15 @@ impl Server {
             .attr(attr::REALM, auth.realm().as_bytes())
             .attr(attr::NONCE, nonce.as_bytes())
             .attr(attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS_VALUE);
-        self.count_error(msg.method(), code);
-        self.seal_and_send(ft, msg, None, io);
+        let sent = if proven {
+            self.seal_and_send(ft, msg, None, io);
+            true
+        } else {
+            self.seal_and_send_unauth(now.mono, ft, msg, io)
+        };
+        if sent {
+            self.count_error(msg.method(), code);
+        }
     }
 
     fn handle_allocate(
@@ -917,51 +953,57 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
-        let rate = match self.cfg.quotas.acquire(&quota_user) {
-            Ok(r) => r,
-            Err(code) => return fail(self, code, io),
-        };
-        if let Err(code) = self.cfg.quotas.acquire_ip(ft.client.ip()) {
-            self.cfg.quotas.release(&quota_user, rate.bps);
-            return fail(self, code, io);
-        }
+        let ip = ft.client.ip();
+        // Reservations whose time is up give their quota counts back first.
+        self.lock_ports().expire(now.mono);
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
-        let primary = if let Some(t) = token {
-            let claimed = self.lock_ports().claim(t, now.mono);
-            match claimed {
-                Some((fam, port)) => {
-                    family = fam;
-                    let r = self.bind_port(fam, port, opts, io);
-                    if r.is_none() {
-                        self.lock_ports().release(fam, port);
-                    }
-                    r
+        let (primary, quota) = if let Some(t) = token {
+            let Some((fam, port, held)) = self.lock_ports().claim(t, now.mono) else {
+                return fail(self, error::INSUFFICIENT_CAPACITY, io);
+            };
+            // The reservation's count becomes the allocation's when it is the same client's.
+            let quota = match held {
+                Some(h) if h.is_for(&quota_user, ip) => Ok(h),
+                _ => QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip),
+            };
+            let quota = match quota {
+                Ok(q) => q,
+                Err(code) => {
+                    self.lock_ports().release(fam, port);
+                    return fail(self, code, io);
                 }
-                None => None,
+            };
+            family = fam;
+            let r = self.bind_port(fam, port, opts, io);
+            if r.is_none() {
+                self.lock_ports().release(fam, port);
             }
+            (r, quota)
         } else {
+            let quota = match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip) {
+                Ok(q) => q,
+                Err(code) => return fail(self, code, io),
+            };
+            // A reservation holds a port as an allocation does, so it counts as one against
+            // the user's, the IP's and the total quota while it lasts.
             let reserve = if even_port == Some(true) {
-                self.token_counter += 1;
-                let mut h = Sha256::new();
-                h.update(self.cfg.secret);
-                h.update(self.token_counter.to_be_bytes());
-                let d = h.finalize();
-                let mut t = [0u8; 8];
-                t.copy_from_slice(&d[..8]);
-                Some(u64::from_be_bytes(t))
+                match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip) {
+                    Ok(h) => Some((self.rng.next_u64(), h)),
+                    Err(code) => return fail(self, code, io),
+                }
             } else {
                 None
             };
-            let r = self.open_relay(now.mono, family, even_port.is_some(), reserve, opts, io);
-            if r.is_some() {
-                new_token = reserve;
+            let token = reserve.as_ref().map(|(t, _)| *t);
+            let r = self.open_relay(now.mono, family, even_port.is_some(), token, opts, io);
+            if let (Some(_), Some((t, hold))) = (&r, reserve) {
+                self.lock_ports().hold_reservation(t, hold);
+                new_token = Some(t);
             }
-            r
+            (r, quota)
         };
         let Some(primary) = primary else {
-            self.cfg.quotas.release(&quota_user, rate.bps);
-            self.cfg.quotas.release_ip(ft.client.ip());
             return fail(self, error::INSUFFICIENT_CAPACITY, io);
         };
         let mut relays = [None, None];
@@ -987,7 +1029,7 @@ impl Server {
             now,
             lifetime,
             allocate_txid: msg.transaction_id(),
-            rate,
+            quota,
             tcp: false,
         });
         let txid = alloc.allocate_txid;
@@ -1395,11 +1437,25 @@ impl Server {
         MessageWriter::new(&mut self.out, msg.method(), class, msg.transaction_id())
     }
 
-    /// Whether a response to an unauthenticated request may go to this client now: over UDP
-    /// the source may be spoofed, so such responses draw on the source's budget
-    /// (see [`super::rate_limit`]). Streams have a handshake and are not limited.
-    fn unauth_response_allowed(&mut self, now: Instant, ft: &FiveTuple) -> bool {
-        if ft.transport != Transport::Udp || self.cfg.unauth_limiter.allow(ft.client.ip(), now) {
+    /// Whether an answer of `answer` bytes to the unauthenticated request `msg` may go to
+    /// this client now. Over UDP the source may be spoofed, so such answers draw on the
+    /// source's byte budget (see [`super::rate_limit`]) unless the source has proved it is
+    /// real: its address (an IPv6 one by its /64) holds an authenticated allocation, on any
+    /// worker. Streams have a handshake and are not limited.
+    fn unauth_answer_allowed(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        answer: usize,
+    ) -> bool {
+        if ft.transport != Transport::Udp
+            || self
+                .cfg
+                .unauth_limiter
+                .allow(ft.client.ip(), now, msg.raw().len(), answer)
+            || self.cfg.quotas.ip_count(ft.client.ip()) > 0
+        {
             return true;
         }
         self.stats.rate_limited += 1;
@@ -1415,9 +1471,33 @@ impl Server {
         code: u16,
         io: &mut impl Io,
     ) {
-        if self.unauth_response_allowed(now, ft) {
-            self.send_error(ft, msg, code, None, io);
+        let mut w = self.writer(msg, Class::Error);
+        w.error_code(code, reason(code));
+        if self.seal_and_send_unauth(now, ft, msg, io) {
+            self.count_error(msg.method(), code);
         }
+    }
+
+    /// Seals the answer in the scratch buffer as [`Server::seal_and_send`] does for an
+    /// unauthenticated request, and sends it if the source's budget allows; says whether it
+    /// was sent.
+    fn seal_and_send_unauth(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        io: &mut impl Io,
+    ) -> bool {
+        let mut w = MessageWriter::resume(&mut self.out, msg.transaction_id());
+        if msg.has_fingerprint() {
+            w.fingerprint();
+        }
+        let len = self.out.len();
+        if !self.unauth_answer_allowed(now, ft, msg, len) {
+            return false;
+        }
+        io.send_to_client(ft, &self.out);
+        true
     }
 
     fn send_error(
@@ -1503,11 +1583,7 @@ impl Server {
             self.by_relay.remove(&r.id);
             io.close_relay(r.id);
         }
-        self.cfg.quotas.release(
-            display_user(&a.username, self.cfg.rest_separator),
-            a.rate.bps,
-        );
-        self.cfg.quotas.release_ip(a.five_tuple.client.ip());
+        // Dropping `a` at the end gives its quota counts back.
         self.stats.allocations_deleted += 1;
         let c = a.counters;
         info!(

@@ -149,7 +149,11 @@ fn sim_with(o: Opts) -> Sim {
         enforce_credential_expiry: o.enforce_expiry,
         max_permissions: 8,
         limits: o.limits,
-        unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(o.unauth, [8; 16])),
+        unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(
+            o.unauth,
+            super::challenge_len(REALM),
+            [8; 16],
+        )),
         ..ServerConfig::testing(Arc::new(auth), relay_ips, o.min_port..=o.max_port, [7; 32])
     };
     Sim {
@@ -620,6 +624,77 @@ fn missing_username_with_integrity_is_400() {
         .integrity(b"whatever");
     let out = s.client_send(ft(1000), &buf);
     assert_eq!(Resp(out[0].clone()).code(), Some(400));
+}
+
+/// RFC 8489 §14.4: a request that names its user only by USERHASH, which this server does not
+/// support, is challenged (401 with REALM, NONCE and PASSWORD-ALGORITHMS), not refused.
+#[test]
+fn userhash_without_username_gets_a_401_challenge() {
+    let mut s = sim();
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    c.allocate(&mut s); // a nonce
+    let mut buf = Vec::new();
+    MessageWriter::new(&mut buf, method::ALLOCATE, Class::Request, [4; 12])
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::USERHASH, &[0x5a; 32])
+        .attr(attr::REALM, REALM.as_bytes())
+        .attr(attr::NONCE, c.nonce.as_ref().unwrap())
+        .attr(attr::PASSWORD_ALGORITHMS, &[0, 2, 0, 0, 0, 1, 0, 0])
+        .attr(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0])
+        .integrity_sha256(b"whatever");
+    let r = Resp(s.client_send(ft(1001), &buf).remove(0));
+    assert_eq!(r.code(), Some(401));
+    let m = r.msg();
+    for a in [attr::REALM, attr::NONCE, attr::PASSWORD_ALGORITHMS] {
+        assert!(m.get(a).is_some(), "{a:#x}");
+    }
+}
+
+/// RFC 8489 §9.2.4: the response is protected with MESSAGE-INTEGRITY-SHA256 when the request
+/// carried PASSWORD-ALGORITHM(S), and with MESSAGE-INTEGRITY otherwise, whichever integrity
+/// attribute the request itself used.
+#[test]
+fn response_integrity_follows_the_password_algorithms_of_the_request() {
+    let mut s = sim();
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    assert!(c.allocate(&mut s).is_ok());
+    let md5 = c.key();
+    let nonce = c.nonce.clone().unwrap();
+    let signed = |txid: [u8; 12], with_algorithms: bool, sha256_mac: bool| {
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, method::REFRESH, Class::Request, txid);
+        w.attr(attr::USERNAME, b"alice")
+            .attr(attr::REALM, REALM.as_bytes())
+            .attr(attr::NONCE, &nonce);
+        if with_algorithms {
+            w.attr(attr::PASSWORD_ALGORITHMS, &[0, 2, 0, 0, 0, 1, 0, 0])
+                .attr(attr::PASSWORD_ALGORITHM, &[0, 1, 0, 0]);
+        }
+        if sha256_mac {
+            w.integrity_sha256(&md5);
+        } else {
+            w.integrity(&md5);
+        }
+        buf
+    };
+    for (i, (with_algorithms, sha256_mac)) in
+        [(true, false), (true, true), (false, true), (false, false)]
+            .into_iter()
+            .enumerate()
+    {
+        let out = s.client_send(
+            c.ft,
+            &signed([20 + i as u8; 12], with_algorithms, sha256_mac),
+        );
+        let r = Resp(out[0].clone());
+        assert!(r.is_ok(), "{with_algorithms} {sha256_mac}: {:?}", r.code());
+        let want = if with_algorithms {
+            crate::stun::Integrity::Sha256
+        } else {
+            crate::stun::Integrity::Sha1
+        };
+        assert_eq!(r.msg().verify_integrity(&md5), Some(want), "{i}");
+    }
 }
 
 #[test]
@@ -1107,6 +1182,65 @@ fn even_port_and_reservation_token() {
     assert!(r.is_ok());
     assert_eq!(r.relayed()[0].port() % 2, 0);
     assert!(r.msg().get(attr::RESERVATION_TOKEN).is_none());
+}
+
+/// A reservation holds a port as an allocation does: it counts against the user's quota
+/// while it lasts, so Allocate(EVEN-PORT R) and Refresh(0) cycles cannot pin ports.
+#[test]
+fn even_port_reservations_count_against_the_quotas() {
+    let mut s = sim_with(Opts {
+        user_quota: 2,
+        ..Opts::default()
+    });
+    let reserve = |c: &mut Client, s: &mut Sim| {
+        c.request(s, method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .attr(attr::EVEN_PORT, &[0x80]);
+        })
+    };
+    let refresh0 = |c: &mut Client, s: &mut Sim| {
+        c.request(s, method::REFRESH, &|w| {
+            w.u32_attr(attr::LIFETIME, 0);
+        })
+    };
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    let r = reserve(&mut c, &mut s);
+    assert!(r.is_ok());
+    let token = r.msg().get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    assert_eq!(
+        s.quotas.user_count("alice"),
+        2,
+        "the allocation and its reservation"
+    );
+    // The cycle: with the allocation gone, its reservation still counts.
+    assert!(refresh0(&mut c, &mut s).is_ok());
+    assert_eq!(s.quotas.user_count("alice"), 1);
+    let mut c2 = Client::new(ft(1001), "alice", "wonderland");
+    assert_eq!(reserve(&mut c2, &mut s).code(), Some(486));
+    assert_eq!(
+        s.quotas.user_count("alice"),
+        1,
+        "a refused Allocate leaks nothing"
+    );
+    // The same client claiming its token takes over the reservation's count.
+    let r = c2.request(&mut s, method::ALLOCATE, &move |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert!(r.is_ok(), "{:?}", r.code());
+    assert_eq!(s.quotas.user_count("alice"), 1);
+    assert!(refresh0(&mut c2, &mut s).is_ok());
+    assert_eq!(s.quotas.user_count("alice"), 0);
+    // An unclaimed reservation gives its count back when it expires.
+    let mut c3 = Client::new(ft(1002), "alice", "wonderland");
+    assert!(reserve(&mut c3, &mut s).is_ok());
+    assert!(refresh0(&mut c3, &mut s).is_ok());
+    assert_eq!(s.quotas.user_count("alice"), 1);
+    s.advance(31);
+    let mut c4 = Client::new(ft(1003), "alice", "wonderland");
+    assert!(reserve(&mut c4, &mut s).is_ok());
+    assert_eq!(s.quotas.user_count("alice"), 2);
+    assert_eq!(s.quotas.total(), 2);
 }
 
 #[test]

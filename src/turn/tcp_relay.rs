@@ -17,6 +17,7 @@ use tracing::debug;
 use super::super::allocation::{Allocation, NewAllocation, Relay};
 use super::super::error::{self, reason};
 use super::super::ports::Family;
+use super::super::quota::QuotaHold;
 use super::super::{
     CONNECTION_ID_WORKER_SHIFT, ConnectionId, FiveTuple, Io, RelayId, Time, Transport,
 };
@@ -161,14 +162,10 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
-        let rate = match self.cfg.quotas.acquire(&quota_user) {
-            Ok(r) => r,
+        let quota = match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ft.client.ip()) {
+            Ok(q) => q,
             Err(code) => return self.send_error(ft, msg, code, Some(auth), io),
         };
-        if let Err(code) = self.cfg.quotas.acquire_ip(ft.client.ip()) {
-            self.cfg.quotas.release(&quota_user, rate.bps);
-            return self.send_error(ft, msg, code, Some(auth), io);
-        }
         let mut relay = None;
         for _ in 0..BIND_ATTEMPTS {
             let random = self.random();
@@ -191,8 +188,6 @@ impl Server {
             self.lock_ports().release(family, port);
         }
         let Some(relay) = relay else {
-            self.cfg.quotas.release(&quota_user, rate.bps);
-            self.cfg.quotas.release_ip(ft.client.ip());
             return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
         };
         let lifetime = self.lifetime(msg);
@@ -206,7 +201,7 @@ impl Server {
             now,
             lifetime,
             allocate_txid: msg.transaction_id(),
-            rate,
+            quota,
             tcp: true,
         });
         let txid = alloc.allocate_txid;
@@ -396,9 +391,7 @@ impl Server {
             },
         );
         self.tcp.timers.push(Reverse((deadline, id)));
-        let mut txid = [0u8; 12];
-        txid[..8].copy_from_slice(&self.random().to_le_bytes());
-        txid[8..].copy_from_slice(&self.random().to_le_bytes()[..4]);
+        let txid = self.random_txid();
         let mut w = MessageWriter::new(
             &mut self.out,
             method::CONNECTION_ATTEMPT,

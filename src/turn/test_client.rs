@@ -82,6 +82,7 @@ impl TestClient {
             max_permissions: 16,
             unauth_limiter: Arc::new(ResponseLimiter::new(
                 RateLimit { rate: 0, burst: 0 },
+                128,
                 [3; 16],
             )),
             ..ServerConfig::testing(Arc::new(auth), [Some((relay, relay)), None], ports, [2; 32])

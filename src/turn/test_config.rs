@@ -33,6 +33,7 @@ impl ServerConfig {
         secret: [u8; 32],
     ) -> ServerConfig {
         let limiter_key: [u8; 16] = std::array::from_fn(|i| secret[16 + i]);
+        let answer_bytes = super::challenge_len(auth.realm());
         ServerConfig {
             rest_separator: auth.rest_separator(),
             auth,
@@ -49,10 +50,8 @@ impl ServerConfig {
             secret,
             limits: Limits::default(),
             unauth_limiter: Arc::new(ResponseLimiter::new(
-                RateLimit {
-                    rate: 50,
-                    burst: 100,
-                },
+                RateLimit { rate: 1, burst: 8 },
+                answer_bytes,
                 limiter_key,
             )),
         }
