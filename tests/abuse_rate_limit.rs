@@ -1,7 +1,8 @@
-//! Responses to unauthenticated requests are rate limited per source address: a source that
-//! sends far more unauthenticated Allocates and Bindings than its budget (here 1/s, burst 5,
-//! shared by the workers) gets fewer answers than requests, while another source is still answered and an
-//! authenticated client is not limited at all.
+//! Answers to unauthenticated requests draw on a per-source byte budget: at most twice the
+//! bytes received from the source plus an allowance (here 5 answers at once and 1 per second,
+//! shared by the workers). A source that sends far more bare Allocates and Bindings than
+//! that pays for gets fewer answers than requests, while another source is still answered
+//! and an authenticated client is not limited at all.
 
 mod common;
 
@@ -26,29 +27,48 @@ fn allocate_request() -> Vec<u8> {
     m.raw.clone()
 }
 
+/// What a flood sent and got back.
+struct Flood {
+    answers: usize,
+    bytes_in: usize,
+    bytes_out: usize,
+    secs: f64,
+}
+
 /// Sends `n` requests from `sockets` (round robin) and counts every answer that arrives
-/// until the sockets have been quiet for a while. Returns (answers, seconds elapsed).
-fn flood(sockets: &[UdpSocket], server: SocketAddr, n: usize) -> (usize, f64) {
+/// until the sockets have been quiet for a while.
+fn flood(sockets: &[UdpSocket], server: SocketAddr, n: usize) -> Flood {
     let start = Instant::now();
+    let mut bytes_in = 0;
     for i in 0..n {
         let req = if i % 2 == 0 {
             allocate_request()
         } else {
             binding_request()
         };
+        bytes_in += req.len();
         sockets[i % sockets.len()].send_to(&req, server).unwrap();
     }
-    let mut answers = 0;
+    let (mut answers, mut bytes_out) = (0, 0);
     let mut buf = [0u8; 1500];
     for s in sockets {
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         // Bounded: at most n answers can come.
-        while answers < n && s.recv_from(&mut buf).is_ok() {
+        while answers < n {
+            let Ok((len, _)) = s.recv_from(&mut buf) else {
+                break;
+            };
             answers += 1;
+            bytes_out += len;
         }
     }
-    (answers, start.elapsed().as_secs_f64())
+    Flood {
+        answers,
+        bytes_in,
+        bytes_out,
+        secs: start.elapsed().as_secs_f64(),
+    }
 }
 
 fn sockets_on(ip: &str, n: usize) -> Vec<UdpSocket> {
@@ -59,18 +79,22 @@ fn sockets_on(ip: &str, n: usize) -> Vec<UdpSocket> {
 fn unauthenticated_answers_are_limited_per_source() {
     let server = TestServer::start("127.0.0.1", &["--unauth-rate", "1", "--unauth-burst", "5"]);
     let requests = 400;
-    let (answers, secs) = flood(&sockets_on("127.0.0.9", 16), server.addr, requests);
-    // One table for all workers (TestServer runs two): at most burst + rate * elapsed.
-    let bound = 5 + secs.ceil() as u64 + 1;
+    let f = flood(&sockets_on("127.0.0.9", 16), server.addr, requests);
+    // One table for all workers (TestServer runs two): at most twice the bytes received,
+    // plus (burst + rate * elapsed) answers of the size of a 401.
+    let allowance = (5 + f.secs.ceil() as usize + 1) * turnd::turn::challenge_len(common::REALM);
+    let bound = 2 * f.bytes_in + allowance;
     println!(
-        "{requests} requests from one source: {answers} answers in {secs:.2}s (bound {bound})"
+        "{requests} requests from one source: {} answers, {} bytes in, {} bytes out in          {:.2}s (bound {bound})",
+        f.answers, f.bytes_in, f.bytes_out, f.secs
     );
     assert!(
-        answers < requests,
-        "{answers} answers to {requests} requests"
+        f.answers < requests,
+        "{} answers to {requests} requests",
+        f.answers
     );
-    assert!(answers as u64 <= bound, "{answers} > {bound}");
-    assert!(answers >= 1, "the budget allows some answers");
+    assert!(f.bytes_out <= bound, "{} > {bound}", f.bytes_out);
+    assert!(f.answers >= requests / 2, "Bindings pay for their answers");
 
     // Another source has its own budget.
     let other = UdpSocket::bind("127.0.0.10:0").unwrap();
@@ -100,8 +124,8 @@ fn unauthenticated_answers_are_limited_per_source() {
 fn limit_zero_answers_everything() {
     let server = TestServer::start("127.0.0.1", &["--unauth-rate", "0"]);
     let requests = 200;
-    let (answers, _) = flood(&sockets_on("127.0.0.11", 4), server.addr, requests);
-    assert_eq!(answers, requests);
+    let f = flood(&sockets_on("127.0.0.11", 4), server.addr, requests);
+    assert_eq!(f.answers, requests);
 }
 
 /// The largest response/request size ratio of an unauthenticated request, measured on the
