@@ -346,7 +346,9 @@ fn a_spoofed_flood_does_not_starve_the_victim() {
     // Ten Refreshes over about a second of flood.
     for _ in 0..10 {
         assert_eq!(
-            victim.request(METHOD_REFRESH, &[lifetime.clone()]).code(),
+            victim
+                .request(METHOD_REFRESH, std::slice::from_ref(&lifetime))
+                .code(),
             None
         );
         refreshes += 1;
@@ -355,7 +357,9 @@ fn a_spoofed_flood_does_not_starve_the_victim() {
     // The 438: RawClient retries with the nonce it carries, so success means it was answered.
     victim.nonce = foreign_nonce.clone();
     assert_eq!(
-        victim.request(METHOD_REFRESH, &[lifetime.clone()]).code(),
+        victim
+            .request(METHOD_REFRESH, std::slice::from_ref(&lifetime))
+            .code(),
         None
     );
     assert_ne!(victim.nonce, foreign_nonce, "the 438 taught a fresh nonce");
