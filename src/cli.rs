@@ -135,11 +135,11 @@ pub struct ServeArgs {
     /// PEM private key for TLS [tls.key].
     #[arg(long, value_name = "PATH")]
     pub key: Option<PathBuf>,
-    /// Responses per second per source to unauthenticated UDP requests, 0 for no limit
-    /// [limits.unauth-rate].
+    /// First-contact allowance, in answers per second, for unauthenticated UDP requests
+    /// beyond twice the bytes a source sent; 0 for no limit [limits.unauth-rate].
     #[arg(long, value_name = "N")]
     pub unauth_rate: Option<u32>,
-    /// Burst of unauthenticated responses per source [limits.unauth-burst].
+    /// The allowance's burst, in answers [limits.unauth-burst].
     #[arg(long, value_name = "N")]
     pub unauth_burst: Option<u32>,
     /// Most live allocations per client IP, 0 for no limit [limits.allocations-per-ip].
