@@ -149,9 +149,9 @@ fn worst_amplification_through_the_real_server() {
         worst = worst.max(ratio);
     }
     println!("worst unauthenticated amplification on the real server: {worst:.2}");
-    // The 401 carries ERROR-CODE (24), REALM (4 + the realm padded to 4), NONCE (56) and
+    // The 401 carries ERROR-CODE (24), REALM (4 + the realm padded to 4), NONCE (44) and
     // PASSWORD-ALGORITHMS (12) after the 20-byte header, and nothing else.
-    let expected_401 = 20 + 24 + 4 + common::REALM.len().next_multiple_of(4) + 56 + 12;
+    let expected_401 = 20 + 24 + 4 + common::REALM.len().next_multiple_of(4) + 44 + 12;
     assert!(
         (worst - expected_401 as f64 / 20.0).abs() < 1e-9,
         "{worst} != {expected_401}/20"

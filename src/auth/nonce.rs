@@ -1,11 +1,15 @@
 //! Stateless nonces (RFC 8489 §9.2).
 //!
-//! Layout (51 ASCII characters):
+//! Layout (37 ASCII characters, so a 401 stays small: it is the answer a spoofed request
+//! earns, see `turn::rate_limit`):
 //!
 //! ```text
-//! obMatJos2 | gAAA               | 0000000065f1a2b3 | 22 chars base64url, no padding
-//! cookie    | security features  | expiry, hex      | HMAC-SHA256(key, expiry BE64 || client IP)[..16]
+//! obMatJos2 | gAAA               | 65f1a2b3     | 16 chars base64url, no padding
+//! cookie    | security features  | expiry, hex  | HMAC-SHA256(key, expiry BE32 || client IP)[..12]
 //! ```
+//!
+//! The expiry is unix seconds (saturating at 2106); 96 bits of MAC leave a forger one chance
+//! in 2^96 per try within a nonce's lifetime.
 //!
 //! The security-feature set has only bit 0, "Password algorithms", set (RFC 8489 §18.1), which
 //! tells clients that this server supports PASSWORD-ALGORITHMS and bid-down protection. The
@@ -24,11 +28,11 @@ pub const NONCE_COOKIE: &str = "obMatJos2";
 
 /// base64 of the 24-bit security-feature set 0x80 0x00 0x00 (only "Password algorithms").
 const FEATURES: &str = "gAAA";
-const EXPIRY_HEX_LEN: usize = 16;
+const EXPIRY_HEX_LEN: usize = 8;
 /// Bytes of the HMAC-SHA256 output kept in the nonce.
-const MAC_LEN: usize = 16;
+const MAC_LEN: usize = 12;
 /// base64url without padding of `MAC_LEN` bytes.
-const MAC_B64_LEN: usize = 22;
+const MAC_B64_LEN: usize = 16;
 
 const MAC_START: usize = NONCE_COOKIE.len() + FEATURES.len() + EXPIRY_HEX_LEN;
 
@@ -37,7 +41,7 @@ pub const NONCE_LEN: usize = MAC_START + MAC_B64_LEN;
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn mac(key: &[u8; 32], expiry: u64, client: IpAddr) -> HmacSha256 {
+fn mac(key: &[u8; 32], expiry: u32, client: IpAddr) -> HmacSha256 {
     // HMAC accepts keys of any length; the error branch cannot be taken.
     let mut mac = match HmacSha256::new_from_slice(key) {
         Ok(m) => m,
@@ -53,13 +57,13 @@ fn mac(key: &[u8; 32], expiry: u64, client: IpAddr) -> HmacSha256 {
 
 /// A nonce for `client` that stays valid until `unix_now + lifetime_secs` (inclusive).
 pub(crate) fn mint(key: &[u8; 32], lifetime_secs: u64, unix_now: u64, client: IpAddr) -> String {
-    let expiry = unix_now.saturating_add(lifetime_secs);
+    let expiry = u32::try_from(unix_now.saturating_add(lifetime_secs)).unwrap_or(u32::MAX);
     let tag = mac(key, expiry, client).finalize().into_bytes();
     let truncated = tag.get(..MAC_LEN).unwrap_or_default();
     let mut out = String::with_capacity(NONCE_LEN);
     out.push_str(NONCE_COOKIE);
     out.push_str(FEATURES);
-    out.push_str(&format!("{expiry:016x}"));
+    out.push_str(&format!("{expiry:08x}"));
     URL_SAFE_NO_PAD.encode_string(truncated, &mut out);
     out
 }
@@ -93,21 +97,21 @@ pub(crate) fn check(key: &[u8; 32], nonce: &[u8], unix_now: u64, client: IpAddr)
         return false;
     }
     let authentic = mac(key, expiry, client).verify_truncated_left(&tag).is_ok();
-    authentic && expiry >= unix_now
+    authentic && u64::from(expiry) >= unix_now
 }
 
-/// Exactly 16 lowercase hex digits as a u64.
-fn parse_lower_hex(hex: &[u8]) -> Option<u64> {
+/// Exactly 8 lowercase hex digits as a u32.
+fn parse_lower_hex(hex: &[u8]) -> Option<u32> {
     if hex.len() != EXPIRY_HEX_LEN {
         return None;
     }
-    hex.iter().try_fold(0u64, |acc, &b| {
+    hex.iter().try_fold(0u32, |acc, &b| {
         let digit = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
             _ => return None,
         };
-        Some((acc << 4) | u64::from(digit))
+        Some((acc << 4) | u32::from(digit))
     })
 }
 
@@ -142,11 +146,11 @@ mod tests {
         // Computed with Python's hmac/hashlib/base64 (see the module docs for the layout).
         assert_eq!(
             mint(&KEY, 600, 1000, ip("192.0.2.1")),
-            "obMatJos2gAAA00000000000006406a4n_NSgoZYS8bpZY4tkuA"
+            "obMatJos2gAAA00000640fLIshMmxFLhcPJ-j"
         );
         assert_eq!(
             mint(&KEY, 600, 1000, ip("2001:db8::1")),
-            "obMatJos2gAAA0000000000000640nN4MTnzIonymz7omaLh99g"
+            "obMatJos2gAAA00000640jxW6cU-rnsoCQv4C"
         );
     }
 
@@ -154,7 +158,7 @@ mod tests {
     fn shape() {
         let n = mint(&KEY, 600, 1_700_000_000, ip("192.0.2.1"));
         assert_eq!(n.len(), NONCE_LEN);
-        assert_eq!(NONCE_LEN, 51);
+        assert_eq!(NONCE_LEN, 37);
         assert!(n.starts_with("obMatJos2gAAA"));
         assert!(n.is_ascii());
         assert!(nonce_has_password_algorithms(n.as_bytes()));
@@ -173,8 +177,14 @@ mod tests {
     #[test]
     fn expiry_saturates() {
         let n = mint(&KEY, u64::MAX, u64::MAX - 1, ip("192.0.2.1"));
-        assert!(n.contains("ffffffffffffffff"));
-        assert!(check(&KEY, n.as_bytes(), u64::MAX, ip("192.0.2.1")));
+        assert!(n.contains("ffffffff"));
+        assert!(check(
+            &KEY,
+            n.as_bytes(),
+            u64::from(u32::MAX),
+            ip("192.0.2.1")
+        ));
+        assert!(!check(&KEY, n.as_bytes(), u64::MAX, ip("192.0.2.1")));
     }
 
     #[test]
@@ -199,7 +209,7 @@ mod tests {
     #[test]
     fn extended_expiry_is_rejected() {
         let n = mint(&KEY, 600, 1000, ip("192.0.2.1"));
-        let forged = n.replace("0000000000000640", "0000000000000fff");
+        let forged = n.replace("00000640", "00000fff");
         assert_eq!(forged.len(), NONCE_LEN);
         assert!(!check(&KEY, forged.as_bytes(), 1000, ip("192.0.2.1")));
     }
@@ -227,7 +237,7 @@ mod tests {
     #[test]
     fn uppercase_hex_and_noncanonical_base64_rejected() {
         let n = mint(&KEY, 0, 0xabc, ip("192.0.2.1"));
-        let upper = n.replacen("0000000000000abc", "0000000000000ABC", 1);
+        let upper = n.replacen("00000abc", "00000ABC", 1);
         assert_ne!(upper, n);
         assert!(!check(&KEY, upper.as_bytes(), 0, ip("192.0.2.1")));
         let padded = format!("{n}==");
@@ -249,7 +259,7 @@ mod tests {
             b"o",
             b"obMatJos2",
             b"obMatJos2gAAA",
-            b"obMatJos2gAAA0000000000000640",
+            b"obMatJos2gAAA00000640",
             &long,
             &invalid_utf8,
             &multibyte,
