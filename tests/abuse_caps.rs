@@ -115,3 +115,31 @@ fn exhausted_port_range_answers_508_and_recovers() {
     assert_eq!(dc, None);
     assert_eq!(allocate(&server, "alice", "wonderland").1, Some(508));
 }
+
+/// A port held by EVEN-PORT's R bit counts against the user's quota while it is reserved:
+/// Allocate(EVEN-PORT R) then Refresh(0), repeated, used to pin a port per cycle whatever the
+/// quota (250 of 500 ports in 0.2 s with a quota of 2).
+#[test]
+fn even_port_reservations_count_against_the_user_quota() {
+    const ATTR_EVEN_PORT: stun::attributes::AttrType = stun::attributes::AttrType(0x0018);
+    let server = TestServer::start("127.0.0.1", &["--user-quota", "2"]);
+    let mut refused = None;
+    for cycle in 0..10 {
+        let mut c = RawClient::new(server.addr, "alice", "wonderland");
+        let r = c.request(
+            METHOD_ALLOCATE,
+            &[udp_transport(), (ATTR_EVEN_PORT, vec![0x80])],
+        );
+        if let Some(code) = r.code() {
+            refused = Some((cycle, code));
+            break;
+        }
+        let r = c.request(METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0, 0, 0, 0])]);
+        assert_eq!(r.code(), None);
+    }
+    // The first cycle holds one allocation and one reservation (the quota); once the
+    // allocation is gone its reservation still counts, so the next needs one too many.
+    assert_eq!(refused, Some((1, 486)));
+    // A plain Allocate still fits beside the one reservation.
+    assert_eq!(allocate(&server, "alice", "wonderland").1, None);
+}
