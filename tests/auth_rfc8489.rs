@@ -125,10 +125,10 @@ fn exchange(sock: &UdpSocket, server: std::net::SocketAddr, req: &Req) -> Vec<u8
     let mut buf = [0u8; 1500];
     for _ in 0..5 {
         sock.send_to(&req.0, server).unwrap();
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if buf[8..20] == req.0[8..20] {
-                return buf[..n].to_vec();
-            }
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && buf[8..20] == req.0[8..20]
+        {
+            return buf[..n].to_vec();
         }
     }
     panic!("no answer");
