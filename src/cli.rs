@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// Do not send through io_uring [server.udp-io-uring = false].
     #[arg(long)]
     pub no_udp_io_uring: bool,
+    /// ChannelBind grants only RFC 8656's channel numbers 0x4000-0x4FFF, not RFC 5766's
+    /// 0x4000-0x7FFF [server.strict-channel-numbers = true].
+    #[arg(long)]
+    pub strict_channel_numbers: bool,
     /// error, warn, info, debug or trace [log.level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -75,6 +75,9 @@ pub struct ServerSection {
     /// Send the datagrams of a round that leave from different sockets (relay sockets to
     /// their peers) through io_uring, one system call for all, where the kernel allows it.
     pub udp_io_uring: bool,
+    /// ChannelBind grants only RFC 8656 §12's channel numbers, 0x4000-0x4FFF; false (the
+    /// default) grants RFC 5766 §11's 0x4000-0x7FFF, which older clients pick from.
+    pub strict_channel_numbers: bool,
 }
 
 impl Default for ServerSection {
@@ -89,6 +92,7 @@ impl Default for ServerSection {
             drain_timeout: 300,
             udp_offload: true,
             udp_io_uring: true,
+            strict_channel_numbers: false,
         }
     }
 }
@@ -324,8 +328,8 @@ impl Default for LimitsSection {
 /// Largest unauthenticated-answer allowance a source can be given (answers per second, and
 /// burst).
 const MAX_UNAUTH_RATE: u32 = 1_000_000;
-/// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF.
-const MAX_CHANNELS: usize = 4096;
+/// RFC 5766 §11: channel numbers 0x4000 through 0x7FFF.
+const MAX_CHANNELS: usize = 0x4000;
 /// Upper bound of `limits.permissions-per-allocation`.
 const MAX_PERMISSIONS_LIMIT: usize = 65_536;
 
@@ -514,6 +518,9 @@ impl Config {
         }
         if cli.no_udp_io_uring {
             self.server.udp_io_uring = false;
+        }
+        if cli.strict_channel_numbers {
+            self.server.strict_channel_numbers = true;
         }
         if !cli.user.is_empty() {
             self.auth.users = cli
@@ -1435,6 +1442,20 @@ mod tests {
     }
 
     #[test]
+    fn strict_channel_numbers_from_the_file_and_the_flag() {
+        assert!(!Config::default().server.strict_channel_numbers);
+        let c = Config::from_toml_str("[server]\nstrict-channel-numbers = true").unwrap();
+        assert!(c.server.strict_channel_numbers);
+        let e = Config::from_toml_str("[server]\nstrict-channel-numbers = 1").unwrap_err();
+        assert!(e.to_string().contains("strict-channel-numbers"), "{e}");
+        let mut c = Config::default();
+        c.apply_overrides(&serve(&[]));
+        assert!(!c.server.strict_channel_numbers);
+        c.apply_overrides(&serve(&["--strict-channel-numbers"]));
+        assert!(c.server.strict_channel_numbers);
+    }
+
+    #[test]
     fn log_format_and_drain_errors() {
         assert_invalid("[log]\nformat = \"xml\"", "log.format", "text, json");
         let c = Config::from_toml_str("[log]\nformat = \"json\"").unwrap();
@@ -1859,10 +1880,11 @@ mod tests {
             "between 1",
         );
         assert_invalid(
-            "[limits]\nchannels-per-allocation = 4097",
+            "[limits]\nchannels-per-allocation = 16385",
             "limits.channels-per-allocation",
-            "between 1 and 4096",
+            "between 1 and 16384",
         );
+        Config::from_toml_str("[limits]\nchannels-per-allocation = 16384").unwrap();
         let e = Config::from_toml_str("[limits]\nbogus = 1").expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
     }

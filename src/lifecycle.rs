@@ -186,6 +186,7 @@ pub fn reconfigure_for(cfg: &Config, nonce_key: [u8; 32]) -> Reconfigure {
         software: (!cfg.server.software.is_empty()).then(|| cfg.server.software.clone()),
         mapped_address: cfg.server.mapped_address,
         enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
+        strict_channel_numbers: cfg.server.strict_channel_numbers,
     }
 }
 

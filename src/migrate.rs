@@ -100,6 +100,9 @@ struct Coturn {
     capacity_bytes_per_sec: Option<u64>,
     prometheus: bool,
     prometheus_port: Option<u16>,
+    /// `rfc5766-channel-numbers` (coturn 4.17): Some(true) accepts 0x4000-0x7FFF, Some(false)
+    /// only RFC 8656's 0x4000-0x4FFF.
+    rfc5766_channels: Option<bool>,
     skipped: Vec<String>,
 }
 
@@ -227,6 +230,10 @@ impl Coturn {
                     None => self.skip(o, "expected IP or IP:PORT"),
                 }
             }
+            "rfc5766-channel-numbers" => match coturn_bool(o.value) {
+                Some(on) => self.rfc5766_channels = Some(on),
+                None => self.skip(o, "expected no value, or yes/no, true/false, on/off, 1/0"),
+            },
             "verbose" | "v" => self.verbose = Some("info"),
             "Verbose" | "V" => self.verbose = Some("debug"),
             "no-software-attribute" => self.software_off = true,
@@ -333,6 +340,15 @@ impl Coturn {
             | "no-rfc5780" => self.skip(o, "no turnd equivalent"),
             _ => self.skip(o, "unknown to this migration; no turnd equivalent known"),
         }
+    }
+}
+
+/// A coturn flag's optional value: none, or yes/no, true/false, on/off, 1/0.
+fn coturn_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "" | "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
+        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -461,6 +477,12 @@ pub fn migrate_from(text: &str, base: Option<&std::path::Path>) -> Migration {
     }
     if c.software_off {
         server.insert("software".into(), String::new().into());
+    }
+    // Without the option coturn 4.6 (Debian's) grants RFC 5766's channel numbers and 4.17
+    // only RFC 8656's; turnd's default grants the former, which serves the clients of both.
+    // The option given says which range the operator chose: write it down.
+    if let Some(rfc5766) = c.rfc5766_channels {
+        server.insert("strict-channel-numbers".into(), (!rfc5766).into());
     }
 
     // Relay addresses: relay-ip, else the private side of PUBLIC/PRIVATE external-ips; one
@@ -848,6 +870,35 @@ mod tests {
 
     fn load(m: &Migration) -> crate::config::Config {
         crate::config::Config::from_toml_str(&m.toml).unwrap_or_else(|e| panic!("{e}\n{}", m.toml))
+    }
+
+    #[test]
+    fn rfc5766_channel_numbers_says_which_range() {
+        let base = "listening-ip=192.0.2.1\n";
+        for (line, strict) in [
+            ("rfc5766-channel-numbers", Some(false)),
+            ("--rfc5766-channel-numbers=true", Some(false)),
+            ("rfc5766-channel-numbers=1", Some(false)),
+            ("rfc5766-channel-numbers=false", Some(true)),
+            ("rfc5766-channel-numbers off", Some(true)),
+            ("", None),
+        ] {
+            let m = migrate(&format!("{base}{line}\n"));
+            let written = m
+                .toml
+                .contains("strict-channel-numbers")
+                .then(|| load(&m).server.strict_channel_numbers);
+            assert_eq!(written, strict, "{line}: {}", m.toml);
+            assert!(!m.skipped.iter().any(|n| n.contains("channel")), "{m:?}");
+        }
+        let m = migrate(&format!("{base}rfc5766-channel-numbers=maybe\n"));
+        assert!(!m.toml.contains("strict-channel-numbers"), "{}", m.toml);
+        assert!(
+            m.skipped
+                .iter()
+                .any(|n| n.starts_with("line 2: rfc5766-channel-numbers=maybe")),
+            "{m:?}"
+        );
     }
 
     #[test]

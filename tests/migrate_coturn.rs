@@ -200,6 +200,28 @@ fn docker_style_dashed_options() {
     assert!(stderr.contains("multicast"), "{stderr}");
 }
 
+/// coturn 4.17's `rfc5766-channel-numbers` is written as `server.strict-channel-numbers =
+/// false`; a file without it (coturn 4.6 had no such option and always granted RFC 5766's
+/// range) keeps turnd's default, which is the same.
+#[test]
+fn rfc5766_channel_numbers() {
+    let (c, stderr) = migrate("rfc5766-channel-numbers.conf");
+    assert!(!c.server.strict_channel_numbers);
+    assert!(!stderr.contains(": rfc5766"), "carried over: {stderr}");
+    let path = format!(
+        "{}/tests/data/coturn/rfc5766-channel-numbers.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (_, stdout, _) = run_turnd(&["migrate-coturn", &path], Duration::from_secs(20));
+    assert!(
+        stdout.contains("strict-channel-numbers = false"),
+        "written explicitly: {stdout}"
+    );
+    let (c, stderr) = migrate("minimal-docker.conf");
+    assert!(!c.server.strict_channel_numbers);
+    assert!(!stderr.contains("channel"), "nothing to say: {stderr}");
+}
+
 #[test]
 fn tls_bandwidth_and_prometheus() {
     let (c, stderr) = migrate("tls-bandwidth-prometheus.conf");

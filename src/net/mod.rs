@@ -369,6 +369,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             software: (!cfg.server.software.is_empty()).then(|| cfg.server.software.clone()),
             mapped_address: cfg.server.mapped_address,
             enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
+            strict_channel_numbers: cfg.server.strict_channel_numbers,
             rest_separator: cfg.auth.rest_separator,
             max_permissions: cfg.limits.permissions_per_allocation,
             secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,

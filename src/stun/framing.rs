@@ -32,10 +32,7 @@ pub fn next_frame(buf: &[u8]) -> Frame {
         }
         HEADER_LEN + len
     } else if channel_data::is_channel_data(first) {
-        let channel = u16::from_be_bytes([buf[0], buf[1]]);
-        if channel > channel_data::MAX_CHANNEL {
-            return Frame::Invalid;
-        }
+        // Any number 0x4000-0x7FFF: whether it is bound is the server's question.
         4 + ((len + 3) & !3)
     } else {
         return Frame::Invalid;

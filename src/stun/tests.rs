@@ -258,12 +258,34 @@ fn channel_data_parse() {
         Some((0x4000, &[9u8, 8][..]))
     );
     assert_eq!(channel_data::parse(&[0x40, 0x00, 0x00, 0x05, 1]), None);
-    assert_eq!(channel_data::parse(&[0x50, 0x00, 0x00, 0x00]), None);
     assert_eq!(channel_data::parse(&[0x40]), None);
     assert_eq!(
         channel_data::parse(&[0x4F, 0xFF, 0x00, 0x00]),
         Some((0x4FFF, &[][..]))
     );
+    // RFC 5766 §11's numbers above RFC 8656 §12's range are ChannelData too.
+    assert_eq!(
+        channel_data::parse(&[0x50, 0x00, 0x00, 0x01, 7]),
+        Some((0x5000, &[7u8][..]))
+    );
+    assert_eq!(
+        channel_data::parse(&[0x7F, 0xFF, 0x00, 0x00]),
+        Some((0x7FFF, &[][..]))
+    );
+    // Top bits 00 (STUN), 10 and 11 are not ChannelData.
+    for first in [0x3F, 0x80, 0xBF, 0xC0, 0xFF] {
+        assert_eq!(
+            channel_data::parse(&[first, 0xFF, 0x00, 0x00]),
+            None,
+            "{first:#x}"
+        );
+    }
+    assert!(channel_data::is_bindable(0x7FFF, false));
+    assert!(!channel_data::is_bindable(0x7FFF, true));
+    assert!(channel_data::is_bindable(0x4FFF, true));
+    assert!(!channel_data::is_bindable(0x5000, true));
+    assert!(!channel_data::is_bindable(0x3FFF, false));
+    assert!(!channel_data::is_bindable(0x8000, false));
 }
 
 #[test]
@@ -281,6 +303,13 @@ fn framing_cuts_stun_and_padded_channel_data() {
         next_frame(&[0x40, 0x01, 0x00, 0x04, 1, 2, 3, 4, 0x40]),
         Frame::Complete(8)
     );
+    // RFC 5766 §11's numbers cut the same way on streams.
+    assert_eq!(
+        next_frame(&[0x7F, 0xFF, 0x00, 0x01, 9, 0, 0, 0, 0x50]),
+        Frame::Complete(8)
+    );
+    assert_eq!(next_frame(&[0x50, 0x00, 0x00, 0x05]), Frame::NeedMore(12));
+    assert_eq!(next_frame(&[0x80, 0, 0, 0]), Frame::Invalid);
     assert_eq!(next_frame(&[0xFF, 0, 0, 0]), Frame::Invalid);
     assert_eq!(next_frame(&[0x00, 0x01, 0x00, 0x03]), Frame::Invalid);
 }

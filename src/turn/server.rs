@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub software: Option<String>,
     pub mapped_address: bool,
     pub enforce_credential_expiry: bool,
+    /// ChannelBind grants only RFC 8656 §12's 0x4000-0x4FFF; false: RFC 5766 §11's
+    /// 0x4000-0x7FFF (`server.strict-channel-numbers`).
+    pub strict_channel_numbers: bool,
     pub rest_separator: char,
     /// Most permissions one allocation may hold.
     pub max_permissions: usize,
@@ -240,6 +243,7 @@ pub struct Reconfigure {
     pub software: Option<String>,
     pub mapped_address: bool,
     pub enforce_credential_expiry: bool,
+    pub strict_channel_numbers: bool,
 }
 
 impl Server {
@@ -280,6 +284,7 @@ impl Server {
         self.cfg.software = r.software;
         self.cfg.mapped_address = r.mapped_address;
         self.cfg.enforce_credential_expiry = r.enforce_credential_expiry;
+        self.cfg.strict_channel_numbers = r.strict_channel_numbers;
     }
 
     /// Stops granting new allocations; existing ones go on relaying and may be refreshed.
@@ -1359,7 +1364,8 @@ impl Server {
             Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
             _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
         };
-        if !(channel_data::MIN_CHANNEL..=channel_data::MAX_CHANNEL).contains(&number) {
+        // RFC 8656 §12 (RFC 5766 §11 without strict): a number outside the range gets 400.
+        if !channel_data::is_bindable(number, self.cfg.strict_channel_numbers) {
             return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
         }
         let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {

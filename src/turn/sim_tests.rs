@@ -92,6 +92,7 @@ struct Opts {
     ip_quota: u32,
     software: Option<String>,
     own: Vec<SocketAddr>,
+    strict_channels: bool,
 }
 
 impl Default for Opts {
@@ -113,6 +114,7 @@ impl Default for Opts {
             ip_quota: 0,
             software: None,
             own: vec![],
+            strict_channels: false,
         }
     }
 }
@@ -147,6 +149,7 @@ fn sim_with(o: Opts) -> Sim {
         quotas: quotas.clone(),
         software: o.software,
         enforce_credential_expiry: o.enforce_expiry,
+        strict_channel_numbers: o.strict_channels,
         max_permissions: 8,
         limits: o.limits,
         unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(
@@ -1063,8 +1066,10 @@ fn channel_bind_rules() {
     assert!(c.allocate(&mut s).is_ok());
     let p = peer("8.8.8.8:4000");
     let q = peer("1.1.1.1:4000");
+    // RFC 5766 §11 by default: 0x4000-0x7FFF; 0x8000 and up are not channel numbers.
     assert_eq!(bind(&mut c, &mut s, 0x3FFF, p).code(), Some(400));
-    assert_eq!(bind(&mut c, &mut s, 0x5000, p).code(), Some(400));
+    assert_eq!(bind(&mut c, &mut s, 0x8000, p).code(), Some(400));
+    assert_eq!(bind(&mut c, &mut s, 0xFFFF, p).code(), Some(400));
     assert!(bind(&mut c, &mut s, 0x4000, p).is_ok());
     // Refreshing the same binding is fine.
     assert!(bind(&mut c, &mut s, 0x4000, p).is_ok());
@@ -1086,6 +1091,64 @@ fn channel_bind_rules() {
         bind(&mut c, &mut s, 0x4002, peer("[2606:4700::1]:1")).code(),
         Some(443)
     );
+}
+
+/// RFC 5766 §11's numbers above RFC 8656 §12's range (what coturn's uclient picks from)
+/// relay both ways; ChannelData for them is read as ChannelData, not as something else.
+#[test]
+fn channel_numbers_up_to_0x7fff_relay_both_ways() {
+    let mut s = sim();
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    assert!(c.allocate(&mut s).is_ok());
+    let relay = relay_of(&s, false);
+    let (p, q) = (peer("8.8.8.8:4000"), peer("8.8.4.4:4000"));
+    assert!(bind(&mut c, &mut s, 0x7FFF, p).is_ok());
+    assert!(bind(&mut c, &mut s, 0x5000, q).is_ok());
+    s.client_send(c.ft, &channel_data(0x7FFF, b"to p"));
+    s.client_send(c.ft, &channel_data(0x5000, b"to q"));
+    assert_eq!(
+        s.io.to_peer,
+        vec![(relay, p, b"to p".to_vec()), (relay, q, b"to q".to_vec())]
+    );
+    assert_eq!(
+        s.peer_send(relay, p, b"from p"),
+        vec![channel_data(0x7FFF, b"from p")]
+    );
+    assert_eq!(
+        s.peer_send(relay, q, b"from q"),
+        vec![channel_data(0x5000, b"from q")]
+    );
+    assert_eq!(s.server.stats().malformed, 0);
+}
+
+/// `server.strict-channel-numbers`: ChannelBind grants only RFC 8656 §12's 0x4000-0x4FFF;
+/// ChannelData above it is still ChannelData (dropped as unbound, not malformed). A reload
+/// switches it for the ChannelBinds that follow.
+#[test]
+fn strict_channel_numbers_refuse_above_0x4fff() {
+    let mut s = sim_with(Opts {
+        strict_channels: true,
+        ..Opts::default()
+    });
+    let mut c = Client::new(ft(1000), "alice", "wonderland");
+    assert!(c.allocate(&mut s).is_ok());
+    let relay = relay_of(&s, false);
+    let (p, q) = (peer("8.8.8.8:4000"), peer("8.8.4.4:4000"));
+    assert_eq!(bind(&mut c, &mut s, 0x5000, p).code(), Some(400));
+    assert_eq!(bind(&mut c, &mut s, 0x7FFF, p).code(), Some(400));
+    assert!(bind(&mut c, &mut s, 0x4FFF, p).is_ok());
+    s.client_send(c.ft, &channel_data(0x4FFF, b"in range"));
+    assert_eq!(s.io.to_peer, vec![(relay, p, b"in range".to_vec())]);
+    s.client_send(c.ft, &channel_data(0x5000, b"unbound"));
+    assert_eq!(s.io.to_peer.len(), 1);
+    let st = s.server.stats();
+    assert_eq!(st.malformed, 0);
+    assert_eq!(st.drops[super::stats::DropReason::NoChannel as usize], 1);
+
+    let mut r = lifecycle::reconfigure_with(&[("alice", "wonderland")], 0);
+    r.strict_channel_numbers = false;
+    s.server.reconfigure(r);
+    assert!(bind(&mut c, &mut s, 0x5000, q).is_ok());
 }
 
 #[test]

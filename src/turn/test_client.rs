@@ -281,7 +281,7 @@ mod tests {
         let peer: SocketAddr = "8.8.8.8:5000".parse().unwrap();
         let b = client.bind_channel(&mut server, &mut io, now, [4; 12], 0x4000, peer);
         assert_eq!(class_and_code(b), (Class::Success, None));
-        // A channel number outside 0x4000..=0x4FFF is refused (RFC 8656 §12): the
+        // A channel number outside 0x4000..=0x7FFF is refused (RFC 5766 §11): the
         // number is written as given.
         let b = client.bind_channel(&mut server, &mut io, now, [5; 12], 0x3FFF, peer);
         assert_eq!(class_and_code(b), (Class::Error, Some(400)));

@@ -61,7 +61,7 @@ fn drain_answers_300_with_the_alternate_of_the_client_family_else_508() {
     assert_eq!(sim.server.allocation_count(), 0);
 }
 
-fn reconfigure_with(users: &[(&str, &str)], user_quota: u32) -> Reconfigure {
+pub(super) fn reconfigure_with(users: &[(&str, &str)], user_quota: u32) -> Reconfigure {
     Reconfigure {
         auth: Arc::new(Authenticator::new(AuthConfig {
             realm: REALM.into(),
@@ -83,6 +83,7 @@ fn reconfigure_with(users: &[(&str, &str)], user_quota: u32) -> Reconfigure {
         software: None,
         mapped_address: false,
         enforce_credential_expiry: true,
+        strict_channel_numbers: false,
     }
 }
 
