@@ -1,0 +1,576 @@
+//! One worker's TURN server, sans I/O: the allocation tables, dispatch of what arrives, and
+//! the timers. Each job has its own room: [`data_path`] (both directions), [`auth`] (the
+//! credential check and the answers before it), `request/` (one file per request),
+//! [`tcp_relay`] (RFC 6062), [`views`] (what the admin side reads).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha12Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rustc_hash::FxHashMap;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+use super::allocation::{
+    Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, NewAllocation,
+    PERMISSION_LIFETIME, Relay,
+};
+use super::error::{self, reason};
+use super::peer_policy::PeerPolicy;
+use super::ports::{Family, PortPool};
+use super::quota::{QuotaHold, Quotas};
+use super::rate_limit::ResponseLimiter;
+use super::stats::{
+    CODE_SLOTS, DROP_REASONS, DropReason, Gauges, METHOD_SLOTS, SessionInfo, Traffic, code_slot,
+    method_slot, transport_slot,
+};
+use super::{
+    BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
+};
+use crate::auth::{AuthError, Authenticator, Key, PasswordAlgorithm, display_user};
+use crate::stun::{
+    Class, HEADER_LEN, Integrity, MAGIC_COOKIE, Message, MessageWriter, attr, channel_data,
+    decode_xor_address, encode_xor_address, message_type, method,
+};
+
+mod auth;
+mod data_path;
+mod request;
+mod tcp_relay;
+mod views;
+
+/// How many times Allocate tries another port when a bind finds it taken.
+const BIND_ATTEMPTS: usize = 8;
+
+use auth::Authed;
+pub use auth::challenge_len;
+
+/// Everything one worker's server needs; shared parts are behind `Arc`.
+pub struct ServerConfig {
+    pub auth: Arc<Authenticator>,
+    pub policy: PeerPolicy,
+    pub ports: Arc<Mutex<PortPool>>,
+    pub quotas: Arc<Quotas>,
+    /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise.
+    pub relay_ips: [Option<(IpAddr, IpAddr)>; 2],
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    /// SOFTWARE for authenticated responses; None sends none.
+    pub software: Option<String>,
+    pub mapped_address: bool,
+    pub enforce_credential_expiry: bool,
+    /// ChannelBind grants only RFC 8656 §12's 0x4000-0x4FFF; false: RFC 5766 §11's
+    /// 0x4000-0x7FFF (`server.strict-channel-numbers`).
+    pub strict_channel_numbers: bool,
+    pub rest_separator: char,
+    /// Most permissions one allocation may hold.
+    pub max_permissions: usize,
+    /// Random bytes from the driver: seeds transaction ids and reservation tokens.
+    pub secret: [u8; 32],
+    /// Abuse limits (the `[limits]` config section).
+    pub limits: Limits,
+    /// The budget of responses to unauthenticated requests per source, one table shared by
+    /// every worker (`limits.unauth-rate`, `limits.unauth-burst`).
+    pub unauth_limiter: Arc<ResponseLimiter>,
+}
+
+/// Limits against reflection and state exhaustion (`[limits]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Most channel bindings (live or in their RFC 8656 §12 quarantine) per allocation;
+    /// over it ChannelBind gets 508.
+    pub max_channels: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_channels: 1024 }
+    }
+}
+
+/// Server-wide counters of one worker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub malformed: u64,
+    pub requests: u64,
+    pub error_responses: u64,
+    pub auth_failures: u64,
+    pub allocations_created: u64,
+    pub allocations_deleted: u64,
+    pub relayed_to_peer: u64,
+    pub relayed_from_peer: u64,
+    pub dropped: u64,
+    /// Unauthenticated responses not sent: the source was over its budget.
+    pub rate_limited: u64,
+    /// MESSAGE-INTEGRITY checks computed by the authenticate path, decoy checks for unknown
+    /// users included (one per signed request from a static user, known or not).
+    pub integrity_checks: u64,
+    /// Relayed data by direction (coturn's rcv/sent/peer_rcv/peer_sent).
+    pub traffic: Traffic,
+    /// Dropped relayed packets by [`DropReason`].
+    pub drops: [u64; DROP_REASONS],
+    /// Requests by method slot ([`super::stats::METHODS`]).
+    pub requests_by_method: [u64; METHOD_SLOTS],
+    /// Error responses by method slot and code slot ([`super::stats::CODES`]).
+    pub errors_by_method: [[u64; CODE_SLOTS]; METHOD_SLOTS],
+}
+
+/// Why an allocation ended, for the log line.
+#[derive(Clone, Copy, Debug)]
+pub enum EndReason {
+    Refreshed0,
+    Expired,
+    Shutdown,
+    /// Ended through the admin API.
+    Admin,
+}
+
+pub struct Server {
+    cfg: ServerConfig,
+    slots: Vec<Option<Allocation>>,
+    free_slots: Vec<usize>,
+    by_tuple: FxHashMap<FiveTuple, usize>,
+    by_relay: FxHashMap<RelayId, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    next_relay: u64,
+    /// Relay ports, Data indication transaction ids and reservation tokens: values a client
+    /// sees or must not guess, so a CSPRNG (ChaCha12) seeded from the driver's OS randomness.
+    rng: ChaCha12Rng,
+    out: Vec<u8>,
+    stats: Stats,
+    /// RFC 6062 peer data connections.
+    tcp: tcp_relay::TcpRelay,
+    /// Set by [`Server::drain`]: Allocate is refused, per client family (0: IPv4, 1: IPv6)
+    /// with a 300 pointing at that alternate server, or 508 where there is none.
+    draining: Option<[Option<SocketAddr>; 2]>,
+}
+
+/// What a reload may change on a live server without ending any allocation or rebinding any
+/// socket. Applied by [`Server::reconfigure`]; new requests see it, existing allocations keep
+/// their relays, permissions and channels.
+#[derive(Clone, Debug)]
+pub struct Reconfigure {
+    /// New users, REST secrets and realm. Build it with the running nonce key so the
+    /// nonces already handed out stay valid, and with the running REST separator.
+    pub auth: Arc<Authenticator>,
+    pub policy: PeerPolicy,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub software: Option<String>,
+    pub mapped_address: bool,
+    pub enforce_credential_expiry: bool,
+    pub strict_channel_numbers: bool,
+}
+
+impl Server {
+    pub fn new(cfg: ServerConfig) -> Server {
+        // The seed is derived from the secret rather than being it, so nothing the generator
+        // gives out relates to the other uses of the secret.
+        let seed: [u8; 32] = Sha256::new()
+            .chain_update(b"turnd relay rng")
+            .chain_update(cfg.secret)
+            .finalize()
+            .into();
+        Server {
+            rng: ChaCha12Rng::from_seed(seed),
+            cfg,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_tuple: FxHashMap::default(),
+            by_relay: FxHashMap::default(),
+            timers: BinaryHeap::new(),
+            next_relay: 1,
+            out: Vec::with_capacity(1500),
+            stats: Stats::default(),
+            draining: None,
+            tcp: Default::default(),
+        }
+    }
+
+    /// Swaps in reloaded settings (see [`Reconfigure`]). The quota limits live in the
+    /// [`Quotas`] every worker shares, so their live counts carry over unchanged.
+    pub fn reconfigure(&mut self, r: Reconfigure) {
+        self.cfg.auth = r.auth;
+        // The listeners do not change on reload: neither does the own-address rule.
+        let own = self.cfg.policy.own_addresses().to_vec();
+        self.cfg.policy = r.policy.with_own_addresses(own);
+        self.cfg.quotas.set_limits(r.user_quota, r.total_quota);
+        self.cfg.default_lifetime = r.default_lifetime;
+        self.cfg.max_lifetime = r.max_lifetime;
+        self.cfg.software = r.software;
+        self.cfg.mapped_address = r.mapped_address;
+        self.cfg.enforce_credential_expiry = r.enforce_credential_expiry;
+        self.cfg.strict_channel_numbers = r.strict_channel_numbers;
+    }
+
+    /// Stops granting new allocations; existing ones go on relaying and may be refreshed.
+    /// From now on Allocate is answered with 300 (Try Alternate) and an ALTERNATE-SERVER of
+    /// the client's address family from `alternates` (RFC 8656 §7.2, RFC 8489 §10), or with
+    /// 508 (Insufficient Capacity) when there is none of that family.
+    pub fn drain(&mut self, alternates: &[SocketAddr]) {
+        let mut by_family = [None, None];
+        for a in alternates {
+            by_family[usize::from(a.is_ipv6())].get_or_insert(*a);
+        }
+        self.draining = Some(by_family);
+    }
+
+    /// Whether [`Server::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn alloc(&self, ft: &FiveTuple) -> Option<&Allocation> {
+        let &i = self.by_tuple.get(ft)?;
+        self.slots.get(i)?.as_ref()
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    /// A transaction id for a message this server starts (Data indications, RFC 6062
+    /// ConnectionAttempt).
+    fn random_txid(&mut self) -> [u8; 12] {
+        let mut txid = [0u8; 12];
+        self.rng.fill_bytes(&mut txid);
+        txid
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// A datagram (or a frame cut from a stream) from a client.
+    pub fn handle_client(&mut self, now: Time, ft: FiveTuple, data: &[u8], io: &mut impl Io) {
+        let Some(&first) = data.first() else {
+            return;
+        };
+        if channel_data::is_channel_data(first) {
+            self.handle_channel_data(now.mono, &ft, data, io);
+            return;
+        }
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(client = %ft.client, error = ?e, "dropped malformed message");
+                return;
+            }
+        };
+        match msg.class() {
+            Class::Request => {
+                self.stats.requests += 1;
+                self.stats.requests_by_method[method_slot(msg.method())] += 1;
+                self.handle_request(now, &ft, &msg, io);
+            }
+            Class::Indication if msg.method() == method::SEND => {
+                self.handle_send(now.mono, &ft, &msg, io)
+            }
+            _ => {}
+        }
+    }
+
+    /// The earliest moment [`Server::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (alloc, self.tcp_poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires permissions, channels and allocations whose time has come.
+    pub fn handle_timeout(&mut self, now: Time, io: &mut impl Io) {
+        self.tcp_handle_timeout(now.mono, io);
+        while let Some(&Reverse((t, slot))) = self.timers.peek() {
+            if t > now.mono {
+                break;
+            }
+            self.timers.pop();
+            let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            if a.scheduled != Some(t) {
+                continue;
+            }
+            a.scheduled = None;
+            if a.expires <= now.mono {
+                self.delete(slot, EndReason::Expired, io);
+                continue;
+            }
+            a.sweep(now.mono);
+            self.schedule(slot);
+        }
+    }
+
+    /// Ends every allocation (shutdown).
+    pub fn close_all(&mut self, io: &mut impl Io) {
+        let slots: Vec<usize> = self.by_tuple.values().copied().collect();
+        for s in slots {
+            self.delete(s, EndReason::Shutdown, io);
+        }
+    }
+
+    /// Ends the allocation on a 5-tuple now (its transport connection closed).
+    pub fn close_tuple(&mut self, ft: &FiveTuple, io: &mut impl Io) {
+        self.tcp_forget(ft);
+        if let Some(&s) = self.by_tuple.get(ft) {
+            self.delete(s, EndReason::Shutdown, io);
+        }
+    }
+
+    // ----------------------------------------------------------- data path
+
+    // ------------------------------------------------------------ requests
+
+    fn handle_request(&mut self, now: Time, ft: &FiveTuple, msg: &Message<'_>, io: &mut impl Io) {
+        let m = msg.method();
+        if m == method::BINDING {
+            self.handle_binding(now.mono, ft, msg, io);
+            return;
+        }
+        if !matches!(
+            m,
+            method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND
+        ) {
+            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+            return;
+        }
+        // A retransmission gets the answer the original got (RFC 8489 §6.3.1).
+        if let Some(a) = self.alloc(ft) {
+            let txid = msg.transaction_id();
+            if let Some(r) = a.cached_response(&txid, now.mono) {
+                io.send_to_client(ft, r);
+                return;
+            }
+        }
+        let Some(auth) = self.authenticate(now, ft, msg, io) else {
+            return;
+        };
+        let mut unknown = [0u16; 16];
+        let mut n_unknown = 0;
+        for (t, _) in msg.attributes() {
+            if !attr::is_understood(t)
+                && n_unknown < unknown.len()
+                && !unknown[..n_unknown].contains(&t)
+            {
+                unknown[n_unknown] = t;
+                n_unknown += 1;
+            }
+        }
+        if n_unknown > 0 {
+            let mut v = [0u8; 32];
+            for (i, t) in unknown[..n_unknown].iter().enumerate() {
+                v[2 * i..2 * i + 2].copy_from_slice(&t.to_be_bytes());
+            }
+            let mut w = self.writer(msg, Class::Error);
+            w.error_code(error::UNKNOWN_ATTRIBUTE, reason(error::UNKNOWN_ATTRIBUTE))
+                .attr(attr::UNKNOWN_ATTRIBUTES, &v[..2 * n_unknown]);
+            self.count_error(m, error::UNKNOWN_ATTRIBUTE);
+            self.seal_and_send(ft, msg, Some(&auth), io);
+            return;
+        }
+        match m {
+            method::ALLOCATE => self.handle_allocate(now, ft, msg, &auth, io),
+            method::REFRESH => self.handle_refresh(now, ft, msg, &auth, io),
+            method::CREATE_PERMISSION => self.handle_create_permission(now, ft, msg, &auth, io),
+            method::CONNECT => self.handle_connect(ft, msg, &auth, io),
+            method::CONNECTION_BIND => self.handle_connection_bind(ft, msg, &auth, io),
+            _ => self.handle_channel_bind(now, ft, msg, &auth, io),
+        }
+    }
+
+    /// Puts a new allocation in a slot, indexes it by 5-tuple and relay, logs it and
+    /// schedules its timers. Returns the slot.
+    fn install(&mut self, alloc: Allocation, lifetime: Duration) -> usize {
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        for r in alloc.relays.iter().flatten() {
+            self.by_relay.insert(r.id, slot);
+        }
+        self.by_tuple.insert(alloc.five_tuple, slot);
+        let ft = alloc.five_tuple;
+        info!(
+            client = %ft.client,
+            transport = ft.transport.as_str(),
+            relayed = %DisplayRelays { relays: &alloc.relays, bound: false },
+            bound = %DisplayRelays { relays: &alloc.relays, bound: true },
+            relay_transport = if alloc.tcp { "tcp" } else { "udp" },
+            user = display_user(&alloc.username, self.cfg.rest_separator),
+            lifetime = lifetime.as_secs(),
+            "allocation created"
+        );
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some(alloc);
+        }
+        self.stats.allocations_created += 1;
+        self.schedule(slot);
+        slot
+    }
+
+    /// RFC 8656 §7.2/§8: min(requested, maximum), but never below the default.
+    fn lifetime(&self, msg: &Message<'_>) -> Duration {
+        match msg.u32_attr(attr::LIFETIME) {
+            Some(Ok(secs)) => Duration::from_secs(secs as u64)
+                .min(self.cfg.max_lifetime)
+                .max(self.cfg.default_lifetime),
+            _ => self.cfg.default_lifetime,
+        }
+    }
+
+    fn lock_ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
+        match self.cfg.ports.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    // ------------------------------------------------------------- helpers
+
+    /// Starts a response to `msg` in the scratch buffer.
+    fn writer(&mut self, msg: &Message<'_>, class: Class) -> MessageWriter<'_> {
+        MessageWriter::new(&mut self.out, msg.method(), class, msg.transaction_id())
+    }
+
+    fn send_error(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        code: u16,
+        auth: Option<&Authed>,
+        io: &mut impl Io,
+    ) {
+        let mut w = self.writer(msg, Class::Error);
+        w.error_code(code, reason(code));
+        self.count_error(msg.method(), code);
+        self.seal_and_send(ft, msg, auth, io);
+    }
+
+    fn count_error(&mut self, method: u16, code: u16) {
+        self.stats.error_responses += 1;
+        self.stats.errors_by_method[method_slot(method)][code_slot(code)] += 1;
+    }
+
+    /// Appends SOFTWARE (authenticated answers only), the integrity attribute matching the
+    /// request's, and FINGERPRINT if the request had one; then sends the scratch buffer.
+    fn seal_and_send(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: Option<&Authed>,
+        io: &mut impl Io,
+    ) {
+        let mut w = MessageWriter::resume(&mut self.out, msg.transaction_id());
+        if let Some(a) = auth {
+            if let Some(s) = &self.cfg.software {
+                w.attr(attr::SOFTWARE, s.as_bytes());
+            }
+            match a.integrity {
+                Integrity::Sha1 => w.integrity(a.key.as_bytes()),
+                Integrity::Sha256 => w.integrity_sha256(a.key.as_bytes()),
+            };
+        }
+        if msg.has_fingerprint() {
+            w.fingerprint();
+        }
+        io.send_to_client(ft, &self.out);
+    }
+
+    /// Keeps the response just sent for retransmissions of its request.
+    fn cache_last(&mut self, slot: usize, txid: [u8; 12], now: Instant) {
+        if let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) {
+            a.cache_response(txid, now, &self.out);
+        }
+    }
+
+    /// Queues the allocation's next deadline unless an earlier one is already queued.
+    fn schedule(&mut self, slot: usize) {
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let d = a.next_deadline();
+        if a.scheduled.is_none_or(|s| d < s) {
+            a.scheduled = Some(d);
+            self.timers.push(Reverse((d, slot)));
+        }
+    }
+
+    fn delete(&mut self, slot: usize, why: EndReason, io: &mut impl Io) {
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.take()) else {
+            return;
+        };
+        self.free_slots.push(slot);
+        self.by_tuple.remove(&a.five_tuple);
+        self.tcp_end_allocation(&a.five_tuple, io);
+        {
+            let mut pool = match self.cfg.ports.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            for r in a.relays.iter().flatten() {
+                pool.release(r.family, r.port);
+            }
+        }
+        for r in a.relays.iter().flatten() {
+            self.by_relay.remove(&r.id);
+            io.close_relay(r.id);
+        }
+        // Dropping `a` at the end gives its quota counts back.
+        self.stats.allocations_deleted += 1;
+        let c = a.counters;
+        info!(
+            client = %a.five_tuple.client,
+            transport = a.five_tuple.transport.as_str(),
+            relayed = %DisplayRelays { relays: &a.relays, bound: false },
+            user = display_user(&a.username, self.cfg.rest_separator),
+            bytes_to_peer = c.bytes_to_peer,
+            bytes_from_peer = c.bytes_from_peer,
+            packets_to_peer = c.packets_to_peer,
+            packets_from_peer = c.packets_from_peer,
+            dropped = c.drops.iter().sum::<u64>(),
+            started_unix = a.created_unix,
+            seconds = a.created.elapsed().as_secs(),
+            reason = ?why,
+            "allocation deleted"
+        );
+    }
+}
+
+/// The advertised relayed addresses, or with `bound` the addresses the sockets are bound to
+/// (they differ behind 1:1 NAT), comma-separated for the log.
+struct DisplayRelays<'a> {
+    relays: &'a [Option<Relay>; 2],
+    bound: bool,
+}
+
+impl std::fmt::Display for DisplayRelays<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.relays.iter().flatten().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let addr = if self.bound { r.bound } else { r.advertised };
+            write!(f, "{addr}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! Allocate (RFC 8656 §7), UDP relays: the relayed addresses of one or two families,
+//! EVEN-PORT and RESERVATION-TOKEN, and the refusal while draining.
+
+use super::*;
+
+impl Server {
+    pub(in crate::turn::server) fn handle_allocate(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        if self.by_tuple.contains_key(ft) {
+            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            return;
+        }
+        let fail = |s: &mut Self, code, io: &mut _| s.send_error(ft, msg, code, Some(auth), io);
+        match msg.get(attr::REQUESTED_TRANSPORT) {
+            Some([p, _, _, _]) if *p == attr::TRANSPORT_UDP => {}
+            Some([p, _, _, _]) if *p == attr::TRANSPORT_TCP => {
+                return self.handle_allocate_tcp(now, ft, msg, auth, io);
+            }
+            Some([_, _, _, _]) => return fail(self, error::UNSUPPORTED_TRANSPORT_PROTOCOL, io),
+            _ => return fail(self, error::BAD_REQUEST, io),
+        }
+        let dont_fragment = msg.get(attr::DONT_FRAGMENT).is_some();
+        let even_port = match msg.get(attr::EVEN_PORT) {
+            None => None,
+            Some([b, ..]) => Some(b & 0x80 != 0),
+            Some([]) => return fail(self, error::BAD_REQUEST, io),
+        };
+        let token = match msg.get(attr::RESERVATION_TOKEN) {
+            None => None,
+            Some(v) if v.len() == 8 => {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(v);
+                Some(u64::from_be_bytes(t))
+            }
+            Some(_) => return fail(self, error::BAD_REQUEST, io),
+        };
+        let requested = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some([attr::FAMILY_IPV4, _, _, _]) => Some(0),
+            Some([attr::FAMILY_IPV6, _, _, _]) => Some(1),
+            Some([_, _, _, _]) => return fail(self, error::ADDRESS_FAMILY_NOT_SUPPORTED, io),
+            Some(_) => return fail(self, error::BAD_REQUEST, io),
+        };
+        let additional = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
+            None => false,
+            Some([attr::FAMILY_IPV6, _, _, _]) => true,
+            Some(_) => return fail(self, error::BAD_REQUEST, io),
+        };
+        // RFC 8656 §7.2: these combinations are contradictory. A reservation (EVEN-PORT with
+        // R) holds the next port of one family, and one RESERVATION-TOKEN cannot name ports of
+        // two: refused with a dual allocation, as coturn does.
+        if (token.is_some() && (even_port.is_some() || requested.is_some() || additional))
+            || (requested.is_some() && additional)
+            || (additional && even_port == Some(true))
+        {
+            return fail(self, error::BAD_REQUEST, io);
+        }
+        let mut family: Family = requested.unwrap_or(0);
+        if self.cfg.relay_ips[family].is_none() {
+            return fail(self, error::ADDRESS_FAMILY_NOT_SUPPORTED, io);
+        }
+        let username = msg
+            .get(attr::USERNAME)
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default()
+            .to_string();
+        if let Some(alternates) = self.draining {
+            return self.refuse_draining(ft, msg, auth, alternates, io);
+        }
+        let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
+        let ip = ft.client.ip();
+        // Reservations whose time is up give their quota counts back first.
+        self.lock_ports().expire(now.mono);
+        let opts = RelayOptions { dont_fragment };
+        let mut new_token = None;
+        let (primary, quota) = if let Some(t) = token {
+            let Some((fam, port, held)) = self.lock_ports().claim(t, now.mono) else {
+                return fail(self, error::INSUFFICIENT_CAPACITY, io);
+            };
+            // The reservation's count becomes the allocation's when it is the same client's.
+            let quota = match held {
+                Some(h) if h.is_for(&quota_user, ip) => Ok(h),
+                _ => QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip),
+            };
+            let quota = match quota {
+                Ok(q) => q,
+                Err(code) => {
+                    self.lock_ports().release(fam, port);
+                    return fail(self, code, io);
+                }
+            };
+            family = fam;
+            let r = self.bind_port(fam, port, opts, io);
+            if r.is_none() {
+                self.lock_ports().release(fam, port);
+            }
+            (r, quota)
+        } else {
+            let quota = match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip) {
+                Ok(q) => q,
+                Err(code) => return fail(self, code, io),
+            };
+            // A reservation holds a port as an allocation does, so it counts as one against
+            // the user's, the IP's and the total quota while it lasts.
+            let reserve = if even_port == Some(true) {
+                match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip) {
+                    Ok(h) => Some((self.rng.next_u64(), h)),
+                    Err(code) => return fail(self, code, io),
+                }
+            } else {
+                None
+            };
+            let token = reserve.as_ref().map(|(t, _)| *t);
+            let r = self.open_relay(now.mono, family, even_port.is_some(), token, opts, io);
+            if let (Some(_), Some((t, hold))) = (&r, reserve) {
+                self.lock_ports().hold_reservation(t, hold);
+                new_token = Some(t);
+            }
+            (r, quota)
+        };
+        let Some(primary) = primary else {
+            return fail(self, error::INSUFFICIENT_CAPACITY, io);
+        };
+        let mut relays = [None, None];
+        relays[family] = Some(primary);
+        let mut address_error = None;
+        if additional {
+            if self.cfg.relay_ips[1].is_none() {
+                address_error = Some(error::ADDRESS_FAMILY_NOT_SUPPORTED);
+            } else if let Some(r) =
+                self.open_relay(now.mono, 1, even_port.is_some(), None, opts, io)
+            {
+                relays[1] = Some(r);
+            } else {
+                address_error = Some(error::INSUFFICIENT_CAPACITY);
+            }
+        }
+        let lifetime = self.lifetime(msg);
+        let alloc = Allocation::new(NewAllocation {
+            five_tuple: *ft,
+            relays,
+            username,
+            credential_expiry: auth.expiry,
+            now,
+            lifetime,
+            allocate_txid: msg.transaction_id(),
+            quota,
+            tcp: false,
+        });
+        let txid = alloc.allocate_txid;
+        let slot = self.install(alloc, lifetime);
+
+        let mut w = self.writer(msg, Class::Success);
+        for r in relays.iter().flatten() {
+            w.xor_address(attr::XOR_RELAYED_ADDRESS, r.advertised);
+        }
+        if let Some(code) = address_error {
+            w.error_code_family(
+                attr::ADDRESS_ERROR_CODE,
+                attr::FAMILY_IPV6,
+                code,
+                reason(code),
+            );
+        }
+        w.u32_attr(attr::LIFETIME, lifetime.as_secs() as u32);
+        if let Some(t) = new_token {
+            w.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+        }
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
+        self.seal_and_send(ft, msg, Some(auth), io);
+        self.cache_last(slot, txid, now.mono);
+    }
+
+    /// Allocate while draining. RFC 8489 §14.15: the ALTERNATE-SERVER's family MUST be
+    /// that of the request's source address, so a client of a family without an alternate
+    /// gets 508. No ALTERNATE-DOMAIN: it is only needed for (D)TLS redirects to another
+    /// certificate (RFC 8489 §10), and no alternate is configured by name.
+    pub(in crate::turn::server) fn refuse_draining(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        alternates: [Option<SocketAddr>; 2],
+        io: &mut impl Io,
+    ) {
+        let family = usize::from(ft.client.ip().to_canonical().is_ipv6());
+        let Some(alt) = alternates[family] else {
+            return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+        };
+        let mut w = self.writer(msg, Class::Error);
+        w.error_code(error::TRY_ALTERNATE, reason(error::TRY_ALTERNATE))
+            .address(attr::ALTERNATE_SERVER, alt);
+        self.stats.error_responses += 1;
+        self.seal_and_send(ft, msg, Some(auth), io);
+    }
+
+    /// Takes a port and binds a relay socket on it, trying other ports when one is taken.
+    pub(in crate::turn::server) fn open_relay(
+        &mut self,
+        now: Instant,
+        family: Family,
+        even: bool,
+        reserve: Option<u64>,
+        opts: RelayOptions,
+        io: &mut impl Io,
+    ) -> Option<Relay> {
+        for _ in 0..BIND_ATTEMPTS {
+            let random = self.random();
+            let port = {
+                let mut pool = self.lock_ports();
+                if even {
+                    pool.take_even(family, reserve, now, random)
+                } else {
+                    pool.take(family, now, random)
+                }
+            }?;
+            match self.bind_port(family, port, opts, io) {
+                Some(r) => return Some(r),
+                None => {
+                    let mut pool = self.lock_ports();
+                    pool.release(family, port);
+                    if let Some(t) = reserve {
+                        pool.cancel(t);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    pub(in crate::turn::server) fn bind_port(
+        &mut self,
+        family: Family,
+        port: u16,
+        opts: RelayOptions,
+        io: &mut impl Io,
+    ) -> Option<Relay> {
+        let (bind_ip, adv_ip) = self.cfg.relay_ips[family]?;
+        let id = RelayId(self.next_relay);
+        self.next_relay += 1;
+        let bound = SocketAddr::new(bind_ip, port);
+        match io.bind_relay(id, bound, opts) {
+            Ok(()) => Some(Relay {
+                id,
+                family,
+                port,
+                bound,
+                advertised: SocketAddr::new(adv_ip, port),
+            }),
+            Err(BindError::AddrInUse) | Err(BindError::Other) => {
+                debug!(%bound, "relay bind failed");
+                None
+            }
+        }
+    }
+}

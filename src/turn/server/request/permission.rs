@@ -1,0 +1,87 @@
+//! CreatePermission (RFC 8656 §9), and the peer check it shares with ChannelBind.
+
+use super::*;
+
+impl Server {
+    /// Reads the XOR-PEER-ADDRESS values and checks each against the allocation's
+    /// families and the peer policy; Err is the error code to answer.
+    pub(in crate::turn::server) fn check_peer(
+        &self,
+        slot: usize,
+        peer: SocketAddr,
+    ) -> Result<(), u16> {
+        let a = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.as_ref())
+            .ok_or(error::ALLOCATION_MISMATCH)?;
+        if a.relay_for(&peer).is_none() {
+            return Err(error::PEER_ADDRESS_FAMILY_MISMATCH);
+        }
+        if !self.cfg.policy.is_allowed_addr(peer) {
+            return Err(error::FORBIDDEN);
+        }
+        Ok(())
+    }
+
+    pub(in crate::turn::server) fn handle_create_permission(
+        &mut self,
+        now: Time,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authed,
+        io: &mut impl Io,
+    ) {
+        let Some(&slot) = self.by_tuple.get(ft) else {
+            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            return;
+        };
+        let txid = msg.transaction_id();
+        let mut peers: [Option<IpAddr>; 32] = [None; 32];
+        let mut n = 0;
+        for v in msg.get_all(attr::XOR_PEER_ADDRESS) {
+            let Some(peer) = decode_xor_address(v, &txid) else {
+                self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+                return;
+            };
+            if let Err(code) = self.check_peer(slot, peer) {
+                debug!(client = %ft.client, peer = %peer.ip(), code, "permission refused");
+                self.send_error(ft, msg, code, Some(auth), io);
+                return;
+            }
+            if n == peers.len() {
+                self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+                return;
+            }
+            peers[n] = Some(peer.ip());
+            n += 1;
+        }
+        if n == 0 {
+            self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return;
+        }
+        let max = self.cfg.max_permissions;
+        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let new = peers[..n]
+            .iter()
+            .flatten()
+            .filter(|ip| !a.permissions.contains_key(ip))
+            .count();
+        if a.permissions.len() + new > max {
+            a.sweep(now.mono);
+            if a.permissions.len() + new > max {
+                self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+                return;
+            }
+        }
+        for ip in peers[..n].iter().flatten() {
+            a.permissions.insert(*ip, now.mono + PERMISSION_LIFETIME);
+        }
+        self.writer(msg, Class::Success);
+        self.seal_and_send(ft, msg, Some(auth), io);
+        self.cache_last(slot, txid, now.mono);
+        self.schedule(slot);
+    }
+}
