@@ -747,7 +747,7 @@ fn settle(now: Time, server: &mut Server, io: &mut FuzzIo, policy: &PeerPolicy) 
             let mut r = server.take_connection(id, &user);
             if r.is_ok() && !io.peer_conns.contains(&id) {
                 server.handle_peer_connection_closed(id);
-                r = Err(crate::turn::error::BAD_REQUEST);
+                r = Err(crate::turn::error::RequestError::BadRequest);
             }
             if !server.handle_connection_claimed(&data, id, r, io) && r.is_ok() {
                 io.peer_conns.remove(&id);

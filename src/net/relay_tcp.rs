@@ -15,7 +15,7 @@ use tracing::debug;
 use super::now;
 use super::tcp::TcpIo;
 use super::udp::Worker;
-use crate::turn::error;
+use crate::turn::error::RequestError;
 use crate::turn::{BindError, ConnectionId, FiveTuple, RelayId, connection_owner};
 
 /// A TCP listener on a relayed address. SO_REUSEPORT lets the outgoing connections of
@@ -167,7 +167,7 @@ impl TcpIo {
                     }
                     None => {
                         core.handle_peer_connection_closed(id);
-                        res = Err(error::BAD_REQUEST);
+                        res = Err(RequestError::BadRequest);
                     }
                 }
             }
@@ -196,7 +196,12 @@ impl TcpIo {
             None => {
                 if let Some(me) = self.jobs.get(here) {
                     let _ = me.send(Box::new(move |core, io| {
-                        core.handle_connection_claimed(&data, id, Err(error::BAD_REQUEST), io);
+                        core.handle_connection_claimed(
+                            &data,
+                            id,
+                            Err(RequestError::BadRequest),
+                            io,
+                        );
                         if let Some(o) = io.tcp.conns.get(&data) {
                             o.claiming.set(false);
                             o.reader_wake.notify_one();

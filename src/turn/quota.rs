@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rustc_hash::FxHashMap;
 
 use super::bandwidth::Rate;
-use super::error;
+use super::error::RequestError;
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -119,21 +119,21 @@ impl Quotas {
     /// Counts one more allocation for `user` and returns its bandwidth limit, or says which
     /// error code refuses it: 508 over the total quota or the bandwidth capacity, 486 over
     /// the user's quota.
-    pub fn acquire(&self, user: &str) -> Result<Rate, u16> {
+    pub fn acquire(&self, user: &str) -> Result<Rate, RequestError> {
         let mut s = self.lock();
         let State { limits, counts: c } = &mut *s;
         let rate = limits.rate_for(user);
         let quota = limits.quota_for(user);
         if limits.total_quota > 0 && c.total >= limits.total_quota {
-            return Err(error::INSUFFICIENT_CAPACITY);
+            return Err(RequestError::InsufficientCapacity);
         }
         if limits.bps_capacity > 0 && c.bps_reserved.saturating_add(rate.bps) > limits.bps_capacity
         {
-            return Err(error::INSUFFICIENT_CAPACITY);
+            return Err(RequestError::InsufficientCapacity);
         }
         let n = c.per_user.get(user).copied().unwrap_or(0);
         if quota > 0 && n >= quota {
-            return Err(error::ALLOCATION_QUOTA_REACHED);
+            return Err(RequestError::AllocationQuotaReached);
         }
         c.per_user.insert(user.to_string(), n + 1);
         c.total += 1;
@@ -185,14 +185,14 @@ impl Quotas {
     /// Counts one more allocation from `ip`, or refuses it with 486 (Allocation Quota
     /// Reached, RFC 8656 §7.2) when the IP holds its quota. Counted even without a cap, so a
     /// cap set by a reload sees the allocations already live.
-    pub fn acquire_ip(&self, ip: IpAddr) -> Result<(), u16> {
+    pub fn acquire_ip(&self, ip: IpAddr) -> Result<(), RequestError> {
         let key = ip_key(ip);
         let mut s = self.lock();
         let quota = s.limits.ip_quota;
         let c = &mut s.counts;
         let n = c.per_ip.get(&key).copied().unwrap_or(0);
         if quota > 0 && n >= quota {
-            return Err(error::ALLOCATION_QUOTA_REACHED);
+            return Err(RequestError::AllocationQuotaReached);
         }
         c.per_ip.insert(key, n + 1);
         Ok(())
@@ -268,7 +268,11 @@ pub struct QuotaHold {
 impl QuotaHold {
     /// Counts one more allocation of `user` from `ip`, or says which error code refuses it
     /// (see [`Quotas::acquire`] and [`Quotas::acquire_ip`]).
-    pub fn acquire(quotas: &Arc<Quotas>, user: &str, ip: IpAddr) -> Result<QuotaHold, u16> {
+    pub fn acquire(
+        quotas: &Arc<Quotas>,
+        user: &str,
+        ip: IpAddr,
+    ) -> Result<QuotaHold, RequestError> {
         let rate = quotas.acquire(user)?;
         if let Err(code) = quotas.acquire_ip(ip) {
             quotas.release(user, rate.bps);
@@ -317,9 +321,9 @@ mod tests {
         let q = Quotas::new(2, 3);
         assert!(q.acquire("a").is_ok());
         assert!(q.acquire("a").is_ok());
-        assert_eq!(q.acquire("a"), Err(486));
+        assert_eq!(q.acquire("a"), Err(RequestError::AllocationQuotaReached));
         assert!(q.acquire("b").is_ok());
-        assert_eq!(q.acquire("c"), Err(508));
+        assert_eq!(q.acquire("c"), Err(RequestError::InsufficientCapacity));
         q.release("a", 0);
         assert!(q.acquire("c").is_ok());
         assert_eq!(q.total(), 3);
@@ -333,9 +337,15 @@ mod tests {
         let q = Arc::new(Quotas::new(1, 0).with_ip_quota(1));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let h = QuotaHold::acquire(&q, "a", ip).unwrap();
-        assert_eq!(QuotaHold::acquire(&q, "a", ip).unwrap_err(), 486);
+        assert_eq!(
+            QuotaHold::acquire(&q, "a", ip).unwrap_err(),
+            RequestError::AllocationQuotaReached
+        );
         // Over the IP's cap: the user's count taken on the way is given back.
-        assert_eq!(QuotaHold::acquire(&q, "b", ip).unwrap_err(), 486);
+        assert_eq!(
+            QuotaHold::acquire(&q, "b", ip).unwrap_err(),
+            RequestError::AllocationQuotaReached
+        );
         assert_eq!(q.user_count("b"), 0);
         assert!(h.is_for("a", ip) && !h.is_for("b", ip));
         drop(h);
@@ -375,10 +385,16 @@ mod tests {
             assert_eq!(q.acquire("vip").map(|r| r.bps), Ok(8_000_000));
         }
         assert_eq!(q.acquire("small").map(|r| r.bps), Ok(1_000_000));
-        assert_eq!(q.acquire("small"), Err(486));
+        assert_eq!(
+            q.acquire("small"),
+            Err(RequestError::AllocationQuotaReached)
+        );
         assert!(q.acquire("other").is_ok());
         assert!(q.acquire("other").is_ok());
-        assert_eq!(q.acquire("other"), Err(486));
+        assert_eq!(
+            q.acquire("other"),
+            Err(RequestError::AllocationQuotaReached)
+        );
     }
 
     #[test]
@@ -397,11 +413,11 @@ mod tests {
         assert!(q.acquire("a").is_ok());
         assert!(q.acquire("big").is_ok());
         assert_eq!(q.bps_reserved(), 4_000);
-        assert_eq!(q.acquire("a"), Err(508));
+        assert_eq!(q.acquire("a"), Err(RequestError::InsufficientCapacity));
         q.release("big", 3_000);
         assert_eq!(q.bps_reserved(), 1_000);
         assert!(q.acquire("a").is_ok());
-        assert_eq!(q.acquire("big"), Err(508));
+        assert_eq!(q.acquire("big"), Err(RequestError::InsufficientCapacity));
     }
 
     #[test]
@@ -413,13 +429,13 @@ mod tests {
         q.set_limits(2, 10);
         assert_eq!(q.limits(), (2, 10));
         assert_eq!(q.user_count("a"), 3);
-        assert_eq!(q.acquire("a"), Err(486));
+        assert_eq!(q.acquire("a"), Err(RequestError::AllocationQuotaReached));
         q.release("a", 0);
-        assert_eq!(q.acquire("a"), Err(486));
+        assert_eq!(q.acquire("a"), Err(RequestError::AllocationQuotaReached));
         q.release("a", 0);
         assert_eq!(q.acquire("a"), Ok(Rate::new(0, 0)));
         q.set_limits(0, 2);
-        assert_eq!(q.acquire("b"), Err(508));
+        assert_eq!(q.acquire("b"), Err(RequestError::InsufficientCapacity));
         assert_eq!(q.total(), 2);
     }
 
@@ -430,7 +446,7 @@ mod tests {
         q.set_bandwidth(500, 0, 1_500, FxHashMap::default());
         assert_eq!(q.acquire("a").map(|r| r.bps), Ok(500));
         assert_eq!(q.bps_reserved(), 1_500);
-        assert_eq!(q.acquire("a"), Err(508));
+        assert_eq!(q.acquire("a"), Err(RequestError::InsufficientCapacity));
         assert_eq!(q.bps_capacity(), 1_500);
     }
 
@@ -443,13 +459,16 @@ mod tests {
         let v6b: IpAddr = "2001:db8::2:1".parse().unwrap();
         assert_eq!(q.acquire_ip(a), Ok(()));
         assert_eq!(q.acquire_ip(mapped), Ok(()));
-        assert_eq!(q.acquire_ip(a), Err(486));
+        assert_eq!(q.acquire_ip(a), Err(RequestError::AllocationQuotaReached));
         q.release_ip(a);
         assert_eq!(q.ip_count(a), 1);
         assert_eq!(q.acquire_ip(a), Ok(()));
         assert_eq!(q.acquire_ip(v6a), Ok(()));
         assert_eq!(q.acquire_ip(v6b), Ok(()));
-        assert_eq!(q.acquire_ip("2001:db8::ffff".parse().unwrap()), Err(486));
+        assert_eq!(
+            q.acquire_ip("2001:db8::ffff".parse().unwrap()),
+            Err(RequestError::AllocationQuotaReached)
+        );
         assert_eq!(q.acquire_ip("2001:db8:0:1::1".parse().unwrap()), Ok(()));
         q.release_ip(a);
         q.release_ip(a);

@@ -67,7 +67,6 @@ impl Io for SimIo {
     }
 }
 
-#[path = "sim_tcp_tests.rs"]
 mod tcp;
 
 struct Sim {

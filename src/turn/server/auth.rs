@@ -23,7 +23,7 @@ const MAX_USERNAME: usize = 513;
 pub fn challenge_len(realm: &str) -> usize {
     let attr = |len: usize| 4 + len.next_multiple_of(4);
     HEADER_LEN
-        + attr(4 + reason(error::UNAUTHENTICATED).len())
+        + attr(4 + RequestError::Unauthenticated.reason().len())
         + attr(realm.len())
         + attr(crate::auth::NONCE_LEN)
         + attr(PASSWORD_ALGORITHMS_VALUE.len())
@@ -45,29 +45,29 @@ impl Server {
         io: &mut impl Io,
     ) -> Option<Authed> {
         if !msg.has_integrity() {
-            self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
+            self.challenge(now, ft, msg, RequestError::Unauthenticated, false, io);
             return None;
         }
         let (Some(realm), Some(nonce)) = (msg.get(attr::REALM), msg.get(attr::NONCE)) else {
-            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+            self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
             return None;
         };
         let Some(user) = msg.get(attr::USERNAME) else {
             // USERHASH (RFC 8489 §14.4) is not supported: a client that sent only the hash
             // is challenged, so it can retry with USERNAME.
             if msg.get(attr::USERHASH).is_some() {
-                self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
+                self.challenge(now, ft, msg, RequestError::Unauthenticated, false, io);
             } else {
-                self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+                self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
             }
             return None;
         };
         let Ok(user) = std::str::from_utf8(user) else {
-            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+            self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
             return None;
         };
         if user.len() >= MAX_USERNAME {
-            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+            self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
             return None;
         }
         let algorithms = msg.get(attr::PASSWORD_ALGORITHMS);
@@ -78,18 +78,18 @@ impl Server {
                 [0x00, 0x01, 0x00, 0x00] => PasswordAlgorithm::Md5,
                 [0x00, 0x02, 0x00, 0x00] => PasswordAlgorithm::Sha256,
                 _ => {
-                    self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+                    self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
                     return None;
                 }
             },
             _ => {
-                self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+                self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
                 return None;
             }
         };
         if realm != self.cfg.auth.realm().as_bytes() {
             self.stats.auth_failures += 1;
-            self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
+            self.challenge(now, ft, msg, RequestError::Unauthenticated, false, io);
             return None;
         }
         let has_alloc = self.by_tuple.contains_key(ft);
@@ -141,15 +141,15 @@ impl Server {
         let Some(auth) = found else {
             self.stats.auth_failures += 1;
             debug!(client = %ft.client, user = display_user(user, self.cfg.rest_separator), "authentication failed");
-            self.challenge(now, ft, msg, error::UNAUTHENTICATED, false, io);
+            self.challenge(now, ft, msg, RequestError::Unauthenticated, false, io);
             return None;
         };
         if !self.cfg.auth.check_nonce(nonce, now.unix, ft.client.ip()) {
-            self.challenge(now, ft, msg, error::STALE_NONCE, true, io);
+            self.challenge(now, ft, msg, RequestError::StaleNonce, true, io);
             return None;
         }
         if self.alloc(ft).is_some_and(|a| a.username != user) {
-            self.send_error(ft, msg, error::WRONG_CREDENTIALS, Some(&auth), io);
+            self.send_error(ft, msg, RequestError::WrongCredentials, Some(&auth), io);
             return None;
         }
         Some(auth)
@@ -162,14 +162,14 @@ impl Server {
         now: Time,
         ft: &FiveTuple,
         msg: &Message<'_>,
-        code: u16,
+        err: RequestError,
         proven: bool,
         io: &mut impl Io,
     ) {
         let nonce = self.cfg.auth.mint_nonce(now.unix, ft.client.ip());
         let auth = self.cfg.auth.clone();
         let mut w = self.writer(msg, Class::Error);
-        w.error_code(code, reason(code))
+        w.error_code(err.code(), err.reason())
             .attr(attr::REALM, auth.realm().as_bytes())
             .attr(attr::NONCE, nonce.as_bytes())
             .attr(attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS_VALUE);
@@ -180,7 +180,7 @@ impl Server {
             self.seal_and_send_unauth(now.mono, ft, msg, io)
         };
         if sent {
-            self.count_error(msg.method(), code);
+            self.count_error(msg.method(), err);
         }
     }
 
@@ -215,13 +215,13 @@ impl Server {
         now: Instant,
         ft: &FiveTuple,
         msg: &Message<'_>,
-        code: u16,
+        err: RequestError,
         io: &mut impl Io,
     ) {
         let mut w = self.writer(msg, Class::Error);
-        w.error_code(code, reason(code));
+        w.error_code(err.code(), err.reason());
         if self.seal_and_send_unauth(now, ft, msg, io) {
-            self.count_error(msg.method(), code);
+            self.count_error(msg.method(), err);
         }
     }
 

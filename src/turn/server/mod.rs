@@ -19,7 +19,7 @@ use super::allocation::{
     Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, NewAllocation,
     PERMISSION_LIFETIME, Relay,
 };
-use super::error::{self, reason};
+use super::error::RequestError;
 use super::peer_policy::PeerPolicy;
 use super::ports::{Family, PortPool};
 use super::quota::{QuotaHold, Quotas};
@@ -347,7 +347,7 @@ impl Server {
                 | method::CONNECT
                 | method::CONNECTION_BIND
         ) {
-            self.send_unauth_error(now.mono, ft, msg, error::BAD_REQUEST, io);
+            self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
             return;
         }
         // A retransmission gets the answer the original got (RFC 8489 §6.3.1).
@@ -378,9 +378,12 @@ impl Server {
                 v[2 * i..2 * i + 2].copy_from_slice(&t.to_be_bytes());
             }
             let mut w = self.writer(msg, Class::Error);
-            w.error_code(error::UNKNOWN_ATTRIBUTE, reason(error::UNKNOWN_ATTRIBUTE))
-                .attr(attr::UNKNOWN_ATTRIBUTES, &v[..2 * n_unknown]);
-            self.count_error(m, error::UNKNOWN_ATTRIBUTE);
+            w.error_code(
+                RequestError::UnknownAttribute.code(),
+                RequestError::UnknownAttribute.reason(),
+            )
+            .attr(attr::UNKNOWN_ATTRIBUTES, &v[..2 * n_unknown]);
+            self.count_error(m, RequestError::UnknownAttribute);
             self.seal_and_send(ft, msg, Some(&auth), io);
             return;
         }
@@ -455,19 +458,19 @@ impl Server {
         &mut self,
         ft: &FiveTuple,
         msg: &Message<'_>,
-        code: u16,
+        err: RequestError,
         auth: Option<&Authed>,
         io: &mut impl Io,
     ) {
         let mut w = self.writer(msg, Class::Error);
-        w.error_code(code, reason(code));
-        self.count_error(msg.method(), code);
+        w.error_code(err.code(), err.reason());
+        self.count_error(msg.method(), err);
         self.seal_and_send(ft, msg, auth, io);
     }
 
-    fn count_error(&mut self, method: u16, code: u16) {
+    fn count_error(&mut self, method: u16, err: RequestError) {
         self.stats.error_responses += 1;
-        self.stats.errors_by_method[method_slot(method)][code_slot(code)] += 1;
+        self.stats.errors_by_method[method_slot(method)][code_slot(err.code())] += 1;
     }
 
     /// Appends SOFTWARE (authenticated answers only), the integrity attribute matching the

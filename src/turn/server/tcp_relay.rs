@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use tracing::debug;
 
 use super::super::allocation::{Allocation, NewAllocation, Relay};
-use super::super::error::{self, reason};
+use super::super::error::RequestError;
 use super::super::ports::Family;
 use super::super::quota::QuotaHold;
 use super::super::{
@@ -134,7 +134,7 @@ impl Server {
             .iter()
             .any(|t| msg.get(*t).is_some());
         if bad {
-            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         }
         let family: Family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None | Some([attr::FAMILY_IPV4, _, _, _]) => 0,
@@ -143,15 +143,21 @@ impl Server {
                 return self.send_error(
                     ft,
                     msg,
-                    error::ADDRESS_FAMILY_NOT_SUPPORTED,
+                    RequestError::AddressFamilyNotSupported,
                     Some(auth),
                     io,
                 );
             }
-            Some(_) => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+            Some(_) => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
         };
         let Some((bind_ip, adv_ip)) = self.cfg.relay_ips[family] else {
-            return self.send_error(ft, msg, error::ADDRESS_FAMILY_NOT_SUPPORTED, Some(auth), io);
+            return self.send_error(
+                ft,
+                msg,
+                RequestError::AddressFamilyNotSupported,
+                Some(auth),
+                io,
+            );
         };
         let username = msg
             .get(attr::USERNAME)
@@ -188,7 +194,7 @@ impl Server {
             self.lock_ports().release(family, port);
         }
         let Some(relay) = relay else {
-            return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
         };
         let lifetime = self.lifetime(msg);
         let mut relays = [None, None];
@@ -226,7 +232,13 @@ impl Server {
     }
 
     /// Answers a parked request: success with CONNECTION-ID, or the error `code`.
-    fn answer_parked(&mut self, to: &FiveTuple, p: &Parked, code: Option<u16>, io: &mut impl Io) {
+    fn answer_parked(
+        &mut self,
+        to: &FiveTuple,
+        p: &Parked,
+        code: Option<RequestError>,
+        io: &mut impl Io,
+    ) {
         let class = if code.is_some() {
             Class::Error
         } else {
@@ -235,7 +247,7 @@ impl Server {
         let mut w = MessageWriter::new(&mut self.out, p.method, class, p.txid);
         match code {
             Some(c) => {
-                w.error_code(c, reason(c));
+                w.error_code(c.code(), c.reason());
                 self.stats.error_responses += 1;
             }
             None if p.method == method::CONNECT => {
@@ -268,20 +280,20 @@ impl Server {
         io: &mut impl Io,
     ) {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            return self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
         };
         let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
             return;
         };
         if !a.tcp {
-            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         }
         let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
             Some(Ok(p)) => p,
-            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
         };
         if let Err(code) = self.check_peer(slot, peer) {
-            debug!(client = %ft.client, peer = %peer, code, "connect refused");
+            debug!(client = %ft.client, peer = %peer, code = code.code(), "connect refused");
             return self.send_error(ft, msg, code, Some(auth), io);
         }
         let Some(from) = self
@@ -291,13 +303,25 @@ impl Server {
             .and_then(|a| a.relay_for(&peer))
             .map(|r| r.bound)
         else {
-            return self.send_error(ft, msg, error::PEER_ADDRESS_FAMILY_MISMATCH, Some(auth), io);
+            return self.send_error(
+                ft,
+                msg,
+                RequestError::PeerAddressFamilyMismatch,
+                Some(auth),
+                io,
+            );
         };
         if self.tcp.by_pair.contains_key(&(*ft, peer)) {
-            return self.send_error(ft, msg, error::CONNECTION_ALREADY_EXISTS, Some(auth), io);
+            return self.send_error(
+                ft,
+                msg,
+                RequestError::ConnectionAlreadyExists,
+                Some(auth),
+                io,
+            );
         }
         if self.tcp.count(ft) >= self.cfg.max_permissions {
-            return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
         }
         let id = self.new_connection_id();
         let parked = self.park(id, msg, auth);
@@ -314,7 +338,7 @@ impl Server {
             self.send_error(
                 ft,
                 msg,
-                error::CONNECTION_TIMEOUT_OR_FAILURE,
+                RequestError::ConnectionTimeoutOrFailure,
                 Some(auth),
                 io,
             );
@@ -350,7 +374,7 @@ impl Server {
             self.answer_parked(
                 &control,
                 &parked,
-                Some(error::CONNECTION_TIMEOUT_OR_FAILURE),
+                Some(RequestError::ConnectionTimeoutOrFailure),
                 io,
             );
         }
@@ -416,19 +440,19 @@ impl Server {
     ) {
         let id = match msg.u32_attr(attr::CONNECTION_ID) {
             Some(Ok(id)) => id,
-            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
         };
         if ft.transport == Transport::Udp
             || self.by_tuple.contains_key(ft)
             || self.tcp.parked.contains_key(ft)
         {
-            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         }
         let Some(user) = msg
             .get(attr::USERNAME)
             .and_then(|u| std::str::from_utf8(u).ok())
         else {
-            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         };
         let parked = self.park(id, msg, auth);
         self.tcp.parked.insert(*ft, parked);
@@ -438,19 +462,23 @@ impl Server {
     /// On the worker owning `id`: hands a pending peer connection to a ConnectionBind from
     /// `username`. 400 when `id` names no pending connection, 441 when the allocation
     /// belongs to someone else.
-    pub fn take_connection(&mut self, id: ConnectionId, username: &str) -> Result<(), u16> {
-        let c = self.tcp.conns.get(&id).ok_or(error::BAD_REQUEST)?;
+    pub fn take_connection(
+        &mut self,
+        id: ConnectionId,
+        username: &str,
+    ) -> Result<(), RequestError> {
+        let c = self.tcp.conns.get(&id).ok_or(RequestError::BadRequest)?;
         if !matches!(c.state, State::Pending(_)) {
-            return Err(error::BAD_REQUEST);
+            return Err(RequestError::BadRequest);
         }
         let owner = self
             .by_tuple
             .get(&c.control)
             .and_then(|&s| self.slots.get(s))
             .and_then(|s| s.as_ref())
-            .ok_or(error::BAD_REQUEST)?;
+            .ok_or(RequestError::BadRequest)?;
         if owner.username != username {
-            return Err(error::WRONG_CREDENTIALS);
+            return Err(RequestError::WrongCredentials);
         }
         if let Some(c) = self.tcp.conns.get_mut(&id) {
             c.state = State::Bound;
@@ -464,7 +492,7 @@ impl Server {
         &mut self,
         data: &FiveTuple,
         id: ConnectionId,
-        result: Result<(), u16>,
+        result: Result<(), RequestError>,
         io: &mut impl Io,
     ) -> bool {
         let Some(p) = self.tcp.parked.remove(data) else {

@@ -13,7 +13,7 @@ impl Server {
         io: &mut impl Io,
     ) {
         if self.by_tuple.contains_key(ft) {
-            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
             return;
         }
         let fail = |s: &mut Self, code, io: &mut _| s.send_error(ft, msg, code, Some(auth), io);
@@ -22,14 +22,16 @@ impl Server {
             Some([p, _, _, _]) if *p == attr::TRANSPORT_TCP => {
                 return self.handle_allocate_tcp(now, ft, msg, auth, io);
             }
-            Some([_, _, _, _]) => return fail(self, error::UNSUPPORTED_TRANSPORT_PROTOCOL, io),
-            _ => return fail(self, error::BAD_REQUEST, io),
+            Some([_, _, _, _]) => {
+                return fail(self, RequestError::UnsupportedTransportProtocol, io);
+            }
+            _ => return fail(self, RequestError::BadRequest, io),
         }
         let dont_fragment = msg.get(attr::DONT_FRAGMENT).is_some();
         let even_port = match msg.get(attr::EVEN_PORT) {
             None => None,
             Some([b, ..]) => Some(b & 0x80 != 0),
-            Some([]) => return fail(self, error::BAD_REQUEST, io),
+            Some([]) => return fail(self, RequestError::BadRequest, io),
         };
         let token = match msg.get(attr::RESERVATION_TOKEN) {
             None => None,
@@ -38,19 +40,19 @@ impl Server {
                 t.copy_from_slice(v);
                 Some(u64::from_be_bytes(t))
             }
-            Some(_) => return fail(self, error::BAD_REQUEST, io),
+            Some(_) => return fail(self, RequestError::BadRequest, io),
         };
         let requested = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => None,
             Some([attr::FAMILY_IPV4, _, _, _]) => Some(0),
             Some([attr::FAMILY_IPV6, _, _, _]) => Some(1),
-            Some([_, _, _, _]) => return fail(self, error::ADDRESS_FAMILY_NOT_SUPPORTED, io),
-            Some(_) => return fail(self, error::BAD_REQUEST, io),
+            Some([_, _, _, _]) => return fail(self, RequestError::AddressFamilyNotSupported, io),
+            Some(_) => return fail(self, RequestError::BadRequest, io),
         };
         let additional = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
             None => false,
             Some([attr::FAMILY_IPV6, _, _, _]) => true,
-            Some(_) => return fail(self, error::BAD_REQUEST, io),
+            Some(_) => return fail(self, RequestError::BadRequest, io),
         };
         // RFC 8656 §7.2: these combinations are contradictory. A reservation (EVEN-PORT with
         // R) holds the next port of one family, and one RESERVATION-TOKEN cannot name ports of
@@ -59,11 +61,11 @@ impl Server {
             || (requested.is_some() && additional)
             || (additional && even_port == Some(true))
         {
-            return fail(self, error::BAD_REQUEST, io);
+            return fail(self, RequestError::BadRequest, io);
         }
         let mut family: Family = requested.unwrap_or(0);
         if self.cfg.relay_ips[family].is_none() {
-            return fail(self, error::ADDRESS_FAMILY_NOT_SUPPORTED, io);
+            return fail(self, RequestError::AddressFamilyNotSupported, io);
         }
         let username = msg
             .get(attr::USERNAME)
@@ -81,7 +83,7 @@ impl Server {
         let mut new_token = None;
         let (primary, quota) = if let Some(t) = token {
             let Some((fam, port, held)) = self.lock_ports().claim(t, now.mono) else {
-                return fail(self, error::INSUFFICIENT_CAPACITY, io);
+                return fail(self, RequestError::InsufficientCapacity, io);
             };
             // The reservation's count becomes the allocation's when it is the same client's.
             let quota = match held {
@@ -125,20 +127,20 @@ impl Server {
             (r, quota)
         };
         let Some(primary) = primary else {
-            return fail(self, error::INSUFFICIENT_CAPACITY, io);
+            return fail(self, RequestError::InsufficientCapacity, io);
         };
         let mut relays = [None, None];
         relays[family] = Some(primary);
         let mut address_error = None;
         if additional {
             if self.cfg.relay_ips[1].is_none() {
-                address_error = Some(error::ADDRESS_FAMILY_NOT_SUPPORTED);
+                address_error = Some(RequestError::AddressFamilyNotSupported);
             } else if let Some(r) =
                 self.open_relay(now.mono, 1, even_port.is_some(), None, opts, io)
             {
                 relays[1] = Some(r);
             } else {
-                address_error = Some(error::INSUFFICIENT_CAPACITY);
+                address_error = Some(RequestError::InsufficientCapacity);
             }
         }
         let lifetime = self.lifetime(msg);
@@ -164,8 +166,8 @@ impl Server {
             w.error_code_family(
                 attr::ADDRESS_ERROR_CODE,
                 attr::FAMILY_IPV6,
-                code,
-                reason(code),
+                code.code(),
+                code.reason(),
             );
         }
         w.u32_attr(attr::LIFETIME, lifetime.as_secs() as u32);
@@ -191,11 +193,14 @@ impl Server {
     ) {
         let family = usize::from(ft.client.ip().to_canonical().is_ipv6());
         let Some(alt) = alternates[family] else {
-            return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
         };
         let mut w = self.writer(msg, Class::Error);
-        w.error_code(error::TRY_ALTERNATE, reason(error::TRY_ALTERNATE))
-            .address(attr::ALTERNATE_SERVER, alt);
+        w.error_code(
+            RequestError::TryAlternate.code(),
+            RequestError::TryAlternate.reason(),
+        )
+        .address(attr::ALTERNATE_SERVER, alt);
         self.stats.error_responses += 1;
         self.seal_and_send(ft, msg, Some(auth), io);
     }

@@ -22,8 +22,11 @@ impl Server {
         let mapped = self.cfg.mapped_address;
         let mut w = self.writer(msg, if n > 0 { Class::Error } else { Class::Success });
         if n > 0 {
-            w.error_code(error::UNKNOWN_ATTRIBUTE, reason(error::UNKNOWN_ATTRIBUTE))
-                .attr(attr::UNKNOWN_ATTRIBUTES, &unknown[..n]);
+            w.error_code(
+                RequestError::UnknownAttribute.code(),
+                RequestError::UnknownAttribute.reason(),
+            )
+            .attr(attr::UNKNOWN_ATTRIBUTES, &unknown[..n]);
         } else {
             w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
             if mapped {
@@ -31,7 +34,7 @@ impl Server {
             }
         }
         if self.seal_and_send_unauth(now, ft, msg, io) && n > 0 {
-            self.count_error(method::BINDING, error::UNKNOWN_ATTRIBUTE);
+            self.count_error(method::BINDING, RequestError::UnknownAttribute);
         }
     }
 }

@@ -12,7 +12,7 @@ impl Server {
         io: &mut impl Io,
     ) {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
             return;
         };
         if self
@@ -22,19 +22,19 @@ impl Server {
             .is_some_and(|a| a.tcp)
         {
             // RFC 6062 §5.1: a TCP allocation relays over data connections, not channels.
-            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         }
         let number = match msg.get(attr::CHANNEL_NUMBER) {
             Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
-            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
         };
         // RFC 8656 §12 (RFC 5766 §11 without strict): a number outside the range gets 400.
         if !channel_data::is_bindable(number, self.cfg.strict_channel_numbers) {
-            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         }
         let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
             Some(Ok(p)) => p,
-            _ => return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io),
+            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
         };
         if let Err(code) = self.check_peer(slot, peer) {
             return self.send_error(ft, msg, code, Some(auth), io);
@@ -58,19 +58,31 @@ impl Server {
                     .is_some_and(|c| t < c.expires + CHANNEL_QUARANTINE)
         });
         if number_taken || peer_taken {
-            return self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         }
         if !a.permissions.contains_key(&peer.ip()) && a.permissions.len() >= max {
             a.sweep(t);
             if a.permissions.len() >= max {
-                return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+                return self.send_error(
+                    ft,
+                    msg,
+                    RequestError::InsufficientCapacity,
+                    Some(auth),
+                    io,
+                );
             }
         }
         // A new number counts against the channel cap; quarantined numbers still hold state.
         if !a.channels.contains_key(&number) && a.channels.len() >= max_channels {
             a.sweep(t);
             if a.channels.len() >= max_channels {
-                return self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+                return self.send_error(
+                    ft,
+                    msg,
+                    RequestError::InsufficientCapacity,
+                    Some(auth),
+                    io,
+                );
             }
         }
         if let Some(old) = a.channels.get(&number).filter(|c| c.peer != peer) {

@@ -9,17 +9,17 @@ impl Server {
         &self,
         slot: usize,
         peer: SocketAddr,
-    ) -> Result<(), u16> {
+    ) -> Result<(), RequestError> {
         let a = self
             .slots
             .get(slot)
             .and_then(|s| s.as_ref())
-            .ok_or(error::ALLOCATION_MISMATCH)?;
+            .ok_or(RequestError::AllocationMismatch)?;
         if a.relay_for(&peer).is_none() {
-            return Err(error::PEER_ADDRESS_FAMILY_MISMATCH);
+            return Err(RequestError::PeerAddressFamilyMismatch);
         }
         if !self.cfg.policy.is_allowed_addr(peer) {
-            return Err(error::FORBIDDEN);
+            return Err(RequestError::Forbidden);
         }
         Ok(())
     }
@@ -33,7 +33,7 @@ impl Server {
         io: &mut impl Io,
     ) {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
             return;
         };
         let txid = msg.transaction_id();
@@ -41,23 +41,23 @@ impl Server {
         let mut n = 0;
         for v in msg.get_all(attr::XOR_PEER_ADDRESS) {
             let Some(peer) = decode_xor_address(v, &txid) else {
-                self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+                self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
                 return;
             };
             if let Err(code) = self.check_peer(slot, peer) {
-                debug!(client = %ft.client, peer = %peer.ip(), code, "permission refused");
+                debug!(client = %ft.client, peer = %peer.ip(), code = code.code(), "permission refused");
                 self.send_error(ft, msg, code, Some(auth), io);
                 return;
             }
             if n == peers.len() {
-                self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+                self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
                 return;
             }
             peers[n] = Some(peer.ip());
             n += 1;
         }
         if n == 0 {
-            self.send_error(ft, msg, error::BAD_REQUEST, Some(auth), io);
+            self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
             return;
         }
         let max = self.cfg.max_permissions;
@@ -72,7 +72,7 @@ impl Server {
         if a.permissions.len() + new > max {
             a.sweep(now.mono);
             if a.permissions.len() + new > max {
-                self.send_error(ft, msg, error::INSUFFICIENT_CAPACITY, Some(auth), io);
+                self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
                 return;
             }
         }

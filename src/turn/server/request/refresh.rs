@@ -13,7 +13,7 @@ impl Server {
         io: &mut impl Io,
     ) {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            self.send_error(ft, msg, error::ALLOCATION_MISMATCH, Some(auth), io);
+            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
             return;
         };
         let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
@@ -21,7 +21,13 @@ impl Server {
             Some([attr::FAMILY_IPV4, _, _, _]) => Some(0),
             Some([attr::FAMILY_IPV6, _, _, _]) => Some(1),
             Some(_) => {
-                self.send_error(ft, msg, error::PEER_ADDRESS_FAMILY_MISMATCH, Some(auth), io);
+                self.send_error(
+                    ft,
+                    msg,
+                    RequestError::PeerAddressFamilyMismatch,
+                    Some(auth),
+                    io,
+                );
                 return;
             }
         };
@@ -29,7 +35,13 @@ impl Server {
             return;
         };
         if family.is_some_and(|f| a.relays[f].is_none()) {
-            self.send_error(ft, msg, error::PEER_ADDRESS_FAMILY_MISMATCH, Some(auth), io);
+            self.send_error(
+                ft,
+                msg,
+                RequestError::PeerAddressFamilyMismatch,
+                Some(auth),
+                io,
+            );
             return;
         }
         let dual = a.relays.iter().flatten().count() == 2;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::stun::{Class, attr, method};
+use crate::turn::error::RequestError;
 
 /// What the core asked of the driver's TCP side.
 #[derive(Default)]
@@ -190,12 +191,17 @@ fn connect_then_bind_and_446_447() {
     assert!(out.is_empty(), "the answer waits for the owner");
     let (cid, data, user) = sim.io.tcp.claims.pop().unwrap();
     assert_eq!((cid, data, user.as_str()), (id, d.ft, "bob"));
-    assert_eq!(sim.server.take_connection(id, "bob"), Err(441));
-    sim.io.to_client.clear();
-    assert!(
-        !sim.server
-            .handle_connection_claimed(&d.ft, id, Err(441), &mut sim.io)
+    assert_eq!(
+        sim.server.take_connection(id, "bob"),
+        Err(RequestError::WrongCredentials)
     );
+    sim.io.to_client.clear();
+    assert!(!sim.server.handle_connection_claimed(
+        &d.ft,
+        id,
+        Err(RequestError::WrongCredentials),
+        &mut sim.io
+    ));
     assert_eq!(Resp(sim.io.to_client.pop().unwrap().1).code(), Some(441));
 
     let mut e = Client::new(tcp_ft(3002), "alice", "wonderland");
@@ -207,7 +213,7 @@ fn connect_then_bind_and_446_447() {
     assert_eq!(sim.server.take_connection(id, "alice"), Ok(()));
     assert_eq!(
         sim.server.take_connection(id, "alice"),
-        Err(400),
+        Err(RequestError::BadRequest),
         "bound once"
     );
     sim.io.to_client.clear();
@@ -279,7 +285,10 @@ fn incoming_peer_needs_permission_and_bind_window_closes() {
     assert!(!sim.io.tcp.closed.contains(&id));
     sim.advance(2);
     assert!(sim.io.tcp.closed.contains(&id));
-    assert_eq!(sim.server.take_connection(id, "alice"), Err(400));
+    assert_eq!(
+        sim.server.take_connection(id, "alice"),
+        Err(RequestError::BadRequest)
+    );
 }
 
 #[test]
