@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use super::bandwidth::TokenBucket;
+use super::ports::Family;
 use super::quota::QuotaHold;
 use super::stats::DROP_REASONS;
 use super::{FiveTuple, RelayId, Time};
@@ -24,7 +25,7 @@ const RETRANSMIT_CACHE: usize = 8;
 #[derive(Clone, Copy, Debug)]
 pub struct Relay {
     pub id: RelayId,
-    pub family: usize,
+    pub family: Family,
     pub port: u16,
     /// The address the socket is bound to.
     pub bound: SocketAddr,
@@ -125,7 +126,7 @@ impl Allocation {
     }
 
     pub fn relay_for(&self, peer: &SocketAddr) -> Option<&Relay> {
-        self.relays[family_of(peer.ip())].as_ref()
+        self.relays[Family::of(peer.ip()).index()].as_ref()
     }
 
     pub fn has_permission(&self, ip: &IpAddr, now: Instant) -> bool {
@@ -199,12 +200,5 @@ impl Allocation {
             d = d.min(c.expires + CHANNEL_QUARANTINE);
         }
         d
-    }
-}
-
-pub fn family_of(ip: IpAddr) -> usize {
-    match ip {
-        IpAddr::V4(_) => 0,
-        IpAddr::V6(_) => 1,
     }
 }

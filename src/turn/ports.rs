@@ -11,8 +11,42 @@ use super::quota::QuotaHold;
 /// (RFC 8656 §14.9 suggests about 30 seconds).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Address family index: 0 for IPv4, 1 for IPv6.
-pub type Family = usize;
+/// An address family: the relays, relay IPs and port pools of a server come one per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The family's slot in a per-family array: 0 for IPv4, 1 for IPv6.
+    pub const fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
+    /// The family of an address as given (an IPv4-mapped IPv6 address is IPv6).
+    pub const fn of(ip: std::net::IpAddr) -> Family {
+        match ip {
+            std::net::IpAddr::V4(_) => Family::V4,
+            std::net::IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The family of REQUESTED-ADDRESS-FAMILY's first byte (RFC 8656 §18.8), if known.
+    pub const fn from_attr(byte: u8) -> Option<Family> {
+        match byte {
+            0x01 => Some(Family::V4),
+            0x02 => Some(Family::V6),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Reservation {
@@ -53,25 +87,25 @@ impl PortPool {
 
     /// Ports taken (including reserved ones) in a family.
     pub fn in_use(&self, family: Family) -> usize {
-        self.in_use[family]
+        self.in_use[family.index()]
     }
 
     fn is_used(&self, family: Family, port: u16) -> bool {
         let i = (port - self.min) as usize;
-        self.used[family][i / 64] & (1 << (i % 64)) != 0
+        self.used[family.index()][i / 64] & (1 << (i % 64)) != 0
     }
 
     fn mark(&mut self, family: Family, port: u16, used: bool) {
         let i = (port - self.min) as usize;
         let bit = 1u64 << (i % 64);
-        let word = &mut self.used[family][i / 64];
+        let word = &mut self.used[family.index()][i / 64];
         let was = *word & bit != 0;
         if used && !was {
             *word |= bit;
-            self.in_use[family] += 1;
+            self.in_use[family.index()] += 1;
         } else if !used && was {
             *word &= !bit;
-            self.in_use[family] -= 1;
+            self.in_use[family.index()] -= 1;
         }
     }
 
@@ -189,39 +223,41 @@ mod tests {
     fn takes_every_port_once_then_none() {
         let now = Instant::now();
         let mut p = PortPool::new(50000, 50009);
-        let mut got: Vec<u16> = (0..10).map(|i| p.take(0, now, i * 7).unwrap()).collect();
+        let mut got: Vec<u16> = (0..10)
+            .map(|i| p.take(Family::V4, now, i * 7).unwrap())
+            .collect();
         got.sort();
         assert_eq!(got, (50000..=50009).collect::<Vec<_>>());
-        assert_eq!(p.take(0, now, 3), None);
+        assert_eq!(p.take(Family::V4, now, 3), None);
         // The other family has its own ports.
-        assert!(p.take(1, now, 3).is_some());
-        p.release(0, 50004);
-        assert_eq!(p.take(0, now, 0), Some(50004));
+        assert!(p.take(Family::V6, now, 3).is_some());
+        p.release(Family::V4, 50004);
+        assert_eq!(p.take(Family::V4, now, 0), Some(50004));
     }
 
     #[test]
     fn even_port_with_reservation() {
         let now = Instant::now();
         let mut p = PortPool::new(50000, 50003);
-        let even = p.take_even(0, Some(42), now, 1).unwrap();
+        let even = p.take_even(Family::V4, Some(42), now, 1).unwrap();
         assert_eq!(even % 2, 0);
-        assert_eq!(p.in_use(0), 2);
+        assert_eq!(p.in_use(Family::V4), 2);
         assert_eq!(
             p.claim(42, now).map(|(f, p, _)| (f, p)),
-            Some((0, even + 1))
+            Some((Family::V4, even + 1))
         );
         assert!(p.claim(42, now).is_none());
-        assert_eq!(p.in_use(0), 2);
+        assert_eq!(p.in_use(Family::V4), 2);
     }
 
     #[test]
     fn reservation_expires_and_frees_its_port() {
         let now = Instant::now();
         let mut p = PortPool::new(50000, 50001);
-        assert_eq!(p.take_even(0, Some(7), now, 0), Some(50000));
-        assert_eq!(p.take(0, now, 0), None);
+        assert_eq!(p.take_even(Family::V4, Some(7), now, 0), Some(50000));
+        assert_eq!(p.take(Family::V4, now, 0), None);
         let later = now + RESERVATION_LIFETIME;
-        assert_eq!(p.take(0, later, 0), Some(50001));
+        assert_eq!(p.take(Family::V4, later, 0), Some(50001));
         assert!(p.claim(7, later).is_none());
     }
 
@@ -233,7 +269,7 @@ mod tests {
         let ip = "192.0.2.7".parse().unwrap();
         let now = Instant::now();
         let mut p = PortPool::new(50000, 50003);
-        p.take_even(0, Some(9), now, 0).unwrap();
+        p.take_even(Family::V4, Some(9), now, 0).unwrap();
         assert!(p.hold_reservation(9, QuotaHold::acquire(&q, "u", ip).unwrap()));
         assert!(!p.hold_reservation(10, QuotaHold::acquire(&q, "u", ip).unwrap()));
         assert_eq!((q.user_count("u"), q.ip_count(ip)), (1, 1));
@@ -245,7 +281,7 @@ mod tests {
     fn full_range_edges() {
         let now = Instant::now();
         let mut p = PortPool::new(65535, 65535);
-        assert_eq!(p.take_even(0, Some(1), now, 0), None);
-        assert_eq!(p.take(0, now, 0), Some(65535));
+        assert_eq!(p.take_even(Family::V4, Some(1), now, 0), None);
+        assert_eq!(p.take(Family::V4, now, 0), Some(65535));
     }
 }

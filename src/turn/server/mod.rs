@@ -216,7 +216,7 @@ impl Server {
     pub fn drain(&mut self, alternates: &[SocketAddr]) {
         let mut by_family = [None, None];
         for a in alternates {
-            by_family[usize::from(a.is_ipv6())].get_or_insert(*a);
+            by_family[Family::of(a.ip()).index()].get_or_insert(*a);
         }
         self.draining = Some(by_family);
     }

@@ -137,8 +137,10 @@ impl Server {
             return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
         }
         let family: Family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None | Some([attr::FAMILY_IPV4, _, _, _]) => 0,
-            Some([attr::FAMILY_IPV6, _, _, _]) => 1,
+            None => Family::V4,
+            Some([b, _, _, _]) if Family::from_attr(*b).is_some() => {
+                Family::from_attr(*b).unwrap_or(Family::V4)
+            }
             Some([_, _, _, _]) => {
                 return self.send_error(
                     ft,
@@ -150,7 +152,7 @@ impl Server {
             }
             Some(_) => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
         };
-        let Some((bind_ip, adv_ip)) = self.cfg.relay_ips[family] else {
+        let Some((bind_ip, adv_ip)) = self.cfg.relay_ips[family.index()] else {
             return self.send_error(
                 ft,
                 msg,
@@ -198,7 +200,7 @@ impl Server {
         };
         let lifetime = self.lifetime(msg);
         let mut relays = [None, None];
-        relays[family] = Some(relay);
+        relays[family.index()] = Some(relay);
         let alloc = Allocation::new(NewAllocation {
             five_tuple: *ft,
             relays,

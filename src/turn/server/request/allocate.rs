@@ -44,9 +44,10 @@ impl Server {
         };
         let requested = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => None,
-            Some([attr::FAMILY_IPV4, _, _, _]) => Some(0),
-            Some([attr::FAMILY_IPV6, _, _, _]) => Some(1),
-            Some([_, _, _, _]) => return fail(self, RequestError::AddressFamilyNotSupported, io),
+            Some([b, _, _, _]) => match Family::from_attr(*b) {
+                Some(f) => Some(f),
+                None => return fail(self, RequestError::AddressFamilyNotSupported, io),
+            },
             Some(_) => return fail(self, RequestError::BadRequest, io),
         };
         let additional = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
@@ -63,8 +64,8 @@ impl Server {
         {
             return fail(self, RequestError::BadRequest, io);
         }
-        let mut family: Family = requested.unwrap_or(0);
-        if self.cfg.relay_ips[family].is_none() {
+        let mut family = requested.unwrap_or(Family::V4);
+        if self.cfg.relay_ips[family.index()].is_none() {
             return fail(self, RequestError::AddressFamilyNotSupported, io);
         }
         let username = msg
@@ -130,15 +131,16 @@ impl Server {
             return fail(self, RequestError::InsufficientCapacity, io);
         };
         let mut relays = [None, None];
-        relays[family] = Some(primary);
+        relays[family.index()] = Some(primary);
         let mut address_error = None;
         if additional {
-            if self.cfg.relay_ips[1].is_none() {
+            let v6 = Family::V6;
+            if self.cfg.relay_ips[v6.index()].is_none() {
                 address_error = Some(RequestError::AddressFamilyNotSupported);
             } else if let Some(r) =
-                self.open_relay(now.mono, 1, even_port.is_some(), None, opts, io)
+                self.open_relay(now.mono, v6, even_port.is_some(), None, opts, io)
             {
-                relays[1] = Some(r);
+                relays[v6.index()] = Some(r);
             } else {
                 address_error = Some(RequestError::InsufficientCapacity);
             }
@@ -191,8 +193,8 @@ impl Server {
         alternates: [Option<SocketAddr>; 2],
         io: &mut impl Io,
     ) {
-        let family = usize::from(ft.client.ip().to_canonical().is_ipv6());
-        let Some(alt) = alternates[family] else {
+        let family = Family::of(ft.client.ip().to_canonical());
+        let Some(alt) = alternates[family.index()] else {
             return self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
         };
         let mut w = self.writer(msg, Class::Error);
@@ -246,7 +248,7 @@ impl Server {
         opts: RelayOptions,
         io: &mut impl Io,
     ) -> Option<Relay> {
-        let (bind_ip, adv_ip) = self.cfg.relay_ips[family]?;
+        let (bind_ip, adv_ip) = self.cfg.relay_ips[family.index()]?;
         let id = RelayId(self.next_relay);
         self.next_relay += 1;
         let bound = SocketAddr::new(bind_ip, port);

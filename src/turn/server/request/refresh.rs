@@ -18,8 +18,7 @@ impl Server {
         };
         let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => None,
-            Some([attr::FAMILY_IPV4, _, _, _]) => Some(0),
-            Some([attr::FAMILY_IPV6, _, _, _]) => Some(1),
+            Some([b, _, _, _]) if Family::from_attr(*b).is_some() => Family::from_attr(*b),
             Some(_) => {
                 self.send_error(
                     ft,
@@ -34,7 +33,7 @@ impl Server {
         let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
             return;
         };
-        if family.is_some_and(|f| a.relays[f].is_none()) {
+        if family.is_some_and(|f| a.relays[f.index()].is_none()) {
             self.send_error(
                 ft,
                 msg,
@@ -81,7 +80,7 @@ impl Server {
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return;
         };
-        if let Some(r) = a.relays[family].take() {
+        if let Some(r) = a.relays[family.index()].take() {
             self.by_relay.remove(&r.id);
             io.close_relay(r.id);
             self.lock_ports().release(r.family, r.port);
