@@ -10,7 +10,7 @@ pub mod channel_data;
 pub mod framing;
 mod writer;
 
-pub use writer::MessageWriter;
+pub use writer::{MessageWriter, data_indication_in_place};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;

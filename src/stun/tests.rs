@@ -339,3 +339,27 @@ fn every_truncation_and_bit_flip_of_the_vectors_is_handled() {
         }
     }
 }
+
+/// The in-place Data indication is the message the writer builds, byte for byte, for every
+/// payload length's padding and both families.
+#[test]
+fn data_indication_in_place_matches_the_writer() {
+    for peer in ["203.0.113.9:4000", "[2001:db8::9]:4000"] {
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        for len in [0usize, 1, 2, 3, 4, 5, 160] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            let txid = [len as u8; 12];
+            let mut want = Vec::new();
+            MessageWriter::new(&mut want, method::DATA, Class::Indication, txid)
+                .xor_address(attr::XOR_PEER_ADDRESS, peer)
+                .attr(attr::DATA, &payload);
+            let mut buf = vec![0xEE; 48 + len + 3];
+            buf[48..48 + len].copy_from_slice(&payload);
+            let r = super::data_indication_in_place(&mut buf, 48..48 + len, txid, peer).unwrap();
+            assert_eq!(&buf[r], &want[..], "{peer} {len}");
+            // Too little room before or after: refused, nothing written out of bounds.
+            let mut tight = vec![0u8; 8 + len];
+            assert!(super::data_indication_in_place(&mut tight, 8..8 + len, txid, peer).is_none());
+        }
+    }
+}

@@ -126,27 +126,12 @@ impl Server {
             io.send_to_client(&client, &buf[start - 4..end + pad]);
             return;
         }
-        // A Data indication written in place around the payload (RFC 8656 §11.6).
+        // A Data indication written in place around the payload (RFC 8656 §11.6); the
+        // driver's headroom and tailroom (checked above) always leave it space.
         let txid = self.random_txid();
-        let mut xaddr = [0u8; 20];
-        let alen = encode_xor_address(peer, &txid, &mut xaddr);
-        let pad = (4 - len % 4) % 4;
-        let prefix = HEADER_LEN + 4 + alen + 4;
-        let h = start - prefix;
-        let body_len = (prefix - HEADER_LEN + len + pad) as u16;
-        buf[h..h + 2].copy_from_slice(&message_type(method::DATA, Class::Indication).to_be_bytes());
-        buf[h + 2..h + 4].copy_from_slice(&body_len.to_be_bytes());
-        buf[h + 4..h + 8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        buf[h + 8..h + 20].copy_from_slice(&txid);
-        let mut p = h + 20;
-        buf[p..p + 2].copy_from_slice(&attr::XOR_PEER_ADDRESS.to_be_bytes());
-        buf[p + 2..p + 4].copy_from_slice(&(alen as u16).to_be_bytes());
-        buf[p + 4..p + 4 + alen].copy_from_slice(&xaddr[..alen]);
-        p += 4 + alen;
-        buf[p..p + 2].copy_from_slice(&attr::DATA.to_be_bytes());
-        buf[p + 2..p + 4].copy_from_slice(&(len as u16).to_be_bytes());
-        buf[end..end + pad].fill(0);
-        io.send_to_client(&client, &buf[h..end + pad]);
+        if let Some(msg) = crate::stun::data_indication_in_place(buf, start..end, txid, peer) {
+            io.send_to_client(&client, &buf[msg]);
+        }
     }
 
     pub(super) fn handle_channel_data(

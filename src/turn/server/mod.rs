@@ -33,8 +33,8 @@ use super::{
 };
 use crate::auth::{AuthError, Authenticator, Key, PasswordAlgorithm, display_user};
 use crate::stun::{
-    Class, HEADER_LEN, Integrity, MAGIC_COOKIE, Message, MessageWriter, attr, channel_data,
-    decode_xor_address, encode_xor_address, message_type, method,
+    Class, HEADER_LEN, Integrity, Message, MessageWriter, attr, channel_data, decode_xor_address,
+    method,
 };
 
 mod auth;
