@@ -387,13 +387,17 @@ impl Server {
             self.seal_and_send(ft, msg, Some(&auth), io);
             return;
         }
-        match m {
+        let done = match m {
             method::ALLOCATE => self.handle_allocate(now, ft, msg, &auth, io),
             method::REFRESH => self.handle_refresh(now, ft, msg, &auth, io),
             method::CREATE_PERMISSION => self.handle_create_permission(now, ft, msg, &auth, io),
             method::CONNECT => self.handle_connect(ft, msg, &auth, io),
             method::CONNECTION_BIND => self.handle_connection_bind(ft, msg, &auth, io),
             _ => self.handle_channel_bind(now, ft, msg, &auth, io),
+        };
+        // Each request's failure is answered here, its one mapping to the wire.
+        if let Err(e) = done {
+            self.send_error(ft, msg, e, Some(&auth), io);
         }
     }
 

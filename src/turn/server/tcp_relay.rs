@@ -123,7 +123,7 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authed,
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         let bad = ft.transport == Transport::Udp
             || [
                 attr::DONT_FRAGMENT,
@@ -134,7 +134,7 @@ impl Server {
             .iter()
             .any(|t| msg.get(*t).is_some());
         if bad {
-            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
+            return Err(RequestError::BadRequest);
         }
         let family: Family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => Family::V4,
@@ -142,24 +142,12 @@ impl Server {
                 Family::from_attr(*b).unwrap_or(Family::V4)
             }
             Some([_, _, _, _]) => {
-                return self.send_error(
-                    ft,
-                    msg,
-                    RequestError::AddressFamilyNotSupported,
-                    Some(auth),
-                    io,
-                );
+                return Err(RequestError::AddressFamilyNotSupported);
             }
-            Some(_) => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
+            Some(_) => return Err(RequestError::BadRequest),
         };
         let Some((bind_ip, adv_ip)) = self.cfg.relay_ips[family.index()] else {
-            return self.send_error(
-                ft,
-                msg,
-                RequestError::AddressFamilyNotSupported,
-                Some(auth),
-                io,
-            );
+            return Err(RequestError::AddressFamilyNotSupported);
         };
         let username = msg
             .get(attr::USERNAME)
@@ -170,10 +158,7 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
-        let quota = match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ft.client.ip()) {
-            Ok(q) => q,
-            Err(code) => return self.send_error(ft, msg, code, Some(auth), io),
-        };
+        let quota = QuotaHold::acquire(&self.cfg.quotas, &quota_user, ft.client.ip())?;
         let mut relay = None;
         for _ in 0..BIND_ATTEMPTS {
             let random = self.random();
@@ -196,7 +181,7 @@ impl Server {
             self.lock_ports().release(family, port);
         }
         let Some(relay) = relay else {
-            return self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
+            return Err(RequestError::InsufficientCapacity);
         };
         let lifetime = self.lifetime(msg);
         let mut relays = [None, None];
@@ -220,6 +205,7 @@ impl Server {
             .xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
         self.seal_and_send(ft, msg, Some(auth), io);
         self.cache_last(slot, txid, now.mono);
+        Ok(())
     }
 
     fn park(&self, id: ConnectionId, msg: &Message<'_>, auth: &Authed) -> Parked {
@@ -280,23 +266,23 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authed,
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            return self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
+            return Err(RequestError::AllocationMismatch);
         };
         let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
-            return;
+            return Ok(());
         };
         if !a.tcp {
-            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
+            return Err(RequestError::BadRequest);
         }
         let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
             Some(Ok(p)) => p,
-            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
+            _ => return Err(RequestError::BadRequest),
         };
         if let Err(code) = self.check_peer(slot, peer) {
             debug!(client = %ft.client, peer = %peer, code = code.code(), "connect refused");
-            return self.send_error(ft, msg, code, Some(auth), io);
+            return Err(code);
         }
         let Some(from) = self
             .slots
@@ -305,25 +291,13 @@ impl Server {
             .and_then(|a| a.relay_for(&peer))
             .map(|r| r.bound)
         else {
-            return self.send_error(
-                ft,
-                msg,
-                RequestError::PeerAddressFamilyMismatch,
-                Some(auth),
-                io,
-            );
+            return Err(RequestError::PeerAddressFamilyMismatch);
         };
         if self.tcp.by_pair.contains_key(&(*ft, peer)) {
-            return self.send_error(
-                ft,
-                msg,
-                RequestError::ConnectionAlreadyExists,
-                Some(auth),
-                io,
-            );
+            return Err(RequestError::ConnectionAlreadyExists);
         }
         if self.tcp.count(ft) >= self.cfg.max_permissions {
-            return self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
+            return Err(RequestError::InsufficientCapacity);
         }
         let id = self.new_connection_id();
         let parked = self.park(id, msg, auth);
@@ -337,14 +311,9 @@ impl Server {
         );
         if !io.connect_peer(id, from, peer) {
             self.tcp.remove(id);
-            self.send_error(
-                ft,
-                msg,
-                RequestError::ConnectionTimeoutOrFailure,
-                Some(auth),
-                io,
-            );
+            return Err(RequestError::ConnectionTimeoutOrFailure);
         }
+        Ok(())
     }
 
     /// The outcome of [`Io::connect_peer`]. Returns whether the core keeps the connection
@@ -439,26 +408,27 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authed,
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         let id = match msg.u32_attr(attr::CONNECTION_ID) {
             Some(Ok(id)) => id,
-            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
+            _ => return Err(RequestError::BadRequest),
         };
         if ft.transport == Transport::Udp
             || self.by_tuple.contains_key(ft)
             || self.tcp.parked.contains_key(ft)
         {
-            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
+            return Err(RequestError::BadRequest);
         }
         let Some(user) = msg
             .get(attr::USERNAME)
             .and_then(|u| std::str::from_utf8(u).ok())
         else {
-            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
+            return Err(RequestError::BadRequest);
         };
         let parked = self.park(id, msg, auth);
         self.tcp.parked.insert(*ft, parked);
         io.claim_connection(id, ft, user);
+        Ok(())
     }
 
     /// On the worker owning `id`: hands a pending peer connection to a ConnectionBind from

@@ -11,27 +11,25 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authed,
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         if self.by_tuple.contains_key(ft) {
-            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
-            return;
+            return Err(RequestError::AllocationMismatch);
         }
-        let fail = |s: &mut Self, code, io: &mut _| s.send_error(ft, msg, code, Some(auth), io);
         match msg.get(attr::REQUESTED_TRANSPORT) {
             Some([p, _, _, _]) if *p == attr::TRANSPORT_UDP => {}
             Some([p, _, _, _]) if *p == attr::TRANSPORT_TCP => {
                 return self.handle_allocate_tcp(now, ft, msg, auth, io);
             }
             Some([_, _, _, _]) => {
-                return fail(self, RequestError::UnsupportedTransportProtocol, io);
+                return Err(RequestError::UnsupportedTransportProtocol);
             }
-            _ => return fail(self, RequestError::BadRequest, io),
+            _ => return Err(RequestError::BadRequest),
         }
         let dont_fragment = msg.get(attr::DONT_FRAGMENT).is_some();
         let even_port = match msg.get(attr::EVEN_PORT) {
             None => None,
             Some([b, ..]) => Some(b & 0x80 != 0),
-            Some([]) => return fail(self, RequestError::BadRequest, io),
+            Some([]) => return Err(RequestError::BadRequest),
         };
         let token = match msg.get(attr::RESERVATION_TOKEN) {
             None => None,
@@ -40,20 +38,20 @@ impl Server {
                 t.copy_from_slice(v);
                 Some(u64::from_be_bytes(t))
             }
-            Some(_) => return fail(self, RequestError::BadRequest, io),
+            Some(_) => return Err(RequestError::BadRequest),
         };
         let requested = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => None,
             Some([b, _, _, _]) => match Family::from_attr(*b) {
                 Some(f) => Some(f),
-                None => return fail(self, RequestError::AddressFamilyNotSupported, io),
+                None => return Err(RequestError::AddressFamilyNotSupported),
             },
-            Some(_) => return fail(self, RequestError::BadRequest, io),
+            Some(_) => return Err(RequestError::BadRequest),
         };
         let additional = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
             None => false,
             Some([attr::FAMILY_IPV6, _, _, _]) => true,
-            Some(_) => return fail(self, RequestError::BadRequest, io),
+            Some(_) => return Err(RequestError::BadRequest),
         };
         // RFC 8656 §7.2: these combinations are contradictory. A reservation (EVEN-PORT with
         // R) holds the next port of one family, and one RESERVATION-TOKEN cannot name ports of
@@ -62,11 +60,11 @@ impl Server {
             || (requested.is_some() && additional)
             || (additional && even_port == Some(true))
         {
-            return fail(self, RequestError::BadRequest, io);
+            return Err(RequestError::BadRequest);
         }
         let mut family = requested.unwrap_or(Family::V4);
         if self.cfg.relay_ips[family.index()].is_none() {
-            return fail(self, RequestError::AddressFamilyNotSupported, io);
+            return Err(RequestError::AddressFamilyNotSupported);
         }
         let username = msg
             .get(attr::USERNAME)
@@ -84,7 +82,7 @@ impl Server {
         let mut new_token = None;
         let (primary, quota) = if let Some(t) = token {
             let Some((fam, port, held)) = self.lock_ports().claim(t, now.mono) else {
-                return fail(self, RequestError::InsufficientCapacity, io);
+                return Err(RequestError::InsufficientCapacity);
             };
             // The reservation's count becomes the allocation's when it is the same client's.
             let quota = match held {
@@ -95,7 +93,7 @@ impl Server {
                 Ok(q) => q,
                 Err(code) => {
                     self.lock_ports().release(fam, port);
-                    return fail(self, code, io);
+                    return Err(code);
                 }
             };
             family = fam;
@@ -105,16 +103,13 @@ impl Server {
             }
             (r, quota)
         } else {
-            let quota = match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip) {
-                Ok(q) => q,
-                Err(code) => return fail(self, code, io),
-            };
+            let quota = QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip)?;
             // A reservation holds a port as an allocation does, so it counts as one against
             // the user's, the IP's and the total quota while it lasts.
             let reserve = if even_port == Some(true) {
                 match QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip) {
                     Ok(h) => Some((self.rng.next_u64(), h)),
-                    Err(code) => return fail(self, code, io),
+                    Err(code) => return Err(code),
                 }
             } else {
                 None
@@ -128,7 +123,7 @@ impl Server {
             (r, quota)
         };
         let Some(primary) = primary else {
-            return fail(self, RequestError::InsufficientCapacity, io);
+            return Err(RequestError::InsufficientCapacity);
         };
         let mut relays = [None, None];
         relays[family.index()] = Some(primary);
@@ -179,6 +174,7 @@ impl Server {
         w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
         self.seal_and_send(ft, msg, Some(auth), io);
         self.cache_last(slot, txid, now.mono);
+        Ok(())
     }
 
     /// Allocate while draining. RFC 8489 §14.15: the ALTERNATE-SERVER's family MUST be
@@ -192,10 +188,10 @@ impl Server {
         auth: &Authed,
         alternates: [Option<SocketAddr>; 2],
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         let family = Family::of(ft.client.ip().to_canonical());
         let Some(alt) = alternates[family.index()] else {
-            return self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
+            return Err(RequestError::InsufficientCapacity);
         };
         let mut w = self.writer(msg, Class::Error);
         w.error_code(
@@ -205,6 +201,7 @@ impl Server {
         .address(attr::ALTERNATE_SERVER, alt);
         self.stats.error_responses += 1;
         self.seal_and_send(ft, msg, Some(auth), io);
+        Ok(())
     }
 
     /// Takes a port and binds a relay socket on it, trying other ports when one is taken.

@@ -10,10 +10,9 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authed,
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
-            return;
+            return Err(RequestError::AllocationMismatch);
         };
         if self
             .slots
@@ -22,27 +21,25 @@ impl Server {
             .is_some_and(|a| a.tcp)
         {
             // RFC 6062 §5.1: a TCP allocation relays over data connections, not channels.
-            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
+            return Err(RequestError::BadRequest);
         }
         let number = match msg.get(attr::CHANNEL_NUMBER) {
             Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
-            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
+            _ => return Err(RequestError::BadRequest),
         };
         // RFC 8656 §12 (RFC 5766 §11 without strict): a number outside the range gets 400.
         if !channel_data::is_bindable(number, self.cfg.strict_channel_numbers) {
-            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
+            return Err(RequestError::BadRequest);
         }
         let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
             Some(Ok(p)) => p,
-            _ => return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io),
+            _ => return Err(RequestError::BadRequest),
         };
-        if let Err(code) = self.check_peer(slot, peer) {
-            return self.send_error(ft, msg, code, Some(auth), io);
-        }
+        self.check_peer(slot, peer)?;
         let max = self.cfg.max_permissions;
         let max_channels = self.cfg.limits.max_channels;
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
-            return;
+            return Ok(());
         };
         let t = now.mono;
         // RFC 8656 §11.2: a number stays with its peer (and a peer with its number) while
@@ -58,31 +55,19 @@ impl Server {
                     .is_some_and(|c| t < c.expires + CHANNEL_QUARANTINE)
         });
         if number_taken || peer_taken {
-            return self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
+            return Err(RequestError::BadRequest);
         }
         if !a.permissions.contains_key(&peer.ip()) && a.permissions.len() >= max {
             a.sweep(t);
             if a.permissions.len() >= max {
-                return self.send_error(
-                    ft,
-                    msg,
-                    RequestError::InsufficientCapacity,
-                    Some(auth),
-                    io,
-                );
+                return Err(RequestError::InsufficientCapacity);
             }
         }
         // A new number counts against the channel cap; quarantined numbers still hold state.
         if !a.channels.contains_key(&number) && a.channels.len() >= max_channels {
             a.sweep(t);
             if a.channels.len() >= max_channels {
-                return self.send_error(
-                    ft,
-                    msg,
-                    RequestError::InsufficientCapacity,
-                    Some(auth),
-                    io,
-                );
+                return Err(RequestError::InsufficientCapacity);
             }
         }
         if let Some(old) = a.channels.get(&number).filter(|c| c.peer != peer) {
@@ -110,5 +95,6 @@ impl Server {
         self.seal_and_send(ft, msg, Some(auth), io);
         self.cache_last(slot, txid, t);
         self.schedule(slot);
+        Ok(())
     }
 }

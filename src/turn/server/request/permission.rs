@@ -31,38 +31,33 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authed,
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
-            return;
+            return Err(RequestError::AllocationMismatch);
         };
         let txid = msg.transaction_id();
         let mut peers: [Option<IpAddr>; 32] = [None; 32];
         let mut n = 0;
         for v in msg.get_all(attr::XOR_PEER_ADDRESS) {
             let Some(peer) = decode_xor_address(v, &txid) else {
-                self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
-                return;
+                return Err(RequestError::BadRequest);
             };
             if let Err(code) = self.check_peer(slot, peer) {
                 debug!(client = %ft.client, peer = %peer.ip(), code = code.code(), "permission refused");
-                self.send_error(ft, msg, code, Some(auth), io);
-                return;
+                return Err(code);
             }
             if n == peers.len() {
-                self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
-                return;
+                return Err(RequestError::BadRequest);
             }
             peers[n] = Some(peer.ip());
             n += 1;
         }
         if n == 0 {
-            self.send_error(ft, msg, RequestError::BadRequest, Some(auth), io);
-            return;
+            return Err(RequestError::BadRequest);
         }
         let max = self.cfg.max_permissions;
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
-            return;
+            return Ok(());
         };
         let new = peers[..n]
             .iter()
@@ -72,8 +67,7 @@ impl Server {
         if a.permissions.len() + new > max {
             a.sweep(now.mono);
             if a.permissions.len() + new > max {
-                self.send_error(ft, msg, RequestError::InsufficientCapacity, Some(auth), io);
-                return;
+                return Err(RequestError::InsufficientCapacity);
             }
         }
         for ip in peers[..n].iter().flatten() {
@@ -83,5 +77,6 @@ impl Server {
         self.seal_and_send(ft, msg, Some(auth), io);
         self.cache_last(slot, txid, now.mono);
         self.schedule(slot);
+        Ok(())
     }
 }

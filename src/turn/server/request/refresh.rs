@@ -11,37 +11,22 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authed,
         io: &mut impl Io,
-    ) {
+    ) -> Result<(), RequestError> {
         let Some(&slot) = self.by_tuple.get(ft) else {
-            self.send_error(ft, msg, RequestError::AllocationMismatch, Some(auth), io);
-            return;
+            return Err(RequestError::AllocationMismatch);
         };
         let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             None => None,
             Some([b, _, _, _]) if Family::from_attr(*b).is_some() => Family::from_attr(*b),
             Some(_) => {
-                self.send_error(
-                    ft,
-                    msg,
-                    RequestError::PeerAddressFamilyMismatch,
-                    Some(auth),
-                    io,
-                );
-                return;
+                return Err(RequestError::PeerAddressFamilyMismatch);
             }
         };
         let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
-            return;
+            return Ok(());
         };
         if family.is_some_and(|f| a.relays[f.index()].is_none()) {
-            self.send_error(
-                ft,
-                msg,
-                RequestError::PeerAddressFamilyMismatch,
-                Some(auth),
-                io,
-            );
-            return;
+            return Err(RequestError::PeerAddressFamilyMismatch);
         }
         let dual = a.relays.iter().flatten().count() == 2;
         let zero = matches!(msg.u32_attr(attr::LIFETIME), Some(Ok(0)));
@@ -67,6 +52,7 @@ impl Server {
             self.cache_last(slot, txid, now.mono);
             self.schedule(slot);
         }
+        Ok(())
     }
 
     /// Deletes one family of a dual allocation (Refresh with LIFETIME 0 and
