@@ -3,9 +3,11 @@
 //! from it): 0x7FFF and 0x5000 relay both ways over UDP and TCP, and between two allocations
 //! of the server. With `--strict-channel-numbers` only RFC 8656 §12's 0x4000-0x4FFF is
 //! granted: 0x5000 gets 400, and ChannelData for it on a stream is dropped without breaking
-//! the framing.
+//! the framing. A reload (SIGHUP) switches it for the ChannelBinds that follow, and a channel
+//! bound before goes on relaying.
 
 mod common;
+mod lifecycle_util;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -181,4 +183,38 @@ fn strict_channel_numbers_refuse_0x5000_over_udp_and_tcp() {
     t.send_raw(&binding_request());
     let f = t.recv_frame().expect("binding response");
     assert_eq!(&f[..2], &[0x01, 0x01], "still in frame");
+}
+
+#[test]
+fn reload_switches_strict_channel_numbers_for_new_channel_binds() {
+    let scratch = lifecycle_util::Scratch::new("channel-numbers-reload");
+    let config = |strict: bool| {
+        format!(
+            "[server]\nstrict-channel-numbers = {strict}\n\
+             [auth]\nusers = [{{ name = \"alice\", password = \"wonderland\" }}]\n\
+             [peers]\nallow = [\"127.0.0.1/32\"]\n"
+        )
+    };
+    let path = scratch.write("turnd.toml", &config(false));
+    let mut server = lifecycle_util::NotifiedServer::start(&scratch, &path, false);
+    let mut c = RawClient::new(server.addr, "alice", "wonderland");
+    let relay = allocate_same_family(&mut c);
+    let (p, q) = (peer_socket("127.0.0.1"), peer_socket("127.0.0.1"));
+    let (pa, qa) = (p.local_addr().unwrap(), q.local_addr().unwrap());
+    assert_eq!(bind(&mut c, 0x6000, pa), None, "bind 0x6000 before");
+
+    scratch.write("turnd.toml", &config(true));
+    let status = server.reload();
+    assert!(status.contains("STATUS=config reloaded"), "{status}");
+    assert_eq!(bind(&mut c, 0x5000, qa), Some(400), "bind 0x5000 after");
+    assert_eq!(bind(&mut c, 0x4001, qa), None, "bind 0x4001 after");
+    echo_over_udp(&c, 0x6000, &p, relay);
+    echo_over_udp(&c, 0x4001, &q, relay);
+
+    scratch.write("turnd.toml", &config(false));
+    let status = server.reload();
+    assert!(status.contains("STATUS=config reloaded"), "{status}");
+    let r = peer_socket("127.0.0.1");
+    assert_eq!(bind(&mut c, 0x7FFF, r.local_addr().unwrap()), None);
+    echo_over_udp(&c, 0x7FFF, &r, relay);
 }
