@@ -3,6 +3,64 @@
 
 use super::*;
 
+/// A UDP Allocate's attributes, read and checked against each other (RFC 8656 §7.2).
+#[derive(Debug, PartialEq)]
+struct AllocateRequest {
+    dont_fragment: bool,
+    /// EVEN-PORT, with its R bit (reserve the next port too).
+    even_port: Option<bool>,
+    /// RESERVATION-TOKEN: claim a port reserved by an earlier EVEN-PORT.
+    token: Option<u64>,
+    /// REQUESTED-ADDRESS-FAMILY.
+    requested: Option<Family>,
+    /// ADDITIONAL-ADDRESS-FAMILY (IPv6): a dual allocation.
+    additional: bool,
+}
+
+impl AllocateRequest {
+    fn parse(msg: &Message<'_>) -> Result<AllocateRequest, RequestError> {
+        let even_port = match msg.get(attr::EVEN_PORT) {
+            None => None,
+            Some([b, ..]) => Some(b & 0x80 != 0),
+            Some([]) => return Err(RequestError::BadRequest),
+        };
+        let token = match msg.get(attr::RESERVATION_TOKEN) {
+            None => None,
+            Some(v) => Some(u64::from_be_bytes(
+                v.try_into().map_err(|_| RequestError::BadRequest)?,
+            )),
+        };
+        let requested = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some([b, _, _, _]) => {
+                Some(Family::from_attr(*b).ok_or(RequestError::AddressFamilyNotSupported)?)
+            }
+            Some(_) => return Err(RequestError::BadRequest),
+        };
+        let additional = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
+            None => false,
+            Some([attr::FAMILY_IPV6, _, _, _]) => true,
+            Some(_) => return Err(RequestError::BadRequest),
+        };
+        // These combinations are contradictory. A reservation (EVEN-PORT with R) holds the
+        // next port of one family, and one RESERVATION-TOKEN cannot name ports of two:
+        // refused with a dual allocation, as coturn does.
+        if (token.is_some() && (even_port.is_some() || requested.is_some() || additional))
+            || (requested.is_some() && additional)
+            || (additional && even_port == Some(true))
+        {
+            return Err(RequestError::BadRequest);
+        }
+        Ok(AllocateRequest {
+            dont_fragment: msg.get(attr::DONT_FRAGMENT).is_some(),
+            even_port,
+            token,
+            requested,
+            additional,
+        })
+    }
+}
+
 impl Server {
     pub(in crate::turn::server) fn handle_allocate(
         &mut self,
@@ -25,43 +83,13 @@ impl Server {
             }
             _ => return Err(RequestError::BadRequest),
         }
-        let dont_fragment = msg.get(attr::DONT_FRAGMENT).is_some();
-        let even_port = match msg.get(attr::EVEN_PORT) {
-            None => None,
-            Some([b, ..]) => Some(b & 0x80 != 0),
-            Some([]) => return Err(RequestError::BadRequest),
-        };
-        let token = match msg.get(attr::RESERVATION_TOKEN) {
-            None => None,
-            Some(v) if v.len() == 8 => {
-                let mut t = [0u8; 8];
-                t.copy_from_slice(v);
-                Some(u64::from_be_bytes(t))
-            }
-            Some(_) => return Err(RequestError::BadRequest),
-        };
-        let requested = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None => None,
-            Some([b, _, _, _]) => match Family::from_attr(*b) {
-                Some(f) => Some(f),
-                None => return Err(RequestError::AddressFamilyNotSupported),
-            },
-            Some(_) => return Err(RequestError::BadRequest),
-        };
-        let additional = match msg.get(attr::ADDITIONAL_ADDRESS_FAMILY) {
-            None => false,
-            Some([attr::FAMILY_IPV6, _, _, _]) => true,
-            Some(_) => return Err(RequestError::BadRequest),
-        };
-        // RFC 8656 §7.2: these combinations are contradictory. A reservation (EVEN-PORT with
-        // R) holds the next port of one family, and one RESERVATION-TOKEN cannot name ports of
-        // two: refused with a dual allocation, as coturn does.
-        if (token.is_some() && (even_port.is_some() || requested.is_some() || additional))
-            || (requested.is_some() && additional)
-            || (additional && even_port == Some(true))
-        {
-            return Err(RequestError::BadRequest);
-        }
+        let AllocateRequest {
+            dont_fragment,
+            even_port,
+            token,
+            requested,
+            additional,
+        } = AllocateRequest::parse(msg)?;
         let mut family = requested.unwrap_or(Family::V4);
         if self.cfg.relay_ips[family.index()].is_none() {
             return Err(RequestError::AddressFamilyNotSupported);
@@ -261,6 +289,98 @@ impl Server {
                 debug!(%bound, "relay bind failed");
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(build: impl Fn(&mut MessageWriter)) -> Result<AllocateRequest, RequestError> {
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, method::ALLOCATE, Class::Request, [1; 12]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        build(&mut w);
+        AllocateRequest::parse(&Message::parse(&buf).unwrap())
+    }
+
+    #[test]
+    fn reads_each_attribute() {
+        let r = parse(|w| {
+            w.attr(attr::EVEN_PORT, &[0x80])
+                .attr(attr::DONT_FRAGMENT, &[])
+                .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        });
+        assert_eq!(
+            r,
+            Ok(AllocateRequest {
+                dont_fragment: true,
+                even_port: Some(true),
+                token: None,
+                requested: Some(Family::V6),
+                additional: false,
+            })
+        );
+        let r = parse(|w| {
+            w.attr(attr::RESERVATION_TOKEN, &7u64.to_be_bytes());
+        });
+        assert_eq!(r.map(|r| r.token), Ok(Some(7)));
+    }
+
+    #[test]
+    fn malformed_and_contradictory_attributes_are_refused() {
+        use RequestError::*;
+        type Build<'a> = &'a dyn Fn(&mut MessageWriter);
+        let cases: [(Build, RequestError); 7] = [
+            (
+                &|w| {
+                    w.attr(attr::EVEN_PORT, &[]);
+                },
+                BadRequest,
+            ),
+            (
+                &|w| {
+                    w.attr(attr::RESERVATION_TOKEN, &[1, 2, 3]);
+                },
+                BadRequest,
+            ),
+            (
+                &|w| {
+                    w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[9, 0, 0, 0]);
+                },
+                AddressFamilyNotSupported,
+            ),
+            (
+                &|w| {
+                    w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+                },
+                BadRequest,
+            ),
+            (
+                &|w| {
+                    w.attr(attr::RESERVATION_TOKEN, &[0; 8])
+                        .attr(attr::EVEN_PORT, &[0]);
+                },
+                BadRequest,
+            ),
+            (
+                &|w| {
+                    w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0])
+                        .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+                },
+                BadRequest,
+            ),
+            (
+                &|w| {
+                    w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0])
+                        .attr(attr::EVEN_PORT, &[0x80]);
+                },
+                BadRequest,
+            ),
+        ];
+        for (i, (build, want)) in cases.into_iter().enumerate() {
+            assert_eq!(parse(build), Err(want), "case {i}");
         }
     }
 }

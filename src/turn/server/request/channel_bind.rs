@@ -2,6 +2,31 @@
 
 use super::*;
 
+/// A ChannelBind's attributes.
+#[derive(Debug, PartialEq)]
+struct ChannelBindRequest {
+    number: u16,
+    peer: SocketAddr,
+}
+
+impl ChannelBindRequest {
+    /// `strict`: only RFC 8656 §12's 0x4000-0x4FFF, else RFC 5766 §11's 0x4000-0x7FFF; a
+    /// number outside gets 400.
+    fn parse(msg: &Message<'_>, strict: bool) -> Result<ChannelBindRequest, RequestError> {
+        let number = match msg.get(attr::CHANNEL_NUMBER) {
+            Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
+            _ => return Err(RequestError::BadRequest),
+        };
+        if !channel_data::is_bindable(number, strict) {
+            return Err(RequestError::BadRequest);
+        }
+        match msg.xor_address(attr::XOR_PEER_ADDRESS) {
+            Some(Ok(peer)) => Ok(ChannelBindRequest { number, peer }),
+            _ => Err(RequestError::BadRequest),
+        }
+    }
+}
+
 impl Server {
     pub(in crate::turn::server) fn handle_channel_bind(
         &mut self,
@@ -23,18 +48,8 @@ impl Server {
             // RFC 6062 §5.1: a TCP allocation relays over data connections, not channels.
             return Err(RequestError::BadRequest);
         }
-        let number = match msg.get(attr::CHANNEL_NUMBER) {
-            Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
-            _ => return Err(RequestError::BadRequest),
-        };
-        // RFC 8656 §12 (RFC 5766 §11 without strict): a number outside the range gets 400.
-        if !channel_data::is_bindable(number, self.cfg.strict_channel_numbers) {
-            return Err(RequestError::BadRequest);
-        }
-        let peer = match msg.xor_address(attr::XOR_PEER_ADDRESS) {
-            Some(Ok(p)) => p,
-            _ => return Err(RequestError::BadRequest),
-        };
+        let ChannelBindRequest { number, peer } =
+            ChannelBindRequest::parse(msg, self.cfg.strict_channel_numbers)?;
         self.check_peer(slot, peer)?;
         let max = self.cfg.max_permissions;
         let max_channels = self.cfg.limits.max_channels;
@@ -96,5 +111,37 @@ impl Server {
         self.cache_last(slot, txid, t);
         self.schedule(slot);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(number: u16, strict: bool) -> Result<ChannelBindRequest, RequestError> {
+        let mut buf = Vec::new();
+        MessageWriter::new(&mut buf, method::CHANNEL_BIND, Class::Request, [2; 12])
+            .attr(
+                attr::CHANNEL_NUMBER,
+                &[(number >> 8) as u8, number as u8, 0, 0],
+            )
+            .xor_address(attr::XOR_PEER_ADDRESS, "203.0.113.5:9".parse().unwrap());
+        ChannelBindRequest::parse(&Message::parse(&buf).unwrap(), strict)
+    }
+
+    #[test]
+    fn the_number_range_depends_on_strictness() {
+        let peer: SocketAddr = "203.0.113.5:9".parse().unwrap();
+        assert_eq!(
+            parse(0x4000, true),
+            Ok(ChannelBindRequest {
+                number: 0x4000,
+                peer
+            })
+        );
+        assert_eq!(parse(0x5000, true), Err(RequestError::BadRequest));
+        assert!(parse(0x7FFF, false).is_ok());
+        assert_eq!(parse(0x8000, false), Err(RequestError::BadRequest));
+        assert_eq!(parse(0x3FFF, false), Err(RequestError::BadRequest));
     }
 }

@@ -3,6 +3,29 @@
 
 use super::*;
 
+/// A Refresh's attributes.
+#[derive(Debug, PartialEq)]
+struct RefreshRequest {
+    /// REQUESTED-ADDRESS-FAMILY: with a zero lifetime, the family of a dual allocation to end.
+    family: Option<Family>,
+    /// LIFETIME as asked; 0 ends the allocation.
+    lifetime: Option<u32>,
+}
+
+impl RefreshRequest {
+    fn parse(msg: &Message<'_>) -> Result<RefreshRequest, RequestError> {
+        let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some([b, _, _, _]) => {
+                Some(Family::from_attr(*b).ok_or(RequestError::PeerAddressFamilyMismatch)?)
+            }
+            Some(_) => return Err(RequestError::PeerAddressFamilyMismatch),
+        };
+        let lifetime = msg.u32_attr(attr::LIFETIME).and_then(Result::ok);
+        Ok(RefreshRequest { family, lifetime })
+    }
+}
+
 impl Server {
     pub(in crate::turn::server) fn handle_refresh(
         &mut self,
@@ -15,13 +38,7 @@ impl Server {
         let Some(&slot) = self.by_tuple.get(ft) else {
             return Err(RequestError::AllocationMismatch);
         };
-        let family = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None => None,
-            Some([b, _, _, _]) if Family::from_attr(*b).is_some() => Family::from_attr(*b),
-            Some(_) => {
-                return Err(RequestError::PeerAddressFamilyMismatch);
-            }
-        };
+        let RefreshRequest { family, lifetime } = RefreshRequest::parse(msg)?;
         let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
             return Ok(());
         };
@@ -29,7 +46,7 @@ impl Server {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
         let dual = a.relays.iter().flatten().count() == 2;
-        let zero = matches!(msg.u32_attr(attr::LIFETIME), Some(Ok(0)));
+        let zero = lifetime == Some(0);
         let lifetime = if zero {
             Duration::ZERO
         } else {
@@ -71,5 +88,47 @@ impl Server {
             io.close_relay(r.id);
             self.lock_ports().release(r.family, r.port);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_and_lifetime() {
+        let parse = |build: &dyn Fn(&mut MessageWriter)| {
+            let mut buf = Vec::new();
+            build(&mut MessageWriter::new(
+                &mut buf,
+                method::REFRESH,
+                Class::Request,
+                [3; 12],
+            ));
+            RefreshRequest::parse(&Message::parse(&buf).unwrap())
+        };
+        assert_eq!(
+            parse(&|w| {
+                w.u32_attr(attr::LIFETIME, 0)
+                    .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+            }),
+            Ok(RefreshRequest {
+                family: Some(Family::V6),
+                lifetime: Some(0)
+            })
+        );
+        assert_eq!(
+            parse(&|_| {}),
+            Ok(RefreshRequest {
+                family: None,
+                lifetime: None
+            })
+        );
+        assert_eq!(
+            parse(&|w| {
+                w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]);
+            }),
+            Err(RequestError::PeerAddressFamilyMismatch)
+        );
     }
 }
