@@ -10,6 +10,8 @@
 //!
 //! Nothing here reads the clock or a random source: `unix_now` and the nonce key are passed in.
 
+#![forbid(unsafe_code)]
+
 mod nonce;
 
 use std::fmt;

@@ -5,6 +5,8 @@
 //! input. [`MessageWriter`] encodes into a caller's reusable buffer. ChannelData framing lives
 //! in [`channel_data`], stream framing (TCP/TLS) in [`framing`].
 
+#![forbid(unsafe_code)]
+
 pub mod attr;
 pub mod channel_data;
 pub mod framing;

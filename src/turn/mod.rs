@@ -5,6 +5,8 @@
 //! reads a clock, draws randomness from the OS or touches a socket, so a simulated client,
 //! peer and clock can drive it (see `sim_tests`).
 
+#![forbid(unsafe_code)]
+
 mod allocation;
 pub mod bandwidth;
 pub mod error;
