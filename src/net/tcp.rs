@@ -31,7 +31,7 @@ use super::udp::{Job, Worker};
 use super::{now, proxy};
 use crate::config::Config;
 use crate::stun::framing::{Frame, next_frame};
-use crate::turn::{ConnectionId, FiveTuple, RelayId, Transport};
+use crate::turn::{ConnectionId, FiveTuple, RelayId, Transport, client_ip_key};
 
 /// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad): the
 /// most a connection's read buffer grows to.
@@ -125,9 +125,10 @@ impl Shared {
         Some(TotalSlot(self.clone()))
     }
 
-    /// A slot under `tcp.max-connections-per-ip`, held until dropped.
+    /// A slot under `tcp.max-connections-per-ip`, held until dropped. IPv6 clients count by
+    /// their /64, as every other per-IP limit ([`client_ip_key`]).
     fn acquire_ip(self: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
-        let ip = ip.to_canonical();
+        let ip = client_ip_key(ip);
         let max = self.cfg.max_per_ip;
         let mut m = match self.per_ip.lock() {
             Ok(g) => g,
@@ -785,6 +786,22 @@ mod tests {
         assert!(s.acquire_ip(ip).is_some());
         assert_eq!(s.stats.refused_total.load(Ordering::Relaxed), 1);
         assert_eq!(s.stats.refused_per_ip.load(Ordering::Relaxed), 1);
+        // IPv6 clients count by their /64.
+        let v6 = Shared::new(cfg(0, 2), None);
+        let a = v6.acquire_ip("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _b = v6
+            .acquire_ip("2001:db8:1:2:ffff::9".parse().unwrap())
+            .unwrap();
+        assert!(
+            v6.acquire_ip("2001:db8:1:2::3".parse().unwrap()).is_none(),
+            "a third address of the same /64 is over the cap"
+        );
+        assert!(
+            v6.acquire_ip("2001:db8:1:3::1".parse().unwrap()).is_some(),
+            "another /64 has its own count"
+        );
+        drop(a);
+        assert!(v6.acquire_ip("2001:db8:1:2::3".parse().unwrap()).is_some());
         let unlimited = Shared::new(cfg(0, 0), None);
         let held: Vec<_> = (0..100).filter_map(|_| unlimited.acquire_total()).collect();
         assert_eq!(held.len(), 100);
