@@ -236,9 +236,7 @@ impl Lifecycle {
         // Everything that can fail is built before anything is swapped in.
         let reconfigure = reconfigure_for(&new, self.inner.control.nonce_key());
         let tls = match (&self.inner.tls, &new.tls.cert, &new.tls.key) {
-            (Some(_), Some(cert), Some(key)) => {
-                Some(server_config(cert, key).map_err(|e| ConfigError::new("tls.cert", e))?)
-            }
+            (Some(_), Some(cert), Some(key)) => Some(server_config(cert, key)?),
             _ => None,
         };
         if let Some(log) = &self.inner.log

@@ -446,10 +446,9 @@ fn bind_streams(
     String,
 > {
     use crate::turn::Transport;
-    let certs = match (&cfg.tls.cert, &cfg.tls.key) {
-        (Some(c), Some(k)) if cfg.tls_enabled() => Some(Arc::new(CertStore::load(c, k)?)),
-        _ => None,
-    };
+    let certs = tls::load_config(cfg)
+        .map_err(|e| e.to_string())?
+        .map(|c| Arc::new(CertStore::new(c)));
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
     let mut plan: Vec<(SocketAddr, Transport)> = Vec::new();
     if cfg.tcp.enabled {
