@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     /// The REST secret `/credentials` signs with (the first of `auth.secrets`).
     rest_secret: Option<String>,
     rest_separator: char,
+    /// `auth.max-rest-ttl` at start: the longest credential `/credentials` mints.
+    max_rest_ttl: u64,
     uris: Vec<String>,
     started: Instant,
     /// Reload and drain (`POST /reload`, `POST /drain`); the REST secret in force.
@@ -82,6 +84,7 @@ impl Admin {
                 metrics_open_on_loopback: a.metrics_open_on_loopback,
                 rest_secret: cfg.auth.secrets.first().cloned(),
                 rest_separator: cfg.auth.rest_separator,
+                max_rest_ttl: cfg.auth.max_rest_ttl,
                 uris,
                 started: Instant::now(),
                 lifecycle: None,

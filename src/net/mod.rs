@@ -34,7 +34,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
-use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Config;
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
@@ -324,14 +323,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         n => n,
     };
     let nonce_key = random_bytes::<32>().map_err(|e| format!("random: {e}"))?;
-    let auth = Arc::new(Authenticator::new(AuthConfig {
-        realm: cfg.server.realm.clone(),
-        users: cfg.user_secrets(),
-        secrets: cfg.auth.secrets.clone(),
-        rest_separator: cfg.auth.rest_separator,
-        nonce_lifetime_secs: cfg.auth.nonce_lifetime,
-        nonce_key,
-    }));
+    let auth = Arc::new(cfg.authenticator(nonce_key));
     let (allow, deny) = cfg.peer_rules();
     let policy = PeerPolicy::new(allow, deny);
     let ports = Arc::new(Mutex::new(PortPool::new(
