@@ -1,5 +1,5 @@
-//! `turnd check-config PATH`: loads and validates a config file exactly as the server would,
-//! then prints the effective settings (every key, defaults filled in) as TOML with secrets
+//! `turnd check-config PATH`: loads and validates a config file exactly as the server would
+//! (the TLS certificate and key too), then prints the effective settings (every key, defaults filled in) as TOML with secrets
 //! masked. Exit code 0 when the config is valid, 2 when it is not (the error names the key).
 
 use std::process::ExitCode;
@@ -58,13 +58,15 @@ pub fn run(args: &PathArg) -> ExitCode {
         config: Some(args.path.clone()),
         ..ServeArgs::default()
     };
-    let config = match Config::load(&serve) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("turnd: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // The TLS certificate and key are loaded as the server loads them at start.
+    let config =
+        match Config::load(&serve).and_then(|c| crate::net::tls::load_config(&c).map(|_| c)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("turnd: {e}");
+                return ExitCode::from(2);
+            }
+        };
     match effective_toml(&config) {
         Ok(text) => {
             println!(

@@ -202,7 +202,8 @@ pub struct CredentialsArgs {
     /// User the credential is issued to.
     #[arg(long, value_name = "USER")]
     pub user: String,
-    /// Lifetime of the credential in seconds.
+    /// Lifetime of the credential in seconds (the server refuses more than its
+    /// auth.max-rest-ttl, default 90000).
     #[arg(long, value_name = "SECONDS", default_value_t = 86400,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl: u64,

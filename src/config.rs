@@ -10,7 +10,7 @@
 mod streams;
 pub use streams::{TcpSection, TlsSection};
 
-use crate::auth::UserSecret;
+use crate::auth::{AuthConfig, Authenticator, UserSecret};
 use crate::cli::ServeArgs;
 use crate::turn::peer_policy::Cidr;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,9 @@ const MAX_USERNAME_BYTES: usize = 512;
 const MAX_WORKERS: usize = 1024;
 const MAX_LIFETIME_LIMIT: u32 = 604_800;
 const NONCE_LIFETIME_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
+/// `auth.max-rest-ttl`: from a minute (backend and server clocks differ by seconds) to ten
+/// years.
+const MAX_REST_TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=315_360_000;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 const LOG_FORMATS: [&str; 2] = ["text", "json"];
 /// Longest `server.drain-timeout`, one day.
@@ -239,6 +242,10 @@ pub struct AuthSection {
     /// Refuse expired REST credentials on Refresh, CreatePermission and ChannelBind too.
     pub enforce_credential_expiry: bool,
     pub nonce_lifetime: u64,
+    /// Seconds ahead of now a REST username's expiry may be; further out is refused (401).
+    /// Default a day (the usual TTL, the one the REST API draft suggests) plus an hour for
+    /// backend and server clocks that differ.
+    pub max_rest_ttl: u64,
 }
 
 impl Default for AuthSection {
@@ -249,6 +256,7 @@ impl Default for AuthSection {
             rest_separator: ':',
             enforce_credential_expiry: true,
             nonce_lifetime: 600,
+            max_rest_ttl: 90_000,
         }
     }
 }
@@ -265,6 +273,7 @@ impl fmt::Debug for AuthSection {
             .field("rest_separator", &self.rest_separator)
             .field("enforce_credential_expiry", &self.enforce_credential_expiry)
             .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("max_rest_ttl", &self.max_rest_ttl)
             .finish()
     }
 }
@@ -959,6 +968,17 @@ impl Config {
                 ),
             );
         }
+        if !MAX_REST_TTL_RANGE.contains(&a.max_rest_ttl) {
+            return err(
+                "auth.max-rest-ttl",
+                format!(
+                    "must be between {} and {} seconds, got {}",
+                    MAX_REST_TTL_RANGE.start(),
+                    MAX_REST_TTL_RANGE.end(),
+                    a.max_rest_ttl
+                ),
+            );
+        }
         let uses_example = a
             .users
             .iter()
@@ -1059,6 +1079,20 @@ impl Config {
             .collect()
     }
 
+    /// The authenticator of these settings (users, REST secrets, realm, nonce lifetime, the
+    /// REST expiry ceiling), nonces signed with `nonce_key`: what start and reload build.
+    pub fn authenticator(&self, nonce_key: [u8; 32]) -> Authenticator {
+        Authenticator::new(AuthConfig {
+            realm: self.server.realm.clone(),
+            users: self.user_secrets(),
+            secrets: self.auth.secrets.clone(),
+            rest_separator: self.auth.rest_separator,
+            nonce_lifetime_secs: self.auth.nonce_lifetime,
+            nonce_key,
+        })
+        .with_max_rest_ttl(self.auth.max_rest_ttl)
+    }
+
     /// The operator's peer rules as (allow, deny). Entries that do not parse are skipped (call
     /// [`Config::validate`] first; [`Config::load`] does).
     pub fn peer_rules(&self) -> (Vec<Cidr>, Vec<Cidr>) {
@@ -1137,6 +1171,7 @@ mod tests {
         assert_eq!(c.auth.rest_separator, ':');
         assert!(c.auth.enforce_credential_expiry);
         assert_eq!(c.auth.nonce_lifetime, 600);
+        assert_eq!(c.auth.max_rest_ttl, 90_000);
         assert!(c.peers.allow.is_empty() && c.peers.deny.is_empty());
         assert_eq!(c.log.level, "info");
         assert_eq!(c.relay_ips(), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
@@ -1406,6 +1441,15 @@ mod tests {
             "[auth]\nsecrets = [\"a\", \"b\"]\nrest-separator = \"-\"\nnonce-lifetime = 30",
         )
         .unwrap();
+        for bad in ["0", "59", "315360001"] {
+            assert_invalid(
+                &format!("[auth]\nmax-rest-ttl = {bad}"),
+                "auth.max-rest-ttl",
+                "between 60 and 315360000",
+            );
+        }
+        let c = Config::from_toml_str("[auth]\nmax-rest-ttl = 3600").unwrap();
+        assert_eq!(c.auth.max_rest_ttl, 3600);
         // A separator must be one character: the type says so.
         assert!(Config::from_toml_str("[auth]\nrest-separator = \"::\"").is_err());
     }

@@ -20,7 +20,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::auth::{AuthConfig, Authenticator};
 use crate::cli::ServeArgs;
 use crate::config::{Config, ConfigError};
 use crate::logging::LogHandle;
@@ -170,14 +169,7 @@ fn keep_running_values(old: &Config, mut new: Config) -> Config {
 pub fn reconfigure_for(cfg: &Config, nonce_key: [u8; 32]) -> Reconfigure {
     let (allow, deny) = cfg.peer_rules();
     Reconfigure {
-        auth: Arc::new(Authenticator::new(AuthConfig {
-            realm: cfg.server.realm.clone(),
-            users: cfg.user_secrets(),
-            secrets: cfg.auth.secrets.clone(),
-            rest_separator: cfg.auth.rest_separator,
-            nonce_lifetime_secs: cfg.auth.nonce_lifetime,
-            nonce_key,
-        })),
+        auth: Arc::new(cfg.authenticator(nonce_key)),
         policy: PeerPolicy::new(allow, deny),
         user_quota: cfg.allocation.user_quota,
         total_quota: cfg.allocation.total_quota,
@@ -236,9 +228,7 @@ impl Lifecycle {
         // Everything that can fail is built before anything is swapped in.
         let reconfigure = reconfigure_for(&new, self.inner.control.nonce_key());
         let tls = match (&self.inner.tls, &new.tls.cert, &new.tls.key) {
-            (Some(_), Some(cert), Some(key)) => {
-                Some(server_config(cert, key).map_err(|e| ConfigError::new("tls.cert", e))?)
-            }
+            (Some(_), Some(cert), Some(key)) => Some(server_config(cert, key)?),
             _ => None,
         };
         if let Some(log) = &self.inner.log

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::run_turnd;
+use common::stream::{TempDir, TestCert};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -75,21 +76,24 @@ fn invalid_config_fails_naming_the_key() {
 
 #[test]
 fn tls_file_paths_are_shown_while_secrets_stay_masked() {
-    let path = write(
+    let dir = TempDir::new("check-config-tls");
+    let cert = TestCert::new(&dir);
+    let path = dir.write(
         "tls.toml",
-        "[server]\nlisten = [\"127.0.0.1:3478\"]\n\
-         [tls]\nlisten = [\"127.0.0.1:5349\"]\ncert = \"/etc/turnd/tls/fullchain.pem\"\n\
-         key = \"/etc/turnd/tls/privkey.pem\"\n\
-         [auth]\nusers = [{ name = \"bob\", key = \"0x00112233445566778899aabbccddeeff\" }]\n\
-         [admin]\nenabled = true\ntoken = \"admin-token-0123456789\"\n",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:3478\"]\n\
+             [tls]\nlisten = [\"127.0.0.1:5349\"]\ncert = {:?}\nkey = {:?}\n\
+             [auth]\nusers = [{{ name = \"bob\", key = \"0x00112233445566778899aabbccddeeff\" }}]\n\
+             [admin]\nenabled = true\ntoken = \"admin-token-0123456789\"\n",
+            cert.cert, cert.key
+        ),
     );
     let (code, stdout, stderr) = run_turnd(&["check-config", path.to_str().unwrap()], LIMIT);
-    let _ = std::fs::remove_file(&path);
     assert_eq!(code, Some(0), "stderr: {stderr}");
     let shown: toml::Table = stdout.parse().expect("the settings are TOML");
     let tls = shown["tls"].as_table().unwrap();
-    assert_eq!(tls["cert"].as_str(), Some("/etc/turnd/tls/fullchain.pem"));
-    assert_eq!(tls["key"].as_str(), Some("/etc/turnd/tls/privkey.pem"));
+    assert_eq!(tls["cert"].as_str(), cert.cert.to_str());
+    assert_eq!(tls["key"].as_str(), cert.key.to_str());
     let users = shown["auth"]["users"].as_array().unwrap();
     assert_eq!(users[0]["key"].as_str(), Some("********"));
     assert_eq!(shown["admin"]["token"].as_str(), Some("********"));
@@ -98,4 +102,54 @@ fn tls_file_paths_are_shown_while_secrets_stay_masked() {
         "{stdout}"
     );
     assert!(!stdout.contains("admin-token-0123456789"), "{stdout}");
+}
+
+/// A TLS certificate or key the server would refuse at start fails the check too (exit 2,
+/// naming the key and the file, and no "config OK"): a missing file, a file with no PEM in
+/// it, a PEM block that is not a certificate, and a key of another certificate.
+#[test]
+fn tls_certificate_and_key_are_loaded_as_the_server_loads_them() {
+    let dir = TempDir::new("check-config-tls-files");
+    let cert = TestCert::new(&dir);
+    let other_dir = TempDir::new("check-config-tls-other");
+    let other = TestCert::new(&other_dir);
+    let garbage = dir.write("garbage.pem", "this is not PEM\n");
+    let not_a_cert = dir.write(
+        "not-a-cert.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
+    let missing = dir.0.join("missing.pem");
+    let check = |c: &std::path::Path, k: &std::path::Path| {
+        let path = dir.write(
+            "turnd.toml",
+            &format!(
+                "[server]\nlisten = [\"127.0.0.1:3478\"]\n\
+                 [tls]\nlisten = [\"127.0.0.1:5349\"]\ncert = {c:?}\nkey = {k:?}\n"
+            ),
+        );
+        run_turnd(&["check-config", path.to_str().unwrap()], LIMIT)
+    };
+
+    let (code, _, stderr) = check(&cert.cert, &cert.key);
+    assert_eq!(code, Some(0), "a good pair passes: {stderr}");
+    assert!(stderr.contains("config OK"), "{stderr}");
+
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    for (c, k, key, file) in [
+        (&missing, &cert.key, "tls.cert", name(&missing)),
+        (&garbage, &cert.key, "tls.cert", name(&garbage)),
+        (&not_a_cert, &cert.key, "tls.cert", name(&not_a_cert)),
+        (&cert.cert, &missing, "tls.key", name(&missing)),
+        (&cert.cert, &garbage, "tls.key", name(&garbage)),
+        (&cert.cert, &other.key, "tls.key", name(&other.key)),
+    ] {
+        let (code, stdout, stderr) = check(c, k);
+        assert_eq!(code, Some(2), "cert {c:?} key {k:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("config error: {key}: ")) && stderr.contains(&file),
+            "cert {c:?} key {k:?}: the error names {key} and {file}: {stderr}"
+        );
+        assert!(!stderr.contains("config OK"), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
 }

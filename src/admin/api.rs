@@ -15,8 +15,8 @@ use super::metrics;
 use crate::net::Control;
 use crate::turn::stats::{DropReason, SessionInfo};
 
-/// Longest credential `/credentials` mints: 7 days.
-const MAX_TTL: u64 = 604_800;
+/// Lifetime of the credentials `/credentials` mints unless asked (at most `auth.max-rest-ttl`).
+const DEFAULT_TTL: u64 = 86_400;
 
 pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Settings) -> Response {
     let open_metrics = req.path == "/metrics"
@@ -270,12 +270,16 @@ fn drain(s: &Settings) -> Response {
 
 /// The RTCIceServer JSON `turnd credentials` prints, signed with the first REST secret.
 fn credentials(req: &Request, s: &Settings) -> Response {
-    // After a reload the secrets in force are the lifecycle's.
-    let live = s
-        .lifecycle
-        .as_ref()
-        .map(|l| l.config().auth.secrets.first().cloned());
-    let Some(secret) = live.as_ref().unwrap_or(&s.rest_secret) else {
+    // After a reload the secrets and the expiry ceiling in force are the lifecycle's.
+    let live = s.lifecycle.as_ref().map(|l| {
+        let c = l.config();
+        (c.auth.secrets.first().cloned(), c.auth.max_rest_ttl)
+    });
+    let (secret, max_ttl) = match &live {
+        Some((secret, max)) => (secret, *max),
+        None => (&s.rest_secret, s.max_rest_ttl),
+    };
+    let Some(secret) = secret else {
         return Response::error(
             409,
             "no REST secret configured (auth.secrets): cannot mint credentials",
@@ -285,10 +289,16 @@ fn credentials(req: &Request, s: &Settings) -> Response {
         Some(u) if !u.is_empty() && u.len() <= 256 && !u.chars().any(char::is_control) => u,
         _ => return Response::error(400, "user: required, 1 to 256 bytes, no control characters"),
     };
+    // The server refuses REST credentials that expire further ahead than auth.max-rest-ttl.
     let ttl = match req.param("ttl").map(str::parse::<u64>) {
-        None => 86_400,
-        Some(Ok(t)) if (1..=MAX_TTL).contains(&t) => t,
-        _ => return Response::error(400, "ttl: seconds, 1 to 604800"),
+        None => DEFAULT_TTL.min(max_ttl),
+        Some(Ok(t)) if (1..=max_ttl).contains(&t) => t,
+        _ => {
+            return Response::error(
+                400,
+                &format!("ttl: seconds, 1 to {max_ttl} (auth.max-rest-ttl)"),
+            );
+        }
     };
     let args = crate::cli::CredentialsArgs {
         secret: secret.clone(),

@@ -89,6 +89,8 @@ pub enum AuthError {
     UnknownUser,
     /// REST username whose expiry timestamp has passed.
     Expired,
+    /// REST username whose expiry is further ahead than the ceiling (`auth.max-rest-ttl`).
+    ExpiryTooFar,
     /// The user exists but has no key for the requested algorithm (precomputed MD5 key and SHA-256 asked).
     AlgorithmUnavailable,
 }
@@ -98,6 +100,7 @@ impl fmt::Display for AuthError {
         f.write_str(match self {
             AuthError::UnknownUser => "unknown user",
             AuthError::Expired => "credential expired",
+            AuthError::ExpiryTooFar => "credential expiry too far ahead (auth.max-rest-ttl)",
             AuthError::AlgorithmUnavailable => "no key for the requested password algorithm",
         })
     }
@@ -169,6 +172,8 @@ pub struct Authenticator {
     rest_separator: char,
     nonce_lifetime_secs: u64,
     nonce_key: [u8; 32],
+    /// How far ahead of now a REST username's expiry may be (seconds).
+    max_rest_ttl: u64,
     /// Keys no client can know (derived from the random nonce key), one per algorithm, that
     /// a request from an unknown user is checked against: see [`Authenticator::decoy_key`].
     decoy: [Key; 2],
@@ -184,6 +189,7 @@ impl fmt::Debug for Authenticator {
             .field("secrets", &RedactedCount(self.secrets.len()))
             .field("rest_separator", &self.rest_separator)
             .field("nonce_lifetime_secs", &self.nonce_lifetime_secs)
+            .field("max_rest_ttl", &self.max_rest_ttl)
             .field("nonce_key", &Redacted)
             .finish()
     }
@@ -239,8 +245,17 @@ impl Authenticator {
             rest_separator,
             nonce_lifetime_secs,
             nonce_key,
+            max_rest_ttl: u64::MAX,
             decoy,
         }
+    }
+
+    /// Refuses REST usernames whose expiry is more than `secs` ahead of now (none by
+    /// default): a credential minted to last for years, or with an expiry of 2^64-1, is
+    /// one nobody can revoke short of rotating the secret.
+    pub fn with_max_rest_ttl(mut self, secs: u64) -> Authenticator {
+        self.max_rest_ttl = secs;
+        self
     }
 
     /// A key of `alg`'s length that no user has and no client can compute (it is derived from
@@ -277,8 +292,10 @@ impl Authenticator {
     /// Every key that may have signed a request from `username` with `alg`.
     ///
     /// Static users win over REST parsing. A REST username is `<digits><sep><user>` or just
-    /// `<digits>`; it is valid while its expiry is not before `unix_now`, and yields one key per
-    /// configured secret, in configuration order.
+    /// `<digits>`; it is valid while its expiry is not before `unix_now` and not more than the
+    /// ceiling ([`Authenticator::with_max_rest_ttl`]) after it, and yields one key per
+    /// configured secret, in configuration order. `unix_now` 0 checks neither bound (the
+    /// caller overlooks the expiry of a live session's credential).
     pub fn lookup(
         &self,
         username: &str,
@@ -304,6 +321,9 @@ impl Authenticator {
             split_rest_username(username, self.rest_separator).ok_or(AuthError::UnknownUser)?;
         if expiry < unix_now {
             return Err(AuthError::Expired);
+        }
+        if unix_now != 0 && expiry - unix_now > self.max_rest_ttl {
+            return Err(AuthError::ExpiryTooFar);
         }
         let keys = self
             .secrets
@@ -722,6 +742,37 @@ mod tests {
             a.lookup("1000:alice", PasswordAlgorithm::Sha256, 2000)
                 .map(|_| ()),
             Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn rest_expiry_too_far_ahead_is_refused() {
+        let a = auth(&["north"]).with_max_rest_ttl(86_400);
+        let now = 1_700_000_000u64;
+        let at = |expiry: u64| {
+            a.lookup(&format!("{expiry}:alice"), PasswordAlgorithm::Md5, now)
+                .map(|c| c.expiry)
+        };
+        assert_eq!(at(now + 3600), Ok(Some(now + 3600)));
+        assert_eq!(
+            at(now + 86_400),
+            Ok(Some(now + 86_400)),
+            "the ceiling itself"
+        );
+        assert_eq!(at(now + 86_401), Err(AuthError::ExpiryTooFar));
+        assert_eq!(at(now + 2 * 86_400), Err(AuthError::ExpiryTooFar));
+        assert_eq!(at(u64::MAX), Err(AuthError::ExpiryTooFar));
+        assert_eq!(at(now - 1), Err(AuthError::Expired));
+        // Without a ceiling (the default of the type), any expiry ahead is taken.
+        let open = auth(&["north"]);
+        assert!(
+            open.lookup(&format!("{}:alice", u64::MAX), PasswordAlgorithm::Md5, now)
+                .is_ok()
+        );
+        // unix_now 0: the caller overlooks the expiry; neither bound applies.
+        assert!(
+            a.lookup(&format!("{}:alice", now - 1), PasswordAlgorithm::Md5, 0)
+                .is_ok()
         );
     }
 

@@ -34,7 +34,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
-use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Config;
 use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
@@ -227,6 +226,49 @@ fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     Ok(b)
 }
 
+/// Checks that nobody holds `addr` (UDP for `Type::DGRAM`, TCP for `Type::STREAM`; `name`
+/// is the listener's transport, for the error), and returns it with port 0 resolved to a
+/// free port.
+///
+/// The workers' listeners are SO_REUSEPORT sockets, and the kernel lets any process of the
+/// same user join a SO_REUSEPORT group: a second turnd on the same address would start
+/// silently and take a share of the clients (and of their ChannelData). So a probe socket
+/// without SO_REUSEPORT is bound first: that fails with EADDRINUSE if any socket holds the
+/// address, a SO_REUSEPORT group included. The probe is closed before the workers bind
+/// (a socket without SO_REUSEPORT cannot be part of their group). The TCP probe sets
+/// SO_REUSEADDR as the listeners do, so connections of a previous run in TIME_WAIT do not
+/// block a restart; a listening socket still conflicts.
+fn claim(addr: SocketAddr, ty: Type, name: &str) -> Result<SocketAddr, String> {
+    let proto = if ty == Type::DGRAM {
+        Protocol::UDP
+    } else {
+        Protocol::TCP
+    };
+    let probe = || -> io::Result<SocketAddr> {
+        let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        if ty == Type::STREAM {
+            s.set_reuse_address(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP address"))
+    };
+    probe().map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            format!(
+                "cannot listen on {name} {addr}: address already in use by another process \
+                 (another turnd?); refusing to share it"
+            )
+        } else {
+            format!("cannot listen on {name} {addr}: {e}")
+        }
+    })
+}
+
 /// A UDP socket bound with SO_REUSEPORT so each worker can hold its own.
 fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -281,14 +323,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         n => n,
     };
     let nonce_key = random_bytes::<32>().map_err(|e| format!("random: {e}"))?;
-    let auth = Arc::new(Authenticator::new(AuthConfig {
-        realm: cfg.server.realm.clone(),
-        users: cfg.user_secrets(),
-        secrets: cfg.auth.secrets.clone(),
-        rest_separator: cfg.auth.rest_separator,
-        nonce_lifetime_secs: cfg.auth.nonce_lifetime,
-        nonce_key,
-    }));
+    let auth = Arc::new(cfg.authenticator(nonce_key));
     let (allow, deny) = cfg.peer_rules();
     let policy = PeerPolicy::new(allow, deny);
     let ports = Arc::new(Mutex::new(PortPool::new(
@@ -311,21 +346,24 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         relay_ips[fam].get_or_insert((ip, cfg.external_ip_for(ip)));
     }
 
-    // Bind everything before starting anything, so a taken port fails the start.
-    let mut sockets: Vec<Vec<(SocketAddr, UdpSocket)>> = (0..workers).map(|_| Vec::new()).collect();
+    // Every listen address must be free (see `claim`): checked for all of them before any
+    // is bound, so two listeners of this server that overlap (a wildcard and a specific
+    // address on one port) do not trip over each other. Port 0 is resolved here.
     let mut listen = Vec::new();
     for &addr in &cfg.server.listen {
-        let mut bound = addr;
-        for per_worker in sockets.iter_mut() {
-            let s =
-                reuseport_udp(bound).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
-            // Port 0 asks the kernel for one; the other workers join that same port.
-            bound = s.local_addr().map_err(|e| format!("udp {addr}: {e}"))?;
-            per_worker.push((bound, s));
-        }
-        listen.push(bound);
+        listen.push(claim(addr, Type::DGRAM, "udp")?);
     }
-    let (stream_listeners, tls_listen, streams) = bind_streams(cfg, &listen, workers)?;
+    let stream_plan = plan_streams(cfg, &listen)?;
+
+    // Bind everything before starting anything, so a taken port fails the start.
+    let mut sockets: Vec<Vec<(SocketAddr, UdpSocket)>> = (0..workers).map(|_| Vec::new()).collect();
+    for &addr in &listen {
+        for per_worker in sockets.iter_mut() {
+            let s = reuseport_udp(addr).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+            per_worker.push((addr, s));
+        }
+    }
+    let (stream_listeners, tls_listen, streams) = bind_streams(cfg, &stream_plan, workers)?;
 
     // Every address turnd itself answers on: UDP/TCP and TLS listeners, and the admin API.
     let mut own_listen = listen.clone();
@@ -429,13 +467,29 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     })
 }
 
-/// Per worker, the TCP listeners (on the UDP listen addresses as bound, unless
-/// `tcp.enabled` is false) and the TLS listeners; the TLS addresses as bound; the shared
-/// stream state with the certificate store.
+/// The TCP listen addresses (the UDP listen addresses as claimed, unless `tcp.enabled` is
+/// false) and the TLS ones, each claimed (see [`claim`]), port 0 resolved.
+fn plan_streams(
+    cfg: &Config,
+    udp_listen: &[SocketAddr],
+) -> Result<Vec<(SocketAddr, crate::turn::Transport)>, String> {
+    use crate::turn::Transport;
+    let mut plan: Vec<(SocketAddr, Transport)> = Vec::new();
+    if cfg.tcp.enabled {
+        plan.extend(udp_listen.iter().map(|a| (*a, Transport::Tcp)));
+    }
+    plan.extend(cfg.tls.listen.iter().map(|a| (*a, Transport::Tls)));
+    plan.into_iter()
+        .map(|(addr, transport)| Ok((claim(addr, Type::STREAM, transport.as_str())?, transport)))
+        .collect()
+}
+
+/// Per worker, the stream listeners of `plan`; the TLS addresses; the shared stream state
+/// with the certificate store.
 #[allow(clippy::type_complexity)]
 fn bind_streams(
     cfg: &Config,
-    udp_listen: &[SocketAddr],
+    plan: &[(SocketAddr, crate::turn::Transport)],
     workers: usize,
 ) -> Result<
     (
@@ -446,29 +500,21 @@ fn bind_streams(
     String,
 > {
     use crate::turn::Transport;
-    let certs = match (&cfg.tls.cert, &cfg.tls.key) {
-        (Some(c), Some(k)) if cfg.tls_enabled() => Some(Arc::new(CertStore::load(c, k)?)),
-        _ => None,
-    };
+    let certs = tls::load_config(cfg)
+        .map_err(|e| e.to_string())?
+        .map(|c| Arc::new(CertStore::new(c)));
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut plan: Vec<(SocketAddr, Transport)> = Vec::new();
-    if cfg.tcp.enabled {
-        plan.extend(udp_listen.iter().map(|a| (*a, Transport::Tcp)));
-    }
-    plan.extend(cfg.tls.listen.iter().map(|a| (*a, Transport::Tls)));
     let mut tls_listen = Vec::new();
-    for (addr, transport) in plan {
-        let mut bound = addr;
+    for &(addr, transport) in plan {
         let name = transport.as_str();
         for w in per_worker.iter_mut() {
-            let l = tcp::reuseport_tcp(bound)
+            let l = tcp::reuseport_tcp(addr)
                 .map_err(|e| format!("cannot listen on {name} {addr}: {e}"))?;
-            bound = l.local_addr().map_err(|e| format!("{name} {addr}: {e}"))?;
-            w.push((bound, l, transport));
+            w.push((addr, l, transport));
         }
-        info!(listen = %bound, transport = name, workers, "listening");
+        info!(listen = %addr, transport = name, workers, "listening");
         if transport == Transport::Tls {
-            tls_listen.push(bound);
+            tls_listen.push(addr);
         }
     }
     let shared = tcp::Shared::new(tcp::StreamConfig::from_config(cfg), certs);
@@ -483,6 +529,35 @@ mod tests {
         list.iter()
             .map(|s| s.parse().expect("test address"))
             .collect()
+    }
+
+    #[test]
+    fn claim_refuses_an_address_anyone_holds_and_resolves_port_zero() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        // Port 0: a free port, which the workers' SO_REUSEPORT sockets can then take.
+        let udp = claim(any, Type::DGRAM, "udp").expect("a free UDP port");
+        assert_ne!(udp.port(), 0);
+        let worker = reuseport_udp(udp).expect("workers bind the claimed port");
+        let second = reuseport_udp(udp).expect("and join each other");
+        // Held by a SO_REUSEPORT group (another turnd's workers): refused, naming it.
+        let e = claim(udp, Type::DGRAM, "udp").expect_err("held by a reuseport group");
+        assert!(
+            e.contains(&format!("udp {udp}")) && e.contains("in use"),
+            "{e}"
+        );
+        drop(worker);
+        drop(second);
+        // Held by a plain socket.
+        let plain = UdpSocket::bind(any).expect("bind");
+        let held = plain.local_addr().expect("addr");
+        assert!(claim(held, Type::DGRAM, "udp").is_err());
+        // TCP: a SO_REUSEPORT listener holds its address against the probe.
+        let tcp = claim(any, Type::STREAM, "tls").expect("a free TCP port");
+        let listener = tcp::reuseport_tcp(tcp).expect("listen on the claimed port");
+        let e = claim(tcp, Type::STREAM, "tls").expect_err("held by a listener");
+        assert!(e.contains(&format!("tls {tcp}")), "{e}");
+        drop(listener);
+        assert_eq!(claim(tcp, Type::STREAM, "tls"), Ok(tcp), "free again");
     }
 
     #[test]

@@ -31,12 +31,13 @@ use super::udp::{Job, Worker};
 use super::{now, proxy};
 use crate::config::Config;
 use crate::stun::framing::{Frame, next_frame};
-use crate::turn::{ConnectionId, FiveTuple, RelayId, Transport};
+use crate::turn::{ConnectionId, FiveTuple, RelayId, Transport, client_ip_key};
 
 /// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad): the
 /// most a connection's read buffer grows to.
 const READ_BUF: usize = 65_536 + 64;
-/// A connection's read buffer to begin with; it grows only for a frame that needs more.
+/// A connection's read buffer to begin with, and what it shrinks back to; it grows with the
+/// bytes that arrive (see [`read_buf_len`]), never with the length a header announces.
 const READ_BUF_START: usize = 4096;
 /// How long a closing connection may take to flush what is queued for it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -125,9 +126,10 @@ impl Shared {
         Some(TotalSlot(self.clone()))
     }
 
-    /// A slot under `tcp.max-connections-per-ip`, held until dropped.
+    /// A slot under `tcp.max-connections-per-ip`, held until dropped. IPv6 clients count by
+    /// their /64, as every other per-IP limit ([`client_ip_key`]).
     fn acquire_ip(self: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
-        let ip = ip.to_canonical();
+        let ip = client_ip_key(ip);
         let max = self.cfg.max_per_ip;
         let mut m = match self.per_ip.lock() {
             Ok(g) => g,
@@ -665,8 +667,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             buf.copy_within(start..filled, 0);
             filled -= start;
         }
-        if need > buf.len() {
-            buf.resize(need, 0);
+        let len = read_buf_len(buf.len(), filled, need);
+        if len != buf.len() {
+            buf.resize(len, 0);
+            buf.shrink_to_fit();
         }
         if outbox.claiming.get() {
             // RFC 6062 §5.4: after ConnectionBind the stream carries the peer's bytes, not
@@ -705,6 +709,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
         outbox.touch();
         filled += n;
     }
+}
+
+/// The length a connection's read buffer of `len` bytes, `filled` of them with the start of
+/// a frame that needs `need` bytes in all, should have before the next read. It doubles
+/// (up to `need`) only once it is full, so the memory a connection holds follows the bytes
+/// it has sent: a header announcing 65,532 bytes costs [`READ_BUF_START`], not 64 KiB. It
+/// goes back to [`READ_BUF_START`] once what it holds and the frame it waits for fit there.
+fn read_buf_len(len: usize, filled: usize, need: usize) -> usize {
+    if filled >= len && need > len {
+        return len.saturating_mul(2).clamp(READ_BUF_START, need);
+    }
+    if len > READ_BUF_START && filled <= READ_BUF_START && need <= READ_BUF_START {
+        return READ_BUF_START;
+    }
+    len
 }
 
 /// Drains the outbox into the stream; ends when the outbox is closed and empty or a write
@@ -751,6 +770,34 @@ mod tests {
         assert_eq!(o.queued(), 10);
     }
 
+    #[test]
+    fn read_buffer_grows_with_bytes_received_and_shrinks_back() {
+        const BIG: usize = 20 + 65_532;
+        // A header announcing the largest message: no growth until the buffer is full.
+        assert_eq!(read_buf_len(READ_BUF_START, 20, BIG), READ_BUF_START);
+        assert_eq!(read_buf_len(READ_BUF_START, 4000, BIG), READ_BUF_START);
+        // Full: doubles, and never past the frame.
+        let mut len = READ_BUF_START;
+        let mut steps = Vec::new();
+        while len < BIG {
+            len = read_buf_len(len, len, BIG);
+            steps.push(len);
+        }
+        assert_eq!(steps, [8192, 16_384, 32_768, 65_536, BIG]);
+        assert_eq!(read_buf_len(READ_BUF_START, READ_BUF_START, 5000), 5000);
+        // A frame that fits needs no growth even when the buffer is full of a smaller one.
+        assert_eq!(
+            read_buf_len(READ_BUF_START, READ_BUF_START, READ_BUF_START),
+            READ_BUF_START
+        );
+        // After the big frame: back to the start size once the rest fits there.
+        assert_eq!(read_buf_len(BIG, 0, 4), READ_BUF_START);
+        assert_eq!(read_buf_len(BIG, 100, 1500), READ_BUF_START);
+        // Not while a large frame is still coming in, or more than the start size is held.
+        assert_eq!(read_buf_len(BIG, 100, 9000), BIG);
+        assert_eq!(read_buf_len(BIG, 5000, 9000), BIG);
+    }
+
     fn cfg(total: usize, per_ip: usize) -> StreamConfig {
         StreamConfig {
             max_connections: total,
@@ -785,6 +832,22 @@ mod tests {
         assert!(s.acquire_ip(ip).is_some());
         assert_eq!(s.stats.refused_total.load(Ordering::Relaxed), 1);
         assert_eq!(s.stats.refused_per_ip.load(Ordering::Relaxed), 1);
+        // IPv6 clients count by their /64.
+        let v6 = Shared::new(cfg(0, 2), None);
+        let a = v6.acquire_ip("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _b = v6
+            .acquire_ip("2001:db8:1:2:ffff::9".parse().unwrap())
+            .unwrap();
+        assert!(
+            v6.acquire_ip("2001:db8:1:2::3".parse().unwrap()).is_none(),
+            "a third address of the same /64 is over the cap"
+        );
+        assert!(
+            v6.acquire_ip("2001:db8:1:3::1".parse().unwrap()).is_some(),
+            "another /64 has its own count"
+        );
+        drop(a);
+        assert!(v6.acquire_ip("2001:db8:1:2::3".parse().unwrap()).is_some());
         let unlimited = Shared::new(cfg(0, 0), None);
         let held: Vec<_> = (0..100).filter_map(|_| unlimited.acquire_total()).collect();
         assert_eq!(held.len(), 100);

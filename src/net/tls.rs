@@ -8,9 +8,11 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{Error as TlsError, ServerConfig};
+
+use crate::config::{Config, ConfigError};
 
 /// RFC 7443 §3: the ALPN protocol ID of TURN over (D)TLS.
 pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
@@ -21,11 +23,17 @@ pub struct CertStore {
 }
 
 impl CertStore {
-    /// Loads the certificate chain and key; the error names the file and what is wrong.
-    pub fn load(cert: &Path, key: &Path) -> Result<CertStore, String> {
-        Ok(CertStore {
-            current: RwLock::new(server_config(cert, key)?),
-        })
+    /// Loads the certificate chain and key; the error names the key, the file and what is
+    /// wrong.
+    pub fn load(cert: &Path, key: &Path) -> Result<CertStore, ConfigError> {
+        Ok(CertStore::new(server_config(cert, key)?))
+    }
+
+    /// A store serving `cfg` to new connections.
+    pub fn new(cfg: Arc<ServerConfig>) -> CertStore {
+        CertStore {
+            current: RwLock::new(cfg),
+        }
     }
 
     /// The config new connections use now.
@@ -37,7 +45,7 @@ impl CertStore {
     }
 
     /// Loads a new certificate and key for new connections. On error the old ones stay.
-    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), ConfigError> {
         self.replace(server_config(cert, key)?);
         Ok(())
     }
@@ -51,25 +59,47 @@ impl CertStore {
     }
 }
 
-/// A rustls server config from PEM files: TLS 1.2 and 1.3 on ring, no client auth, ALPN
-/// `stun.turn` offered (a client that sends no ALPN is served too).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("tls.cert {}: no certificate found", cert.display()));
+/// The TLS server config `cfg` serves, loaded from its files: None when it serves no TLS.
+/// The server's start and `turnd check-config` both load it here, so a certificate or key the
+/// server would refuse fails the check too.
+pub fn load_config(cfg: &Config) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
+    match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(cert), Some(key)) if cfg.tls_enabled() => server_config(cert, key).map(Some),
+        _ => Ok(None),
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
+}
+
+/// A rustls server config from PEM files: TLS 1.2 and 1.3 on ring, no client auth, ALPN
+/// `stun.turn` offered (a client that sends no ALPN is served too). The error names the key
+/// at fault (`tls.cert` or `tls.key`), its file and what is wrong.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ConfigError> {
+    let cert_err = |e: &dyn std::fmt::Display| {
+        ConfigError::new("tls.cert", format!("{}: {e}", cert.display()))
+    };
+    let key_err =
+        |e: &dyn std::fmt::Display| ConfigError::new("tls.key", format!("{}: {e}", key.display()));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(&e))?;
+    if chain.is_empty() {
+        return Err(cert_err(&"no PEM certificate found"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("tls: {e}"))?
+        .map_err(|e| ConfigError::new("tls", e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("tls.cert/tls.key: {e}"))?;
+        .with_single_cert(chain, key_der)
+        .map_err(|e| match e {
+            TlsError::InconsistentKeys(_) => key_err(&format_args!(
+                "does not match the certificate in {}",
+                cert.display()
+            )),
+            TlsError::InvalidCertificate(_) | TlsError::NoCertificatesPresented => cert_err(&e),
+            e => key_err(&e),
+        })?;
     cfg.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -166,11 +196,27 @@ mod tests {
         let bad = dir.join("bad.pem");
         std::fs::write(&bad, "not a pem").unwrap();
         let e = store.reload(&bad, &k2).unwrap_err();
-        assert!(e.contains("tls.cert"), "{e}");
+        assert_eq!(e.key(), "tls.cert", "{e}");
+        assert!(e.message().contains("bad.pem"), "{e}");
         let e = store.reload(&c2, &bad).unwrap_err();
-        assert!(e.contains("tls.key"), "{e}");
+        assert_eq!(e.key(), "tls.key", "{e}");
+        assert!(e.message().contains("bad.pem"), "{e}");
+        let e = store.reload(&c2, &dir.join("missing.key")).unwrap_err();
+        assert_eq!(e.key(), "tls.key", "{e}");
+        assert!(e.message().contains("missing.key"), "{e}");
         // A key that does not match the certificate is refused.
-        assert!(store.reload(&c1, &k2).is_err());
+        let e = store.reload(&c1, &k2).unwrap_err();
+        assert_eq!(e.key(), "tls.key", "{e}");
+        assert!(e.message().contains("does not match"), "{e}");
+        // A PEM block that is not a certificate.
+        let junk = dir.join("junk.crt");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = store.reload(&junk, &k2).unwrap_err();
+        assert_eq!(e.key(), "tls.cert", "{e}");
         assert!(Arc::ptr_eq(&after, &store.current()));
         let _ = std::fs::remove_dir_all(&dir);
     }

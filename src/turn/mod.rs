@@ -26,7 +26,7 @@ pub use server::{Limits, Reconfigure, Server, ServerConfig, Stats, challenge_len
 #[doc(hidden)]
 pub use test_client::{LastToClient, TestClient};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// The transport between client and server.
@@ -149,4 +149,13 @@ pub const CONNECTION_ID_WORKER_SHIFT: u32 = 22;
 /// The worker that owns a connection id.
 pub fn connection_owner(id: ConnectionId) -> usize {
     (id >> CONNECTION_ID_WORKER_SHIFT) as usize
+}
+
+/// The key per-client-IP limits count under: an IPv4 address (IPv4-mapped IPv6 too) as
+/// itself, an IPv6 address by its /64, the smallest block one subscriber is normally given.
+pub fn client_ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => IpAddr::V4(a),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
+    }
 }
