@@ -294,13 +294,32 @@ impl Authenticator {
     /// Static users win over REST parsing. A REST username is `<digits><sep><user>` or just
     /// `<digits>`; it is valid while its expiry is not before `unix_now` and not more than the
     /// ceiling ([`Authenticator::with_max_rest_ttl`]) after it, and yields one key per
-    /// configured secret, in configuration order. `unix_now` 0 checks neither bound (the
-    /// caller overlooks the expiry of a live session's credential).
+    /// configured secret, in configuration order.
     pub fn lookup(
         &self,
         username: &str,
         alg: PasswordAlgorithm,
         unix_now: u64,
+    ) -> Result<Candidates, AuthError> {
+        self.find(username, alg, Some(unix_now))
+    }
+
+    /// [`Authenticator::lookup`] without the expiry and its ceiling: for a live session whose
+    /// credential expired while the operator lets sessions outlast it
+    /// (`auth.enforce-credential-expiry = false`).
+    pub fn lookup_past_expiry(
+        &self,
+        username: &str,
+        alg: PasswordAlgorithm,
+    ) -> Result<Candidates, AuthError> {
+        self.find(username, alg, None)
+    }
+
+    fn find(
+        &self,
+        username: &str,
+        alg: PasswordAlgorithm,
+        unix_now: Option<u64>,
     ) -> Result<Candidates, AuthError> {
         if let Some(user) = self.users.get(username) {
             let key = match alg {
@@ -319,11 +338,13 @@ impl Authenticator {
         }
         let (expiry, _user) =
             split_rest_username(username, self.rest_separator).ok_or(AuthError::UnknownUser)?;
-        if expiry < unix_now {
-            return Err(AuthError::Expired);
-        }
-        if unix_now != 0 && expiry - unix_now > self.max_rest_ttl {
-            return Err(AuthError::ExpiryTooFar);
+        if let Some(now) = unix_now {
+            if expiry < now {
+                return Err(AuthError::Expired);
+            }
+            if expiry - now > self.max_rest_ttl {
+                return Err(AuthError::ExpiryTooFar);
+            }
         }
         let keys = self
             .secrets
@@ -769,9 +790,13 @@ mod tests {
             open.lookup(&format!("{}:alice", u64::MAX), PasswordAlgorithm::Md5, now)
                 .is_ok()
         );
-        // unix_now 0: the caller overlooks the expiry; neither bound applies.
+        // A live session past its credential's expiry: neither bound applies.
         assert!(
-            a.lookup(&format!("{}:alice", now - 1), PasswordAlgorithm::Md5, 0)
+            a.lookup_past_expiry(&format!("{}:alice", now - 1), PasswordAlgorithm::Md5)
+                .is_ok()
+        );
+        assert!(
+            a.lookup_past_expiry(&format!("{}:alice", u64::MAX), PasswordAlgorithm::Md5)
                 .is_ok()
         );
     }

@@ -305,12 +305,7 @@ impl Drop for QuotaHold {
 }
 
 /// The key a client IP is counted under: IPv4 (mapped ones too) as itself, IPv6 by its /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(a) => IpAddr::V4(a),
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
-    }
-}
+use super::client_ip_key as ip_key;
 
 #[cfg(test)]
 mod tests {

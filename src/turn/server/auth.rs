@@ -101,7 +101,7 @@ impl Server {
                     && msg.method() != method::ALLOCATE =>
             {
                 // The operator lets live sessions outlast their credential, as coturn does.
-                self.cfg.auth.lookup(user, alg, 0).ok()
+                self.cfg.auth.lookup_past_expiry(user, alg).ok()
             }
             Err(_) => None,
         };
