@@ -59,14 +59,16 @@ pub fn run(args: &PathArg) -> ExitCode {
         ..ServeArgs::default()
     };
     // The TLS certificate and key are loaded as the server loads them at start.
-    let config =
-        match Config::load(&serve).and_then(|c| crate::net::tls::load_config(&c).map(|_| c)) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("turnd: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let config = match serve
+        .load_config()
+        .and_then(|c| crate::net::tls::load_config(&c).map(|_| c))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match effective_toml(&config) {
         Ok(text) => {
             println!(

@@ -26,8 +26,6 @@ use crate::logging::LogHandle;
 use crate::net::tls::server_config;
 use crate::net::{CertStore, Control, Running};
 use crate::sd_notify::{monotonic_usec, notify_logged};
-use crate::turn::Reconfigure;
-use crate::turn::peer_policy::PeerPolicy;
 
 /// How often a drain counts the live allocations.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
@@ -165,23 +163,6 @@ fn keep_running_values(old: &Config, mut new: Config) -> Config {
     new
 }
 
-/// The live-changeable settings of `cfg`, keeping `nonce_key` so issued nonces stay valid.
-pub fn reconfigure_for(cfg: &Config, nonce_key: [u8; 32]) -> Reconfigure {
-    let (allow, deny) = cfg.peer_rules();
-    Reconfigure {
-        auth: Arc::new(cfg.authenticator(nonce_key)),
-        policy: PeerPolicy::new(allow, deny),
-        user_quota: cfg.allocation.user_quota,
-        total_quota: cfg.allocation.total_quota,
-        default_lifetime: Duration::from_secs(u64::from(cfg.allocation.default_lifetime)),
-        max_lifetime: Duration::from_secs(u64::from(cfg.allocation.max_lifetime)),
-        software: (!cfg.server.software.is_empty()).then(|| cfg.server.software.clone()),
-        mapped_address: cfg.server.mapped_address,
-        enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
-        strict_channel_numbers: cfg.server.strict_channel_numbers,
-    }
-}
-
 impl Lifecycle {
     /// `config` is the config the server was started with, `args` the command line it was
     /// loaded from (re-read on reload).
@@ -221,12 +202,12 @@ impl Lifecycle {
     /// Re-reads and applies the config. On error nothing changes.
     pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
         let _one_at_a_time = self.inner.reloading.lock().await;
-        let new = Config::load(&self.inner.args)?;
+        let new = self.inner.args.load_config()?;
         let old = self.config();
         let needs_restart = restart_keys(&old, &new);
         let new = keep_running_values(&old, new);
         // Everything that can fail is built before anything is swapped in.
-        let reconfigure = reconfigure_for(&new, self.inner.control.nonce_key());
+        let live = new.live_settings(self.inner.control.nonce_key());
         let tls = match (&self.inner.tls, &new.tls.cert, &new.tls.key) {
             (Some(_), Some(cert), Some(key)) => Some(server_config(cert, key)?),
             _ => None,
@@ -236,17 +217,8 @@ impl Lifecycle {
         {
             warn!(error = %e, "cannot change the log level");
         }
-        self.inner.control.reconfigure(reconfigure).await;
-        self.inner.control.quotas().set_bandwidth(
-            new.allocation.max_bps,
-            new.allocation.bps_burst,
-            new.allocation.bps_capacity,
-            new.user_limits(),
-        );
-        self.inner
-            .control
-            .quotas()
-            .set_ip_quota(new.limits.allocations_per_ip);
+        self.inner.control.reconfigure(live).await;
+        new.apply_quotas(self.inner.control.quotas());
         if let (Some(store), Some(tls)) = (&self.inner.tls, tls) {
             store.replace(tls);
         }

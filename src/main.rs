@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use turnd::cli::{Cli, Command, credentials_json};
-use turnd::config::Config;
 use turnd::lifecycle::{DrainEnd, Lifecycle, Signals};
 
 fn main() -> ExitCode {
@@ -18,7 +17,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(args)) => return turnd::check_config::run(args),
         None => {}
     }
-    let config = match Config::load(&cli.serve) {
+    let config = match cli.serve.load_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("turnd: {e}");

@@ -28,18 +28,15 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
-use crate::config::Config;
-use crate::turn::peer_policy::PeerPolicy;
-use crate::turn::ports::PortPool;
+use crate::config::{Config, DriverParts};
 use crate::turn::quota::Quotas;
-use crate::turn::rate_limit::ResponseLimiter;
-use crate::turn::{Reconfigure, Server, ServerConfig, Time};
+use crate::turn::{Reconfigure, Server, Time};
 
 /// Socket buffer size asked for on listeners (the kernel caps it at net.core.*mem_max).
 const LISTENER_BUFFER: usize = 4 << 20;
@@ -323,28 +320,10 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         n => n,
     };
     let nonce_key = random_bytes::<32>().map_err(|e| format!("random: {e}"))?;
-    let auth = Arc::new(cfg.authenticator(nonce_key));
-    let (allow, deny) = cfg.peer_rules();
-    let policy = PeerPolicy::new(allow, deny);
-    let ports = Arc::new(Mutex::new(PortPool::new(
-        cfg.relay.min_port,
-        cfg.relay.max_port,
-    )));
-    let quotas = Arc::new(
-        Quotas::new(cfg.allocation.user_quota, cfg.allocation.total_quota)
-            .with_bandwidth(
-                cfg.allocation.max_bps,
-                cfg.allocation.bps_burst,
-                cfg.allocation.bps_capacity,
-            )
-            .with_user_limits(cfg.user_limits())
-            .with_ip_quota(cfg.limits.allocations_per_ip),
-    );
-    let mut relay_ips: [Option<(IpAddr, IpAddr)>; 2] = [None, None];
-    for ip in cfg.relay_ips() {
-        let fam = usize::from(ip.is_ipv6());
-        relay_ips[fam].get_or_insert((ip, cfg.external_ip_for(ip)));
-    }
+    let live = cfg.live_settings(nonce_key);
+    let ports = Arc::new(Mutex::new(cfg.port_pool()));
+    let quotas = Arc::new(cfg.quotas());
+    let relay_ips = cfg.relay_addresses();
 
     // Every listen address must be free (see `claim`): checked for all of them before any
     // is bound, so two listeners of this server that overlap (a wildcard and a specific
@@ -371,12 +350,9 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     if cfg.admin.enabled {
         own_listen.push(cfg.admin.listen);
     }
-    let policy = policy.with_own_addresses(own_addresses(&own_listen, cfg, &relay_ips));
-    let unauth_limiter = Arc::new(ResponseLimiter::new(
-        cfg.unauth_limit(),
-        crate::turn::challenge_len(&cfg.server.realm),
-        random_bytes::<16>().map_err(|e| format!("random: {e}"))?,
-    ));
+    let own = own_addresses(&own_listen, cfg, &relay_ips);
+    let unauth_limiter =
+        Arc::new(cfg.unauth_limiter(random_bytes::<16>().map_err(|e| format!("random: {e}"))?));
     let mut offload = mmsg::Offload::probe(cfg.server.udp_io_uring);
     if !cfg.server.udp_offload {
         offload.gso = false;
@@ -396,24 +372,17 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
     let mut job_rxs = job_rxs.into_iter();
     for ((i, socks), tcp_socks) in sockets.into_iter().enumerate().zip(stream_listeners) {
-        let core = ServerConfig {
-            auth: auth.clone(),
-            policy: policy.clone(),
-            ports: ports.clone(),
-            quotas: quotas.clone(),
-            relay_ips,
-            default_lifetime: Duration::from_secs(cfg.allocation.default_lifetime as u64),
-            max_lifetime: Duration::from_secs(cfg.allocation.max_lifetime as u64),
-            software: (!cfg.server.software.is_empty()).then(|| cfg.server.software.clone()),
-            mapped_address: cfg.server.mapped_address,
-            enforce_credential_expiry: cfg.auth.enforce_credential_expiry,
-            strict_channel_numbers: cfg.server.strict_channel_numbers,
-            rest_separator: cfg.auth.rest_separator,
-            max_permissions: cfg.limits.permissions_per_allocation,
-            secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
-            limits: cfg.core_limits(),
-            unauth_limiter: unauth_limiter.clone(),
-        };
+        let core = cfg.server_config(
+            live.clone(),
+            DriverParts {
+                ports: ports.clone(),
+                quotas: quotas.clone(),
+                relay_ips,
+                own_addresses: own.clone(),
+                secret: random_bytes::<32>().map_err(|e| format!("random: {e}"))?,
+                unauth_limiter: unauth_limiter.clone(),
+            },
+        );
         let rx = stop_rx.clone();
         let Some(job_rx) = job_rxs.next() else {
             return Err("worker job queue missing".into());
@@ -524,6 +493,7 @@ fn bind_streams(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::turn::peer_policy::PeerPolicy;
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter()

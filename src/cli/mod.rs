@@ -2,7 +2,9 @@
 //! `turnd migrate-coturn PATH` translates a coturn config, `turnd check-config PATH` checks one.
 //!
 //! Every serve flag is optional and overrides the matching key of the config file (or of the
-//! embedded example when no `--config` is given); see [`crate::config::Config::load`].
+//! embedded example when no `--config` is given); see [`ServeArgs::load_config`].
+
+mod overrides;
 
 use clap::{Args, Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
@@ -281,6 +283,19 @@ mod tests {
         );
         assert!(parse(&["check-config"]).is_err());
         assert!(parse(&["migrate-coturn"]).is_err());
+    }
+
+    #[test]
+    fn cli_rejects_bad_flags() {
+        assert!(parse(&["--listen", "127.0.0.1"]).is_err());
+        assert!(parse(&["--user", "nopassword"]).is_err());
+        assert!(parse(&["--user", ":pw"]).is_err());
+        assert!(parse(&["--user", "name:"]).is_err());
+        assert!(parse(&["--relay-ip", "not-an-ip"]).is_err());
+        assert!(parse(&["--min-port", "70000"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        let cli = parse(&["credentials", "--secret", "s", "--user", "u"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Credentials(_))));
     }
 
     #[test]
