@@ -300,15 +300,15 @@ fn credentials(req: &Request, s: &Settings) -> Response {
             );
         }
     };
-    let args = crate::cli::CredentialsArgs {
-        secret: secret.clone(),
-        user: user.to_string(),
+    let (username, password) = crate::auth::mint_rest_credential(
+        secret,
+        user,
+        crate::net::now().unix,
         ttl,
-        uri: s.uris.clone(),
-        separator: s.rest_separator,
-    };
+        s.rest_separator,
+    );
     Response::json(
         200,
-        crate::cli::credentials_json(&args, crate::net::now().unix),
+        crate::auth::ice_server_json(&s.uris, &username, &password),
     )
 }

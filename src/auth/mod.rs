@@ -446,6 +446,18 @@ pub fn rest_credential(
     (username, password)
 }
 
+/// A REST credential for `user` that expires `ttl` seconds after `unix_now` (saturating): what
+/// `turnd credentials` and the admin API's `/credentials` mint.
+pub fn mint_rest_credential(
+    secret: &str,
+    user: &str,
+    unix_now: u64,
+    ttl: u64,
+    separator: char,
+) -> (String, String) {
+    rest_credential(secret, user, unix_now.saturating_add(ttl), separator)
+}
+
 /// One WebRTC `RTCIceServer` entry as JSON:
 /// `{"urls":[...],"username":"...","credential":"..."}`.
 pub fn ice_server_json(urls: &[String], username: &str, credential: &str) -> String {
@@ -726,6 +738,16 @@ mod tests {
         assert_eq!(user, "5-alice");
         let (user, _) = rest_credential("north", "", 5, ':');
         assert_eq!(user, "5:");
+    }
+
+    #[test]
+    fn minted_credentials_expire_ttl_after_now() {
+        assert_eq!(
+            mint_rest_credential("north", "alice", 1_699_999_000, 1_000, ':'),
+            rest_credential("north", "alice", 1_700_000_000, ':')
+        );
+        let (user, _) = mint_rest_credential("north", "alice", u64::MAX - 1, 10, '-');
+        assert_eq!(user, format!("{}-alice", u64::MAX));
     }
 
     #[test]

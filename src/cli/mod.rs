@@ -228,9 +228,13 @@ fn parse_separator(s: &str) -> Result<char, String> {
 
 /// The RTCIceServer JSON for a credential valid until `unix_now + ttl`.
 pub fn credentials_json(args: &CredentialsArgs, unix_now: u64) -> String {
-    let expiry = unix_now.saturating_add(args.ttl);
-    let (username, password) =
-        crate::auth::rest_credential(&args.secret, &args.user, expiry, args.separator);
+    let (username, password) = crate::auth::mint_rest_credential(
+        &args.secret,
+        &args.user,
+        unix_now,
+        args.ttl,
+        args.separator,
+    );
     let default_uris = [DEFAULT_URI.to_owned()];
     let uris: &[String] = if args.uri.is_empty() {
         &default_uris
