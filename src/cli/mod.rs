@@ -369,44 +369,13 @@ mod tests {
 
     #[test]
     fn credentials_rejects_bad_arguments() {
+        let minted = ["credentials", "--secret", "s", "--user", "u"];
         assert!(parse(&["credentials", "--user", "u"]).is_err());
         assert!(parse(&["credentials", "--secret", "s"]).is_err());
-        assert!(parse(&["credentials", "--secret", "s", "--user", "u", "--ttl", "0"]).is_err());
-        assert!(
-            parse(&[
-                "credentials",
-                "--secret",
-                "s",
-                "--user",
-                "u",
-                "--separator",
-                "1"
-            ])
-            .is_err()
-        );
-        assert!(
-            parse(&[
-                "credentials",
-                "--secret",
-                "s",
-                "--user",
-                "u",
-                "--separator",
-                "::"
-            ])
-            .is_err()
-        );
-        assert!(
-            parse(&[
-                "--realm",
-                "r",
-                "credentials",
-                "--secret",
-                "s",
-                "--user",
-                "u"
-            ])
-            .is_err()
-        );
+        for extra in [["--ttl", "0"], ["--separator", "1"], ["--separator", "::"]] {
+            let args: Vec<&str> = minted.iter().chain(&extra).copied().collect();
+            assert!(parse(&args).is_err(), "{args:?}");
+        }
+        assert!(parse(&[&["--realm", "r"][..], &minted].concat()).is_err());
     }
 }

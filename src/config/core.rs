@@ -63,30 +63,18 @@ impl Config {
     /// workers), the keys that need a restart, and the driver's `parts`. The quota limits of
     /// `live` are not read here: they are in `parts.quotas` ([`Config::quotas`]).
     pub fn server_config(&self, live: Reconfigure, parts: DriverParts) -> ServerConfig {
-        let Reconfigure {
-            auth,
-            policy,
-            user_quota: _,
-            total_quota: _,
-            default_lifetime,
-            max_lifetime,
-            software,
-            mapped_address,
-            enforce_credential_expiry,
-            strict_channel_numbers,
-        } = live;
         ServerConfig {
-            auth,
-            policy: policy.with_own_addresses(parts.own_addresses),
+            auth: live.auth,
+            policy: live.policy.with_own_addresses(parts.own_addresses),
             ports: parts.ports,
             quotas: parts.quotas,
             relay_ips: parts.relay_ips,
-            default_lifetime,
-            max_lifetime,
-            software,
-            mapped_address,
-            enforce_credential_expiry,
-            strict_channel_numbers,
+            default_lifetime: live.default_lifetime,
+            max_lifetime: live.max_lifetime,
+            software: live.software,
+            mapped_address: live.mapped_address,
+            enforce_credential_expiry: live.enforce_credential_expiry,
+            strict_channel_numbers: live.strict_channel_numbers,
             rest_separator: self.auth.rest_separator,
             max_permissions: self.limits.permissions_per_allocation,
             secret: parts.secret,
@@ -198,7 +186,7 @@ impl Config {
     }
 
     /// The static users in the form the authenticator takes. Entries that do not validate are
-    /// skipped (call [`Config::validate`] first; [`Config::load`] does).
+    /// skipped (call [`Config::validate`] first; loading does).
     pub fn user_secrets(&self) -> Vec<(String, UserSecret)> {
         self.auth
             .users
@@ -229,7 +217,7 @@ impl Config {
     }
 
     /// The operator's peer rules as (allow, deny). Entries that do not parse are skipped (call
-    /// [`Config::validate`] first; [`Config::load`] does).
+    /// [`Config::validate`] first; loading does).
     pub fn peer_rules(&self) -> (Vec<Cidr>, Vec<Cidr>) {
         let parse = |list: &[String]| list.iter().filter_map(|s| s.parse().ok()).collect();
         (parse(&self.peers.allow), parse(&self.peers.deny))

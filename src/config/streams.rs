@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::validate::check_between;
 use super::{Config, ConfigError, err};
 
 /// Longest timeout accepted for any of the stream timeouts (one day).
@@ -79,13 +80,7 @@ impl Default for TlsSection {
 }
 
 fn check_timeout(key: &str, v: u64) -> Result<(), ConfigError> {
-    if v == 0 || v > MAX_TIMEOUT_SECS {
-        return err(
-            key,
-            format!("must be between 1 and {MAX_TIMEOUT_SECS} seconds, got {v}"),
-        );
-    }
-    Ok(())
+    check_between(key, v, 1..=MAX_TIMEOUT_SECS, " seconds")
 }
 
 impl Config {

@@ -2,7 +2,9 @@
 //! (`relay.min-port`) and says what is wrong.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 
 use super::{Config, ConfigError, EXAMPLE_PASSWORD, err};
 use crate::turn::peer_policy::Cidr;
@@ -63,17 +65,40 @@ fn check_one_per_family(key: &str, ips: &[IpAddr]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A text attribute value (REALM, SOFTWARE) that fits the RFC 8489 limits.
-fn check_text(key: &str, value: &str) -> Result<(), ConfigError> {
-    if value.len() > MAX_TEXT_BYTES {
+/// `value` at most `max`, or an error naming `key`: "must be at most MAX{unit}, got VALUE".
+fn check_at_most<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    max: T,
+    unit: &str,
+) -> Result<(), ConfigError> {
+    if value > max {
+        return err(key, format!("must be at most {max}{unit}, got {value}"));
+    }
+    Ok(())
+}
+
+/// `value` within `range`, or an error naming `key`: "must be between LOW and HIGH{unit}, got
+/// VALUE".
+pub(super) fn check_between<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    range: RangeInclusive<T>,
+    unit: &str,
+) -> Result<(), ConfigError> {
+    if !range.contains(&value) {
+        let (low, high) = range.into_inner();
         return err(
             key,
-            format!(
-                "must be at most {MAX_TEXT_BYTES} bytes, got {}",
-                value.len()
-            ),
+            format!("must be between {low} and {high}{unit}, got {value}"),
         );
     }
+    Ok(())
+}
+
+/// A text attribute value (REALM, SOFTWARE) that fits the RFC 8489 limits.
+fn check_text(key: &str, value: &str) -> Result<(), ConfigError> {
+    check_at_most(key, value.len(), MAX_TEXT_BYTES, " bytes")?;
     let chars = value.chars().count();
     if chars > MAX_TEXT_CHARS {
         return err(
@@ -153,45 +178,31 @@ impl Config {
 
     fn validate_abuse_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if l.unauth_rate > MAX_UNAUTH_RATE {
-            return err(
-                "limits.unauth-rate",
-                format!(
-                    "must be at most {MAX_UNAUTH_RATE} (0 means no limit), got {}",
-                    l.unauth_rate
-                ),
-            );
-        }
+        check_at_most(
+            "limits.unauth-rate",
+            l.unauth_rate,
+            MAX_UNAUTH_RATE,
+            " (0 means no limit)",
+        )?;
         if l.unauth_rate > 0 && l.unauth_burst == 0 {
             return err(
                 "limits.unauth-burst",
                 "must be at least 1 while limits.unauth-rate is set",
             );
         }
-        if l.unauth_burst > MAX_UNAUTH_RATE {
-            return err(
-                "limits.unauth-burst",
-                format!("must be at most {MAX_UNAUTH_RATE}, got {}", l.unauth_burst),
-            );
-        }
-        if !(1..=MAX_PERMISSIONS_LIMIT).contains(&l.permissions_per_allocation) {
-            return err(
-                "limits.permissions-per-allocation",
-                format!(
-                    "must be between 1 and {MAX_PERMISSIONS_LIMIT}, got {}",
-                    l.permissions_per_allocation
-                ),
-            );
-        }
-        if !(1..=MAX_CHANNELS).contains(&l.channels_per_allocation) {
-            return err(
-                "limits.channels-per-allocation",
-                format!(
-                    "must be between 1 and {MAX_CHANNELS} (the channel numbers there are), got {}",
-                    l.channels_per_allocation
-                ),
-            );
-        }
+        check_at_most("limits.unauth-burst", l.unauth_burst, MAX_UNAUTH_RATE, "")?;
+        check_between(
+            "limits.permissions-per-allocation",
+            l.permissions_per_allocation,
+            1..=MAX_PERMISSIONS_LIMIT,
+            "",
+        )?;
+        check_between(
+            "limits.channels-per-allocation",
+            l.channels_per_allocation,
+            1..=MAX_CHANNELS,
+            " (the channel numbers there are)",
+        )?;
         Ok(())
     }
 
@@ -247,15 +258,12 @@ impl Config {
             return err("server.realm", "must not be empty");
         }
         check_text("server.realm", &s.realm)?;
-        if s.workers > MAX_WORKERS {
-            return err(
-                "server.workers",
-                format!(
-                    "must be at most {MAX_WORKERS} (0 means one per CPU core), got {}",
-                    s.workers
-                ),
-            );
-        }
+        check_at_most(
+            "server.workers",
+            s.workers,
+            MAX_WORKERS,
+            " (0 means one per CPU core)",
+        )?;
         check_text("server.software", &s.software)?;
         check_one_per_family(
             "server.alternate-server",
@@ -273,15 +281,12 @@ impl Config {
                 );
             }
         }
-        if s.drain_timeout > MAX_DRAIN_TIMEOUT {
-            return err(
-                "server.drain-timeout",
-                format!(
-                    "must be at most {MAX_DRAIN_TIMEOUT} seconds, got {}",
-                    s.drain_timeout
-                ),
-            );
-        }
+        check_at_most(
+            "server.drain-timeout",
+            s.drain_timeout,
+            MAX_DRAIN_TIMEOUT,
+            " seconds",
+        )?;
         Ok(())
     }
 
@@ -358,15 +363,12 @@ impl Config {
                 ),
             );
         }
-        if a.max_lifetime > MAX_LIFETIME_LIMIT {
-            return err(
-                "allocation.max-lifetime",
-                format!(
-                    "must be at most {MAX_LIFETIME_LIMIT} seconds (7 days), got {}",
-                    a.max_lifetime
-                ),
-            );
-        }
+        check_at_most(
+            "allocation.max-lifetime",
+            a.max_lifetime,
+            MAX_LIFETIME_LIMIT,
+            " seconds (7 days)",
+        )?;
         Ok(())
     }
 
@@ -452,28 +454,18 @@ impl Config {
                 format!("must not be a digit or whitespace, got {sep:?}"),
             );
         }
-        if !NONCE_LIFETIME_RANGE.contains(&a.nonce_lifetime) {
-            return err(
-                "auth.nonce-lifetime",
-                format!(
-                    "must be between {} and {} seconds, got {}",
-                    NONCE_LIFETIME_RANGE.start(),
-                    NONCE_LIFETIME_RANGE.end(),
-                    a.nonce_lifetime
-                ),
-            );
-        }
-        if !MAX_REST_TTL_RANGE.contains(&a.max_rest_ttl) {
-            return err(
-                "auth.max-rest-ttl",
-                format!(
-                    "must be between {} and {} seconds, got {}",
-                    MAX_REST_TTL_RANGE.start(),
-                    MAX_REST_TTL_RANGE.end(),
-                    a.max_rest_ttl
-                ),
-            );
-        }
+        check_between(
+            "auth.nonce-lifetime",
+            a.nonce_lifetime,
+            NONCE_LIFETIME_RANGE,
+            " seconds",
+        )?;
+        check_between(
+            "auth.max-rest-ttl",
+            a.max_rest_ttl,
+            MAX_REST_TTL_RANGE,
+            " seconds",
+        )?;
         let uses_example = a
             .users
             .iter()
