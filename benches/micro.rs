@@ -9,10 +9,8 @@ use std::time::Instant;
 
 use turnd::auth::{PasswordAlgorithm, long_term_key};
 use turnd::stun::{Class, Message, MessageWriter, attr, channel_data, method};
-use turnd::turn::{
-    BindError, FiveTuple, Io, LastToClient, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
-    Server, TestClient, Time, Transport,
-};
+use turnd::testing::{CountingIo, TestClient};
+use turnd::turn::{FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Time, Transport};
 
 const REALM: &str = "bench.test";
 
@@ -32,40 +30,6 @@ impl Bench {
         }
         let ns = t.elapsed().as_nanos() as f64 / self.iters as f64;
         println!("{name:<58} {ns:>9.1} ns/op");
-    }
-}
-
-/// An Io that only counts: what the core costs without the sockets.
-#[derive(Default)]
-struct NullIo {
-    to_client: u64,
-    to_peer: u64,
-    last: Vec<u8>,
-    relays: Vec<RelayId>,
-}
-
-impl Io for NullIo {
-    fn send_to_client(&mut self, _: &FiveTuple, data: &[u8]) {
-        self.to_client += 1;
-        if data.first().is_some_and(|b| b & 0xC0 == 0) {
-            self.last.clear();
-            self.last.extend_from_slice(data);
-        }
-    }
-    fn send_to_peer(&mut self, _: RelayId, _: SocketAddr, data: &[u8]) {
-        self.to_peer += 1;
-        black_box(data);
-    }
-    fn bind_relay(&mut self, r: RelayId, _: SocketAddr, _: RelayOptions) -> Result<(), BindError> {
-        self.relays.push(r);
-        Ok(())
-    }
-    fn close_relay(&mut self, _: RelayId) {}
-}
-
-impl LastToClient for NullIo {
-    fn last_to_client(&self) -> &[u8] {
-        &self.last
     }
 }
 
@@ -92,16 +56,16 @@ fn client() -> TestClient {
 
 /// A server with `n` allocations, each with channel 0x4000 bound to `peer`; their relays
 /// in allocation order.
-fn populated(n: u32, peer: SocketAddr, now: Time) -> (Server, NullIo) {
+fn populated(n: u32, peer: SocketAddr, now: Time) -> (Server, CountingIo) {
     let mut s = server();
-    let mut io = NullIo::default();
+    let mut io = CountingIo::default();
     let mut client = client();
     assert!(
         client.learn_nonce(&mut s, &mut io, now, [9; 12]),
         "401 with a nonce"
     );
     for i in 0..n {
-        client.tuple = tuple(i);
+        client.ft = tuple(i);
         let mut txid = [0u8; 12];
         txid[..4].copy_from_slice(&i.to_be_bytes());
         client.allocate(&mut s, &mut io, now, txid);
@@ -126,7 +90,7 @@ fn main() {
 
     // Codec.
     let mut alice = client();
-    alice.nonce = b"nonce-nonce-nonce".to_vec();
+    alice.nonce = Some(b"nonce-nonce-nonce".to_vec());
     let allocate = alice.signed(method::ALLOCATE, [7; 12], |w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     });

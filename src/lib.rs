@@ -8,12 +8,12 @@ pub mod auth;
 pub mod check_config;
 pub mod cli;
 pub mod config;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod lifecycle;
 pub mod logging;
 pub mod migrate;
 pub mod net;
 pub mod sd_notify;
 pub mod stun;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod turn;

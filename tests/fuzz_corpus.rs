@@ -1,12 +1,13 @@
 //! The fuzz corpus on stable: every committed file under `fuzz/corpus/` goes through every
-//! fuzz target body (`turnd::fuzzing`), so CI checks what the fuzzers found on each change.
-//! The seeds (`turnd::fuzzing::seeds`) must be committed: run with `TURND_WRITE_CORPUS=1`
+//! fuzz target body (`turnd::testing::fuzz`), so CI checks what the fuzzers found on each
+//! change.
+//! The seeds (`turnd::testing::fuzz::seeds`) must be committed: run with `TURND_WRITE_CORPUS=1`
 //! to write them after changing the generator.
 
 use std::fs;
 use std::path::PathBuf;
 
-use turnd::fuzzing::{TARGETS, run_server, run_stream_server, seeds};
+use turnd::testing::fuzz::{TARGETS, run_server, run_stream_server, seeds};
 
 fn corpus_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use turnd::stun::{Class, Message, MessageWriter, attr, method};
-use turnd::turn::{
-    BindError, FiveTuple, Io, LastToClient, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
-    Server, ServerConfig, TestClient, Time, Transport,
-};
+use turnd::testing::{CountingIo, TestClient};
+use turnd::turn::{FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Time, Transport};
 
 struct Counting;
 
@@ -42,36 +40,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Keeps the last message to the client in a buffer that never grows after warm-up.
-struct CountingIo {
-    last: Vec<u8>,
-    to_client: u64,
-    to_peer: u64,
-    relay: Option<RelayId>,
-}
-
-impl Io for CountingIo {
-    fn send_to_client(&mut self, _: &FiveTuple, data: &[u8]) {
-        self.last.clear();
-        self.last.extend_from_slice(data);
-        self.to_client += 1;
-    }
-    fn send_to_peer(&mut self, _: RelayId, _: SocketAddr, _: &[u8]) {
-        self.to_peer += 1;
-    }
-    fn bind_relay(&mut self, r: RelayId, _: SocketAddr, _: RelayOptions) -> Result<(), BindError> {
-        self.relay = Some(r);
-        Ok(())
-    }
-    fn close_relay(&mut self, _: RelayId) {}
-}
-
-impl LastToClient for CountingIo {
-    fn last_to_client(&self) -> &[u8] {
-        &self.last
-    }
-}
-
 #[test]
 fn relaying_packets_allocates_nothing() {
     let now = Time {
@@ -94,12 +62,8 @@ fn relaying_packets_allocates_nothing() {
         )),
         ..client.server_config(50000..=50100)
     });
-    let mut io = CountingIo {
-        last: Vec::with_capacity(70_000),
-        to_client: 0,
-        to_peer: 0,
-        relay: None,
-    };
+    // Keeps the last STUN message to the client in a buffer that never grows.
+    let mut io = CountingIo::default();
     let peer: SocketAddr = "8.8.8.8:5000".parse().unwrap();
     let other: SocketAddr = "8.8.8.8:5001".parse().unwrap();
 
@@ -109,7 +73,7 @@ fn relaying_packets_allocates_nothing() {
     assert_eq!(Message::parse(r).unwrap().class(), Class::Success);
     let r = client.bind_channel(&mut server, &mut io, now, [9; 12], 0x4000, peer);
     assert_eq!(Message::parse(r).unwrap().class(), Class::Success);
-    let relay = io.relay.unwrap();
+    let relay = *io.relays.last().unwrap();
 
     let payload = [0x5Au8; 200];
     let mut channel_data = vec![0x40, 0x00, 0x00, 200];

@@ -1,5 +1,6 @@
-//! README's start command is `cargo run --release`. With several binaries in the package
-//! (turnd, turnd-load, turnd-floor) cargo only knows which to run from `default-run`.
+//! README's start command is `cargo run --release`. At the root of the workspace it runs the
+//! root package, turnd (the tools are the `tools/` member), and `default-run` keeps it the
+//! server should the package gain another binary.
 
 #[test]
 fn cargo_run_starts_the_server() {

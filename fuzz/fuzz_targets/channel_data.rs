@@ -1,9 +1,9 @@
-//! cargo-fuzz target; the body is `turnd::fuzzing::channel_data_target`, which tests/fuzz_corpus.rs also
-//! replays over the committed corpus on stable.
+//! cargo-fuzz target; the body is `turnd::testing::fuzz::channel_data_target`, which
+//! tests/fuzz_corpus.rs also replays over the committed corpus on stable.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    turnd::fuzzing::channel_data_target(data);
+    turnd::testing::fuzz::channel_data_target(data);
 });

@@ -54,14 +54,14 @@ type CmsgBuf = [u64; 4];
 /// kernel supports, unless the operator turned them off (`server.udp-offload = false`,
 /// `server.udp-io-uring = false`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Offload {
+pub struct Offload {
     /// Send runs of equal datagrams to one destination as one `UDP_SEGMENT` message.
-    pub(crate) gso: bool,
+    pub gso: bool,
     /// Set `UDP_GRO` on the sockets and split what arrives coalesced.
-    pub(crate) gro: bool,
+    pub gro: bool,
     /// Send a flush's plain messages through io_uring when two or more sockets have one
     /// message each (see [`SendQueue::flush`]).
-    pub(crate) io_uring: bool,
+    pub io_uring: bool,
 }
 
 impl Offload {
@@ -309,7 +309,7 @@ struct Queued {
 
 /// Datagrams collected while a batch of received ones is handled, sent at the end of it with
 /// one `sendmmsg` per socket (in order per socket).
-pub(super) struct SendQueue {
+pub struct SendQueue {
     arena: Box<[u8]>,
     used: usize,
     queued: Vec<Queued>,
@@ -344,7 +344,7 @@ impl SendQueue {
 
     /// A queue using the offloads of `o`; without io_uring if this thread cannot set up a
     /// ring (the error says why).
-    pub(super) fn with_offload(o: Offload) -> (SendQueue, Option<std::io::Error>) {
+    pub fn with_offload(o: Offload) -> (SendQueue, Option<std::io::Error>) {
         let mut q = SendQueue::with_gso(o.gso);
         if !o.io_uring {
             return (q, None);
@@ -397,7 +397,7 @@ impl SendQueue {
 
     /// Queues `data` for `to` from socket `fd`; false when it does not fit (flush first, or
     /// send it on its own if it is larger than the whole queue).
-    pub(super) fn push(&mut self, fd: RawFd, to: SocketAddr, data: &[u8]) -> bool {
+    pub fn push(&mut self, fd: RawFd, to: SocketAddr, data: &[u8]) -> bool {
         if self.queued.len() >= TX_BATCH {
             return false;
         }
@@ -415,6 +415,31 @@ impl SendQueue {
         true
     }
 
+    /// Room for a datagram of at most `max` bytes, to be written in place (by a sender that
+    /// frames what it sends: one copy fewer than [`SendQueue::push`]); `None` when the queue
+    /// is full (flush first). [`SendQueue::commit`] queues what was written.
+    pub fn room(&mut self, max: usize) -> Option<&mut [u8]> {
+        if self.queued.len() >= TX_BATCH {
+            return None;
+        }
+        self.arena.get_mut(self.used..self.used + max)
+    }
+
+    /// Queues the first `len` bytes just written into [`SendQueue::room`], for `to` from
+    /// socket `fd`; ignored when they do not fit.
+    pub fn commit(&mut self, fd: RawFd, to: SocketAddr, len: usize) {
+        if self.queued.len() >= TX_BATCH || self.used + len > self.arena.len() {
+            return;
+        }
+        self.queued.push(Queued {
+            fd,
+            to,
+            off: self.used as u32,
+            len: len as u32,
+        });
+        self.used += len;
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.queued.is_empty()
     }
@@ -428,7 +453,7 @@ impl SendQueue {
     /// different destinations of one socket may change, which UDP never promised. If the
     /// kernel refuses a GSO message for its size (a route with a small MTU), its datagrams
     /// go one by one; if it says the device cannot segment (EIO), GSO stays off.
-    pub(super) fn flush(&mut self) -> u64 {
+    pub fn flush(&mut self) -> u64 {
         let k = self.queued.len();
         if k == 0 {
             return 0;
@@ -1068,6 +1093,36 @@ mod tests {
         assert!(!q.push(s.as_raw_fd(), to, b"x"), "full by count");
         q.flush();
         assert!(q.push(s.as_raw_fd(), to, b"x"));
+        q.flush();
+    }
+
+    /// A datagram written in place (`room`, then `commit` of what was written) leaves as a
+    /// pushed one does, in queue order; a full queue has no room.
+    #[test]
+    fn datagrams_written_in_place_leave_in_order() {
+        let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut q = SendQueue::new();
+        assert!(q.push(src.as_raw_fd(), to, b"first"));
+        let room = q.room(64).expect("room");
+        room[..6].copy_from_slice(b"second");
+        q.commit(src.as_raw_fd(), to, 6);
+        assert!(q.push(src.as_raw_fd(), to, b"third"));
+        assert_eq!(q.flush(), 0);
+        assert_eq!(
+            read_n(&sink, 3),
+            [&b"first"[..], b"second", b"third"].map(|d| d.to_vec())
+        );
+        assert!(q.room(TX_BYTES + 1).is_none(), "larger than the queue");
+        for _ in 0..TX_BATCH {
+            q.commit(src.as_raw_fd(), to, 1);
+        }
+        assert!(q.room(1).is_none(), "full by count");
+        q.commit(src.as_raw_fd(), to, 1);
+        assert_eq!(q.queued.len(), TX_BATCH);
         q.flush();
     }
 }

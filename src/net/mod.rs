@@ -17,6 +17,9 @@ mod relay_tcp;
 mod tcp;
 pub mod tls;
 mod udp;
+/// The workers' send queue, public for the benchmark floor (`tools/`, `turnd-floor --gso`),
+/// which sends through it to pay the kernel exactly what turnd pays.
+pub use mmsg::{Offload, SendQueue};
 pub use udp::OffloadCounts;
 
 pub(crate) use udp::{DriverIo, Job};

@@ -16,15 +16,11 @@ pub mod quota;
 pub mod rate_limit;
 mod server;
 pub mod stats;
-mod test_client;
-mod test_config;
 
 #[cfg(test)]
 mod sim_tests;
 
 pub use server::{Limits, Reconfigure, Server, ServerConfig, Stats, challenge_len};
-#[doc(hidden)]
-pub use test_client::{LastToClient, TestClient};
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;

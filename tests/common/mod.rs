@@ -3,7 +3,6 @@
 //! not write).
 #![allow(dead_code)]
 
-pub mod load;
 pub mod stream;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -401,7 +400,7 @@ pub fn run_turnd(args: &[&str], limit: Duration) -> (Option<i32>, String, String
     run_binary(env!("CARGO_BIN_EXE_turnd"), args, limit)
 }
 
-/// [`run_turnd`] for any binary (the load tool, the floor forwarder).
+/// [`run_turnd`] for any binary.
 pub fn run_binary(bin: &str, args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
     use std::io::Read;
     let mut child = Command::new(bin)

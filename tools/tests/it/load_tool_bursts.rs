@@ -4,13 +4,11 @@
 //! one by one and come back. Tiny bounded loads, no timing assertions: the reported shape
 //! and that packets were delivered (loss under 50% is a hang guard only).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::load::{num, small_load};
-use common::{TestServer, run_binary as run};
+use crate::common::load::{num, small_load};
+use crate::common::{TestServer, run_binary as run};
 
 /// Runs a small load with `extra` flags against `server` and checks it was delivered.
 fn load(server: &TestServer, extra: &[&str]) -> HashMap<String, String> {

@@ -1,15 +1,14 @@
 //! Fuzz target bodies, shared by `fuzz/` (cargo-fuzz, nightly) and `tests/fuzz_corpus.rs`
 //! (the committed corpus replayed on stable). Each function takes arbitrary bytes, must never
 //! panic or hang on them, and panics only when an invariant of the code under test breaks.
-//!
-//! Not part of the server's API.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{AuthConfig, Authenticator, PasswordAlgorithm, UserSecret, long_term_key};
+use super::TestClient;
+use crate::auth::{AuthConfig, Authenticator, UserSecret};
 use crate::config::Config;
 use crate::stun::framing::{Frame, next_frame};
 use crate::stun::{
@@ -1003,7 +1002,6 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
                     Mode::Datagrams => tuple(t),
                     Mode::Streams => stream_tuple(t),
                 };
-                let sha256 = flags & 1 != 0;
                 let (user, password) = if flags & 4 != 0 {
                     crate::auth::rest_credential(SECRET, "rest", now.unix + 100, ':')
                 } else {
@@ -1014,49 +1012,34 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
                 } else {
                     password
                 };
-                let alg = if sha256 {
-                    PasswordAlgorithm::Sha256
-                } else {
-                    PasswordAlgorithm::Md5
-                };
-                let key = long_term_key(alg, &user, REALM, &password);
-                let nonce = auth.mint_nonce(now.unix, ft.client.ip());
+                let mut client = TestClient::new(&user, REALM, &password, ft);
+                client.sha256 = flags & 1 != 0;
+                client.fingerprint = flags & 2 != 0;
+                client.nonce = Some(auth.mint_nonce(now.unix, ft.client.ip()).into_bytes());
                 let method = match mode {
                     Mode::Datagrams => METHODS[usize::from(m) % METHODS.len()],
                     Mode::Streams => STREAM_METHODS[usize::from(m) % STREAM_METHODS.len()],
                 };
-                let mut w = MessageWriter::new(&mut scratch, method, Class::Request, txid);
-                for a in &attrs {
-                    match TYPES.get(usize::from(a.ty)) {
-                        Some(ty) => {
-                            w.attr(*ty, &a.value);
-                        }
-                        None if a.ty == PLAIN_PEER => {
-                            w.xor_address(attr::XOR_PEER_ADDRESS, decode_addr(&a.value).0);
-                        }
-                        None => {
-                            let ty = if a.ty & 1 == 1 {
-                                0x7F00 | u16::from(a.ty)
-                            } else {
-                                0xC000 | u16::from(a.ty)
-                            };
-                            w.attr(ty, &a.value);
+                client.write(&mut scratch, method, txid, |w| {
+                    for a in &attrs {
+                        match TYPES.get(usize::from(a.ty)) {
+                            Some(ty) => {
+                                w.attr(*ty, &a.value);
+                            }
+                            None if a.ty == PLAIN_PEER => {
+                                w.xor_address(attr::XOR_PEER_ADDRESS, decode_addr(&a.value).0);
+                            }
+                            None => {
+                                let ty = if a.ty & 1 == 1 {
+                                    0x7F00 | u16::from(a.ty)
+                                } else {
+                                    0xC000 | u16::from(a.ty)
+                                };
+                                w.attr(ty, &a.value);
+                            }
                         }
                     }
-                }
-                w.attr(attr::USERNAME, user.as_bytes())
-                    .attr(attr::REALM, REALM.as_bytes())
-                    .attr(attr::NONCE, nonce.as_bytes());
-                if sha256 {
-                    w.attr(attr::PASSWORD_ALGORITHMS, &[0, 2, 0, 0, 0, 1, 0, 0])
-                        .attr(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0])
-                        .integrity_sha256(key.as_bytes());
-                } else {
-                    w.integrity(key.as_bytes());
-                }
-                if flags & 2 != 0 {
-                    w.fingerprint();
-                }
+                });
                 match mode {
                     Mode::Datagrams => server.handle_client(now, ft, &scratch, &mut io),
                     Mode::Streams => stream_in(

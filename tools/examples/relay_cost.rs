@@ -5,8 +5,8 @@
 //! Run it twice to see what the statistics cost on the packet path:
 //!
 //! ```sh
-//! cargo run --release --example relay_cost
-//! RUSTFLAGS="--cfg turnd_no_stats" cargo run --release --example relay_cost
+//! cargo run --release -p turnd-tools --example relay_cost
+//! RUSTFLAGS="--cfg turnd_no_stats" cargo run --release -p turnd-tools --example relay_cost
 //! ```
 //!
 //! The second build compiles the per-packet traffic counters out (nothing else changes).
@@ -26,10 +26,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use turnd::stun::{Class, Message};
-use turnd::turn::{
-    BindError, FiveTuple, Io, LastToClient, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
-    Server, ServerConfig, TestClient, Time, Transport,
-};
+use turnd::testing::{CountingIo, TestClient};
+use turnd::turn::{FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Time, Transport};
 
 /// Packets per timed run, and runs per direction; `RELAY_COST_PACKETS` and
 /// `RELAY_COST_RUNS` override them (e.g. for a run under `valgrind --tool=callgrind`, whose
@@ -42,40 +40,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-#[derive(Default)]
-struct NullIo {
-    last: Vec<u8>,
-    to_client: u64,
-    to_peer: u64,
-    relay: Option<RelayId>,
-}
-
-impl LastToClient for NullIo {
-    fn last_to_client(&self) -> &[u8] {
-        &self.last
-    }
-}
-
-impl Io for NullIo {
-    fn send_to_client(&mut self, _: &FiveTuple, data: &[u8]) {
-        self.to_client += 1;
-        if data.len() > 4 && data[0] & 0xC0 == 0 {
-            self.last.clear();
-            self.last.extend_from_slice(data);
-        }
-        black_box(data);
-    }
-    fn send_to_peer(&mut self, _: RelayId, _: SocketAddr, data: &[u8]) {
-        self.to_peer += 1;
-        black_box(data);
-    }
-    fn bind_relay(&mut self, r: RelayId, _: SocketAddr, _: RelayOptions) -> Result<(), BindError> {
-        self.relay = Some(r);
-        Ok(())
-    }
-    fn close_relay(&mut self, _: RelayId) {}
 }
 
 /// The class of an answer to the client; an answer that does not parse counts as an error.
@@ -100,7 +64,7 @@ fn main() {
         default_lifetime: Duration::from_secs(3600),
         ..client.server_config(50000..=50100)
     });
-    let mut io = NullIo::default();
+    let mut io = CountingIo::default();
     let now = Time {
         mono: Instant::now(),
         unix: 1_800_000_000,
@@ -115,7 +79,7 @@ fn main() {
     assert_eq!(class(a), Class::Success, "allocate");
     let b = client.bind_channel(&mut server, &mut io, now, [9; 12], 0x4000, peer);
     assert_eq!(class(b), Class::Success, "channel bind");
-    let relay = io.relay.expect("a relay");
+    let relay = *io.relays.last().expect("a relay");
 
     let payload = [0x5Au8; 200];
     let mut channel_data = vec![0x40, 0x00, 0x00, 200];

@@ -25,7 +25,8 @@ use rustls::{
 };
 use turnd::stun::framing::{Frame, next_frame};
 
-use crate::sys::{Epoll, event_buffer};
+use turnd_tools::sys::{Epoll, event_buffer};
+
 use crate::traffic::{Plan, Rounds, Shared, ThreadResult, nanos_since, payload_time};
 
 /// Most bytes one connection holds queued for sending (its bound against a full socket).

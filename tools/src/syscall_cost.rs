@@ -1,6 +1,5 @@
-//! `turnd-floor --syscall-cost` (lives beside the load tool's system-call helpers, which it
-//! shares): the kernel's own CPU cost per UDP datagram on loopback, with no server, no
-//! TURN and no wakeups. One thread sends 200-byte datagrams with `sendmmsg`, round-robin
+//! `turnd-floor --syscall-cost` and `examples/uring_cost.rs`: the kernel's own CPU cost per
+//! UDP datagram on loopback, with no server, no TURN and no wakeups. One thread sends 200-byte datagrams with `sendmmsg`, round-robin
 //! to N loopback sockets, and reads each socket back with `recvmmsg` right after; the
 //! process CPU time (`getrusage`) over the datagrams moved is the floor under any relay
 //! that sends and receives each packet once per socket:

@@ -2,9 +2,7 @@
 //! cost measurement: a burst of equal-length datagrams to one destination leaves in one
 //! message with a `UDP_SEGMENT` control message (Linux 4.18), and a socket with `UDP_GRO`
 //! (Linux 5.0) may receive such a burst as one buffer plus a `UDP_GRO` control message
-//! giving the segment size, to be cut back into datagrams. Shared by both binaries, which
-//! use different parts of it.
-#![allow(dead_code)]
+//! giving the segment size, to be cut back into datagrams.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};

@@ -9,7 +9,7 @@
 //! sent and received:
 //!
 //! - `syscalls`: `sendmmsg` of the round, then `recvmmsg` on each socket: the floor's
-//!   case b itself (`src/bin/turnd-load/syscall_cost.rs`), and what turnd does;
+//!   case b itself (`turnd_tools::syscall_cost`), and what turnd does;
 //! - `uring_recv`: `sendmmsg` as above; every socket has one multishot `RECVMSG` armed
 //!   with buffers from a provided-buffer ring, so a datagram costs no system call on the
 //!   receiving side, and one `io_uring_enter` reaps the round;
@@ -19,7 +19,7 @@
 //!   each receiving socket;
 //! - `spread_uring`: those sends as 32 `SENDMSG` entries, with the multishot receive.
 //!
-//! Run: `cargo run --release --example uring_cost [datagrams per case]` (default
+//! Run: `cargo run --release -p turnd-tools --example uring_cost [datagrams per case]` (default
 //! 1,000,000; each case is also bounded by 60 s of wall time). Needs Linux 6.0 or later
 //! with io_uring allowed (`kernel.io_uring_disabled` = 0); BENCHMARKS.md has the numbers.
 
@@ -31,17 +31,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
-// The floor's own case b, run from its source (the load tool's modules it is built on come
-// along; the example uses a few of their functions, and they allow the rest unused).
-#[path = "../src/bin/turnd-load/gso.rs"]
-mod gso;
-#[path = "../src/bin/turnd-load/sys.rs"]
-mod sys;
-#[allow(dead_code)]
-#[path = "../src/bin/turnd-load/syscall_cost.rs"]
-mod syscall_cost;
-
-use syscall_cost::{SIZE, process_cpu};
+// The floor's own case b (`turnd-floor --syscall-cost`), from the tools' library.
+use turnd_tools::sys;
+use turnd_tools::syscall_cost::{self, SIZE, process_cpu};
 
 const SOCKETS: usize = 100;
 const ROUND: usize = 32;

@@ -1,7 +1,6 @@
 //! The few system calls the load tool and the floor forwarder need beyond std: epoll, the
-//! open-file limit, and CPU time from /proc. Linux only. Shared by both binaries, which use
-//! different parts of it.
-#![allow(dead_code)]
+//! open-file limit, CPU time and memory from /proc, and batched `sendmmsg`/`recvmmsg`.
+//! Linux only.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};

@@ -8,12 +8,12 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::peer_policy::PeerPolicy;
-use super::ports::PortPool;
-use super::quota::Quotas;
-use super::rate_limit::{RateLimit, ResponseLimiter};
-use super::{Limits, ServerConfig};
 use crate::auth::Authenticator;
+use crate::turn::peer_policy::PeerPolicy;
+use crate::turn::ports::PortPool;
+use crate::turn::quota::Quotas;
+use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
+use crate::turn::{Limits, ServerConfig, challenge_len};
 
 impl ServerConfig {
     /// A configuration with what an empty `turnserver.toml` gives (a unit test below keeps
@@ -25,7 +25,6 @@ impl ServerConfig {
     /// The core draws no randomness (it is passed in): `secret` seeds the server and its
     /// last 16 bytes key the unauthenticated-response limiter. The REST separator is the
     /// authenticator's, as in the driver.
-    #[doc(hidden)]
     pub fn testing(
         auth: Arc<Authenticator>,
         relay_ips: [Option<(IpAddr, IpAddr)>; 2],
@@ -33,7 +32,7 @@ impl ServerConfig {
         secret: [u8; 32],
     ) -> ServerConfig {
         let limiter_key: [u8; 16] = std::array::from_fn(|i| secret[16 + i]);
-        let answer_bytes = super::challenge_len(auth.realm());
+        let answer_bytes = challenge_len(auth.realm());
         ServerConfig {
             rest_separator: auth.rest_separator(),
             auth,

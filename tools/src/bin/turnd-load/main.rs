@@ -11,13 +11,11 @@
 //! server's CPU seconds per million relayed packets; the last line (`RESULT k=v ...`) is
 //! for scripts. Traffic goes to loopback only: a non-loopback server or relayed address is
 //! refused. `--burst K` makes each allocation send K packets back to back (a video frame's
-//! shape), and `--gso` sends each burst as one UDP_SEGMENT message (see `gso.rs`).
+//! shape), and `--gso` sends each burst as one UDP_SEGMENT message (see `turnd_tools::gso`).
 
-mod gso;
 mod hist;
 mod setup;
 mod stream;
-mod sys;
 mod traffic;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -27,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use turnd::stun::{Class, MessageWriter, attr, channel_data, method};
+use turnd_tools::{gso, sys};
 
 use hist::Histogram;
 use setup::{Client, Conn, Credentials, Step, run_step};

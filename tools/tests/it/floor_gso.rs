@@ -4,13 +4,11 @@
 //! assertions: the floor says it runs with GSO/GRO, and packets come back (loss under 50%
 //! is a hang guard only). The floor is ended by its pid when the test ends.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::load::{Floor, num, small_load, start_floor};
-use common::run_binary as run;
+use crate::common::load::{Floor, num, small_load, start_floor};
+use crate::common::run_binary as run;
 
 /// A small load with `extra` flags through `floor`, checked for delivery.
 fn load(floor: &Floor, extra: &[&str]) -> HashMap<String, String> {

@@ -4,14 +4,11 @@
 //! (`--transport tcp|tls`) each allocation has its own stream to the server. Tiny bounded
 //! loads, no timing assertions: only that packets came back and the report parses.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::load::{num, result_line, small_load, start_floor};
-use common::stream::{TempDir, TestCert, free_tcp_port};
-use common::{TestServer, run_binary as run};
+use crate::common::load::{num, result_line, small_load, start_floor};
+use crate::common::{TempDir, TestCert, TestServer, free_tcp_port, run_binary as run};
 
 fn load(server: &str, pid: u32, extra: &[&str]) -> HashMap<String, String> {
     let r = small_load(server, "alice:wonderland", 2, 200, pid, extra);

@@ -12,23 +12,16 @@
 //!
 //! `--syscall-cost` forwards nothing: it measures the kernel's CPU cost per loopback
 //! datagram (sendmmsg + recvmmsg on one thread, with and without GSO/GRO) and exits; see
-//! `turnd-load/syscall_cost.rs`.
+//! [`turnd_tools::syscall_cost`].
 //!
-//! `--batch --gso` adds the UDP segmentation offloads turnd uses: sends are queued while a
-//! round of reads is handled and leave at its end, runs of equal datagrams from one socket
-//! to one destination merged into `UDP_SEGMENT` messages (see `turnd-floor/gso_queue.rs`),
-//! and every socket has `UDP_GRO` set, so a coalesced read is cut back into its datagrams.
-//! `--io-uring` adds turnd's io_uring sends: a round in which several sockets have one
-//! message each hands its plain messages to the kernel in one `io_uring_enter`.
-
-#[path = "turnd-load/gso.rs"]
-mod gso;
-#[path = "turnd-floor/gso_queue.rs"]
-mod gso_queue;
-#[path = "turnd-load/sys.rs"]
-mod sys;
-#[path = "turnd-load/syscall_cost.rs"]
-mod syscall_cost;
+//! `--batch --gso` adds the UDP segmentation offloads turnd uses: sends go through turnd's
+//! own send queue ([`turnd::net::SendQueue`]): queued while a round of reads is handled and
+//! sent at its end, one `sendmmsg` per socket, runs of equal datagrams from one socket to
+//! one destination merged into `UDP_SEGMENT` messages; and every socket has `UDP_GRO` set,
+//! so a coalesced read is cut back into its datagrams. `--io-uring` adds turnd's io_uring
+//! sends: a round in which several sockets have one message each hands its plain messages
+//! to the kernel in one `io_uring_enter`. So the floor pays the kernel what turnd pays for
+//! the same traffic, and no more.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -39,10 +32,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
+use turnd::net::{Offload, SendQueue};
 use turnd::stun::{Class, MAGIC_COOKIE, Message, MessageWriter, attr, channel_data, method};
-
-use gso_queue::GsoQueue;
-use sys::{Epoll, event_buffer};
+use turnd_tools::sys::{self, Epoll, event_buffer};
+use turnd_tools::{gso, syscall_cost};
 
 /// Room in front of a payload read from a peer for the Data indication header: STUN header
 /// (20), XOR-PEER-ADDRESS for IPv4 (12), DATA's type and length (4).
@@ -114,7 +107,7 @@ struct Worker {
     by_client: FxHashMap<SocketAddr, usize>,
     out: Vec<u8>,
     /// `--gso`: every relayed datagram goes through this queue, flushed each round.
-    gsoq: Option<GsoQueue>,
+    gsoq: Option<SendQueue>,
 }
 
 fn main() -> ExitCode {
@@ -152,9 +145,9 @@ fn main() -> ExitCode {
     }
     let io_uring = gso
         && args.io_uring
-        && match GsoQueue::with_io_uring() {
-            Ok(_) => true,
-            Err(e) => {
+        && match SendQueue::with_offload(offload(true)).1 {
+            None => true,
+            Some(e) => {
                 eprintln!("turnd-floor: io_uring unavailable ({e}); --io-uring ignored");
                 false
             }
@@ -198,6 +191,15 @@ fn syscall_costs(count: u64) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The offloads of `--gso`, with io_uring sends or without.
+fn offload(io_uring: bool) -> Offload {
+    Offload {
+        gso: true,
+        gro: true,
+        io_uring,
+    }
 }
 
 /// Whether this kernel takes `UDP_SEGMENT` sends and `UDP_GRO` (probed on a throwaway
@@ -247,12 +249,8 @@ fn worker(
         free: Vec::new(),
         by_client: FxHashMap::default(),
         out: Vec::with_capacity(256),
-        gsoq: match (gso, io_uring) {
-            (false, _) => None,
-            (true, false) => Some(GsoQueue::new()),
-            // Probed in main; a worker that cannot set up its own ring sends as --gso.
-            (true, true) => Some(GsoQueue::with_io_uring().unwrap_or_else(|_| GsoQueue::new())),
-        },
+        // Probed in main; a worker that cannot set up its own ring sends as --gso.
+        gsoq: gso.then(|| SendQueue::with_offload(offload(io_uring)).0),
     };
     let mut events = event_buffer(256);
     let mut ready = Vec::with_capacity(256);
@@ -481,12 +479,12 @@ impl Worker {
                         // Room for the longer framing: a Data indication, padded.
                         let max = HEADROOM + data.len().next_multiple_of(4);
                         if let Some(len) = q.room(max).and_then(|out| frame(a, peer, data, out)) {
-                            q.commit(fd, client, len);
+                            q.commit(fd, a.client, len);
                             return;
                         }
                         q.flush();
                         if let Some(len) = q.room(max).and_then(|out| frame(a, peer, data, out)) {
-                            q.commit(fd, client, len);
+                            q.commit(fd, a.client, len);
                         }
                         return;
                     }
@@ -728,14 +726,14 @@ fn frame(a: &Alloc, peer: SocketAddr, data: &[u8], out: &mut [u8]) -> Option<usi
 
 /// Client to peer: one `sendto` out of the allocation's socket, or with `--gso` queued for
 /// the end of the round (sent at once if the queue cannot take it even after a flush).
-fn send_to_peer(q: &mut Option<GsoQueue>, a: &Alloc, peer: SocketAddr, data: &[u8]) {
-    if let (Some(q), SocketAddr::V4(p)) = (q, peer) {
+fn send_to_peer(q: &mut Option<SendQueue>, a: &Alloc, peer: SocketAddr, data: &[u8]) {
+    if let Some(q) = q {
         let fd = a.sock.as_raw_fd();
-        if q.push(fd, p, data) {
+        if q.push(fd, peer, data) {
             return;
         }
         q.flush();
-        if q.push(fd, p, data) {
+        if q.push(fd, peer, data) {
             return;
         }
     }

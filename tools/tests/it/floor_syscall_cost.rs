@@ -4,12 +4,10 @@
 //! on the figures themselves: only that every datagram sent was read back, that the GSO
 //! cases did send GSO messages, and that the costs are numbers.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::run_binary as run;
+use crate::common::run_binary as run;
 
 #[test]
 fn syscall_cost_prints_one_line_per_case_with_numbers() {

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use turnd::stun::{Class, Message, attr, channel_data, method};
 
-use crate::gso::{self, Dest, GRO_BUFFER, GsoBatch};
+use turnd_tools::gso::{self, Dest, GRO_BUFFER, GsoBatch};
+use turnd_tools::sys::{Epoll, Mmsg, event_buffer};
+
 use crate::hist::Histogram;
-use crate::sys::{Epoll, Mmsg, event_buffer};
 
 /// Marks the tool's packets: payload = send time (ns, 8 bytes), this, flow id (4 bytes), fill.
 pub const MAGIC: [u8; 4] = *b"TLD1";

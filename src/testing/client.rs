@@ -1,9 +1,9 @@
-//! One client for everything that drives the core's setup sequence without the network
-//! driver: the allocation test, the benchmarks and the cost example. It gives the server
-//! configuration that knows its user, learns the nonce, then signs its requests with the
-//! long-term credential mechanism (RFC 8489 §9.2, MD5 key) and hands them to
-//! [`Server::handle_client`]; the caller's [`Io`] keeps what the server answered
-//! ([`LastToClient`]).
+//! The one STUN client of everything that drives the core without the network driver: the
+//! simulation tests, the fuzz harness's signed requests, the allocation test, the benchmarks
+//! and the cost example. It gives the server configuration that knows its user, learns the
+//! nonce, then signs its requests with the long-term credential mechanism (RFC 8489 §9.2, MD5
+//! key, or SHA-256 with PASSWORD-ALGORITHM) and hands them to [`Server::handle_client`]; the
+//! caller's [`Io`] keeps what the server answered ([`LastToClient`]).
 //!
 //! Like the rest of the core it does no I/O of its own and reads no clock: the caller
 //! passes `now` and the transaction ids.
@@ -12,50 +12,56 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use super::rate_limit::{RateLimit, ResponseLimiter};
-use super::{FiveTuple, Io, Server, ServerConfig, Time};
 use crate::auth::{AuthConfig, Authenticator, Key, PasswordAlgorithm, UserSecret, long_term_key};
 use crate::stun::{Class, Message, MessageWriter, attr, method};
+use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
+use crate::turn::{FiveTuple, Io, Server, ServerConfig, Time};
 
 /// REQUESTED-TRANSPORT for UDP, which every Allocate must carry (RFC 8656 §7.1): IANA
 /// protocol 17, then zeros.
 const UDP: [u8; 4] = [17, 0, 0, 0];
 
+/// PASSWORD-ALGORITHMS offering SHA-256 then MD5, and PASSWORD-ALGORITHM choosing SHA-256
+/// (RFC 8489 §14.11, §14.12).
+const ALGORITHMS_SHA256_MD5: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+const ALGORITHM_SHA256: [u8; 4] = [0, 2, 0, 0];
+
 /// What a test [`Io`] keeps of its sends to the client: the last STUN message, which the
 /// setup requests read their answer from.
-#[doc(hidden)]
 pub trait LastToClient: Io {
     fn last_to_client(&self) -> &[u8];
 }
 
 /// A client with long-term credentials on one 5-tuple.
-#[doc(hidden)]
 #[derive(Clone)]
 pub struct TestClient {
     /// The 5-tuple the requests come from; callers driving many allocations change it.
-    pub tuple: FiveTuple,
-    /// Append FINGERPRINT (RFC 8489 §14.7) after MESSAGE-INTEGRITY in signed requests.
+    pub ft: FiveTuple,
+    /// Append FINGERPRINT (RFC 8489 §14.7) to every request it writes.
     pub fingerprint: bool,
-    /// The NONCE signed requests carry: empty until [`learn_nonce`](Self::learn_nonce).
-    pub nonce: Vec<u8>,
+    /// Sign with the SHA-256 key and MESSAGE-INTEGRITY-SHA256, naming the algorithm
+    /// (RFC 8489 §9.2.3.2); else the MD5 key and MESSAGE-INTEGRITY.
+    pub sha256: bool,
+    /// The NONCE requests carry: `None` until [`learn_nonce`](Self::learn_nonce) or the
+    /// caller sets it, and requests go unsigned until then.
+    pub nonce: Option<Vec<u8>>,
     user: String,
     realm: String,
     password: String,
-    key: Key,
 }
 
 impl TestClient {
     /// A client of `user` in `realm` with `password` (MD5 key, RFC 8489 §18.5.1), without
     /// FINGERPRINT.
-    pub fn new(user: &str, realm: &str, password: &str, tuple: FiveTuple) -> TestClient {
+    pub fn new(user: &str, realm: &str, password: &str, ft: FiveTuple) -> TestClient {
         TestClient {
-            tuple,
+            ft,
             fingerprint: false,
-            nonce: Vec::new(),
+            sha256: false,
+            nonce: None,
             user: user.to_owned(),
             realm: realm.to_owned(),
             password: password.to_owned(),
-            key: long_term_key(PasswordAlgorithm::Md5, user, realm, password),
         }
     }
 
@@ -89,9 +95,49 @@ impl TestClient {
         }
     }
 
-    /// The request `method` with transaction id `txid`: the attributes `attrs` writes, then
-    /// USERNAME, REALM, the client's NONCE and MESSAGE-INTEGRITY (RFC 8489 §9.2.3.2; the
-    /// integrity covers all that comes before it, §14.5), then FINGERPRINT if asked for.
+    /// The long-term key of the algorithm the client signs with.
+    pub fn key(&self) -> Key {
+        let alg = if self.sha256 {
+            PasswordAlgorithm::Sha256
+        } else {
+            PasswordAlgorithm::Md5
+        };
+        long_term_key(alg, &self.user, &self.realm, &self.password)
+    }
+
+    /// Writes into `buf` the request `method` with transaction id `txid`: the attributes
+    /// `attrs` writes, then, once the client has a nonce, USERNAME, REALM, NONCE (with
+    /// SHA-256: PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM) and the MESSAGE-INTEGRITY
+    /// (RFC 8489 §9.2.3.2; the integrity covers all that comes before it, §14.5), then
+    /// FINGERPRINT if asked for.
+    pub fn write(
+        &self,
+        buf: &mut Vec<u8>,
+        method: u16,
+        txid: [u8; 12],
+        attrs: impl FnOnce(&mut MessageWriter),
+    ) {
+        let mut w = MessageWriter::new(buf, method, Class::Request, txid);
+        attrs(&mut w);
+        if let Some(nonce) = &self.nonce {
+            w.attr(attr::USERNAME, self.user.as_bytes())
+                .attr(attr::REALM, self.realm.as_bytes())
+                .attr(attr::NONCE, nonce);
+            let key = self.key();
+            if self.sha256 {
+                w.attr(attr::PASSWORD_ALGORITHMS, &ALGORITHMS_SHA256_MD5)
+                    .attr(attr::PASSWORD_ALGORITHM, &ALGORITHM_SHA256)
+                    .integrity_sha256(key.as_bytes());
+            } else {
+                w.integrity(key.as_bytes());
+            }
+        }
+        if self.fingerprint {
+            w.fingerprint();
+        }
+    }
+
+    /// The [`write`](Self::write)n request, in a buffer of its own.
     pub fn signed(
         &self,
         method: u16,
@@ -99,15 +145,7 @@ impl TestClient {
         attrs: impl FnOnce(&mut MessageWriter),
     ) -> Vec<u8> {
         let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, method, Class::Request, txid);
-        attrs(&mut w);
-        w.attr(attr::USERNAME, self.user.as_bytes())
-            .attr(attr::REALM, self.realm.as_bytes())
-            .attr(attr::NONCE, &self.nonce)
-            .integrity(self.key.as_bytes());
-        if self.fingerprint {
-            w.fingerprint();
-        }
+        self.write(&mut buf, method, txid, attrs);
         buf
     }
 
@@ -123,7 +161,7 @@ impl TestClient {
         attrs: impl FnOnce(&mut MessageWriter),
     ) -> &'io [u8] {
         let req = self.signed(method, txid, attrs);
-        server.handle_client(now, self.tuple, &req, io);
+        server.handle_client(now, self.ft, &req, io);
         io.last_to_client()
     }
 
@@ -140,11 +178,11 @@ impl TestClient {
         let mut req = Vec::new();
         MessageWriter::new(&mut req, method::ALLOCATE, Class::Request, txid)
             .attr(attr::REQUESTED_TRANSPORT, &UDP);
-        server.handle_client(now, self.tuple, &req, io);
+        server.handle_client(now, self.ft, &req, io);
         let answer = Message::parse(io.last_to_client()).ok();
         match answer.and_then(|m| m.get(attr::NONCE)) {
             Some(nonce) => {
-                self.nonce = nonce.to_vec();
+                self.nonce = Some(nonce.to_vec());
                 true
             }
             None => false,
@@ -188,38 +226,8 @@ mod tests {
 
     use super::*;
     use crate::stun::{Integrity, decode_error_code};
-    use crate::turn::{BindError, RelayId, RelayOptions, Transport};
-
-    #[derive(Default)]
-    struct LastIo {
-        last: Vec<u8>,
-        last_to: Option<FiveTuple>,
-        bound: Vec<RelayId>,
-    }
-
-    impl Io for LastIo {
-        fn send_to_client(&mut self, to: &FiveTuple, data: &[u8]) {
-            self.last = data.to_vec();
-            self.last_to = Some(*to);
-        }
-        fn send_to_peer(&mut self, _: RelayId, _: SocketAddr, _: &[u8]) {}
-        fn bind_relay(
-            &mut self,
-            r: RelayId,
-            _: SocketAddr,
-            _: RelayOptions,
-        ) -> Result<(), BindError> {
-            self.bound.push(r);
-            Ok(())
-        }
-        fn close_relay(&mut self, _: RelayId) {}
-    }
-
-    impl LastToClient for LastIo {
-        fn last_to_client(&self) -> &[u8] {
-            &self.last
-        }
-    }
+    use crate::testing::CountingIo;
+    use crate::turn::Transport;
 
     fn tuple(port: u16) -> FiveTuple {
         FiveTuple {
@@ -265,18 +273,18 @@ mod tests {
     fn learns_the_nonce_allocates_and_binds_a_channel() {
         let mut client = TestClient::new("alice", "client.test", "pw", tuple(40000));
         let mut server = Server::new(client.server_config(50000..=50009));
-        let mut io = LastIo::default();
+        let mut io = CountingIo::default();
         let now = now();
         assert!(client.learn_nonce(&mut server, &mut io, now, [9; 12]));
         let m = Message::parse(&io.last).expect("an answer that parses");
-        assert_eq!(m.get(attr::NONCE), Some(&client.nonce[..]));
+        assert_eq!(m.get(attr::NONCE), client.nonce.as_deref());
         assert_eq!(class_and_code(&io.last), (Class::Error, Some(401)));
         assert_eq!(io.last_to, Some(tuple(40000)));
 
         let a = client.allocate(&mut server, &mut io, now, [3; 12]);
         assert_eq!(class_and_code(a), (Class::Success, None));
         assert_eq!(server.allocation_count(), 1);
-        assert_eq!(io.bound.len(), 1);
+        assert_eq!(io.relays.len(), 1);
 
         let peer: SocketAddr = "8.8.8.8:5000".parse().unwrap();
         let b = client.bind_channel(&mut server, &mut io, now, [4; 12], 0x4000, peer);
@@ -293,7 +301,7 @@ mod tests {
     fn a_wrong_password_is_refused() {
         let good = TestClient::new("alice", "client.test", "pw", tuple(40001));
         let mut server = Server::new(good.server_config(50000..=50009));
-        let mut io = LastIo::default();
+        let mut io = CountingIo::default();
         let now = now();
         let mut client = TestClient::new("alice", "client.test", "not-pw", tuple(40001));
         assert!(client.learn_nonce(&mut server, &mut io, now, [9; 12]));
@@ -307,7 +315,7 @@ mod tests {
     #[test]
     fn signed_requests_carry_credentials_and_optional_fingerprint() {
         let mut client = TestClient::new("alice", "client.test", "pw", tuple(40002));
-        client.nonce = b"n0nce".to_vec();
+        client.nonce = Some(b"n0nce".to_vec());
         let key = long_term_key(PasswordAlgorithm::Md5, "alice", "client.test", "pw");
         for fingerprint in [false, true] {
             client.fingerprint = fingerprint;
