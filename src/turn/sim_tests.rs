@@ -1,7 +1,6 @@
 //! Deterministic tests of the allocation manager: simulated clients, peers and clock; no
 //! sockets, no sleeping. A 600-second lifetime is a function call away.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,62 +9,10 @@ use super::peer_policy::{Cidr, PeerPolicy};
 use super::*;
 use crate::auth::{AuthConfig, Authenticator, UserSecret, rest_credential};
 use crate::stun::{Class, Message, MessageWriter, attr, decode_error_code, method};
+use crate::testing::SimIo;
 
 const REALM: &str = "sim.test";
 const UNIX0: u64 = 1_800_000_000;
-
-#[derive(Default)]
-struct SimIo {
-    to_client: Vec<(FiveTuple, Vec<u8>)>,
-    to_peer: Vec<(RelayId, SocketAddr, Vec<u8>)>,
-    bound: Vec<(RelayId, SocketAddr)>,
-    closed: Vec<RelayId>,
-    /// Addresses some other process holds: binding them fails with AddrInUse.
-    taken: HashSet<SocketAddr>,
-    /// RFC 6062 calls, for sim_tcp_tests.
-    tcp: tcp::TcpCalls,
-}
-
-impl Io for SimIo {
-    fn send_to_client(&mut self, to: &FiveTuple, data: &[u8]) {
-        self.to_client.push((*to, data.to_vec()));
-    }
-    fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, data: &[u8]) {
-        self.to_peer.push((relay, peer, data.to_vec()));
-    }
-    fn bind_relay(
-        &mut self,
-        relay: RelayId,
-        addr: SocketAddr,
-        _: RelayOptions,
-    ) -> Result<(), BindError> {
-        if self.taken.contains(&addr) {
-            return Err(BindError::AddrInUse);
-        }
-        self.bound.push((relay, addr));
-        Ok(())
-    }
-    fn close_relay(&mut self, relay: RelayId) {
-        self.closed.push(relay);
-    }
-    fn listen_relay_tcp(&mut self, relay: RelayId, addr: SocketAddr) -> Result<(), BindError> {
-        self.tcp.listens.push((relay, addr));
-        Ok(())
-    }
-    fn connect_peer(&mut self, id: ConnectionId, from: SocketAddr, peer: SocketAddr) -> bool {
-        self.tcp.connects.push((id, from, peer));
-        true
-    }
-    fn close_peer_connection(&mut self, id: ConnectionId) {
-        self.tcp.closed.push(id);
-    }
-    fn claim_connection(&mut self, id: ConnectionId, data: &FiveTuple, username: &str) {
-        self.tcp.claims.push((id, *data, username.to_string()));
-    }
-    fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
-        self.tcp.binds.push((id, *data));
-    }
-}
 
 mod tcp;
 

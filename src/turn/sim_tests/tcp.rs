@@ -8,16 +8,6 @@ use super::*;
 use crate::stun::{Class, attr, method};
 use crate::turn::error::RequestError;
 
-/// What the core asked of the driver's TCP side.
-#[derive(Default)]
-pub(super) struct TcpCalls {
-    pub listens: Vec<(RelayId, SocketAddr)>,
-    pub connects: Vec<(ConnectionId, SocketAddr, SocketAddr)>,
-    pub closed: Vec<ConnectionId>,
-    pub claims: Vec<(ConnectionId, FiveTuple, String)>,
-    pub binds: Vec<(ConnectionId, FiveTuple)>,
-}
-
 fn tcp_ft(port: u16) -> FiveTuple {
     FiveTuple {
         transport: Transport::Tcp,
