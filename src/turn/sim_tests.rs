@@ -9,7 +9,7 @@ use super::peer_policy::{Cidr, PeerPolicy};
 use super::*;
 use crate::auth::{AuthConfig, Authenticator, UserSecret, rest_credential};
 use crate::stun::{Class, Message, MessageWriter, attr, decode_error_code, method};
-use crate::testing::SimIo;
+use crate::testing::{SimIo, TestClient};
 
 const REALM: &str = "sim.test";
 const UNIX0: u64 = 1_800_000_000;
@@ -170,14 +170,25 @@ fn ft(port: u16) -> FiveTuple {
     }
 }
 
-/// A long-term-credential client that learns realm and nonce from the 401.
+/// The shared test client ([`TestClient`]) as these tests drive it: FINGERPRINT on every
+/// request, transaction ids of its own, and requests that learn realm and nonce from the 401
+/// and answer 438 like a real client.
 struct Client {
-    ft: FiveTuple,
-    user: String,
-    pass: String,
-    nonce: Option<Vec<u8>>,
-    sha256: bool,
+    c: TestClient,
     txn: u32,
+}
+
+impl std::ops::Deref for Client {
+    type Target = TestClient;
+    fn deref(&self) -> &TestClient {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut TestClient {
+        &mut self.c
+    }
 }
 
 struct Resp(Vec<u8>);
@@ -212,25 +223,13 @@ impl Resp {
 
 impl Client {
     fn new(ft: FiveTuple, user: &str, pass: &str) -> Client {
-        Client {
-            ft,
-            user: user.into(),
-            pass: pass.into(),
-            nonce: None,
-            sha256: false,
-            txn: 0,
-        }
+        let mut c = TestClient::new(user, REALM, pass, ft);
+        c.fingerprint = true;
+        Client { c, txn: 0 }
     }
 
     fn key(&self) -> Vec<u8> {
-        let alg = if self.sha256 {
-            crate::auth::PasswordAlgorithm::Sha256
-        } else {
-            crate::auth::PasswordAlgorithm::Md5
-        };
-        crate::auth::long_term_key(alg, &self.user, REALM, &self.pass)
-            .as_bytes()
-            .to_vec()
+        self.c.key().as_bytes().to_vec()
     }
 
     fn txid(&mut self) -> [u8; 12] {
@@ -243,23 +242,7 @@ impl Client {
     }
 
     fn build(&self, m: u16, txid: [u8; 12], attrs: &dyn Fn(&mut MessageWriter)) -> Vec<u8> {
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, m, Class::Request, txid);
-        attrs(&mut w);
-        if let Some(n) = &self.nonce {
-            w.attr(attr::USERNAME, self.user.as_bytes())
-                .attr(attr::REALM, REALM.as_bytes())
-                .attr(attr::NONCE, n);
-            if self.sha256 {
-                w.attr(attr::PASSWORD_ALGORITHMS, &[0, 2, 0, 0, 0, 1, 0, 0])
-                    .attr(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0]);
-                w.integrity_sha256(&self.key());
-            } else {
-                w.integrity(&self.key());
-            }
-        }
-        w.fingerprint();
-        buf
+        self.c.signed(m, txid, attrs)
     }
 
     /// Sends a request, answering 401/438 challenges like a real client.
