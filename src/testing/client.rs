@@ -334,4 +334,28 @@ mod tests {
             assert_eq!(m.has_fingerprint(), fingerprint);
         }
     }
+
+    /// Without a nonce a request goes unsigned; with SHA-256 it names the algorithm and
+    /// carries MESSAGE-INTEGRITY-SHA256 under the SHA-256 key.
+    #[test]
+    fn unsigned_until_a_nonce_and_sha256_when_asked_for() {
+        let mut client = TestClient::new("alice", "client.test", "pw", tuple(40004));
+        let req = client.signed(method::REFRESH, [8; 12], |_| {});
+        let m = Message::parse(&req).expect("parses");
+        assert_eq!(m.get(attr::USERNAME), None);
+        assert_eq!(m.verify_integrity(client.key().as_bytes()), None);
+
+        client.nonce = Some(b"n0nce".to_vec());
+        client.sha256 = true;
+        let req = client.signed(method::REFRESH, [8; 12], |_| {});
+        let m = Message::parse(&req).expect("parses");
+        assert_eq!(m.get(attr::PASSWORD_ALGORITHM), Some(&ALGORITHM_SHA256[..]));
+        assert_eq!(
+            m.get(attr::PASSWORD_ALGORITHMS),
+            Some(&ALGORITHMS_SHA256_MD5[..])
+        );
+        let key = long_term_key(PasswordAlgorithm::Sha256, "alice", "client.test", "pw");
+        assert_eq!(client.key().as_bytes(), key.as_bytes());
+        assert_eq!(m.verify_integrity(key.as_bytes()), Some(Integrity::Sha256));
+    }
 }
