@@ -115,11 +115,11 @@ done
 has_server() { case " $SERVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if [ "$BUILD" = 1 ]; then
-    cargo build --release --bins >&2
+    cargo build --release --workspace --bins >&2
 fi
 BIN="$ROOT/target/release"
 for b in turnd turnd-load turnd-floor; do
-    [ -x "$BIN/$b" ] || { echo "missing $BIN/$b (build with cargo build --release)" >&2; exit 1; }
+    [ -x "$BIN/$b" ] || { echo "missing $BIN/$b (build with cargo build --release --workspace --bins)" >&2; exit 1; }
 done
 
 if has_server coturn && ! command -v turnserver >/dev/null 2>&1; then

@@ -18,7 +18,7 @@ for a in "$@"; do
     *) N=$a ;;
     esac
 done
-[ "$BUILD" = 1 ] && cargo build --release --bins >&2
+[ "$BUILD" = 1 ] && cargo build --release --workspace --bins >&2
 BIN=target/release
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
