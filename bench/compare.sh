@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: the same turnd-load runs against turnd, coturn and the floor
 # forwarder (turnd-floor), all on loopback, in one run; prints a markdown table and the
-# turnd/coturn ratios. See README.md ("Benchmarks") and BENCHMARKS.md.
+# turnd/coturn ratios. See docs/benchmarks.md and BENCHMARKS.md.
 #
 #   bench/compare.sh            full matrix (about 5 minutes)
 #   bench/compare.sh --quick    a short run (about 1 minute)
