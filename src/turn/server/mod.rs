@@ -43,6 +43,16 @@ mod request;
 mod tcp_relay;
 mod views;
 
+/// An authenticated request on its way to its handler: when it came, from where, the
+/// message, and the credential that signed it.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    now: Time,
+    ft: &'a FiveTuple,
+    msg: &'a Message<'a>,
+    auth: &'a Authed,
+}
+
 /// How many times Allocate tries another port when a bind finds it taken.
 const BIND_ATTEMPTS: usize = 8;
 
@@ -387,13 +397,19 @@ impl Server {
             self.seal_and_send(ft, msg, Some(&auth), io);
             return;
         }
+        let req = Request {
+            now,
+            ft,
+            msg,
+            auth: &auth,
+        };
         let done = match m {
-            method::ALLOCATE => self.handle_allocate(now, ft, msg, &auth, io),
-            method::REFRESH => self.handle_refresh(now, ft, msg, &auth, io),
-            method::CREATE_PERMISSION => self.handle_create_permission(now, ft, msg, &auth, io),
-            method::CONNECT => self.handle_connect(ft, msg, &auth, io),
-            method::CONNECTION_BIND => self.handle_connection_bind(ft, msg, &auth, io),
-            _ => self.handle_channel_bind(now, ft, msg, &auth, io),
+            method::ALLOCATE => self.handle_allocate(req, io),
+            method::REFRESH => self.handle_refresh(req, io),
+            method::CREATE_PERMISSION => self.handle_create_permission(req, io),
+            method::CONNECT => self.handle_connect(req, io),
+            method::CONNECTION_BIND => self.handle_connection_bind(req, io),
+            _ => self.handle_channel_bind(req, io),
         };
         // Each request's failure is answered here, its one mapping to the wire.
         if let Err(e) = done {

@@ -21,7 +21,7 @@ use super::super::quota::QuotaHold;
 use super::super::{
     CONNECTION_ID_WORKER_SHIFT, ConnectionId, FiveTuple, Io, RelayId, Time, Transport,
 };
-use super::{Authed, BIND_ATTEMPTS, Server};
+use super::{Authed, BIND_ATTEMPTS, Request, Server};
 use crate::auth::{Key, display_user};
 use crate::stun::{Class, Integrity, Message, MessageWriter, attr, method};
 
@@ -118,12 +118,10 @@ impl Server {
     /// (else 400).
     pub(super) fn handle_allocate_tcp(
         &mut self,
-        now: Time,
-        ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: &Authed,
+        req: Request<'_>,
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
+        let Request { now, ft, msg, auth } = req;
         let bad = ft.transport == Transport::Udp
             || [
                 attr::DONT_FRAGMENT,
@@ -262,11 +260,10 @@ impl Server {
     /// already being made or live, 447 when the driver cannot start it.
     pub(super) fn handle_connect(
         &mut self,
-        ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: &Authed,
+        req: Request<'_>,
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
+        let Request { ft, msg, auth, .. } = req;
         let Some(&slot) = self.by_tuple.get(ft) else {
             return Err(RequestError::AllocationMismatch);
         };
@@ -404,11 +401,10 @@ impl Server {
     /// another worker, so the answer waits for [`Server::handle_connection_claimed`].
     pub(super) fn handle_connection_bind(
         &mut self,
-        ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: &Authed,
+        req: Request<'_>,
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
+        let Request { ft, msg, auth, .. } = req;
         let id = match msg.u32_attr(attr::CONNECTION_ID) {
             Some(Ok(id)) => id,
             _ => return Err(RequestError::BadRequest),

@@ -64,19 +64,17 @@ impl AllocateRequest {
 impl Server {
     pub(in crate::turn::server) fn handle_allocate(
         &mut self,
-        now: Time,
-        ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: &Authed,
+        req: Request<'_>,
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
+        let Request { now, ft, msg, auth } = req;
         if self.by_tuple.contains_key(ft) {
             return Err(RequestError::AllocationMismatch);
         }
         match msg.get(attr::REQUESTED_TRANSPORT) {
             Some([p, _, _, _]) if *p == attr::TRANSPORT_UDP => {}
             Some([p, _, _, _]) if *p == attr::TRANSPORT_TCP => {
-                return self.handle_allocate_tcp(now, ft, msg, auth, io);
+                return self.handle_allocate_tcp(req, io);
             }
             Some([_, _, _, _]) => {
                 return Err(RequestError::UnsupportedTransportProtocol);

@@ -30,12 +30,10 @@ impl ChannelBindRequest {
 impl Server {
     pub(in crate::turn::server) fn handle_channel_bind(
         &mut self,
-        now: Time,
-        ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: &Authed,
+        req: Request<'_>,
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
+        let Request { now, ft, msg, auth } = req;
         let Some(&slot) = self.by_tuple.get(ft) else {
             return Err(RequestError::AllocationMismatch);
         };

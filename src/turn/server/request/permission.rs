@@ -26,12 +26,10 @@ impl Server {
 
     pub(in crate::turn::server) fn handle_create_permission(
         &mut self,
-        now: Time,
-        ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: &Authed,
+        req: Request<'_>,
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
+        let Request { now, ft, msg, auth } = req;
         let Some(&slot) = self.by_tuple.get(ft) else {
             return Err(RequestError::AllocationMismatch);
         };

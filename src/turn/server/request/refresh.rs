@@ -29,12 +29,10 @@ impl RefreshRequest {
 impl Server {
     pub(in crate::turn::server) fn handle_refresh(
         &mut self,
-        now: Time,
-        ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: &Authed,
+        req: Request<'_>,
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
+        let Request { now, ft, msg, auth } = req;
         let Some(&slot) = self.by_tuple.get(ft) else {
             return Err(RequestError::AllocationMismatch);
         };
