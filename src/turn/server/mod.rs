@@ -460,6 +460,14 @@ impl Server {
         }
     }
 
+    /// The slot of the allocation on a 5-tuple; RFC 8656 §7 answers 437 when there is none.
+    fn allocation_slot(&self, ft: &FiveTuple) -> Result<usize, RequestError> {
+        self.by_tuple
+            .get(ft)
+            .copied()
+            .ok_or(RequestError::AllocationMismatch)
+    }
+
     fn lock_ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
         match self.cfg.ports.lock() {
             Ok(g) => g,

@@ -264,9 +264,7 @@ impl Server {
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
         let Request { ft, msg, auth, .. } = req;
-        let Some(&slot) = self.by_tuple.get(ft) else {
-            return Err(RequestError::AllocationMismatch);
-        };
+        let slot = self.allocation_slot(ft)?;
         let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
             return Ok(());
         };

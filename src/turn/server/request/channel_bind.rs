@@ -34,9 +34,7 @@ impl Server {
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
         let Request { now, ft, msg, auth } = req;
-        let Some(&slot) = self.by_tuple.get(ft) else {
-            return Err(RequestError::AllocationMismatch);
-        };
+        let slot = self.allocation_slot(ft)?;
         if self
             .slots
             .get(slot)

@@ -30,9 +30,7 @@ impl Server {
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
         let Request { now, ft, msg, auth } = req;
-        let Some(&slot) = self.by_tuple.get(ft) else {
-            return Err(RequestError::AllocationMismatch);
-        };
+        let slot = self.allocation_slot(ft)?;
         let txid = msg.transaction_id();
         let mut peers: [Option<IpAddr>; 32] = [None; 32];
         let mut n = 0;

@@ -33,9 +33,7 @@ impl Server {
         io: &mut impl Io,
     ) -> Result<(), RequestError> {
         let Request { now, ft, msg, auth } = req;
-        let Some(&slot) = self.by_tuple.get(ft) else {
-            return Err(RequestError::AllocationMismatch);
-        };
+        let slot = self.allocation_slot(ft)?;
         let RefreshRequest { family, lifetime } = RefreshRequest::parse(msg)?;
         let Some(a) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
             return Ok(());
