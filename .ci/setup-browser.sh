@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/browser.rs needs: Debian's chromium, node/npm, and playwright-core
+# Installs what tests/it/browser.rs needs: Debian's chromium, node/npm, and playwright-core
 # (pinned in tests/browser/package-lock.json). Idempotent: does nothing when all are there.
 # playwright-core drives the system chromium; it never downloads a browser build.
 set -euo pipefail

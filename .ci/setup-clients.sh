@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/gstreamer_webrtcbin.rs and tests/aiortc.rs need: Debian's GStreamer
+# Installs what tests/it/gstreamer_webrtcbin.rs and tests/it/aiortc.rs need: Debian's GStreamer
 # webrtcbin with libnice (and the Python GObject bindings to drive it from /usr/bin/python3),
 # and aiortc from PyPI (pinned in tests/clients/requirements.txt) in a virtualenv at
 # tests/clients/.venv made with /usr/bin/python3. Idempotent: does nothing when all are there.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/coturn_uclient.rs needs: Debian's coturn package, for coturn's test
+# Installs what tests/it/coturn_uclient.rs needs: Debian's coturn package, for coturn's test
 # client turnutils_uclient and its echo peer turnutils_peer. Idempotent: does nothing when
 # both are there.
 #

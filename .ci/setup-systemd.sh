@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/systemd_unit.rs needs: `systemd-analyze` (package systemd) and the
+# Installs what tests/it/systemd_unit.rs needs: `systemd-analyze` (package systemd) and the
 # `kill` the unit's ExecReload runs (package procps). Idempotent: installs only what is missing.
 set -euo pipefail
 missing=()

@@ -1,4 +1,4 @@
-//! Fuzz target bodies, shared by `fuzz/` (cargo-fuzz, nightly) and `tests/fuzz_corpus.rs`
+//! Fuzz target bodies, shared by `fuzz/` (cargo-fuzz, nightly) and `tests/it/fuzz_corpus.rs`
 //! (the committed corpus replayed on stable). Each function takes arbitrary bytes, must never
 //! panic or hang on them, and panics only when an invariant of the code under test breaks.
 
@@ -1149,7 +1149,7 @@ fn check_outputs(io: &mut FuzzIo, policy: &PeerPolicy) {
 
 /// Seed cases for every target: valid messages of every method, and server sessions that
 /// allocate, permit, bind, relay both ways, refresh and end. Written to `fuzz/corpus/` by
-/// `tests/fuzz_corpus.rs` (with `TURND_WRITE_CORPUS=1`).
+/// `tests/it/fuzz_corpus.rs` (with `TURND_WRITE_CORPUS=1`).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
     let txid = [0x11; 12];

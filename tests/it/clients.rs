@@ -1,5 +1,5 @@
 //! Shared by the tests that relay WebRTC stacks we did not write through turnd
-//! (`tests/gstreamer_webrtcbin.rs`, `tests/aiortc.rs`): run a Python driver from this
+//! (`tests/it/gstreamer_webrtcbin.rs`, `tests/it/aiortc.rs`): run a Python driver from this
 //! directory, read its JSON report while it keeps its peers connected, check the report and
 //! turnd's `/sessions`, then let it go. `.ci/setup-clients.sh` installs what the drivers need.
 #![allow(dead_code)]
