@@ -65,8 +65,7 @@ pub struct Allocation {
     pub permissions: FxHashMap<IpAddr, Instant>,
     pub channels: FxHashMap<u16, Channel>,
     pub channel_by_peer: FxHashMap<SocketAddr, u16>,
-    /// The Allocate transaction and its response, for retransmissions (RFC 8656 §7.2).
-    pub allocate_txid: [u8; 12],
+    /// Recent responses by transaction, for retransmissions (RFC 8656 §7.2).
     pub responses: VecDeque<([u8; 12], Instant, Vec<u8>)>,
     /// The earliest deadline already queued in the server's timer heap.
     pub scheduled: Option<Instant>,
@@ -92,7 +91,6 @@ pub struct NewAllocation {
     pub credential_expiry: Option<u64>,
     pub now: Time,
     pub lifetime: Duration,
-    pub allocate_txid: [u8; 12],
     /// The allocation's count in the quotas; its rate is the bandwidth limit.
     pub quota: QuotaHold,
     /// An RFC 6062 TCP allocation.
@@ -113,7 +111,6 @@ impl Allocation {
             permissions: FxHashMap::default(),
             channels: FxHashMap::default(),
             channel_by_peer: FxHashMap::default(),
-            allocate_txid: n.allocate_txid,
             responses: VecDeque::new(),
             scheduled: None,
             counters: Counters::default(),

@@ -417,6 +417,30 @@ impl Server {
         }
     }
 
+    /// Makes the allocation an Allocate was granted (UDP relays, or an RFC 6062 TCP relay)
+    /// and installs it; returns its slot and lifetime.
+    fn grant(
+        &mut self,
+        req: Request<'_>,
+        relays: [Option<Relay>; 2],
+        username: String,
+        quota: QuotaHold,
+        tcp: bool,
+    ) -> (usize, Duration) {
+        let lifetime = self.lifetime(req.msg);
+        let alloc = Allocation::new(NewAllocation {
+            five_tuple: *req.ft,
+            relays,
+            username,
+            credential_expiry: req.auth.expiry,
+            now: req.now,
+            lifetime,
+            quota,
+            tcp,
+        });
+        (self.install(alloc, lifetime), lifetime)
+    }
+
     /// Puts a new allocation in a slot, indexes it by 5-tuple and relay, logs it and
     /// schedules its timers. Returns the slot.
     fn install(&mut self, alloc: Allocation, lifetime: Duration) -> usize {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use tracing::debug;
 
-use super::super::allocation::{Allocation, NewAllocation, Relay};
+use super::super::allocation::Relay;
 use super::super::error::RequestError;
 use super::super::ports::Family;
 use super::super::quota::QuotaHold;
@@ -181,28 +181,15 @@ impl Server {
         let Some(relay) = relay else {
             return Err(RequestError::InsufficientCapacity);
         };
-        let lifetime = self.lifetime(msg);
         let mut relays = [None, None];
         relays[family.index()] = Some(relay);
-        let alloc = Allocation::new(NewAllocation {
-            five_tuple: *ft,
-            relays,
-            username,
-            credential_expiry: auth.expiry,
-            now,
-            lifetime,
-            allocate_txid: msg.transaction_id(),
-            quota,
-            tcp: true,
-        });
-        let txid = alloc.allocate_txid;
-        let slot = self.install(alloc, lifetime);
+        let (slot, lifetime) = self.grant(req, relays, username, quota, true);
         let mut w = self.writer(msg, Class::Success);
         w.xor_address(attr::XOR_RELAYED_ADDRESS, relay.advertised)
             .u32_attr(attr::LIFETIME, lifetime.as_secs() as u32)
             .xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
         self.seal_and_send(ft, msg, Some(auth), io);
-        self.cache_last(slot, txid, now.mono);
+        self.cache_last(slot, msg.transaction_id(), now.mono);
         Ok(())
     }
 

@@ -166,21 +166,7 @@ impl Server {
                 address_error = Some(RequestError::InsufficientCapacity);
             }
         }
-        let lifetime = self.lifetime(msg);
-        let alloc = Allocation::new(NewAllocation {
-            five_tuple: *ft,
-            relays,
-            username,
-            credential_expiry: auth.expiry,
-            now,
-            lifetime,
-            allocate_txid: msg.transaction_id(),
-            quota,
-            tcp: false,
-        });
-        let txid = alloc.allocate_txid;
-        let slot = self.install(alloc, lifetime);
-
+        let (slot, lifetime) = self.grant(req, relays, username, quota, false);
         let mut w = self.writer(msg, Class::Success);
         for r in relays.iter().flatten() {
             w.xor_address(attr::XOR_RELAYED_ADDRESS, r.advertised);
@@ -199,7 +185,7 @@ impl Server {
         }
         w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
         self.seal_and_send(ft, msg, Some(auth), io);
-        self.cache_last(slot, txid, now.mono);
+        self.cache_last(slot, msg.transaction_id(), now.mono);
         Ok(())
     }
 
