@@ -21,13 +21,19 @@ const MAX_USERNAME: usize = 513;
 /// The size of this server's 401 to a request with FINGERPRINT: the unit in which the
 /// unauthenticated-answer allowance (`limits.unauth-rate`, `limits.unauth-burst`) is counted.
 pub fn challenge_len(realm: &str) -> usize {
+    challenge_size(realm, RequestError::Unauthenticated, true)
+}
+
+/// The size of a 401 or 438 this server sends: every nonce has the same length, so it is
+/// known before the nonce is minted.
+fn challenge_size(realm: &str, err: RequestError, fingerprint: bool) -> usize {
     let attr = |len: usize| 4 + len.next_multiple_of(4);
     HEADER_LEN
-        + attr(4 + RequestError::Unauthenticated.reason().len())
+        + attr(4 + err.reason().len())
         + attr(realm.len())
         + attr(crate::auth::NONCE_LEN)
         + attr(PASSWORD_ALGORITHMS_VALUE.len())
-        + attr(4)
+        + if fingerprint { attr(4) } else { 0 }
 }
 
 impl Server {
@@ -166,22 +172,22 @@ impl Server {
         proven: bool,
         io: &mut impl Io,
     ) {
-        let nonce = self.cfg.auth.mint_nonce(now.unix, ft.client.ip());
+        // The budget is asked before the nonce's HMAC is computed, so a spoofed flood the
+        // budget refuses costs no more than the check.
         let auth = self.cfg.auth.clone();
+        let size = challenge_size(auth.realm(), err, msg.has_fingerprint());
+        if !proven && !self.unauth_answer_allowed(now.mono, ft, msg, size) {
+            return;
+        }
+        let nonce = auth.mint_nonce(now.unix, ft.client.ip());
         let mut w = self.writer(msg, Class::Error);
         w.error_code(err.code(), err.reason())
             .attr(attr::REALM, auth.realm().as_bytes())
             .attr(attr::NONCE, nonce.as_bytes())
             .attr(attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS_VALUE);
-        let sent = if proven {
-            self.seal_and_send(ft, msg, None, io);
-            true
-        } else {
-            self.seal_and_send_unauth(now.mono, ft, msg, io)
-        };
-        if sent {
-            self.count_error(msg.method(), err);
-        }
+        self.seal_and_send(ft, msg, None, io);
+        debug_assert_eq!(self.out.len(), size);
+        self.count_error(msg.method(), err);
     }
 
     /// Whether an answer of `answer` bytes to the unauthenticated request `msg` may go to
