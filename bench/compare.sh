@@ -205,8 +205,9 @@ start_floor_gso() {
 
 start_turnd() {
     PORT[turnd]=$(free_port)
-    # Every allocation comes from 127.0.0.1: lift the per-source limit on unauthenticated
-    # responses (limits.unauth-rate; coturn has none), or 10,000 Allocates queue for their 401s.
+    # Every allocation comes from 127.0.0.1. The reflection budget lifts for an address once
+    # it holds an allocation; --unauth-rate 0 turns it off from the start (coturn has none),
+    # as in every earlier run, so results stay comparable.
     "${SERVER_PIN[@]}" "$BIN/turnd" --listen "127.0.0.1:${PORT[turnd]}" --relay-ip 127.0.0.1 \
         --realm "$REALM" --user "$USER_NAME:$USER_PASS" --allow-peer 127.0.0.0/8 \
         --min-port "$MIN_PORT" --max-port "$MAX_PORT" --workers "$SERVER_THREADS" --log-level warn \
