@@ -8,6 +8,7 @@ pub mod auth;
 pub mod check_config;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod lifecycle;
 pub mod logging;
 pub mod migrate;

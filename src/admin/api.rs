@@ -38,7 +38,16 @@ pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Setti
         ("GET", ["credentials"]) => credentials(req, s),
         ("POST", ["reload"]) => reload(s).await,
         ("POST", ["drain"]) => drain(s),
-        (_, ["metrics" | "health" | "sessions" | "users" | "credentials" | "reload" | "drain"])
+        ("GET", ["cluster"]) => cluster(s),
+        ("POST", ["revoke"]) => revoke(req, s).await,
+        ("DELETE", ["revoke"]) => unrevoke(req, s).await,
+        (
+            _,
+            [
+                "metrics" | "health" | "sessions" | "users" | "credentials" | "reload" | "drain"
+                | "cluster" | "revoke",
+            ],
+        )
         | (_, ["sessions", _]) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "no such endpoint"),
     }
@@ -70,6 +79,9 @@ async fn metrics_page(control: &Control, s: &Settings) -> Response {
     );
     if let Some(streams) = &s.streams {
         body.push_str(&metrics::render_streams(&streams.snapshot()));
+    }
+    if let Some(fleet) = &s.fleet {
+        body.push_str(&fleet.render_metrics());
     }
     Response {
         status: 200,
@@ -311,4 +323,100 @@ fn credentials(req: &Request, s: &Settings) -> Response {
         200,
         crate::auth::ice_server_json(&s.uris, &username, &password),
     )
+}
+
+/// `GET /cluster`: every node of the fleet as it last published itself (load, draining,
+/// addresses), this one included; 404 without a `[redis]` section.
+fn cluster(s: &Settings) -> Response {
+    let Some(fleet) = &s.fleet else {
+        return Response::error(404, "no fleet: the config has no [redis] section");
+    };
+    let nodes: Vec<Value> = fleet
+        .cluster()
+        .into_iter()
+        .map(|n| {
+            json!({
+                "node": n.node,
+                "self": n.node == fleet.node(),
+                "addresses": n.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "domain": n.domain,
+                "allocations": n.allocations,
+                "bps": n.bps,
+                "cpu_percent": n.cpu_percent,
+                "draining": n.draining,
+                "overloaded": n.overloaded,
+                "healthy": n.healthy(),
+                "unix": n.unix,
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        json!({ "node": fleet.node(), "redis_up": fleet.is_up(), "nodes": nodes }).to_string(),
+    )
+}
+
+/// The `user` parameter of `/revoke`: a user, a REST username or a static user's name.
+fn revoke_name<'a>(req: &'a Request) -> Result<&'a str, Response> {
+    match req.param("user") {
+        Some(u)
+            if !u.is_empty()
+                && u.len() <= 512
+                && !u
+                    .chars()
+                    .any(|c| c.is_control() || c == '*' || c == '?' || c == '[') =>
+        {
+            Ok(u)
+        }
+        _ => Err(Response::error(
+            400,
+            "user: required, 1 to 512 bytes, no control characters or glob characters",
+        )),
+    }
+}
+
+/// `POST /revoke?user=NAME[&ttl=SECONDS]`: revokes NAME on every node of the fleet (new
+/// requests 401, live allocations ended). The revocation lapses with the credential (see
+/// `fleet::revocation_until`); `ttl=0`: never.
+async fn revoke(req: &Request, s: &Settings) -> Response {
+    let Some(fleet) = &s.fleet else {
+        return Response::error(404, "no fleet: the config has no [redis] section");
+    };
+    let name = match revoke_name(req) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let ttl = match req.param("ttl").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return Response::error(400, "ttl: seconds (0: never lapses)"),
+    };
+    match fleet.revoke(name, ttl, crate::net::now().unix).await {
+        Ok(until) => {
+            tracing::info!(user = name, until, "revoked through the admin API");
+            Response::json(
+                200,
+                json!({ "revoked": name, "until_unix": until }).to_string(),
+            )
+        }
+        Err(e) => Response::error(503, &format!("Redis unavailable: {e}")),
+    }
+}
+
+/// `DELETE /revoke?user=NAME`: lifts a revocation.
+async fn unrevoke(req: &Request, s: &Settings) -> Response {
+    let Some(fleet) = &s.fleet else {
+        return Response::error(404, "no fleet: the config has no [redis] section");
+    };
+    let name = match revoke_name(req) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match fleet.unrevoke(name).await {
+        Ok(found) => Response::json(
+            if found { 200 } else { 404 },
+            json!({ "lifted": found, "user": name }).to_string(),
+        ),
+        Err(e) => Response::error(503, &format!("Redis unavailable: {e}")),
+    }
 }

@@ -1,5 +1,6 @@
 //! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API,
-//! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM). Off unless `[admin] enabled` (or `--admin-listen`); loopback by default.
+//! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM);
+//! with a fleet (`[redis]`), `GET /cluster` and `POST`/`DELETE /revoke?user=NAME`. Off unless `[admin] enabled` (or `--admin-listen`); loopback by default.
 //!
 //! A small HTTP/1.1 server on the main thread's tokio runtime: one request per connection
 //! (`Connection: close`), a request head of at most [`MAX_HEAD`] bytes and no body, a deadline
@@ -23,6 +24,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::lifecycle::Lifecycle;
 use crate::net::{Control, StreamMetrics};
 
@@ -46,6 +48,8 @@ pub(crate) struct Settings {
     lifecycle: Option<Lifecycle>,
     /// The TCP/TLS listeners' counters for `/metrics`.
     streams: Option<StreamMetrics>,
+    /// The fleet membership (`[redis]`): `/cluster`, `/revoke`, its `/metrics`.
+    fleet: Option<Fleet>,
 }
 
 /// A bound admin listener, not yet serving.
@@ -89,9 +93,16 @@ impl Admin {
                 started: Instant::now(),
                 lifecycle: None,
                 streams: None,
+                fleet: None,
             },
             max_connections: a.max_connections,
         }))
+    }
+
+    /// Serves the fleet's routes (`GET /cluster`, `POST`/`DELETE /revoke`) and metrics.
+    pub fn with_fleet(mut self, fleet: Option<Fleet>) -> Admin {
+        self.settings.fleet = fleet;
+        self
     }
 
     /// The bound address.

@@ -1,5 +1,6 @@
 //! The command line: `turnd [FLAGS]` serves, `turnd credentials ...` mints a REST credential,
-//! `turnd migrate-coturn PATH` translates a coturn config, `turnd check-config PATH` checks one.
+//! `turnd migrate-coturn PATH` translates a coturn config, `turnd check-config PATH` checks one,
+//! `turnd revoke USER --config PATH` revokes a credential across a fleet.
 //!
 //! Every serve flag is optional and overrides the matching key of the config file (or of the
 //! embedded example when no `--config` is given); see [`ServeArgs::load_config`].
@@ -41,6 +42,25 @@ pub enum Command {
     /// Validate a config file and print the effective settings, secrets masked; exits
     /// non-zero if the config is invalid.
     CheckConfig(PathArg),
+    /// Revoke a user or a REST username on every node of the fleet (the config's [redis]):
+    /// new requests get 401 and live allocations end within two seconds.
+    Revoke(RevokeArgs),
+}
+
+/// `turnd revoke`: writes a revocation to the fleet's Redis.
+#[derive(Clone, Debug, Args)]
+pub struct RevokeArgs {
+    /// A user (every REST credential of it, and a static user of that name), or one REST
+    /// username (`<expiry>:<user>`).
+    #[arg(value_name = "USER")]
+    pub user: String,
+    /// Config file with the [redis] section (and server.realm, auth.max-rest-ttl).
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
+    /// Seconds until the revocation lapses; 0: never. Default: when the credential would
+    /// have expired (a REST username's own expiry; for a user, now + auth.max-rest-ttl).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u64>,
 }
 
 /// A subcommand's one file argument.

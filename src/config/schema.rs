@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use super::{TcpSection, TlsSection};
+use super::{RedisSection, TcpSection, TlsSection};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -20,6 +20,9 @@ pub struct Config {
     pub tls: TlsSection,
     pub admin: AdminSection,
     pub limits: LimitsSection,
+    /// The shared store of a fleet (`src/fleet/`); absent: a node on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSection>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -144,6 +144,7 @@ impl Config {
         self.validate_limits()?;
         self.validate_admin()?;
         self.validate_abuse_limits()?;
+        self.validate_redis()?;
         Ok(())
     }
 

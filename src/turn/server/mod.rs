@@ -39,6 +39,7 @@ use crate::stun::{
 
 mod auth;
 mod data_path;
+mod fleet;
 mod request;
 mod tcp_relay;
 mod views;
@@ -58,6 +59,7 @@ const BIND_ATTEMPTS: usize = 8;
 
 use auth::Authed;
 pub use auth::challenge_len;
+pub use fleet::{AllocationEvent, AllocationEventKind, MAX_PENDING_EVENTS};
 
 /// Everything one worker's server needs; shared parts are behind `Arc`.
 pub struct ServerConfig {
@@ -137,6 +139,8 @@ pub enum EndReason {
     Shutdown,
     /// Ended through the admin API.
     Admin,
+    /// Its credential was revoked in the shared store.
+    Revoked,
 }
 
 pub struct Server {
@@ -157,6 +161,15 @@ pub struct Server {
     /// Set by [`Server::drain`]: Allocate is refused, per client family (0: IPv4, 1: IPv6)
     /// with a 300 pointing at that alternate server, or 508 where there is none.
     draining: Option<[Option<SocketAddr>; 2]>,
+    /// Set by a fleet driver while this node is over its load threshold: Allocate is
+    /// answered as while draining, reversibly ([`Server::set_redirect`]).
+    redirect: Option<[Option<SocketAddr>; 2]>,
+    /// ALTERNATE-DOMAIN for redirected TLS clients.
+    alternate_domain: Option<String>,
+    /// Allocation events for a fleet driver, when it asked for them.
+    events: fleet::EventLog,
+    /// The unix time of the latest input, for events that happen without one (deletes).
+    last_unix: u64,
 }
 
 /// What a reload may change on a live server without ending any allocation or rebinding any
@@ -199,6 +212,10 @@ impl Server {
             out: Vec::with_capacity(1500),
             stats: Stats::default(),
             draining: None,
+            redirect: None,
+            alternate_domain: None,
+            events: Default::default(),
+            last_unix: 0,
             tcp: Default::default(),
         }
     }
@@ -206,7 +223,9 @@ impl Server {
     /// Swaps in reloaded settings (see [`Reconfigure`]). The quota limits live in the
     /// [`Quotas`] every worker shares, so their live counts carry over unchanged.
     pub fn reconfigure(&mut self, r: Reconfigure) {
-        self.cfg.auth = r.auth;
+        // The shared store's view is not the file's: it carries over.
+        let store = self.cfg.auth.store().clone();
+        self.cfg.auth = Arc::new((*r.auth).clone().with_store(store));
         // The listeners do not change on reload: neither does the own-address rule.
         let own = self.cfg.policy.own_addresses().to_vec();
         self.cfg.policy = r.policy.with_own_addresses(own);
@@ -261,6 +280,7 @@ impl Server {
 
     /// A datagram (or a frame cut from a stream) from a client.
     pub fn handle_client(&mut self, now: Time, ft: FiveTuple, data: &[u8], io: &mut impl Io) {
+        self.last_unix = now.unix;
         let Some(&first) = data.first() else {
             return;
         };
@@ -300,6 +320,7 @@ impl Server {
 
     /// Expires permissions, channels and allocations whose time has come.
     pub fn handle_timeout(&mut self, now: Time, io: &mut impl Io) {
+        self.last_unix = now.unix;
         self.tcp_handle_timeout(now.mono, io);
         while let Some(&Reverse((t, slot))) = self.timers.peek() {
             if t > now.mono {
@@ -438,7 +459,12 @@ impl Server {
             quota,
             tcp,
         });
-        (self.install(alloc, lifetime), lifetime)
+        let slot = self.install(alloc, lifetime);
+        self.record_event(slot, AllocationEventKind::Created, req.now.unix, None);
+        if let Some(ev) = self.events.pending.last_mut() {
+            ev.lifetime_secs = lifetime.as_secs();
+        }
+        (slot, lifetime)
     }
 
     /// Puts a new allocation in a slot, indexes it by 5-tuple and relay, logs it and
@@ -591,6 +617,10 @@ impl Server {
         }
         // Dropping `a` at the end gives its quota counts back.
         self.stats.allocations_deleted += 1;
+        if self.events.enabled {
+            let ev = fleet::event_of(&a, AllocationEventKind::Ended, self.last_unix, Some(why));
+            self.push_event(ev);
+        }
         let c = a.counters;
         info!(
             client = %a.five_tuple.client,

@@ -152,7 +152,7 @@ impl Server {
             .and_then(|u| std::str::from_utf8(u).ok())
             .unwrap_or_default()
             .to_string();
-        if let Some(alternates) = self.draining {
+        if let Some(alternates) = self.draining.or(self.redirect) {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();

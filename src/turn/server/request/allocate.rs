@@ -97,7 +97,7 @@ impl Server {
             .and_then(|u| std::str::from_utf8(u).ok())
             .unwrap_or_default()
             .to_string();
-        if let Some(alternates) = self.draining {
+        if let Some(alternates) = self.draining.or(self.redirect) {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
@@ -189,10 +189,11 @@ impl Server {
         Ok(())
     }
 
-    /// Allocate while draining. RFC 8489 §14.15: the ALTERNATE-SERVER's family MUST be
-    /// that of the request's source address, so a client of a family without an alternate
-    /// gets 508. No ALTERNATE-DOMAIN: it is only needed for (D)TLS redirects to another
-    /// certificate (RFC 8489 §10), and no alternate is configured by name.
+    /// Allocate while draining or redirecting. RFC 8489 §14.15: the ALTERNATE-SERVER's
+    /// family MUST be that of the request's source address, so a client of a family without
+    /// an alternate gets 508. ALTERNATE-DOMAIN (§14.16) goes only to clients over TLS, and
+    /// only when the fleet names the alternate's certificate: a (D)TLS client checks the
+    /// new server's certificate against it (RFC 8489 §10).
     pub(in crate::turn::server) fn refuse_draining(
         &mut self,
         ft: &FiveTuple,
@@ -205,12 +206,19 @@ impl Server {
         let Some(alt) = alternates[family.index()] else {
             return Err(RequestError::InsufficientCapacity);
         };
+        let domain = match ft.transport {
+            Transport::Tls => self.alternate_domain.clone(),
+            _ => None,
+        };
         let mut w = self.writer(msg, Class::Error);
         w.error_code(
             RequestError::TryAlternate.code(),
             RequestError::TryAlternate.reason(),
         )
         .address(attr::ALTERNATE_SERVER, alt);
+        if let Some(domain) = &domain {
+            w.attr(attr::ALTERNATE_DOMAIN, domain.as_bytes());
+        }
         self.stats.error_responses += 1;
         self.seal_and_send(ft, msg, Some(auth), io);
         Ok(())
