@@ -277,7 +277,9 @@ mod tests {
             let e = invalid(&format!("[redis]\n{line}\n"));
             assert!(e.key().contains(key), "{line}: {e}");
         }
-        let e = invalid("[server]\nlisten = [\"0.0.0.0:3478\"]\n[redis]\n");
+        let e = invalid(
+            "[server]\nlisten = [\"0.0.0.0:3478\"]\n[relay]\nips = [\"192.0.2.1\"]\n[redis]\n",
+        );
         assert_eq!(e.key(), "redis.advertise", "{e}");
     }
 
