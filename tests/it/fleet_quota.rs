@@ -37,22 +37,34 @@ fn per_user_quota_holds_across_the_fleet() {
 
     let (mut first, code) = allocate(nodes[0].addr());
     assert_eq!(code, None, "first allocation");
-    assert!(wait_until(Duration::from_secs(10), || fleet_sees(&nodes, 1)));
+    assert!(wait_until(Duration::from_secs(10), || fleet_sees(
+        &nodes, 1
+    )));
     let (_second, code) = allocate(nodes[1].addr());
     assert_eq!(code, None, "second allocation, on another node");
-    assert!(wait_until(Duration::from_secs(10), || fleet_sees(&nodes, 2)));
+    assert!(wait_until(Duration::from_secs(10), || fleet_sees(
+        &nodes, 2
+    )));
     let (_, code) = allocate(nodes[2].addr());
-    assert_eq!(code, Some(486), "third allocation of the user, on the third node");
+    assert_eq!(
+        code,
+        Some(486),
+        "third allocation of the user, on the third node"
+    );
     let (_, code) = allocate(nodes[0].addr());
     assert_eq!(code, Some(486), "third allocation on the first node");
 
     // The first one freed (Refresh 0): the third node grants one again.
     let r = first.request(METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0, 0, 0, 0])]);
     assert_eq!(r.code(), None, "refresh 0");
-    assert!(wait_until(Duration::from_secs(10), || fleet_sees(&nodes, 1)));
+    assert!(wait_until(Duration::from_secs(10), || fleet_sees(
+        &nodes, 1
+    )));
     let (_third, code) = allocate(nodes[2].addr());
     assert_eq!(code, None, "after one was freed");
-    assert!(wait_until(Duration::from_secs(10), || fleet_sees(&nodes, 2)));
+    assert!(wait_until(Duration::from_secs(10), || fleet_sees(
+        &nodes, 2
+    )));
     let (_, code) = allocate(nodes[0].addr());
     assert_eq!(code, Some(486));
 
@@ -61,13 +73,19 @@ fn per_user_quota_holds_across_the_fleet() {
     let dead = nodes.remove(1);
     dead.server.signal("KILL");
     let freed = wait_until(Duration::from_secs(20), || fleet_sees(&nodes, 1));
-    assert!(freed, "the dead node's count did not expire: {}", nodes[0].get_json("/cluster"));
+    assert!(
+        freed,
+        "the dead node's count did not expire: {}",
+        nodes[0].get_json("/cluster")
+    );
     let (_fourth, code) = allocate(nodes[0].addr());
     assert_eq!(code, None, "the dead node's lease expired");
 
     // Two live (one on each node left): at the file's quota of 2. coturn's realm user-quota
     // in Redis (3) overrides it.
-    assert!(wait_until(Duration::from_secs(10), || fleet_sees(&nodes, 2)));
+    assert!(wait_until(Duration::from_secs(10), || fleet_sees(
+        &nodes, 2
+    )));
     let (_, code) = allocate(nodes[1].addr());
     assert_eq!(code, Some(486), "at the file's quota");
     redis.cli(&["SET", &format!("turn/realm/{REALM}/user-quota"), "3"]);

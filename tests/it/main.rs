@@ -34,6 +34,7 @@ mod crowd_and_spoof;
 mod drain;
 mod first_datagram_after_allocate;
 mod fleet_quota;
+mod fleet_redirect;
 mod fleet_revoke;
 mod fleet_users;
 mod fuzz_corpus;
