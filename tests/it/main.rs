@@ -35,6 +35,7 @@ mod drain;
 mod first_datagram_after_allocate;
 mod fleet_quota;
 mod fleet_redirect;
+mod fleet_redis_down;
 mod fleet_revoke;
 mod fleet_users;
 mod fuzz_corpus;
