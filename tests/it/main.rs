@@ -33,6 +33,7 @@ mod coturn_uclient;
 mod crowd_and_spoof;
 mod drain;
 mod first_datagram_after_allocate;
+mod fleet_events;
 mod fleet_quota;
 mod fleet_redirect;
 mod fleet_redis_down;
