@@ -357,7 +357,7 @@ fn cluster(s: &Settings) -> Response {
 }
 
 /// The `user` parameter of `/revoke`: a user, a REST username or a static user's name.
-fn revoke_name<'a>(req: &'a Request) -> Result<&'a str, Response> {
+fn revoke_name(req: &Request) -> Result<&str, Response> {
     match req.param("user") {
         Some(u)
             if !u.is_empty()

@@ -34,7 +34,7 @@ fn traffic(mut client: RawClient, peer: UdpSocket) -> u32 {
         let payload = i.to_be_bytes();
         client.send_raw(&channel_data(0x4000, &payload));
         match peer.recv_from(&mut buf) {
-            Ok((n, from)) if &buf[..n] == payload && from == relayed => {
+            Ok((n, from)) if buf[..n] == payload && from == relayed => {
                 peer.send_to(&payload, relayed).unwrap();
                 let back = client
                     .recv_raw()
