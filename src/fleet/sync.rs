@@ -323,8 +323,10 @@ async fn push(fleet: &Fleet, control: &Control, mirror: &BTreeMap<String, StoreV
     for key in &view.rejected {
         warn!(%key, "store: value not usable (a key must be 32 hex digits), ignored");
     }
-    if !view.allowed_peers.is_empty() || !view.denied_peers.is_empty() {
-        debug!("store: peer IP ranges in Redis are not applied (configure them in [peers])");
+    for range in view.allowed_peers.iter().chain(&view.denied_peers) {
+        if crate::turn::peer_policy::parse_range(range).is_err() {
+            warn!(%range, "store: peer IP range not understood, ignored");
+        }
     }
     i.store_users
         .store(view.user_count() as u64, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! Three turnd nodes on one Redis: a user written with `redis-cli` in coturn's layout
 //! (`turn/realm/<realm>/user/<name>/key`, hex MD5 key) allocates on every node without a
-//! restart, a password change takes effect on all three, and REST secrets in coturn's set
-//! (`turn/realm/<realm>/secret`) verify REST credentials on every node.
+//! restart, a password change takes effect on all three, REST secrets in coturn's set
+//! (`turn/realm/<realm>/secret`) verify REST credentials on every node, and coturn's
+//! `denied-peer-ip` set refuses peers on every node.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,38 @@ fn coturn_users_and_password_changes_reach_every_node() {
     for n in &nodes {
         assert_eq!(allocate_code(n.addr(), "alice", "wonderland"), None);
     }
+    // coturn's denied-peer-ip set (a range here) refuses a peer the file allows
+    // (127.0.0.0/8), on every node; removed, the peer is allowed again.
+    let permission = |node: std::net::SocketAddr| {
+        let mut c = RawClient::new(node, "alice", "wonderland");
+        crate::common::allocate_same_family(&mut c);
+        c.request(
+            stun::message::METHOD_CREATE_PERMISSION,
+            &[crate::common::peer_attr("127.0.0.9:4000".parse().unwrap())],
+        )
+        .code()
+    };
+    for n in &nodes {
+        assert_eq!(permission(n.addr()), None, "the file allows loopback peers");
+    }
+    let denied = format!("turn/realm/{REALM}/denied-peer-ip");
+    redis.cli(&["SADD", &denied, "127.0.0.8-127.0.0.10"]);
+    for n in &nodes {
+        let ok = wait_until(Duration::from_secs(10), || {
+            permission(n.addr()) == Some(403)
+        });
+        assert!(ok, "denied-peer-ip from Redis not applied on {}", n.addr());
+    }
+    redis.cli(&["DEL", &denied]);
+    for n in &nodes {
+        let ok = wait_until(Duration::from_secs(10), || permission(n.addr()).is_none());
+        assert!(
+            ok,
+            "peer still refused on {} after the range was removed",
+            n.addr()
+        );
+    }
+
     let m = crate::admin_http::scrape_parsed(nodes[0].admin);
     assert_eq!(m.get("turnd_redis_up"), Some(&1.0), "{m:?}");
     assert_eq!(m.get("turnd_fleet_store_secrets"), Some(&2.0));

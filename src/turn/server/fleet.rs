@@ -63,6 +63,7 @@ impl Server {
     /// reload keeps it). Then ends the live allocations whose credential it revokes, and
     /// returns how many.
     pub fn set_store(&mut self, store: Arc<StoreView>, unix_now: u64, io: &mut impl Io) -> usize {
+        self.cfg.policy = with_store_ranges(&self.file_policy, &store);
         let auth = (*self.cfg.auth).clone().with_store(store);
         self.cfg.auth = Arc::new(auth);
         self.end_revoked(unix_now, io)
@@ -152,6 +153,22 @@ impl Server {
         }
         self.events.pending.push(ev);
     }
+}
+
+/// The file's peer policy with the store's peer ranges (coturn's `allowed-peer-ip` and
+/// `denied-peer-ip`) added; a range that does not parse is skipped.
+pub(super) fn with_store_ranges(file: &PeerPolicy, store: &StoreView) -> PeerPolicy {
+    if store.allowed_peers.is_empty() && store.denied_peers.is_empty() {
+        return file.clone();
+    }
+    let parse = |list: &[String]| -> Vec<crate::turn::peer_policy::Cidr> {
+        list.iter()
+            .filter_map(|r| crate::turn::peer_policy::parse_range(r).ok())
+            .flatten()
+            .collect()
+    };
+    file.clone()
+        .with_rules(&parse(&store.allowed_peers), &parse(&store.denied_peers))
 }
 
 pub(super) fn event_of(

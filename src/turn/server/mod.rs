@@ -170,6 +170,9 @@ pub struct Server {
     events: fleet::EventLog,
     /// The unix time of the latest input, for events that happen without one (deletes).
     last_unix: u64,
+    /// The policy of the file (with the own addresses), before the shared store's peer
+    /// ranges are added on top ([`Server::set_store`]).
+    file_policy: PeerPolicy,
 }
 
 /// What a reload may change on a live server without ending any allocation or rebinding any
@@ -202,6 +205,7 @@ impl Server {
             .into();
         Server {
             rng: ChaCha12Rng::from_seed(seed),
+            file_policy: cfg.policy.clone(),
             cfg,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -228,7 +232,8 @@ impl Server {
         self.cfg.auth = Arc::new((*r.auth).clone().with_store(store));
         // The listeners do not change on reload: neither does the own-address rule.
         let own = self.cfg.policy.own_addresses().to_vec();
-        self.cfg.policy = r.policy.with_own_addresses(own);
+        self.file_policy = r.policy.with_own_addresses(own);
+        self.cfg.policy = fleet::with_store_ranges(&self.file_policy, self.cfg.auth.store());
         self.cfg.quotas.set_limits(r.user_quota, r.total_quota);
         self.cfg.default_lifetime = r.default_lifetime;
         self.cfg.max_lifetime = r.max_lifetime;
