@@ -23,6 +23,9 @@ pub struct RedisSection {
     pub password: String,
     /// Database number; overrides one in the URL's path.
     pub database: Option<u32>,
+    /// PEM file of the CA certificates a `rediss://` server's certificate is checked
+    /// against, instead of the system's trust roots. Empty: the system's.
+    pub tls_ca_file: String,
     /// This node's name in the fleet: unique per node. Empty: the first `server.listen`
     /// address.
     pub node: String,
@@ -69,6 +72,7 @@ impl Default for RedisSection {
             url: "redis://127.0.0.1:6379".to_owned(),
             password: String::new(),
             database: None,
+            tls_ca_file: String::new(),
             node: String::new(),
             resync_interval: 30,
             configure_notifications: true,
@@ -93,6 +97,7 @@ impl fmt::Debug for RedisSection {
             .field("url", &redact_url(&self.url))
             .field("password", &"<redacted>")
             .field("database", &self.database)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("node", &self.node)
             .field("resync_interval", &self.resync_interval)
             .field("configure_notifications", &self.configure_notifications)
@@ -159,6 +164,12 @@ impl Config {
             return err(
                 "redis.url",
                 format!("is not a valid Redis URL: {:?}", redact_url(&r.url)),
+            );
+        }
+        if !r.tls_ca_file.is_empty() && !r.url.starts_with("rediss://") {
+            return err(
+                "redis.tls-ca-file",
+                "is only used with a rediss:// URL (TLS)",
             );
         }
         if let Some(db) = r.database {
@@ -271,6 +282,7 @@ mod tests {
             ("advertise = [\"0.0.0.0:3478\"]", "redis.advertise"),
             ("advertise-domain = \"a b\"", "redis.advertise-domain"),
             ("events-maxlen = 0", "redis.events-maxlen"),
+            ("tls-ca-file = \"/etc/ca.pem\"", "redis.tls-ca-file"),
             ("colour = 1", "redis"),
         ];
         for (line, key) in cases {

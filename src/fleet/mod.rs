@@ -131,7 +131,16 @@ pub fn client(cfg: &RedisSection) -> Result<redis::Client, String> {
         settings = settings.set_db(i64::from(db));
     }
     info = info.set_redis_settings(settings);
-    redis::Client::open(info).map_err(|e| format!("redis.url: {e}"))
+    if cfg.tls_ca_file.is_empty() {
+        return redis::Client::open(info).map_err(|e| format!("redis.url: {e}"));
+    }
+    let pem = std::fs::read(&cfg.tls_ca_file)
+        .map_err(|e| format!("redis.tls-ca-file: cannot read {}: {e}", cfg.tls_ca_file))?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(info, certs).map_err(|e| format!("redis.tls-ca-file: {e}"))
 }
 
 impl Fleet {

@@ -38,6 +38,7 @@ mod fleet_quota;
 mod fleet_redirect;
 mod fleet_redis_down;
 mod fleet_revoke;
+mod fleet_tls;
 mod fleet_users;
 mod fuzz_corpus;
 mod grafana_dashboard;

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::stream::{TempDir, free_tcp_port, start_with_config};
+use std::path::{Path, PathBuf};
+
+use super::stream::{TempDir, TestCert, free_tcp_port, start_with_config};
 use super::{REALM, TestServer};
 use crate::admin_http::{self, TOKEN};
 
@@ -17,6 +19,8 @@ pub struct TestRedis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// TLS only (rediss://): its certificate (also the CA clients trust) and key.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn need(bin: &str) {
@@ -40,13 +44,41 @@ impl TestRedis {
             child: None,
             port: free_tcp_port(),
             dir: TempDir::new("redis"),
+            tls: None,
         };
         r.spawn();
         r
     }
 
+    /// A Redis that speaks TLS only, with a self-signed certificate for 127.0.0.1
+    /// ([`TestRedis::ca_file`]).
+    pub fn start_tls() -> TestRedis {
+        need("redis-server");
+        need("redis-cli");
+        let dir = TempDir::new("redis-tls");
+        let cert = TestCert::new(&dir);
+        let mut r = TestRedis {
+            child: None,
+            port: free_tcp_port(),
+            dir,
+            tls: Some((cert.cert, cert.key)),
+        };
+        r.spawn();
+        r
+    }
+
+    /// The PEM file a client trusts to reach a TLS Redis.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(c, _)| c.as_path())
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -54,10 +86,27 @@ impl TestRedis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let mut listen: Vec<&str> = vec!["--port", &port];
+        if let Some((cert, key)) = &self.tls {
+            listen = vec![
                 "--port",
-                &self.port.to_string(),
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                cert.to_str().unwrap(),
+                "--tls-key-file",
+                key.to_str().unwrap(),
+                "--tls-ca-cert-file",
+                cert.to_str().unwrap(),
+                "--tls-auth-clients",
+                "no",
+            ];
+        }
+        let child = Command::new("redis-server")
+            .args(&listen)
+            .args([
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -103,12 +152,12 @@ impl TestRedis {
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((cert, _)) = &self.tls {
+            cmd.args(["--tls", "--cacert", cert.to_str().unwrap()]);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output().ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
