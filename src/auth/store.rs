@@ -76,13 +76,20 @@ pub fn revoked_key(realm: &str, name: &str) -> String {
 }
 
 /// The key patterns that hold `realm`'s part of the store (for SCAN and keyspace
-/// notifications).
+/// notifications); glob characters in the realm are escaped.
 pub fn key_patterns(realm: &str) -> [String; 4] {
+    let mut r = String::with_capacity(realm.len());
+    for c in realm.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            r.push('\\');
+        }
+        r.push(c);
+    }
     [
-        format!("turn/realm/{realm}/*"),
+        format!("turn/realm/{r}/*"),
         "turn/allowed-peer-ip/*".to_owned(),
         "turn/denied-peer-ip/*".to_owned(),
-        format!("{REVOKED_PREFIX}{realm}/*"),
+        format!("{REVOKED_PREFIX}{r}/*"),
     ]
 }
 
@@ -371,6 +378,12 @@ mod tests {
                 .err(),
             Some(AuthError::Revoked)
         );
+    }
+
+    #[test]
+    fn patterns_escape_glob_characters() {
+        assert_eq!(key_patterns("a*b")[0], "turn/realm/a\\*b/*");
+        assert_eq!(key_patterns("north.gov")[3], "turnd/revoked/north.gov/*");
     }
 
     #[test]
