@@ -1531,8 +1531,8 @@ fn sessions_gauges_and_ending_a_session() {
     assert_eq!(s.server.session(a.id, now).as_ref(), Some(a));
 
     let closed_before = s.io.closed.len();
-    assert!(s.server.end_session(a.id, &mut s.io));
-    assert!(!s.server.end_session(a.id, &mut s.io), "already gone");
+    assert!(s.server.end_session(a.id, now, &mut s.io));
+    assert!(!s.server.end_session(a.id, now, &mut s.io), "already gone");
     assert_eq!(s.io.closed.len(), closed_before + 1);
     assert_eq!(s.server.allocation_count(), 1);
     assert!(s.server.session(a.id, now).is_none());

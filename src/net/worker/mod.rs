@@ -326,7 +326,7 @@ pub(super) fn run_worker(
         }
         let mut g = state.borrow_mut();
         let w = &mut *g;
-        w.core.close_all(&mut w.io);
+        w.core.close_all(now().mono, &mut w.io);
         w.io.flush();
         w.io.relays.clear();
     });

@@ -291,7 +291,7 @@ where
         let mut g = st.borrow_mut();
         let w = &mut *g;
         w.io.tcp.conns.remove(&ft);
-        w.core.close_tuple(&ft, &mut w.io);
+        w.core.close_tuple(&ft, now().mono, &mut w.io);
     }
     outbox.close();
     let abort = writer.abort_handle();

@@ -314,7 +314,7 @@ impl Server {
             }
             a.scheduled = None;
             if a.expires <= now.mono {
-                self.delete(slot, EndReason::Expired, io);
+                self.delete(slot, EndReason::Expired, now.mono, io);
                 continue;
             }
             a.sweep(now.mono);
@@ -322,19 +322,19 @@ impl Server {
         }
     }
 
-    /// Ends every allocation (shutdown).
-    pub fn close_all(&mut self, io: &mut impl Io) {
+    /// Ends every allocation (shutdown) at `now`.
+    pub fn close_all(&mut self, now: Instant, io: &mut impl Io) {
         let slots: Vec<usize> = self.by_tuple.values().copied().collect();
         for s in slots {
-            self.delete(s, EndReason::Shutdown, io);
+            self.delete(s, EndReason::Shutdown, now, io);
         }
     }
 
     /// Ends the allocation on a 5-tuple now (its transport connection closed).
-    pub fn close_tuple(&mut self, ft: &FiveTuple, io: &mut impl Io) {
+    pub fn close_tuple(&mut self, ft: &FiveTuple, now: Instant, io: &mut impl Io) {
         self.tcp_forget(ft);
         if let Some(&s) = self.by_tuple.get(ft) {
-            self.delete(s, EndReason::Shutdown, io);
+            self.delete(s, EndReason::Shutdown, now, io);
         }
     }
 
@@ -569,7 +569,7 @@ impl Server {
         }
     }
 
-    fn delete(&mut self, slot: usize, why: EndReason, io: &mut impl Io) {
+    fn delete(&mut self, slot: usize, why: EndReason, now: Instant, io: &mut impl Io) {
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.take()) else {
             return;
         };
@@ -603,7 +603,7 @@ impl Server {
             packets_from_peer = c.packets_from_peer,
             dropped = c.drops.iter().sum::<u64>(),
             started_unix = a.created_unix,
-            seconds = a.created.elapsed().as_secs(),
+            seconds = now.saturating_duration_since(a.created).as_secs(),
             reason = ?why,
             "allocation deleted"
         );
