@@ -18,8 +18,8 @@ use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, RelayId,
-    RelayOptions, Server, ServerConfig, Time, Transport,
+    BindError, ConnectionId, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, Reconfigure,
+    RelayId, RelayOptions, Server, ServerConfig, Time, Transport,
 };
 
 /// The fuzz targets, by the names of their corpus directories.
@@ -909,11 +909,15 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
         )),
     ];
+    let base = ServerConfig::testing(auth.clone(), relay_ips, 50000..=50015, [5; 32]);
     let mut server = Server::new(ServerConfig {
-        policy: policy.clone(),
+        live: Reconfigure {
+            policy: policy.clone(),
+            software: Some("fuzz".into()),
+            mapped_address: true,
+            ..base.live
+        },
         quotas: quotas.clone(),
-        software: Some("fuzz".into()),
-        mapped_address: true,
         max_permissions: 4,
         limits: Limits { max_channels: 4 },
         unauth_limiter: Arc::new(ResponseLimiter::new(
@@ -921,7 +925,7 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
             128,
             [6; 16],
         )),
-        ..ServerConfig::testing(auth.clone(), relay_ips, 50000..=50015, [5; 32])
+        ..base
     });
     let mut io = FuzzIo::default();
     let t0 = Instant::now();

@@ -90,12 +90,16 @@ fn sim_with(o: Opts) -> Sim {
             None
         },
     ];
+    let base = ServerConfig::testing(Arc::new(auth), relay_ips, o.min_port..=o.max_port, [7; 32]);
     let cfg = ServerConfig {
-        policy: PeerPolicy::new(o.allow, vec![]).with_own_addresses(o.own),
+        live: Reconfigure {
+            policy: PeerPolicy::new(o.allow, vec![]).with_own_addresses(o.own),
+            software: o.software,
+            enforce_credential_expiry: o.enforce_expiry,
+            strict_channel_numbers: o.strict_channels,
+            ..base.live
+        },
         quotas: quotas.clone(),
-        software: o.software,
-        enforce_credential_expiry: o.enforce_expiry,
-        strict_channel_numbers: o.strict_channels,
         max_permissions: 8,
         limits: o.limits,
         unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(
@@ -103,7 +107,7 @@ fn sim_with(o: Opts) -> Sim {
             super::challenge_len(REALM),
             [8; 16],
         )),
-        ..ServerConfig::testing(Arc::new(auth), relay_ips, o.min_port..=o.max_port, [7; 32])
+        ..base
     };
     Sim {
         server: Server::new(cfg),
