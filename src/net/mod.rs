@@ -7,6 +7,12 @@
 //! from one allocation to another allocation of the server that lives on another worker is
 //! handed to that worker through a bounded lock-free queue (`src/net/worker/handover.rs`) instead
 //! of the kernel.
+//!
+//! Rooms: this module binds the listeners, starts the workers and holds [`Control`];
+//! `worker` is one worker (run loop, driver `Io`, timers, jobs) with its transports as
+//! children (`udp`, `tcp`, `relay_tcp`, and `streams`, the state the stream transports share);
+//! `batch` is the batched UDP I/O by job (receive, send queue, io_uring ring); [`tls`] the
+//! certificate store and [`proxy`] the PROXY v2 parser the TCP transport uses.
 
 mod batch;
 pub mod proxy;
