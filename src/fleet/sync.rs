@@ -341,7 +341,7 @@ async fn push(fleet: &Fleet, control: &Control, mirror: &BTreeMap<String, StoreV
         max_bps: l.max_bps,
     });
     let view = Arc::new(view);
-    let now = crate::net::now().unix;
+    let now = crate::net::now();
     let ended: usize = control
         .on_each_worker(move |core, io| core.set_store(view.clone(), now, io))
         .await

@@ -190,7 +190,7 @@ impl Server {
             return;
         }
         // A permission is per IP; the server's own listen ports on that IP stay closed.
-        if self.cfg.policy.is_own_address(peer) {
+        if self.cfg.live.policy.is_own_address(peer) {
             self.stats.dropped += 1;
             return;
         }

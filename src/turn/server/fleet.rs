@@ -62,16 +62,16 @@ impl Server {
     /// Swaps in a new view of the shared store: new requests authenticate against it (a
     /// reload keeps it). Then ends the live allocations whose credential it revokes, and
     /// returns how many.
-    pub fn set_store(&mut self, store: Arc<StoreView>, unix_now: u64, io: &mut impl Io) -> usize {
-        self.cfg.policy = with_store_ranges(&self.file_policy, &store);
-        let auth = (*self.cfg.auth).clone().with_store(store);
-        self.cfg.auth = Arc::new(auth);
-        self.end_revoked(unix_now, io)
+    pub fn set_store(&mut self, store: Arc<StoreView>, now: Time, io: &mut impl Io) -> usize {
+        self.cfg.live.policy = with_store_ranges(&self.file_policy, &store);
+        let auth = (*self.cfg.live.auth).clone().with_store(store);
+        self.cfg.live.auth = Arc::new(auth);
+        self.end_revoked(now, io)
     }
 
-    /// Ends every allocation whose credential the store's view revokes at `unix_now`.
-    pub fn end_revoked(&mut self, unix_now: u64, io: &mut impl Io) -> usize {
-        let store = self.cfg.auth.store().clone();
+    /// Ends every allocation whose credential the store's view revokes at `now`.
+    pub fn end_revoked(&mut self, now: Time, io: &mut impl Io) -> usize {
+        let store = self.cfg.live.auth.store().clone();
         if store.revoked_count() == 0 {
             return 0;
         }
@@ -84,12 +84,12 @@ impl Server {
                 let a = s.as_ref()?;
                 let user = display_user(&a.username, sep);
                 store
-                    .is_revoked(&a.username, user, Some(unix_now))
+                    .is_revoked(&a.username, user, Some(now.unix))
                     .then_some(i)
             })
             .collect();
         for &slot in &revoked {
-            self.delete(slot, EndReason::Revoked, io);
+            self.delete(slot, EndReason::Revoked, now.mono, io);
         }
         revoked.len()
     }

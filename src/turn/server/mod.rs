@@ -63,21 +63,15 @@ pub use fleet::{AllocationEvent, AllocationEventKind, MAX_PENDING_EVENTS};
 
 /// Everything one worker's server needs; shared parts are behind `Arc`.
 pub struct ServerConfig {
-    pub auth: Arc<Authenticator>,
-    pub policy: PeerPolicy,
+    /// What a reload may change ([`Server::reconfigure`] swaps it): credentials, peer
+    /// policy, lifetimes, SOFTWARE and the other request switches. Its policy carries the
+    /// server's own addresses. Its quota limits are those last set on `quotas`, which holds
+    /// the limits in force (shared by every worker).
+    pub live: Reconfigure,
     pub ports: Arc<Mutex<PortPool>>,
     pub quotas: Arc<Quotas>,
     /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise.
     pub relay_ips: [Option<(IpAddr, IpAddr)>; 2],
-    pub default_lifetime: Duration,
-    pub max_lifetime: Duration,
-    /// SOFTWARE for authenticated responses; None sends none.
-    pub software: Option<String>,
-    pub mapped_address: bool,
-    pub enforce_credential_expiry: bool,
-    /// ChannelBind grants only RFC 8656 §12's 0x4000-0x4FFF; false: RFC 5766 §11's
-    /// 0x4000-0x7FFF (`server.strict-channel-numbers`).
-    pub strict_channel_numbers: bool,
     pub rest_separator: char,
     /// Most permissions one allocation may hold.
     pub max_permissions: usize,
@@ -168,8 +162,6 @@ pub struct Server {
     alternate_domain: Option<String>,
     /// Allocation events for a fleet driver, when it asked for them.
     events: fleet::EventLog,
-    /// The unix time of the latest input, for events that happen without one (deletes).
-    last_unix: u64,
     /// The policy of the file (with the own addresses), before the shared store's peer
     /// ranges are added on top ([`Server::set_store`]).
     file_policy: PeerPolicy,
@@ -205,7 +197,7 @@ impl Server {
             .into();
         Server {
             rng: ChaCha12Rng::from_seed(seed),
-            file_policy: cfg.policy.clone(),
+            file_policy: cfg.live.policy.clone(),
             cfg,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -219,7 +211,6 @@ impl Server {
             redirect: None,
             alternate_domain: None,
             events: Default::default(),
-            last_unix: 0,
             tcp: Default::default(),
         }
     }
@@ -228,19 +219,14 @@ impl Server {
     /// [`Quotas`] every worker shares, so their live counts carry over unchanged.
     pub fn reconfigure(&mut self, r: Reconfigure) {
         // The shared store's view is not the file's: it carries over.
-        let store = self.cfg.auth.store().clone();
-        self.cfg.auth = Arc::new((*r.auth).clone().with_store(store));
+        let store = self.cfg.live.auth.store().clone();
         // The listeners do not change on reload: neither does the own-address rule.
-        let own = self.cfg.policy.own_addresses().to_vec();
-        self.file_policy = r.policy.with_own_addresses(own);
-        self.cfg.policy = fleet::with_store_ranges(&self.file_policy, self.cfg.auth.store());
+        let own = self.cfg.live.policy.own_addresses().to_vec();
         self.cfg.quotas.set_limits(r.user_quota, r.total_quota);
-        self.cfg.default_lifetime = r.default_lifetime;
-        self.cfg.max_lifetime = r.max_lifetime;
-        self.cfg.software = r.software;
-        self.cfg.mapped_address = r.mapped_address;
-        self.cfg.enforce_credential_expiry = r.enforce_credential_expiry;
-        self.cfg.strict_channel_numbers = r.strict_channel_numbers;
+        self.file_policy = r.policy.clone().with_own_addresses(own);
+        let policy = fleet::with_store_ranges(&self.file_policy, &store);
+        let auth = Arc::new((*r.auth).clone().with_store(store));
+        self.cfg.live = Reconfigure { policy, auth, ..r };
     }
 
     /// Stops granting new allocations; existing ones go on relaying and may be refreshed.
@@ -285,7 +271,6 @@ impl Server {
 
     /// A datagram (or a frame cut from a stream) from a client.
     pub fn handle_client(&mut self, now: Time, ft: FiveTuple, data: &[u8], io: &mut impl Io) {
-        self.last_unix = now.unix;
         let Some(&first) = data.first() else {
             return;
         };
@@ -325,7 +310,6 @@ impl Server {
 
     /// Expires permissions, channels and allocations whose time has come.
     pub fn handle_timeout(&mut self, now: Time, io: &mut impl Io) {
-        self.last_unix = now.unix;
         self.tcp_handle_timeout(now.mono, io);
         while let Some(&Reverse((t, slot))) = self.timers.peek() {
             if t > now.mono {
@@ -340,7 +324,7 @@ impl Server {
             }
             a.scheduled = None;
             if a.expires <= now.mono {
-                self.delete(slot, EndReason::Expired, io);
+                self.delete(slot, EndReason::Expired, now.mono, io);
                 continue;
             }
             a.sweep(now.mono);
@@ -348,19 +332,19 @@ impl Server {
         }
     }
 
-    /// Ends every allocation (shutdown).
-    pub fn close_all(&mut self, io: &mut impl Io) {
+    /// Ends every allocation (shutdown) at `now`.
+    pub fn close_all(&mut self, now: Instant, io: &mut impl Io) {
         let slots: Vec<usize> = self.by_tuple.values().copied().collect();
         for s in slots {
-            self.delete(s, EndReason::Shutdown, io);
+            self.delete(s, EndReason::Shutdown, now, io);
         }
     }
 
     /// Ends the allocation on a 5-tuple now (its transport connection closed).
-    pub fn close_tuple(&mut self, ft: &FiveTuple, io: &mut impl Io) {
+    pub fn close_tuple(&mut self, ft: &FiveTuple, now: Instant, io: &mut impl Io) {
         self.tcp_forget(ft);
         if let Some(&s) = self.by_tuple.get(ft) {
-            self.delete(s, EndReason::Shutdown, io);
+            self.delete(s, EndReason::Shutdown, now, io);
         }
     }
 
@@ -509,9 +493,9 @@ impl Server {
     fn lifetime(&self, msg: &Message<'_>) -> Duration {
         match msg.u32_attr(attr::LIFETIME) {
             Some(Ok(secs)) => Duration::from_secs(secs as u64)
-                .min(self.cfg.max_lifetime)
-                .max(self.cfg.default_lifetime),
-            _ => self.cfg.default_lifetime,
+                .min(self.cfg.live.max_lifetime)
+                .max(self.cfg.live.default_lifetime),
+            _ => self.cfg.live.default_lifetime,
         }
     }
 
@@ -567,7 +551,7 @@ impl Server {
     ) {
         let mut w = MessageWriter::resume(&mut self.out, msg.transaction_id());
         if let Some(a) = auth {
-            if let Some(s) = &self.cfg.software {
+            if let Some(s) = &self.cfg.live.software {
                 w.attr(attr::SOFTWARE, s.as_bytes());
             }
             match a.integrity {
@@ -600,7 +584,7 @@ impl Server {
         }
     }
 
-    fn delete(&mut self, slot: usize, why: EndReason, io: &mut impl Io) {
+    fn delete(&mut self, slot: usize, why: EndReason, now: Instant, io: &mut impl Io) {
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.take()) else {
             return;
         };
@@ -623,7 +607,8 @@ impl Server {
         // Dropping `a` at the end gives its quota counts back.
         self.stats.allocations_deleted += 1;
         if self.events.enabled {
-            let ev = fleet::event_of(&a, AllocationEventKind::Ended, self.last_unix, Some(why));
+            let unix = a.created_unix + now.saturating_duration_since(a.created).as_secs();
+            let ev = fleet::event_of(&a, AllocationEventKind::Ended, unix, Some(why));
             self.push_event(ev);
         }
         let c = a.counters;
@@ -638,7 +623,7 @@ impl Server {
             packets_from_peer = c.packets_from_peer,
             dropped = c.drops.iter().sum::<u64>(),
             started_unix = a.created_unix,
-            seconds = a.created.elapsed().as_secs(),
+            seconds = now.saturating_duration_since(a.created).as_secs(),
             reason = ?why,
             "allocation deleted"
         );

@@ -33,7 +33,7 @@ fn store_users_revocations_and_peer_ranges_apply_to_new_and_live_allocations() {
         "not in the store yet"
     );
 
-    let now = sim.now().unix;
+    let now = sim.now();
     let v = view(&[(user_key.as_str(), hex(gorst_key.as_bytes()).as_str())]);
     assert_eq!(sim.server.set_store(v, now, &mut sim.io), 0);
     let mut gorst = Client::new(ft(2001), "gorst", "hero");
