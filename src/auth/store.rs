@@ -141,11 +141,28 @@ fn decode_hex_key(hex: &str) -> Option<Key> {
     Some(Key::from_digest(&out))
 }
 
+/// The keys derived from plaintext passwords in earlier builds (two hashes per user), so a
+/// change of one key does not hash every password of the realm again.
+#[derive(Default)]
+pub struct KeyCache {
+    keys: FxHashMap<String, (String, StaticKeys)>,
+}
+
 impl StoreView {
     /// Builds the view of `realm` from every entry read (keys outside the realm are ignored).
     /// A user with both a `key` and a `password` is taken by its password (it also gives
     /// SHA-256).
     pub fn build(realm: &str, entries: &BTreeMap<String, StoreValue>) -> StoreView {
+        StoreView::build_cached(realm, entries, &mut KeyCache::default())
+    }
+
+    /// [`StoreView::build`], reusing the password-derived keys of `cache` (which then holds
+    /// this build's).
+    pub fn build_cached(
+        realm: &str,
+        entries: &BTreeMap<String, StoreValue>,
+        cache: &mut KeyCache,
+    ) -> StoreView {
         let mut view = StoreView::default();
         let realm_prefix = format!("turn/realm/{realm}/");
         let revoked_prefix = format!("{REVOKED_PREFIX}{realm}/");
@@ -201,10 +218,11 @@ impl StoreView {
                 view.revoked.insert(name.to_owned(), until);
             }
         }
+        let mut fresh = FxHashMap::default();
         for (name, password) in passwords {
-            view.users.insert(
-                name.to_owned(),
-                StaticKeys {
+            let keys = match cache.keys.remove(name) {
+                Some((p, keys)) if p == password => keys,
+                _ => StaticKeys {
                     md5: long_term_key(PasswordAlgorithm::Md5, name, realm, password),
                     sha256: Some(long_term_key(
                         PasswordAlgorithm::Sha256,
@@ -213,8 +231,11 @@ impl StoreView {
                         password,
                     )),
                 },
-            );
+            };
+            fresh.insert(name.to_owned(), (password.to_owned(), keys.clone()));
+            view.users.insert(name.to_owned(), keys);
         }
+        cache.keys = fresh;
         view.secrets.sort_unstable();
         view.secrets.dedup();
         view
@@ -378,6 +399,20 @@ mod tests {
                 .err(),
             Some(AuthError::Revoked)
         );
+    }
+
+    #[test]
+    fn cached_keys_follow_password_changes() {
+        let key = "turn/realm/r/user/ann/password";
+        let mut cache = KeyCache::default();
+        let a = StoreView::build_cached("r", &entries(&[(key, t("one"))]), &mut cache);
+        let b = StoreView::build_cached("r", &entries(&[(key, t("one"))]), &mut cache);
+        assert!(a.user("ann").unwrap().md5 == b.user("ann").unwrap().md5);
+        let c = StoreView::build_cached("r", &entries(&[(key, t("two"))]), &mut cache);
+        let want = long_term_key(PasswordAlgorithm::Md5, "ann", "r", "two");
+        assert!(c.user("ann").unwrap().md5 == want);
+        let d = StoreView::build_cached("r", &entries(&[]), &mut cache);
+        assert_eq!((d.user_count(), cache.keys.len()), (0, 0));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::{CHANGES_CHANNEL, Fleet, StoreError};
 use crate::auth::StoreView;
-use crate::auth::store::{StoreValue, is_store_key, key_patterns};
+use crate::auth::store::{KeyCache, StoreValue, is_store_key, key_patterns};
 use crate::net::Control;
 use crate::turn::quota::StoreLimits;
 
@@ -30,7 +30,7 @@ const COALESCE: Duration = Duration::from_millis(10);
 const NOTIFY_FLAGS: &str = "K$sgx";
 
 pub(super) async fn run(fleet: Fleet, control: Control) {
-    let mut mirror: BTreeMap<String, StoreValue> = BTreeMap::new();
+    let mut mirror = Mirror::default();
     let mut backoff = Duration::from_millis(100);
     let mut warned_notify = false;
     loop {
@@ -49,11 +49,18 @@ pub(super) async fn run(fleet: Fleet, control: Control) {
     }
 }
 
+/// The realm's keys as last read, and the keys derived from their passwords.
+#[derive(Default)]
+struct Mirror {
+    entries: BTreeMap<String, StoreValue>,
+    keys: KeyCache,
+}
+
 /// One connection's life: subscribe, resync, then follow changes until something fails.
 async fn session(
     fleet: &Fleet,
     control: &Control,
-    mirror: &mut BTreeMap<String, StoreValue>,
+    mirror: &mut Mirror,
     backoff: &mut Duration,
     warned_notify: &mut bool,
 ) -> StoreError {
@@ -86,7 +93,7 @@ async fn session(
         *warned_notify = true;
         warn!(error = %e, "cannot enable Redis keyspace notifications: changes made outside turnd are seen at the next resync (redis.resync-interval)");
     }
-    if let Err(e) = resync(fleet, mirror).await {
+    if let Err(e) = resync(fleet, &mut mirror.entries).await {
         return e;
     }
     *backoff = Duration::from_millis(100);
@@ -119,8 +126,8 @@ async fn session(
                         i.key_updates.fetch_add(keys.len() as u64, Ordering::Relaxed);
                         for (k, v) in keys.into_iter().zip(values) {
                             match v {
-                                Some(v) => mirror.insert(k, v),
-                                None => mirror.remove(&k),
+                                Some(v) => mirror.entries.insert(k, v),
+                                None => mirror.entries.remove(&k),
                             };
                         }
                         push(fleet, control, mirror).await;
@@ -129,7 +136,7 @@ async fn session(
                 }
             }
             _ = tick.tick() => {
-                if let Err(e) = resync(fleet, mirror).await {
+                if let Err(e) = resync(fleet, &mut mirror.entries).await {
                     return e;
                 }
                 push(fleet, control, mirror).await;
@@ -317,9 +324,9 @@ async fn read_chunk(
 
 /// Builds the view from the mirror and swaps it into every worker; they end the allocations
 /// it revokes. The realm limits go to the shared quotas.
-async fn push(fleet: &Fleet, control: &Control, mirror: &BTreeMap<String, StoreValue>) {
+async fn push(fleet: &Fleet, control: &Control, mirror: &mut Mirror) {
     let i = &fleet.inner;
-    let view = StoreView::build(&i.realm, mirror);
+    let view = StoreView::build_cached(&i.realm, &mirror.entries, &mut mirror.keys);
     for key in &view.rejected {
         warn!(%key, "store: value not usable (a key must be 32 hex digits), ignored");
     }
