@@ -148,3 +148,52 @@ fn overloaded_node_redirects_until_its_load_drops() {
     });
     assert!(granted, "still redirecting: {}", busy.get_json("/cluster"));
 }
+
+/// Over TLS the redirect also names the alternate's certificate: ALTERNATE-DOMAIN with the
+/// `redis.advertise-domain` the other node published (RFC 8489 §14.16); over UDP it does not.
+#[test]
+fn tls_clients_get_the_alternates_domain() {
+    use crate::common::stream::{StreamClient, TempDir, TestCert, free_tcp_port};
+    use stun::attributes::ATTR_ALTERNATE_DOMAIN;
+
+    let redis = TestRedis::start();
+    let dir = TempDir::new("fleet-tls-redirect");
+    let cert = TestCert::new(&dir);
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let tls_s = tls.to_string();
+    let busy = start_node(
+        &redis,
+        "redirect-allocations = 1",
+        "",
+        &[
+            "--tls-listen",
+            &tls_s,
+            "--cert",
+            cert.cert.to_str().unwrap(),
+            "--key",
+            cert.key.to_str().unwrap(),
+        ],
+    );
+    let other = start_node(&redis, "advertise-domain = \"turn-2.example.com\"", "", &[]);
+    let (_keeper, code, _) = try_allocate(busy.addr());
+    assert_eq!(code, None);
+    assert_eq!(redirected_to(&busy), other.addr());
+
+    let mut c = StreamClient::tls(tls, cert.client_config(true, &[]));
+    let r = c.request(METHOD_ALLOCATE, &[udp_transport()]);
+    assert_eq!(r.code(), Some(300), "over TLS");
+    let domain = r
+        .msg
+        .get(ATTR_ALTERNATE_DOMAIN)
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    assert_eq!(domain.as_deref(), Some("turn-2.example.com"));
+
+    let mut udp = RawClient::new(busy.addr(), "alice", "wonderland");
+    let r = udp.request(METHOD_ALLOCATE, &[udp_transport()]);
+    assert_eq!(r.code(), Some(300));
+    assert!(
+        r.msg.get(ATTR_ALTERNATE_DOMAIN).is_err(),
+        "no ALTERNATE-DOMAIN over UDP"
+    );
+}
