@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::auth::Authenticator;
 use crate::turn::peer_policy::PeerPolicy;
-use crate::turn::ports::PortPool;
+use crate::turn::ports::RelayPorts;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
 use crate::turn::{Limits, Reconfigure, ServerConfig, challenge_len};
@@ -47,7 +47,15 @@ impl ServerConfig {
                 enforce_credential_expiry: true,
                 strict_channel_numbers: false,
             },
-            ports: Arc::new(Mutex::new(PortPool::new(*ports.start(), *ports.end()))),
+            ports: Arc::new(Mutex::new(RelayPorts::new(
+                *ports.start(),
+                *ports.end(),
+                &relay_ips
+                    .iter()
+                    .flatten()
+                    .map(|(bind, _)| *bind)
+                    .collect::<Vec<_>>(),
+            ))),
             quotas: Arc::new(Quotas::new(0, 0)),
             relay_ips,
             max_permissions: 1024,

@@ -55,6 +55,7 @@ mod proxy_protocol;
 mod quota_overrides;
 mod readme_start_command;
 mod relay_address;
+mod relay_addresses_per_family;
 mod relay_between_allocations;
 mod reload;
 mod reload_log_level;

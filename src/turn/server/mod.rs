@@ -21,7 +21,7 @@ use super::allocation::{
 };
 use super::error::RequestError;
 use super::peer_policy::PeerPolicy;
-use super::ports::{Family, PortPool};
+use super::ports::{Family, RelayPorts};
 use super::quota::{QuotaHold, Quotas};
 use super::rate_limit::ResponseLimiter;
 use super::stats::{
@@ -68,7 +68,8 @@ pub struct ServerConfig {
     /// server's own addresses. Its quota limits are those last set on `quotas`, which holds
     /// the limits in force (shared by every worker).
     pub live: Reconfigure,
-    pub ports: Arc<Mutex<PortPool>>,
+    /// The relay ports of every relay address (several per family allowed).
+    pub ports: Arc<Mutex<RelayPorts>>,
     pub quotas: Arc<Quotas>,
     /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise.
     pub relay_ips: [Option<(IpAddr, IpAddr)>; 2],
@@ -507,7 +508,17 @@ impl Server {
             .ok_or(RequestError::AllocationMismatch)
     }
 
-    fn lock_ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
+    /// The address advertised for a relay bound on `bind_ip`: the first relay address of a
+    /// family may be advertised as another (1:1 NAT); the others as themselves.
+    fn advertised_ip(&self, family: Family, bind_ip: IpAddr) -> Option<IpAddr> {
+        match self.cfg.relay_ips[family.index()] {
+            Some((bind, adv)) if bind == bind_ip => Some(adv),
+            Some(_) => Some(bind_ip),
+            None => None,
+        }
+    }
+
+    fn lock_ports(&self) -> std::sync::MutexGuard<'_, RelayPorts> {
         match self.cfg.ports.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -597,7 +608,7 @@ impl Server {
                 Err(p) => p.into_inner(),
             };
             for r in a.relays.iter().flatten() {
-                pool.release(r.family, r.port);
+                pool.release(r.family, r.bound.ip(), r.port);
             }
         }
         for r in a.relays.iter().flatten() {

@@ -107,7 +107,7 @@ impl Server {
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
         let (primary, quota) = if let Some(t) = token {
-            let Some((fam, port, held)) = self.lock_ports().claim(t, now.mono) else {
+            let Some((fam, bind_ip, port, held)) = self.lock_ports().claim(t, now.mono) else {
                 return Err(RequestError::InsufficientCapacity);
             };
             // The reservation's count becomes the allocation's when it is the same client's.
@@ -118,14 +118,14 @@ impl Server {
             let quota = match quota {
                 Ok(q) => q,
                 Err(code) => {
-                    self.lock_ports().release(fam, port);
+                    self.lock_ports().release(fam, bind_ip, port);
                     return Err(code);
                 }
             };
             family = fam;
-            let r = self.bind_port(fam, port, opts, io);
+            let r = self.bind_port(fam, bind_ip, port, opts, io);
             if r.is_none() {
-                self.lock_ports().release(fam, port);
+                self.lock_ports().release(fam, bind_ip, port);
             }
             (r, quota)
         } else {
@@ -236,7 +236,7 @@ impl Server {
     ) -> Option<Relay> {
         for _ in 0..BIND_ATTEMPTS {
             let random = self.random();
-            let port = {
+            let (ip, port) = {
                 let mut pool = self.lock_ports();
                 if even {
                     pool.take_even(family, reserve, now, random)
@@ -244,11 +244,11 @@ impl Server {
                     pool.take(family, now, random)
                 }
             }?;
-            match self.bind_port(family, port, opts, io) {
+            match self.bind_port(family, ip, port, opts, io) {
                 Some(r) => return Some(r),
                 None => {
                     let mut pool = self.lock_ports();
-                    pool.release(family, port);
+                    pool.release(family, ip, port);
                     if let Some(t) = reserve {
                         pool.cancel(t);
                     }
@@ -261,11 +261,12 @@ impl Server {
     pub(in crate::turn::server) fn bind_port(
         &mut self,
         family: Family,
+        bind_ip: IpAddr,
         port: u16,
         opts: RelayOptions,
         io: &mut impl Io,
     ) -> Option<Relay> {
-        let (bind_ip, adv_ip) = self.cfg.relay_ips[family.index()]?;
+        let adv_ip = self.advertised_ip(family, bind_ip)?;
         let id = RelayId(self.next_relay);
         self.next_relay += 1;
         let bound = SocketAddr::new(bind_ip, port);

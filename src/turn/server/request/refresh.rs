@@ -88,7 +88,7 @@ impl Server {
         if let Some(r) = a.relays[family.index()].take() {
             self.by_relay.remove(&r.id);
             io.close_relay(r.id);
-            self.lock_ports().release(r.family, r.port);
+            self.lock_ports().release(r.family, r.bound.ip(), r.port);
         }
     }
 }
