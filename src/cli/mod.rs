@@ -91,7 +91,7 @@ pub struct ServeArgs {
     /// REST API shared secret; repeatable [auth.secrets].
     #[arg(long, value_name = "SECRET")]
     pub auth_secret: Vec<String>,
-    /// Address relay sockets bind to, one per family; repeatable [relay.ips].
+    /// Address relay sockets bind to; repeatable, several per family allowed [relay.ips].
     #[arg(long, value_name = "IP")]
     pub relay_ip: Vec<IpAddr>,
     /// Address advertised instead of the relay IP (behind NAT), one per family; repeatable

@@ -73,7 +73,8 @@ impl Default for ServerSection {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RelaySection {
-    /// Addresses relay sockets bind to, at most one per family. Empty: the listen addresses' IPs.
+    /// Addresses relay sockets bind to; several of a family each get the whole port range.
+    /// Empty: the listen addresses' IPs.
     pub ips: Vec<IpAddr>,
     /// Addresses advertised in XOR-RELAYED-ADDRESS instead of the bound ones, at most one per family.
     pub external_ips: Vec<IpAddr>,
