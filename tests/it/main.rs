@@ -71,6 +71,7 @@ mod tls_cert_reload;
 mod tls_mux;
 mod tls_relay;
 mod tls_startup_errors;
+mod turn_rest_api;
 mod udp_offload;
 mod udp_relay;
 mod unpredictable_ids;
