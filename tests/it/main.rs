@@ -47,6 +47,7 @@ mod peer_policy_table;
 mod proxy_protocol;
 mod quota_overrides;
 mod readme_start_command;
+mod recipes;
 mod relay_address;
 mod relay_between_allocations;
 mod reload;
