@@ -38,6 +38,7 @@ mod grafana_dashboard;
 mod gstreamer_webrtcbin;
 mod io_uring_sends;
 mod ipv6;
+mod janus_echotest;
 mod listen_address_in_use;
 mod log_format;
 mod metrics;
