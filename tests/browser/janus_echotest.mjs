@@ -5,12 +5,12 @@
 // server, sending a canvas video track and an oscillator audio track, and counts what comes
 // back. While media flows the driver reads turnd's /sessions. Prints one JSON object.
 //
-// usage: node janus_echotest.mjs '<json: {janus, iceUrl, username, credential, chromium,
-//                                         admin, token, opaqueId}>'
+// usage: node janus_echotest.mjs '<json: {janus, iceServer, chromium, admin, token, opaqueId}>'
+// where iceServer is one RTCIceServer ({urls, username, credential}).
 import { chromium } from "playwright-core";
 
 const args = JSON.parse(process.argv[2] || "{}");
-for (const k of ["janus", "iceUrl", "username", "credential", "chromium", "admin", "token", "opaqueId"]) {
+for (const k of ["janus", "iceServer", "chromium", "admin", "token", "opaqueId"]) {
   if (!args[k]) {
     console.error(`janus_echotest.mjs: missing ${k}`);
     process.exit(2);
@@ -34,9 +34,9 @@ async function janus(path, body) {
 }
 
 // Runs in the page: the PeerConnection, its offer with every candidate gathered.
-async function makeOffer({ iceUrl, username, credential, timeoutMs }) {
+async function makeOffer({ iceServer, timeoutMs }) {
   const pc = new RTCPeerConnection({
-    iceServers: [{ urls: [iceUrl], username, credential }],
+    iceServers: [iceServer],
     iceTransportPolicy: "relay",
   });
   window.pc = pc;
@@ -172,9 +172,7 @@ try {
   out.console = consoleLines;
   await page.goto("about:blank");
   const offer = await page.evaluate(makeOffer, {
-    iceUrl: args.iceUrl,
-    username: args.username,
-    credential: args.credential,
+    iceServer: args.iceServer,
     timeoutMs: STEP_TIMEOUT_MS,
   });
   out.offerCandidates = offer.split("\r\n").filter((l) => l.startsWith("a=candidate:"));

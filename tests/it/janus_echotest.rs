@@ -16,7 +16,7 @@
 //! `--allow-peer 198.18.0.0/15`. Needs root (CAP_SYS_ADMIN), as the CI runs, `janus`
 //! (`bash .ci/setup-integrations.sh`) and the browser (`bash .ci/setup-browser.sh`).
 
-use crate::admin_http::{TOKEN, free_tcp_port};
+use crate::admin_http::{TOKEN, free_tcp_port, get_json};
 use crate::browser::{ONE_BROWSER, prerequisites, run_node_driver};
 use crate::common::TestServer;
 
@@ -308,7 +308,8 @@ enum JanusTurn {
     RestApi,
 }
 
-/// One echotest call: the browser on `browser_transport`, Janus as `janus_turn` says.
+/// One echotest call: the browser on `browser_transport` ("any" in the turn_rest_api case,
+/// where it gets every transport from /credentials), Janus as `janus_turn` says.
 fn echotest(browser_transport: &'static str, janus_turn: JanusTurn) {
     in_netns(move || {
         let _one = ONE_BROWSER.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,12 +355,23 @@ fn echotest(browser_transport: &'static str, janus_turn: JanusTurn) {
             ),
         };
         let janus = start_janus(&dir, &nat);
-        let ice_url = format!("turn:{}?transport={browser_transport}", server.addr);
+        // The browser's RTCIceServer: alice's static credentials on one transport, or in the
+        // turn_rest_api case what an app backend gets from /credentials (a REST credential,
+        // every transport).
+        let (ice_server, browser_user) = match janus_turn {
+            JanusTurn::Static(_) => (
+                json!({
+                    "urls": [format!("turn:{}?transport={browser_transport}", server.addr)],
+                    "username": "alice",
+                    "credential": "wonderland",
+                }),
+                "alice",
+            ),
+            JanusTurn::RestApi => (get_json(admin, "/credentials?user=browser"), "browser"),
+        };
         let args = json!({
             "janus": janus.url,
-            "iceUrl": ice_url,
-            "username": "alice",
-            "credential": "wonderland",
+            "iceServer": ice_server,
             "chromium": chromium,
             "admin": format!("http://{admin}"),
             "token": TOKEN,
@@ -380,7 +392,12 @@ fn echotest(browser_transport: &'static str, janus_turn: JanusTurn) {
             report["selected"]["remote"],
             report["sessions"]
         );
-        check_call(&report, browser_transport, janus_turn, &context);
+        check_call(
+            &report,
+            (browser_user, browser_transport),
+            janus_turn,
+            &context,
+        );
         if let JanusTurn::RestApi = janus_turn {
             check_rest_requests(&recorder.seen(), &context);
         }
@@ -391,7 +408,12 @@ fn echotest(browser_transport: &'static str, janus_turn: JanusTurn) {
 
 /// Audio and video came back over a relay/relay pair: the browser's turnd allocation to
 /// Janus's turnd allocation, both in `/sessions` with bytes both ways.
-fn check_call(report: &Value, browser_transport: &str, janus_turn: JanusTurn, context: &str) {
+fn check_call(
+    report: &Value,
+    (browser_user, browser_transport): (&str, &str),
+    janus_turn: JanusTurn,
+    context: &str,
+) {
     assert!(report["error"].is_null(), "driver error:\n{context}");
     let media = &report["media"];
     assert!(
@@ -420,6 +442,15 @@ fn check_call(report: &Value, browser_transport: &str, janus_turn: JanusTurn, co
     let pair = &report["selected"];
     let (local, remote) = (&pair["local"], &pair["remote"]);
     assert_eq!(local["candidateType"], "relay", "{context}");
+    // With every transport offered (/credentials), whichever the browser selected.
+    let browser_transport = match browser_transport {
+        "any" => local["relayProtocol"].as_str().unwrap_or_default(),
+        t => t,
+    };
+    assert!(
+        ["udp", "tcp"].contains(&browser_transport),
+        "browser relayed over {browser_transport}:\n{context}"
+    );
     assert_eq!(local["relayProtocol"], browser_transport, "{context}");
     assert_eq!(local["address"], IP, "{context}");
     assert_eq!(remote["candidateType"], "relay", "{context}");
@@ -439,7 +470,7 @@ fn check_call(report: &Value, browser_transport: &str, janus_turn: JanusTurn, co
             .unwrap_or_else(|| panic!("no turnd allocation relays on {addr}:\n{context}"))
     };
     let browser = find(&relayed(local));
-    assert_eq!(browser["user"], "alice", "{context}");
+    assert_eq!(browser["user"], browser_user, "{context}");
     assert_eq!(browser["transport"], browser_transport, "{context}");
     let janus = find(&relayed(remote));
     match janus_turn {
@@ -506,5 +537,5 @@ fn echotest_through_turnd_over_tcp_with_static_credentials() {
 
 #[test]
 fn echotest_through_turnd_with_janus_turn_rest_api() {
-    echotest("udp", JanusTurn::RestApi);
+    echotest("any", JanusTurn::RestApi);
 }
