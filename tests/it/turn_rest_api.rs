@@ -292,3 +292,27 @@ fn keys_are_checked_at_load() {
     );
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn a_listener_for_turn_alone_needs_no_admin_token() {
+    let dir = TempDir::new("turn-rest-api-only");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let config = dir.write(
+        "turnd.toml",
+        &format!("[admin]\nenabled = true\nlisten = \"{admin}\"\nrest-api-keys = [\"{KEY}\"]\n"),
+    );
+    let config_s = config.to_string_lossy().into_owned();
+    let _server = TestServer::start(
+        "127.0.0.1",
+        &["--config", &config_s, "--auth-secret", SECRET],
+    );
+    let target = format!("/turn?service=turn&username=x&key={KEY}");
+    let (status, body) = http(admin, "GET", &target, None);
+    assert_eq!(status, 200, "{body}");
+    // Nothing else is served, whatever bearer is sent (an empty token matches nothing).
+    for token in [None, Some(KEY), Some("")] {
+        for path in ["/sessions", "/health", "/metrics", "/credentials?user=x"] {
+            assert_eq!(http(admin, "GET", path, token).0, 401, "{path} {token:?}");
+        }
+    }
+}
