@@ -308,6 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_the_head_says_of_a_form_body() {
+        let head = "POST /turn?service=turn HTTP/1.1\r\nContent-Length: 12\r\n\
+                    Content-Type: application/x-www-form-urlencoded; charset=UTF-8";
+        let Ok((r, body)) = parse_head_and_body(head) else {
+            panic!("should parse")
+        };
+        assert_eq!((body.length, body.form), (12, true));
+        assert_eq!(r.param("service"), Some("turn"));
+        let Ok((_, body)) = parse_head_and_body("POST / HTTP/1.1\r\nContent-Length: 3") else {
+            panic!("should parse")
+        };
+        assert_eq!((body.length, body.form), (3, false));
+        let Ok(form) = parse_form("a=1&b=x%20y&&c") else {
+            panic!("should parse")
+        };
+        assert_eq!(
+            form,
+            [("a", "1"), ("b", "x y"), ("c", "")].map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(parse_form("a=%zz").is_err());
+    }
+
+    #[test]
     fn refuses_bad_heads() {
         assert_eq!(bad("GET /"), 400);
         assert_eq!(bad("GET / HTTP/2"), 505);

@@ -316,3 +316,33 @@ fn a_listener_for_turn_alone_needs_no_admin_token() {
         }
     }
 }
+
+#[test]
+fn the_form_may_come_in_the_body_alone_and_after_the_head() {
+    let (server, admin, _dir) = start(20);
+    let form = format!("service=turn&username=late&key={KEY}");
+    let head = format!(
+        "POST /turn HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/x-www-form-urlencoded\
+         \r\nContent-Length: {}\r\n\r\n",
+        form.len()
+    );
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(form.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{raw}");
+    check_answer(&json(body), &server, "late", 7200);
+    // Without the form content type the body is not read as fields: no key.
+    let req = format!(
+        "POST /turn HTTP/1.1\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    );
+    assert_eq!(raw_http(admin, &req).0, 401);
+}
