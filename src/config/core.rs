@@ -56,6 +56,7 @@ impl Config {
             mapped_address: self.server.mapped_address,
             enforce_credential_expiry: self.auth.enforce_credential_expiry,
             strict_channel_numbers: self.server.strict_channel_numbers,
+            telemetry: self.telemetry.enabled,
         }
     }
 
@@ -75,6 +76,7 @@ impl Config {
             mapped_address: live.mapped_address,
             enforce_credential_expiry: live.enforce_credential_expiry,
             strict_channel_numbers: live.strict_channel_numbers,
+            telemetry: live.telemetry,
             rest_separator: self.auth.rest_separator,
             max_permissions: self.limits.permissions_per_allocation,
             secret: parts.secret,

@@ -19,7 +19,7 @@ mod validate;
 pub use core::DriverParts;
 pub use schema::{
     AdminSection, AllocationSection, AuthSection, Config, LimitsSection, LogSection, PeersSection,
-    RelaySection, ServerSection, UserEntry, UserLimitsEntry,
+    RelaySection, ServerSection, TelemetrySection, UserEntry, UserLimitsEntry,
 };
 pub use streams::{TcpSection, TlsSection};
 pub use validate::decode_md5_key;
