@@ -123,7 +123,7 @@ pub enum SessionState {
     Idle,
     /// ICE checks crossing, no answer yet.
     Connecting,
-    /// Checks answered, no media (RTP, RTCP or DTLS) yet.
+    /// Checks answered, no media (RTP, DTLS, or anything else that is not STUN or RTCP) yet.
     Connected,
     /// Media both ways within [`SILENCE_US`].
     MediaFlowing,
@@ -267,7 +267,8 @@ pub struct Quality {
     streams_untracked: u32,
     /// RTCP by direction and type slot (the per-sender counts are on the streams).
     rtcp: [[u32; RTCP_SLOTS]; 2],
-    /// When each direction last relayed media (anything but STUN); 0: never.
+    /// When each direction last relayed media (RTP, DTLS and unclassified payloads: not
+    /// STUN, not RTCP); 0: never.
     last_media_us: [u64; 2],
     last_us: u64,
     next_sweep_us: u64,
@@ -321,7 +322,7 @@ impl Quality {
                 }
             }
             Class::Rtcp => {
-                self.last_media_us[d] = now_us;
+                // Not media: RTCP goes on while a muted or stopped sender sends nothing.
                 if let Some(h) = demux::rtcp_header(payload) {
                     let slot = demux::rtcp_slot(h.packet_type);
                     self.rtcp[d][slot] += 1;

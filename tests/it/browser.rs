@@ -26,7 +26,7 @@ use serde_json::Value;
 
 /// One browser at a time: three Chromiums at once on a 2-core machine that also builds and
 /// tests other things would only make each of them slower.
-static ONE_BROWSER: Mutex<()> = Mutex::new(());
+pub(crate) static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
 /// Hang guard around the whole driver (browser launch plus the page's own 60 s guard).
 const DRIVER_LIMIT: Duration = Duration::from_secs(180);
@@ -34,13 +34,13 @@ const DRIVER_LIMIT: Duration = Duration::from_secs(180);
 const SETUP_HINT: &str = "run `bash .ci/setup-browser.sh` (installs Debian's chromium and \
                           playwright-core from tests/browser/package-lock.json)";
 
-fn browser_dir() -> PathBuf {
+pub(crate) fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
 /// The Chromium binary; panics with the setup hint when the browser or the driver's
 /// dependencies are missing.
-fn prerequisites() -> PathBuf {
+pub(crate) fn prerequisites() -> PathBuf {
     let chromium =
         PathBuf::from(std::env::var("TURND_CHROMIUM").unwrap_or("/usr/bin/chromium".into()));
     assert!(
@@ -66,13 +66,18 @@ fn prerequisites() -> PathBuf {
     chromium
 }
 
-/// Runs the driver against `url` and returns its JSON report. The driver is killed by its
-/// pid if it outlives [`DRIVER_LIMIT`].
+/// Runs the driver against `url` and returns its JSON report.
 fn run_driver(chromium: &Path, url: &str) -> Value {
+    let chromium = chromium.to_str().expect("utf-8 path");
+    run_script("webrtc_relay.mjs", &[url, "alice", "wonderland", chromium])
+}
+
+/// Runs a driver script of `tests/browser` with `args` and returns the JSON object it prints
+/// last. The driver is killed by its pid if it outlives [`DRIVER_LIMIT`].
+pub(crate) fn run_script(script: &str, args: &[&str]) -> Value {
     let mut child = Command::new("node")
-        .arg("webrtc_relay.mjs")
-        .args([url, "alice", "wonderland"])
-        .arg(chromium)
+        .arg(script)
+        .args(args)
         .current_dir(browser_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
