@@ -152,6 +152,11 @@ impl SessionState {
     }
 }
 
+/// The key of a stream in [`Quality`]'s lookup table: never 0.
+fn stream_key(ssrc: u32, dir: Direction) -> u64 {
+    (u64::from(ssrc) << 8) | ((dir as u64) << 1) | 1
+}
+
 /// A fixed-bucket histogram with its sum, for the Prometheus exposition.
 #[derive(Clone, Copy, Debug)]
 pub struct Hist<const N: usize> {
@@ -263,6 +268,9 @@ pub struct Quality {
     payloads: [[u64; CLASSES]; 2],
     legs: [LegRtt; 2],
     tx: Transactions,
+    /// [`stream_key`] of each place in `streams` (0: free): the lookup reads these 96 bytes,
+    /// not the streams.
+    keys: [u64; MAX_STREAMS],
     streams: [Stream; MAX_STREAMS],
     streams_untracked: u32,
     /// RTCP by direction and type slot (the per-sender counts are on the streams).
@@ -281,6 +289,7 @@ impl Quality {
             payloads: [[0; CLASSES]; 2],
             legs: [LegRtt::default(); 2],
             tx: Transactions::default(),
+            keys: [0; MAX_STREAMS],
             streams: [Stream::default(); MAX_STREAMS],
             streams_untracked: 0,
             rtcp: [[0; RTCP_SLOTS]; 2],
@@ -327,12 +336,9 @@ impl Quality {
                     let slot = demux::rtcp_slot(h.packet_type);
                     self.rtcp[d][slot] += 1;
                     stats.rtcp[d][slot] += 1;
-                    if let Some(s) = self
-                        .streams
-                        .iter_mut()
-                        .find(|s| s.in_use && s.ssrc == h.sender && s.dir == dir)
-                    {
-                        s.rtcp[slot] += 1;
+                    let key = stream_key(h.sender, dir);
+                    if let Some(i) = self.keys.iter().position(|&k| k == key) {
+                        self.streams[i].rtcp[slot] += 1;
                     }
                 }
             }
@@ -377,12 +383,9 @@ impl Quality {
         now_us: u64,
         stats: &mut QualityStats,
     ) -> Option<&mut Stream> {
+        let key = stream_key(ssrc, dir);
         let i =
-            match self
-                .streams
-                .iter()
-                .position(|s| s.in_use && s.ssrc == ssrc && s.dir == dir)
-            {
+            match self.keys.iter().position(|&k| k == key) {
                 Some(i) => i,
                 None => {
                     let Some(i) = self.streams.iter().position(|s| {
@@ -393,6 +396,7 @@ impl Quality {
                         return None;
                     };
                     self.streams[i] = Stream::new(ssrc, dir, now_us);
+                    self.keys[i] = key;
                     i
                 }
             };

@@ -201,3 +201,12 @@ fn bad_input_never_panics() {
     let _ = q.report(t0 + ms(6000));
     let _ = q.summary().to_string();
 }
+
+#[test]
+fn the_state_is_fixed_size_and_small() {
+    let size = std::mem::size_of::<Quality>();
+    eprintln!("Quality: {size} bytes");
+    assert!(size <= 4096, "{size}");
+    // What an idle allocation carries: one pointer.
+    assert_eq!(std::mem::size_of::<Option<Box<Quality>>>(), 8);
+}
