@@ -83,33 +83,41 @@ fn turnd_figures_match_the_browsers_get_stats() {
 
         // The two client legs add up to the pair's round trip (turnd's own hop between the
         // allocations adds nothing measurable): the latest samples against the browser's
-        // latest, or the smoothed values against the browser's mean.
+        // latest, or the smoothed values against the browser's mean, whichever is closer.
+        // The two sides sample at different moments, and the browser's figure also holds
+        // its own handling of the answer, which a busy machine stretches by milliseconds:
+        // within 5 ms plus half the browser's figure. (The fault test checks the client leg
+        // to within 5 ms, against itself.)
         let ms = |q: &Value, k: &str| q["client_rtt_ms"][k].as_f64().unwrap();
         let recent = ms(qm, "recent") + ms(qt, "recent");
         let smoothed = ms(qm, "smoothed") + ms(qt, "smoothed");
         let current = pair["currentRoundTripTime"].as_f64().unwrap() * 1000.0;
         let mean = pair["totalRoundTripTime"].as_f64().unwrap() * 1000.0
             / pair["responsesReceived"].as_f64().unwrap();
-        let off = (recent - current).abs().min((smoothed - mean).abs());
         eprintln!(
             "pc{}: turnd client legs {recent:.2} ms (smoothed {smoothed:.2}), browser {current:.2} ms (mean {mean:.2})",
             i + 1
         );
+        let close = |ours: f64, theirs: f64| (ours - theirs).abs() <= 5.0 + theirs / 2.0;
         assert!(
-            off <= 5.0,
+            close(recent, current) || close(smoothed, mean),
             "pc{}: client legs {recent:.2}/{smoothed:.2} ms vs browser {current:.2}/{mean:.2} ms\n{pretty}",
             i + 1
         );
 
         // Every RTP packet the browser sent on an SSRC (its RTX SSRC's included, as
-        // Chromium counts them) crossed its allocation towards the peer and the other's
-        // towards the client.
+        // Chromium counts them) crossed one of its allocations towards the peer and one of
+        // the other's towards the client (the first packets may leave before ICE settles on
+        // the final pair, so over all allocations).
+        let all = sessions.as_array().unwrap();
+        let total = |ssrc: &Value, dir: &str| -> u64 {
+            all.iter().map(|s| stream_packets(s, ssrc, dir)).sum()
+        };
         for out in pc["outbound"].as_array().unwrap() {
             let sent = out["packetsSent"].as_u64().unwrap();
             let (ssrc, rtx) = (&out["ssrc"], &out["rtxSsrc"]);
-            let up = stream_packets(mine, ssrc, "to_peer") + stream_packets(mine, rtx, "to_peer");
-            let down = stream_packets(theirs, ssrc, "to_client")
-                + stream_packets(theirs, rtx, "to_client");
+            let up = total(ssrc, "to_peer") + total(rtx, "to_peer");
+            let down = total(ssrc, "to_client") + total(rtx, "to_client");
             let slack = 2 + sent / 100;
             assert!(
                 up.abs_diff(sent) <= slack && down.abs_diff(sent) <= slack,
