@@ -488,10 +488,13 @@ fn faults_on_one_leg_are_put_on_that_leg() {
         jitter(&a3, "to_client"),
     );
     eprintln!("audio jitter: A to_peer {ja} ms, B to_peer {jb} ms, A to_client {ja_down} ms");
+    // The shim's delays give about 10 ms (the mean gap between two uniform 0-30 ms draws);
+    // a busy machine adds a few ms to every stream alike, so the clean ones are compared
+    // with the faulty one rather than with a fixed bound.
     assert!(ja >= 5.0, "A's uplink audio jitter {ja} ms");
     assert!(
-        jb < 3.0 && ja_down < 3.0,
-        "clean legs: B {jb} ms, A down {ja_down} ms"
+        ja >= 2.0 * jb.max(ja_down),
+        "A's uplink audio jitter {ja} ms against the clean legs: B {jb} ms, A down {ja_down} ms"
     );
 
     let report = driver.join().expect("driver thread");

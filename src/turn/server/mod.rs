@@ -622,7 +622,8 @@ impl Server {
                 session = a.id,
                 client = %a.five_tuple.client,
                 user = display_user(&a.username, self.cfg.rest_separator),
-                duration_secs = a.created.elapsed().as_secs(),
+                // From the allocation to its last relayed packet (no clock read here).
+                duration_secs = q.last_seen().saturating_duration_since(a.created).as_secs(),
                 bytes_to_peer = c.bytes_to_peer,
                 bytes_from_peer = c.bytes_from_peer,
                 state = s.state(),

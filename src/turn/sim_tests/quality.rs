@@ -117,6 +117,8 @@ fn both_directions_are_observed_and_summarised_when_the_session_ends() {
     assert_eq!(f["client_rtt_p50_ms"].as_f64().unwrap(), 10.0);
     assert_eq!(f["bytes_to_peer"], 90 * 100 + 100 + 2 * 20);
     assert_eq!(f["checks_unanswered"], 0);
+    // 50 ms of checks and 100 packets 20 ms apart after the allocation: 2 s.
+    assert_eq!(f["duration_secs"], 2);
     let streams = f["streams"].as_str().unwrap();
     assert!(
         streams.contains("7/to_peer/audio packets=90 lost=10 loss=10.10%"),
