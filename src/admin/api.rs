@@ -245,7 +245,9 @@ async fn end_session(control: &Control, id: &str) -> Response {
         return Response::error(404, "no such session");
     };
     let ended = control
-        .on_worker(w, move |core, io| core.end_session(a, io))
+        .on_worker(w, move |core, io| {
+            core.end_session(a, crate::net::now().mono, io)
+        })
         .await
         .unwrap_or(false);
     if ended {

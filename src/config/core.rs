@@ -61,22 +61,17 @@ impl Config {
     }
 
     /// One worker's core settings: `live` (from [`Config::live_settings`], shared by the
-    /// workers), the keys that need a restart, and the driver's `parts`. The quota limits of
-    /// `live` are not read here: they are in `parts.quotas` ([`Config::quotas`]).
+    /// workers), the keys that need a restart, and the driver's `parts`. The quota limits in
+    /// force are those of `parts.quotas` ([`Config::quotas`], built from the same config).
     pub fn server_config(&self, live: Reconfigure, parts: DriverParts) -> ServerConfig {
         ServerConfig {
-            auth: live.auth,
-            policy: live.policy.with_own_addresses(parts.own_addresses),
+            live: Reconfigure {
+                policy: live.policy.with_own_addresses(parts.own_addresses),
+                ..live
+            },
             ports: parts.ports,
             quotas: parts.quotas,
             relay_ips: parts.relay_ips,
-            default_lifetime: live.default_lifetime,
-            max_lifetime: live.max_lifetime,
-            software: live.software,
-            mapped_address: live.mapped_address,
-            enforce_credential_expiry: live.enforce_credential_expiry,
-            strict_channel_numbers: live.strict_channel_numbers,
-            telemetry: live.telemetry,
             rest_separator: self.auth.rest_separator,
             max_permissions: self.limits.permissions_per_allocation,
             secret: parts.secret,
@@ -342,18 +337,23 @@ mod tests {
                 unauth_limiter: Arc::new(c.unauth_limiter([2; 16])),
             },
         );
-        assert_eq!(core.default_lifetime, live.default_lifetime);
-        assert_eq!(core.max_lifetime, live.max_lifetime);
-        assert_eq!(core.software, live.software);
-        assert!(core.mapped_address && core.strict_channel_numbers);
-        assert!(!core.enforce_credential_expiry);
+        assert_eq!(core.live.default_lifetime, live.default_lifetime);
+        assert_eq!(core.live.max_lifetime, live.max_lifetime);
+        assert_eq!(core.live.software, live.software);
+        assert!(core.live.mapped_address && core.live.strict_channel_numbers);
+        assert!(!core.live.enforce_credential_expiry);
         assert_eq!(core.rest_separator, '-');
         assert_eq!(core.max_permissions, 7);
         assert_eq!(core.limits.max_channels, 5);
         assert_eq!(core.unauth_limiter.limit(), c.unauth_limit());
-        assert_eq!(core.policy.own_addresses(), &[own]);
+        assert_eq!(core.live.policy.own_addresses(), &[own]);
+        assert_eq!(
+            (core.live.user_quota, core.live.total_quota),
+            quotas.limits()
+        );
         assert!(
-            core.policy
+            core.live
+                .policy
                 .is_allowed_addr("10.1.2.3:9".parse().expect("addr"))
         );
 

@@ -5,27 +5,28 @@
 //! sockets of the allocations the kernel's 4-tuple hash sends its way. The packet path takes
 //! no lock and stays on its worker, with one exception that takes no lock either: a datagram
 //! from one allocation to another allocation of the server that lives on another worker is
-//! handed to that worker through a bounded lock-free queue (`src/net/handover.rs`) instead
+//! handed to that worker through a bounded lock-free queue (`src/net/worker/handover.rs`) instead
 //! of the kernel.
+//!
+//! Rooms: this module binds the listeners, starts the workers and holds [`Control`];
+//! `worker` is one worker (run loop, driver `Io`, timers, jobs) with its transports as
+//! children (`udp`, `tcp`, `relay_tcp`, and `streams`, the state the stream transports share);
+//! `batch` is the batched UDP I/O by job (receive, send queue, io_uring ring); [`tls`] the
+//! certificate store and [`proxy`] the PROXY v2 parser the TCP transport uses.
 
-mod epoll;
-mod handover;
-mod local;
-mod mmsg;
+mod batch;
 pub mod proxy;
-mod relay_tcp;
-mod tcp;
 pub mod tls;
-mod udp;
+mod worker;
 /// The workers' send queue, public for the benchmark floor (`tools/`, `turnd-floor --gso`),
 /// which sends through it to pay the kernel exactly what turnd pays.
-pub use mmsg::{Offload, SendQueue};
-pub use udp::OffloadCounts;
+pub use batch::{Offload, SendQueue};
+pub use worker::OffloadCounts;
 
-pub(crate) use udp::{DriverIo, Job};
+pub(crate) use worker::{DriverIo, Job};
 
-pub use tcp::{StreamMetrics, StreamSnapshot, StreamStats};
 pub use tls::CertStore;
+pub use worker::streams::{StreamMetrics, StreamSnapshot, StreamStats};
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -63,7 +64,7 @@ pub struct Running {
     pub listen: Vec<SocketAddr>,
     /// TLS listen addresses as bound (port 0 resolved).
     pub tls_listen: Vec<SocketAddr>,
-    streams: Arc<tcp::Shared>,
+    streams: Arc<worker::streams::Shared>,
 }
 
 /// A handle that runs work on every worker thread, for the admin API, reload and drain.
@@ -356,7 +357,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     let own = own_addresses(&own_listen, cfg, &relay_ips);
     let unauth_limiter =
         Arc::new(cfg.unauth_limiter(random_bytes::<16>().map_err(|e| format!("random: {e}"))?));
-    let mut offload = mmsg::Offload::probe(cfg.server.udp_io_uring);
+    let mut offload = batch::Offload::probe(cfg.server.udp_io_uring);
     if !cfg.server.udp_offload {
         offload.gso = false;
         offload.gro = false;
@@ -367,7 +368,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         io_uring = offload.io_uring,
         "udp segmentation offload and io_uring sends"
     );
-    let handover = handover::Handover::new(workers, relay_ips)
+    let handover = worker::handover::Handover::new(workers, relay_ips)
         .map_err(|e| format!("cannot set up the hand-over between workers: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
@@ -391,7 +392,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             return Err("worker job queue missing".into());
         };
         let handover = handover.clone();
-        let ws = tcp::WorkerStreams {
+        let ws = worker::streams::WorkerStreams {
             listeners: tcp_socks,
             shared: streams.clone(),
             index: i,
@@ -400,9 +401,9 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         let h = std::thread::Builder::new()
             .name(format!("turnd-worker-{i}"))
             .spawn(move || {
-                udp::run_worker(
+                worker::run_worker(
                     i,
-                    udp::UdpSetup {
+                    worker::UdpSetup {
                         sockets: socks,
                         offload,
                         handover,
@@ -467,7 +468,7 @@ fn bind_streams(
     (
         Vec<Vec<(SocketAddr, std::net::TcpListener, crate::turn::Transport)>>,
         Vec<SocketAddr>,
-        Arc<tcp::Shared>,
+        Arc<worker::streams::Shared>,
     ),
     String,
 > {
@@ -480,7 +481,7 @@ fn bind_streams(
     for &(addr, transport) in plan {
         let name = transport.as_str();
         for w in per_worker.iter_mut() {
-            let l = tcp::reuseport_tcp(addr)
+            let l = worker::tcp::reuseport_tcp(addr)
                 .map_err(|e| format!("cannot listen on {name} {addr}: {e}"))?;
             w.push((addr, l, transport));
         }
@@ -489,7 +490,8 @@ fn bind_streams(
             tls_listen.push(addr);
         }
     }
-    let shared = tcp::Shared::new(tcp::StreamConfig::from_config(cfg), certs);
+    let shared =
+        worker::streams::Shared::new(worker::streams::StreamConfig::from_config(cfg), certs);
     Ok((per_worker, tls_listen, shared))
 }
 
@@ -526,7 +528,7 @@ mod tests {
         assert!(claim(held, Type::DGRAM, "udp").is_err());
         // TCP: a SO_REUSEPORT listener holds its address against the probe.
         let tcp = claim(any, Type::STREAM, "tls").expect("a free TCP port");
-        let listener = tcp::reuseport_tcp(tcp).expect("listen on the claimed port");
+        let listener = worker::tcp::reuseport_tcp(tcp).expect("listen on the claimed port");
         let e = claim(tcp, Type::STREAM, "tls").expect_err("held by a listener");
         assert!(e.contains(&format!("tls {tcp}")), "{e}");
         drop(listener);

@@ -489,11 +489,6 @@ impl Quality {
         }
     }
 
-    /// When the last payload was relayed.
-    pub fn last_seen(&self) -> Instant {
-        self.epoch + std::time::Duration::from_micros(self.last_us.saturating_sub(1))
-    }
-
     /// The end-of-session summary for the log, written without collecting anything: the
     /// state at the last relayed packet, RTT p50/p95 per leg, each stream's loss and jitter.
     pub fn summary(&self) -> Summary<'_> {

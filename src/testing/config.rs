@@ -13,7 +13,7 @@ use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::ports::PortPool;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
-use crate::turn::{Limits, ServerConfig, challenge_len};
+use crate::turn::{Limits, Reconfigure, ServerConfig, challenge_len};
 
 impl ServerConfig {
     /// A configuration with what an empty `turnserver.toml` gives (a unit test below keeps
@@ -35,18 +35,22 @@ impl ServerConfig {
         let answer_bytes = challenge_len(auth.realm());
         ServerConfig {
             rest_separator: auth.rest_separator(),
-            auth,
-            policy: PeerPolicy::new(vec![], vec![]),
+            live: Reconfigure {
+                auth,
+                policy: PeerPolicy::new(vec![], vec![]),
+                user_quota: 0,
+                total_quota: 0,
+                default_lifetime: Duration::from_secs(600),
+                max_lifetime: Duration::from_secs(3600),
+                software: None,
+                mapped_address: false,
+                enforce_credential_expiry: true,
+                strict_channel_numbers: false,
+                telemetry: true,
+            },
             ports: Arc::new(Mutex::new(PortPool::new(*ports.start(), *ports.end()))),
             quotas: Arc::new(Quotas::new(0, 0)),
             relay_ips,
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            software: None,
-            mapped_address: false,
-            enforce_credential_expiry: true,
-            strict_channel_numbers: false,
-            telemetry: true,
             max_permissions: 1024,
             secret,
             limits: Limits::default(),
@@ -81,24 +85,27 @@ mod tests {
         let c = ServerConfig::testing(auth, [relay, None], 50000..=50009, [4; 32]);
 
         assert_eq!(
-            c.default_lifetime,
+            c.live.default_lifetime,
             Duration::from_secs(u64::from(d.allocation.default_lifetime))
         );
         assert_eq!(
-            c.max_lifetime,
+            c.live.max_lifetime,
             Duration::from_secs(u64::from(d.allocation.max_lifetime))
         );
         assert_eq!(
-            c.software,
+            c.live.software,
             (!d.server.software.is_empty()).then(|| d.server.software.clone())
         );
-        assert_eq!(c.mapped_address, d.server.mapped_address);
+        assert_eq!(c.live.mapped_address, d.server.mapped_address);
         assert_eq!(
-            c.enforce_credential_expiry,
+            c.live.enforce_credential_expiry,
             d.auth.enforce_credential_expiry
         );
-        assert_eq!(c.strict_channel_numbers, d.server.strict_channel_numbers);
-        assert_eq!(c.telemetry, d.telemetry.enabled);
+        assert_eq!(
+            c.live.strict_channel_numbers,
+            d.server.strict_channel_numbers
+        );
+        assert_eq!(c.live.telemetry, d.telemetry.enabled);
         assert_eq!(c.max_permissions, d.limits.permissions_per_allocation);
         assert_eq!(c.limits, d.core_limits());
         assert_eq!(c.unauth_limiter.limit(), d.unauth_limit());
@@ -107,9 +114,10 @@ mod tests {
             (d.allocation.user_quota, d.allocation.total_quota)
         );
         assert_eq!(c.quotas.bps_capacity(), d.allocation.bps_capacity);
+        assert_eq!((c.live.user_quota, c.live.total_quota), c.quotas.limits());
         let (allow, deny) = d.peer_rules();
         assert!(allow.is_empty() && deny.is_empty());
-        assert!(c.policy.own_addresses().is_empty());
+        assert!(c.live.policy.own_addresses().is_empty());
 
         // What the caller passed, and the separator from the authenticator.
         assert_eq!(c.rest_separator, '-');

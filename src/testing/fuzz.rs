@@ -18,8 +18,8 @@ use crate::turn::peer_policy::PeerPolicy;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, RelayId,
-    RelayOptions, Server, ServerConfig, Time, Transport,
+    BindError, ConnectionId, FiveTuple, Io, Limits, PEER_HEADROOM, PEER_TAILROOM, Reconfigure,
+    RelayId, RelayOptions, Server, ServerConfig, Time, Transport,
 };
 
 /// The fuzz targets, by the names of their corpus directories.
@@ -760,7 +760,7 @@ fn stream_in(
                     break;
                 }
                 Frame::NeedMore(_) | Frame::Invalid => {
-                    close_conn(server, io, conns, t);
+                    close_conn(now.mono, server, io, conns, t);
                     return;
                 }
             }
@@ -769,11 +769,17 @@ fn stream_in(
 }
 
 /// The client closes connection `t` (a later op on it is a new connection).
-fn close_conn(server: &mut Server, io: &mut FuzzIo, conns: &mut [Conn; STREAM_CONNS], t: u8) {
+fn close_conn(
+    now: Instant,
+    server: &mut Server,
+    io: &mut FuzzIo,
+    conns: &mut [Conn; STREAM_CONNS],
+    t: u8,
+) {
     let i = usize::from(t) % STREAM_CONNS;
     let ft = stream_tuple(t);
     conns[i] = Conn::default();
-    server.close_tuple(&ft, io);
+    server.close_tuple(&ft, now, io);
     // A joined data connection closes its peer connection with it.
     let ids: Vec<ConnectionId> = io
         .bound
@@ -959,11 +965,15 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
         )),
     ];
+    let base = ServerConfig::testing(auth.clone(), relay_ips, 50000..=50015, [5; 32]);
     let mut server = Server::new(ServerConfig {
-        policy: policy.clone(),
+        live: Reconfigure {
+            policy: policy.clone(),
+            software: Some("fuzz".into()),
+            mapped_address: true,
+            ..base.live
+        },
         quotas: quotas.clone(),
-        software: Some("fuzz".into()),
-        mapped_address: true,
         max_permissions: 4,
         limits: Limits { max_channels: 4 },
         unauth_limiter: Arc::new(ResponseLimiter::new(
@@ -971,7 +981,7 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
             128,
             [6; 16],
         )),
-        ..ServerConfig::testing(auth.clone(), relay_ips, 50000..=50015, [5; 32])
+        ..base
     });
     let mut io = FuzzIo::default();
     let t0 = Instant::now();
@@ -995,7 +1005,7 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
                 Mode::Datagrams => server.handle_client(now, tuple(t), &bytes, &mut io),
                 // No bytes: the client closes its connection.
                 Mode::Streams if bytes.is_empty() => {
-                    close_conn(&mut server, &mut io, &mut conns, t)
+                    close_conn(now.mono, &mut server, &mut io, &mut conns, t)
                 }
                 Mode::Streams => stream_in(
                     now,
@@ -1157,10 +1167,10 @@ fn run(data: &[u8], mode: Mode) -> (crate::turn::Stats, Reach) {
     }
     for t in 0..STREAM_CONNS as u8 {
         if mode == Mode::Streams {
-            close_conn(&mut server, &mut io, &mut conns, t);
+            close_conn(t0 + elapsed, &mut server, &mut io, &mut conns, t);
         }
     }
-    server.close_all(&mut io);
+    server.close_all(t0 + elapsed, &mut io);
     check_outputs(&mut io, &policy);
     assert!(io.open.is_empty(), "relays left open: {:?}", io.open);
     assert_eq!(

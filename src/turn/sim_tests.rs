@@ -91,12 +91,16 @@ fn sim_with(o: Opts) -> Sim {
             None
         },
     ];
+    let base = ServerConfig::testing(Arc::new(auth), relay_ips, o.min_port..=o.max_port, [7; 32]);
     let cfg = ServerConfig {
-        policy: PeerPolicy::new(o.allow, vec![]).with_own_addresses(o.own),
+        live: Reconfigure {
+            policy: PeerPolicy::new(o.allow, vec![]).with_own_addresses(o.own),
+            software: o.software,
+            enforce_credential_expiry: o.enforce_expiry,
+            strict_channel_numbers: o.strict_channels,
+            ..base.live
+        },
         quotas: quotas.clone(),
-        software: o.software,
-        enforce_credential_expiry: o.enforce_expiry,
-        strict_channel_numbers: o.strict_channels,
         max_permissions: 8,
         limits: o.limits,
         unauth_limiter: Arc::new(super::rate_limit::ResponseLimiter::new(
@@ -104,7 +108,7 @@ fn sim_with(o: Opts) -> Sim {
             super::challenge_len(REALM),
             [8; 16],
         )),
-        ..ServerConfig::testing(Arc::new(auth), relay_ips, o.min_port..=o.max_port, [7; 32])
+        ..base
     };
     Sim {
         server: Server::new(cfg),
@@ -1532,8 +1536,8 @@ fn sessions_gauges_and_ending_a_session() {
     assert_eq!(s.server.session(a.id, now).as_ref(), Some(a));
 
     let closed_before = s.io.closed.len();
-    assert!(s.server.end_session(a.id, &mut s.io));
-    assert!(!s.server.end_session(a.id, &mut s.io), "already gone");
+    assert!(s.server.end_session(a.id, now, &mut s.io));
+    assert!(!s.server.end_session(a.id, now, &mut s.io), "already gone");
     assert_eq!(s.io.closed.len(), closed_before + 1);
     assert_eq!(s.server.allocation_count(), 1);
     assert!(s.server.session(a.id, now).is_none());

@@ -1,7 +1,7 @@
 //! Two allocations of one server relay to each other (each the other's peer, relayed address
 //! to relayed address, the browser-to-browser case), through the real server, and turnd
 //! hands the data over without the kernel: on one worker (both allocations in its maps) and
-//! across two workers (the hand-over queue between them, `src/net/handover.rs`), by bound or
+//! across two workers (the hand-over queue between them, `src/net/worker/handover.rs`), by bound or
 //! advertised relayed address, for clients over UDP and over TCP. Permissions
 //! hold on both sides: a datagram goes out only if the sender has a permission for the
 //! receiver's relayed address, and comes in only if the receiver has one for the sender's

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use turnd::stun::{Class, Message};
 use turnd::testing::{CountingIo, TestClient};
-use turnd::turn::{FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, ServerConfig, Time, Transport};
+use turnd::turn::{
+    FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Reconfigure, Server, ServerConfig, Time, Transport,
+};
 
 /// Packets per timed run, and runs per direction; `RELAY_COST_PACKETS` and
 /// `RELAY_COST_RUNS` override them (e.g. for a run under `valgrind --tool=callgrind`, whose
@@ -67,10 +69,14 @@ fn main() {
     let mut client = TestClient::new("alice", "bench", "pw", ft);
     let telemetry = env_or("RELAY_COST_TELEMETRY", 1u8) != 0;
     let rtp = env_or("RELAY_COST_RTP", 0u8) != 0;
+    let base = client.server_config(50000..=50100);
     let mut server = Server::new(ServerConfig {
-        default_lifetime: Duration::from_secs(3600),
-        telemetry,
-        ..client.server_config(50000..=50100)
+        live: Reconfigure {
+            default_lifetime: Duration::from_secs(3600),
+            telemetry,
+            ..base.live
+        },
+        ..base
     });
     let mut io = CountingIo::default();
     let now = Time {

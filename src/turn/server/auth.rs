@@ -93,21 +93,21 @@ impl Server {
                 return None;
             }
         };
-        if realm != self.cfg.auth.realm().as_bytes() {
+        if realm != self.cfg.live.auth.realm().as_bytes() {
             self.stats.auth_failures += 1;
             self.challenge(now, ft, msg, RequestError::Unauthenticated, false, io);
             return None;
         }
         let has_alloc = self.by_tuple.contains_key(ft);
-        let candidates = match self.cfg.auth.lookup(user, alg, now.unix) {
+        let candidates = match self.cfg.live.auth.lookup(user, alg, now.unix) {
             Ok(c) => Some(c),
             Err(AuthError::Expired)
-                if !self.cfg.enforce_credential_expiry
+                if !self.cfg.live.enforce_credential_expiry
                     && has_alloc
                     && msg.method() != method::ALLOCATE =>
             {
                 // The operator lets live sessions outlast their credential, as coturn does.
-                self.cfg.auth.lookup_past_expiry(user, alg).ok()
+                self.cfg.live.auth.lookup_past_expiry(user, alg).ok()
             }
             Err(_) => None,
         };
@@ -139,7 +139,7 @@ impl Server {
                 // answer takes as long as for a known user with a wrong password and timing
                 // does not reveal which usernames exist. The outcome is discarded.
                 self.stats.integrity_checks += 1;
-                let decoy = self.cfg.auth.decoy_key(alg);
+                let decoy = self.cfg.live.auth.decoy_key(alg);
                 let _ = std::hint::black_box(msg.verify_integrity(decoy.as_bytes()));
                 None
             }
@@ -150,7 +150,12 @@ impl Server {
             self.challenge(now, ft, msg, RequestError::Unauthenticated, false, io);
             return None;
         };
-        if !self.cfg.auth.check_nonce(nonce, now.unix, ft.client.ip()) {
+        if !self
+            .cfg
+            .live
+            .auth
+            .check_nonce(nonce, now.unix, ft.client.ip())
+        {
             self.challenge(now, ft, msg, RequestError::StaleNonce, true, io);
             return None;
         }
@@ -174,7 +179,7 @@ impl Server {
     ) {
         // The budget is asked before the nonce's HMAC is computed, so a spoofed flood the
         // budget refuses costs no more than the check.
-        let auth = self.cfg.auth.clone();
+        let auth = self.cfg.live.auth.clone();
         let size = challenge_size(auth.realm(), err, msg.has_fingerprint());
         if !proven && !self.unauth_answer_allowed(now.mono, ft, msg, size) {
             return;

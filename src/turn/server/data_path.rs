@@ -135,7 +135,7 @@ impl Server {
         bump(&mut self.stats.relayed_from_peer, 1);
         bump(&mut self.stats.traffic.sentp, 1);
         bump(&mut self.stats.traffic.sentb, len as u64);
-        if self.cfg.telemetry {
+        if self.cfg.live.telemetry {
             observe(
                 a,
                 &mut self.stats.quality,
@@ -199,7 +199,7 @@ impl Server {
             now,
             peer,
             payload,
-            self.cfg.telemetry,
+            self.cfg.live.telemetry,
             io,
         );
     }
@@ -226,7 +226,7 @@ impl Server {
             return;
         }
         // A permission is per IP; the server's own listen ports on that IP stay closed.
-        if self.cfg.policy.is_own_address(peer) {
+        if self.cfg.live.policy.is_own_address(peer) {
             self.stats.dropped += 1;
             return;
         }
@@ -239,6 +239,14 @@ impl Server {
         let len = data.len();
         bump(&mut self.stats.traffic.rcvp, 1);
         bump(&mut self.stats.traffic.rcvb, len as u64);
-        forward_to_peer(&mut self.stats, a, now, peer, data, self.cfg.telemetry, io);
+        forward_to_peer(
+            &mut self.stats,
+            a,
+            now,
+            peer,
+            data,
+            self.cfg.live.telemetry,
+            io,
+        );
     }
 }

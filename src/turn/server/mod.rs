@@ -62,23 +62,15 @@ pub use auth::challenge_len;
 
 /// Everything one worker's server needs; shared parts are behind `Arc`.
 pub struct ServerConfig {
-    pub auth: Arc<Authenticator>,
-    pub policy: PeerPolicy,
+    /// What a reload may change ([`Server::reconfigure`] swaps it): credentials, peer
+    /// policy, lifetimes, SOFTWARE and the other request switches. Its policy carries the
+    /// server's own addresses. Its quota limits are those last set on `quotas`, which holds
+    /// the limits in force (shared by every worker).
+    pub live: Reconfigure,
     pub ports: Arc<Mutex<PortPool>>,
     pub quotas: Arc<Quotas>,
     /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise.
     pub relay_ips: [Option<(IpAddr, IpAddr)>; 2],
-    pub default_lifetime: Duration,
-    pub max_lifetime: Duration,
-    /// SOFTWARE for authenticated responses; None sends none.
-    pub software: Option<String>,
-    pub mapped_address: bool,
-    pub enforce_credential_expiry: bool,
-    /// ChannelBind grants only RFC 8656 §12's 0x4000-0x4FFF; false: RFC 5766 §11's
-    /// 0x4000-0x7FFF (`server.strict-channel-numbers`).
-    pub strict_channel_numbers: bool,
-    /// Observe relayed payloads for call quality (`telemetry.enabled`, [`crate::quality`]).
-    pub telemetry: bool,
     pub rest_separator: char,
     /// Most permissions one allocation may hold.
     pub max_permissions: usize,
@@ -181,6 +173,7 @@ pub struct Reconfigure {
     pub mapped_address: bool,
     pub enforce_credential_expiry: bool,
     pub strict_channel_numbers: bool,
+    /// Observe relayed payloads for call quality (`telemetry.enabled`, [`crate::quality`]).
     pub telemetry: bool,
 }
 
@@ -212,18 +205,13 @@ impl Server {
     /// Swaps in reloaded settings (see [`Reconfigure`]). The quota limits live in the
     /// [`Quotas`] every worker shares, so their live counts carry over unchanged.
     pub fn reconfigure(&mut self, r: Reconfigure) {
-        self.cfg.auth = r.auth;
         // The listeners do not change on reload: neither does the own-address rule.
-        let own = self.cfg.policy.own_addresses().to_vec();
-        self.cfg.policy = r.policy.with_own_addresses(own);
+        let own = self.cfg.live.policy.own_addresses().to_vec();
         self.cfg.quotas.set_limits(r.user_quota, r.total_quota);
-        self.cfg.default_lifetime = r.default_lifetime;
-        self.cfg.max_lifetime = r.max_lifetime;
-        self.cfg.software = r.software;
-        self.cfg.mapped_address = r.mapped_address;
-        self.cfg.enforce_credential_expiry = r.enforce_credential_expiry;
-        self.cfg.strict_channel_numbers = r.strict_channel_numbers;
-        self.cfg.telemetry = r.telemetry;
+        self.cfg.live = Reconfigure {
+            policy: r.policy.with_own_addresses(own),
+            ..r
+        };
     }
 
     /// Stops granting new allocations; existing ones go on relaying and may be refreshed.
@@ -321,7 +309,7 @@ impl Server {
             }
             a.scheduled = None;
             if a.expires <= now.mono {
-                self.delete(slot, EndReason::Expired, io);
+                self.delete(slot, EndReason::Expired, now.mono, io);
                 continue;
             }
             a.sweep(now.mono);
@@ -329,19 +317,19 @@ impl Server {
         }
     }
 
-    /// Ends every allocation (shutdown).
-    pub fn close_all(&mut self, io: &mut impl Io) {
+    /// Ends every allocation (shutdown) at `now`.
+    pub fn close_all(&mut self, now: Instant, io: &mut impl Io) {
         let slots: Vec<usize> = self.by_tuple.values().copied().collect();
         for s in slots {
-            self.delete(s, EndReason::Shutdown, io);
+            self.delete(s, EndReason::Shutdown, now, io);
         }
     }
 
     /// Ends the allocation on a 5-tuple now (its transport connection closed).
-    pub fn close_tuple(&mut self, ft: &FiveTuple, io: &mut impl Io) {
+    pub fn close_tuple(&mut self, ft: &FiveTuple, now: Instant, io: &mut impl Io) {
         self.tcp_forget(ft);
         if let Some(&s) = self.by_tuple.get(ft) {
-            self.delete(s, EndReason::Shutdown, io);
+            self.delete(s, EndReason::Shutdown, now, io);
         }
     }
 
@@ -485,9 +473,9 @@ impl Server {
     fn lifetime(&self, msg: &Message<'_>) -> Duration {
         match msg.u32_attr(attr::LIFETIME) {
             Some(Ok(secs)) => Duration::from_secs(secs as u64)
-                .min(self.cfg.max_lifetime)
-                .max(self.cfg.default_lifetime),
-            _ => self.cfg.default_lifetime,
+                .min(self.cfg.live.max_lifetime)
+                .max(self.cfg.live.default_lifetime),
+            _ => self.cfg.live.default_lifetime,
         }
     }
 
@@ -543,7 +531,7 @@ impl Server {
     ) {
         let mut w = MessageWriter::resume(&mut self.out, msg.transaction_id());
         if let Some(a) = auth {
-            if let Some(s) = &self.cfg.software {
+            if let Some(s) = &self.cfg.live.software {
                 w.attr(attr::SOFTWARE, s.as_bytes());
             }
             match a.integrity {
@@ -576,7 +564,7 @@ impl Server {
         }
     }
 
-    fn delete(&mut self, slot: usize, why: EndReason, io: &mut impl Io) {
+    fn delete(&mut self, slot: usize, why: EndReason, now: Instant, io: &mut impl Io) {
         let Some(a) = self.slots.get_mut(slot).and_then(|s| s.take()) else {
             return;
         };
@@ -610,7 +598,7 @@ impl Server {
             packets_from_peer = c.packets_from_peer,
             dropped = c.drops.iter().sum::<u64>(),
             started_unix = a.created_unix,
-            seconds = a.created.elapsed().as_secs(),
+            seconds = now.saturating_duration_since(a.created).as_secs(),
             reason = ?why,
             "allocation deleted"
         );
@@ -622,8 +610,7 @@ impl Server {
                 session = a.id,
                 client = %a.five_tuple.client,
                 user = display_user(&a.username, self.cfg.rest_separator),
-                // From the allocation to its last relayed packet (no clock read here).
-                duration_secs = q.last_seen().saturating_duration_since(a.created).as_secs(),
+                duration_secs = now.saturating_duration_since(a.created).as_secs(),
                 bytes_to_peer = c.bytes_to_peer,
                 bytes_from_peer = c.bytes_from_peer,
                 state = s.state(),

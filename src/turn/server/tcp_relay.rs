@@ -228,7 +228,7 @@ impl Server {
             }
             None => {}
         }
-        if let Some(s) = &self.cfg.software {
+        if let Some(s) = &self.cfg.live.software {
             w.attr(attr::SOFTWARE, s.as_bytes());
         }
         match p.integrity {

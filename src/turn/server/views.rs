@@ -55,15 +55,15 @@ impl Server {
 
     /// Ends the allocation with this id now: its relay sockets close, its quotas are given
     /// back, and its client's next request gets 437 (RFC 8656 §7: no allocation on the
-    /// 5-tuple). False when there is no such allocation.
-    pub fn end_session(&mut self, id: u64, io: &mut impl Io) -> bool {
+    /// 5-tuple). False when there is no such allocation. `now` is the time it ends at.
+    pub fn end_session(&mut self, id: u64, now: Instant, io: &mut impl Io) -> bool {
         let slot = self
             .slots
             .iter()
             .position(|s| s.as_ref().is_some_and(|a| a.id == id));
         match slot {
             Some(s) => {
-                self.delete(s, EndReason::Admin, io);
+                self.delete(s, EndReason::Admin, now, io);
                 true
             }
             None => false,
@@ -94,7 +94,7 @@ impl Server {
             quality: match &a.quality {
                 Some(q) => Some(q.report(now)),
                 // Nothing relayed yet: an idle report, unless telemetry is off.
-                None if self.cfg.telemetry && !a.tcp => Some(Quality::new(now).report(now)),
+                None if self.cfg.live.telemetry && !a.tcp => Some(Quality::new(now).report(now)),
                 None => None,
             },
         }

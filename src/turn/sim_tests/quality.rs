@@ -104,8 +104,9 @@ fn both_directions_are_observed_and_summarised_when_the_session_ends() {
     s.client_send(ft(1000), &channel_data(0x4000, &rtp(7, 200, 0)));
     assert_eq!(s.server.stats().quality.payloads[0][2], 90);
 
+    let end = s.now().mono;
     let lines = logged(|| {
-        assert!(s.server.end_session(id, &mut s.io));
+        assert!(s.server.end_session(id, end, &mut s.io));
     });
     let line = lines
         .iter()

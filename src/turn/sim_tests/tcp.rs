@@ -237,7 +237,7 @@ fn connect_then_bind_and_446_447() {
 
     // The allocation ends: its data connections are closed.
     sim.io.tcp.closed.clear();
-    sim.server.close_tuple(&c.ft, &mut sim.io);
+    sim.server.close_tuple(&c.ft, sim.now().mono, &mut sim.io);
     assert!(sim.io.tcp.closed.contains(&id));
     assert_eq!(sim.server.peer_connection_count(), 0);
 }

@@ -6,7 +6,8 @@
 pub mod stream;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use stun::agent::TransactionId;
@@ -18,138 +19,34 @@ use stun::message::*;
 use stun::textattrs::{Nonce, Realm, Username};
 use stun::xoraddr::XorMappedAddress;
 
-pub const REALM: &str = "turnd.test";
+pub use turnd::testing::process::{REALM, free_udp_port, run_binary};
 
-/// A `turnd` process; killed (by its own pid) and reaped on drop.
-pub struct TestServer {
-    child: Option<Child>,
-    pub addr: SocketAddr,
-}
-
-/// A port that was free a moment ago for both UDP and TCP (turnd listens on both). Tests
-/// that fix a relay port range use 20000-20999: outside the kernel's ephemeral range
-/// (32768-60999), where client sockets of tests running alongside could take it.
-pub fn free_udp_port(ip: &str) -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP on {ip}");
-}
+/// A `turnd` process of this package's binary ([`turnd::testing::process::TestServer`]:
+/// pid, signal, wait_exit, the address); killed (by its own pid) and reaped on drop.
+pub struct TestServer(turnd::testing::process::TestServer);
 
 impl TestServer {
     /// Starts turnd listening on `ip` (a free port) with a test user `alice:wonderland`,
     /// relaying on the same IP; `extra` flags are appended.
     pub fn start(ip: &str, extra: &[&str]) -> TestServer {
-        for _ in 0..5 {
-            let port = free_udp_port(ip);
-            let addr: SocketAddr = if ip.contains(':') {
-                format!("[{ip}]:{port}").parse().unwrap()
-            } else {
-                format!("{ip}:{port}").parse().unwrap()
-            };
-            let mut args: Vec<String> = vec![
-                "--listen".into(),
-                addr.to_string(),
-                "--realm".into(),
-                REALM.into(),
-            ];
-            if !extra.contains(&"--workers") {
-                args.extend(["--workers".into(), "2".into()]);
-            }
-            if !extra.contains(&"--relay-ip") {
-                args.extend(["--relay-ip".into(), ip.into()]);
-            }
-            if !extra
-                .iter()
-                .any(|a| *a == "--user" || *a == "--auth-secret")
-            {
-                args.extend(["--user".into(), "alice:wonderland".into()]);
-            }
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
-                .args(&args)
-                .env("RUST_LOG", "turnd=debug")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn turnd");
-            let mut server = TestServer { child: None, addr };
-            if server.wait_ready(&mut child) {
-                server.child = Some(child);
-                return server;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("turnd did not start");
-    }
-
-    /// Polls with Binding requests until the server answers (or the process exits).
-    fn wait_ready(&self, child: &mut Child) -> bool {
-        let sock = UdpSocket::bind(if self.addr.is_ipv6() {
-            "[::1]:0"
-        } else {
-            "127.0.0.1:0"
-        })
-        .unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            let req = binding_request();
-            let _ = sock.send_to(&req, self.addr);
-            let mut buf = [0u8; 1500];
-            if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && n >= 20
-                && buf[0] == 0x01
-                && buf[1] == 0x01
-            {
-                return true;
-            }
-        }
-        false
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// Sends a signal to the server (by its pid).
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args(["-s", sig, &self.pid().to_string()])
-            .status();
-    }
-
-    /// Waits for the process to exit and returns its status code.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = child.try_wait() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        TestServer(turnd::testing::process::TestServer::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_turnd")),
+            ip,
+            extra,
+        ))
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+impl Deref for TestServer {
+    type Target = turnd::testing::process::TestServer;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -398,44 +295,6 @@ pub async fn turn_client(server: &TestServer, user: &str, pass: &str) -> turn::c
 /// is then `None` (as it is when it dies by a signal).
 pub fn run_turnd(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
     run_binary(env!("CARGO_BIN_EXE_turnd"), args, limit)
-}
-
-/// [`run_turnd`] for any binary.
-pub fn run_binary(bin: &str, args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
-    use std::io::Read;
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let timed_out = matches!(child.try_wait(), Ok(None));
-    if timed_out {
-        let _ = child.kill();
-    }
-    let status = child.wait();
-    (
-        status.ok().filter(|_| !timed_out).and_then(|st| st.code()),
-        out_reader.join().unwrap_or_default(),
-        err_reader.join().unwrap_or_default(),
-    )
 }
 
 /// Receives datagrams on the client's socket until a Data indication arrives (or about

@@ -19,7 +19,7 @@ impl Server {
                 n += 2;
             }
         }
-        let mapped = self.cfg.mapped_address;
+        let mapped = self.cfg.live.mapped_address;
         let mut w = self.writer(msg, if n > 0 { Class::Error } else { Class::Success });
         if n > 0 {
             w.error_code(

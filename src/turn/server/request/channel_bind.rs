@@ -45,7 +45,7 @@ impl Server {
             return Err(RequestError::BadRequest);
         }
         let ChannelBindRequest { number, peer } =
-            ChannelBindRequest::parse(msg, self.cfg.strict_channel_numbers)?;
+            ChannelBindRequest::parse(msg, self.cfg.live.strict_channel_numbers)?;
         self.check_peer(slot, peer)?;
         let max = self.cfg.max_permissions;
         let max_channels = self.cfg.limits.max_channels;

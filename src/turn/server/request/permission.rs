@@ -18,7 +18,7 @@ impl Server {
         if a.relay_for(&peer).is_none() {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
-        if !self.cfg.policy.is_allowed_addr(peer) {
+        if !self.cfg.live.policy.is_allowed_addr(peer) {
             return Err(RequestError::Forbidden);
         }
         Ok(())

@@ -52,7 +52,7 @@ impl Server {
         if zero {
             match (family, dual) {
                 (Some(f), true) => self.close_family(slot, f, io),
-                _ => self.delete(slot, EndReason::Refreshed0, io),
+                _ => self.delete(slot, EndReason::Refreshed0, now.mono, io),
             }
         } else if let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) {
             a.expires = now.mono + lifetime;

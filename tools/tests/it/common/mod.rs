@@ -1,20 +1,16 @@
-//! Shared helpers for the tools' tests: start the real `turnd` binary on loopback (found with
-//! [`turnd_bin`]), end it by its pid, run a tool to completion, and what the load tool's
-//! tests read ([`load`]).
+//! Helpers for the tools' tests: find (and build) the `turnd` binary of this workspace
+//! ([`turnd_bin`]) and start it on loopback; what the load tool's tests read ([`load`]). Starting
+//! a server, running a tool to completion, free ports and scratch directories are turnd's
+//! own test helpers (`turnd::testing::process`, shared with turnd's integration tests).
 
 pub mod load;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
-use turnd::stun::{Class, MessageWriter, method};
-
-/// The realm of the test server.
-pub const REALM: &str = "turnd.test";
+pub use turnd::testing::process::{TempDir, free_tcp_port, run_binary};
 
 /// The `turnd` binary of this workspace, built by the cargo that runs the tests (once per
 /// test binary) so that it is there and up to date: `<target>/<profile>/turnd`.
@@ -123,188 +119,26 @@ fn turnd_test_target(metadata: &mut Command, manifest: &Path) -> Option<String> 
     Some(test["name"].as_str()?.to_owned())
 }
 
-/// A `turnd` process; killed (by its own pid) and reaped on drop.
-pub struct TestServer {
-    child: Option<Child>,
-    pub addr: SocketAddr,
-}
-
-/// A port that was free a moment ago for both UDP and TCP (turnd listens on both).
-pub fn free_udp_port(ip: &str) -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP on {ip}");
-}
-
-/// A TCP port that was free a moment ago.
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A `turnd` process of this workspace's binary ([`turnd_bin`]); see
+/// [`turnd::testing::process::TestServer`]. Killed (by its own pid) and reaped on drop.
+pub struct TestServer(turnd::testing::process::TestServer);
 
 impl TestServer {
     /// Starts turnd listening on `ip` (a free port) with a test user `alice:wonderland`,
     /// relaying on the same IP; `extra` flags are appended.
     pub fn start(ip: &str, extra: &[&str]) -> TestServer {
-        for _ in 0..5 {
-            let port = free_udp_port(ip);
-            let addr = SocketAddr::new(ip.parse().expect("an IP address"), port);
-            let mut args: Vec<String> = vec![
-                "--listen".into(),
-                addr.to_string(),
-                "--realm".into(),
-                REALM.into(),
-                "--workers".into(),
-                "2".into(),
-                "--relay-ip".into(),
-                ip.into(),
-            ];
-            if !extra
-                .iter()
-                .any(|a| *a == "--user" || *a == "--auth-secret")
-            {
-                args.extend(["--user".into(), "alice:wonderland".into()]);
-            }
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let mut child = Command::new(turnd_bin())
-                .args(&args)
-                .env("RUST_LOG", "turnd=debug")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn turnd");
-            let mut server = TestServer { child: None, addr };
-            if server.wait_ready(&mut child) {
-                server.child = Some(child);
-                return server;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("turnd did not start");
-    }
-
-    /// Polls with Binding requests until the server answers (or the process exits).
-    fn wait_ready(&self, child: &mut Child) -> bool {
-        let sock = UdpSocket::bind(if self.addr.is_ipv6() {
-            "[::1]:0"
-        } else {
-            "127.0.0.1:0"
-        })
-        .unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut req = Vec::new();
-        MessageWriter::new(&mut req, method::BINDING, Class::Request, [7; 12]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            let _ = sock.send_to(&req, self.addr);
-            let mut buf = [0u8; 1500];
-            if let Ok((n, _)) = sock.recv_from(&mut buf)
-                && n >= 20
-                && buf[0] == 0x01
-                && buf[1] == 0x01
-            {
-                return true;
-            }
-        }
-        false
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        TestServer(turnd::testing::process::TestServer::start_binary(
+            turnd_bin(),
+            ip,
+            extra,
+        ))
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs `bin` with `args` to completion and returns (exit code, stdout, stderr). The process
-/// is killed (by its pid) if it is still running after `limit`; the code is then `None` (as
-/// it is when it dies by a signal).
-pub fn run_binary(
-    bin: impl AsRef<Path>,
-    args: &[&str],
-    limit: Duration,
-) -> (Option<i32>, String, String) {
-    use std::io::Read;
-    let mut child = Command::new(bin.as_ref())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let timed_out = matches!(child.try_wait(), Ok(None));
-    if timed_out {
-        let _ = child.kill();
-    }
-    let status = child.wait();
-    (
-        status.ok().filter(|_| !timed_out).and_then(|st| st.code()),
-        out_reader.join().unwrap_or_default(),
-        err_reader.join().unwrap_or_default(),
-    )
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "turnd-tools-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl Deref for TestServer {
+    type Target = turnd::testing::process::TestServer;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

@@ -8,13 +8,12 @@ use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::rc::Weak;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::debug;
 
-use super::now;
-use super::tcp::TcpIo;
-use super::udp::Worker;
+use super::Worker;
+use super::streams::TcpIo;
+use crate::net::now;
 use crate::turn::error::RequestError;
 use crate::turn::{BindError, ConnectionId, FiveTuple, RelayId, connection_owner};
 
@@ -246,53 +245,4 @@ async fn relay_accept_loop(state: Weak<RefCell<Worker>>, l: TcpListener, relay: 
             w.io.tcp.pending_peers.insert(id, sock);
         }
     }
-}
-
-/// Joins a client data connection with its peer data connection (RFC 6062 §5.4) until
-/// either side closes, or the owner closes them (allocation ended); then tells the owner.
-pub(super) async fn run_splice<S>(
-    state: &Weak<RefCell<Worker>>,
-    id: ConnectionId,
-    client: S,
-    peer: std::net::TcpStream,
-    leftover: Vec<u8>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let task = tokio::task::spawn_local(pipe(client, peer, leftover));
-    if let Some(st) = state.upgrade() {
-        st.borrow_mut()
-            .io
-            .tcp
-            .splices
-            .insert(id, task.abort_handle());
-    }
-    let aborted = task.await.is_err();
-    if !aborted && let Some(st) = state.upgrade() {
-        let mut g = st.borrow_mut();
-        g.io.tcp.splices.remove(&id);
-        g.io.tcp.notify_closed(id);
-    }
-}
-
-/// Copies both ways with fixed buffers; the first direction to end ends both.
-async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
-    client: S,
-    peer: std::net::TcpStream,
-    leftover: Vec<u8>,
-) {
-    let Ok(mut peer) = TcpStream::from_std(peer) else {
-        return;
-    };
-    if !leftover.is_empty() && peer.write_all(&leftover).await.is_err() {
-        return;
-    }
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut pr, mut pw) = peer.split();
-    tokio::select! {
-        _ = tokio::io::copy(&mut cr, &mut pw) => {}
-        _ = tokio::io::copy(&mut pr, &mut cw) => {}
-    }
-    let _ = cw.shutdown().await;
-    let _ = pw.shutdown().await;
 }

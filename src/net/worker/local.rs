@@ -33,14 +33,14 @@ struct Local {
 /// Datagrams from one of the worker's relay sockets to another, kept until the end of the
 /// batch that produced them (the core cannot be entered again from inside its own call).
 #[derive(Default)]
-pub(super) struct LocalQueue {
+pub(in crate::net) struct LocalQueue {
     arena: Box<[u8]>,
     used: usize,
     items: Vec<Local>,
 }
 
 impl LocalQueue {
-    pub(super) fn new() -> LocalQueue {
+    pub(in crate::net) fn new() -> LocalQueue {
         LocalQueue {
             arena: vec![0u8; LOCAL_BYTES].into_boxed_slice(),
             used: 0,
@@ -50,7 +50,7 @@ impl LocalQueue {
 
     /// Keeps `data` for relay `to` as coming from `from`, with room around it for the core
     /// to write a header in place; false when the queue is full.
-    pub(super) fn push(&mut self, to: RelayId, from: SocketAddr, data: &[u8]) -> bool {
+    pub(in crate::net) fn push(&mut self, to: RelayId, from: SocketAddr, data: &[u8]) -> bool {
         if self.items.len() >= LOCAL_BATCH {
             return false;
         }
@@ -71,13 +71,13 @@ impl LocalQueue {
         true
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(in crate::net) fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
     /// Hands every kept datagram to `deliver(to, from, buf, payload range)` in order, then
     /// empties the queue.
-    pub(super) fn drain(
+    pub(in crate::net) fn drain(
         &mut self,
         mut deliver: impl FnMut(RelayId, SocketAddr, &mut [u8], std::ops::Range<usize>),
     ) {

@@ -8,30 +8,26 @@
 //! per-connection queue that [`crate::turn::Io::send_to_client`] appends to. When the
 //! connection closes, its allocation ends (RFC 8656 §3.1: the allocation is bound to it).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
-use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::tls::CertStore;
-use super::udp::{Job, Worker};
-use super::{now, proxy};
-use crate::config::Config;
+use super::Worker;
+use super::streams::{Outbox, Shared, TotalSlot, WorkerStreams};
+use super::{begin_batch, end_batch};
+use crate::net::{now, proxy};
 use crate::stun::framing::{Frame, next_frame};
-use crate::turn::{ConnectionId, FiveTuple, RelayId, Transport, client_ip_key};
+use crate::turn::{ConnectionId, FiveTuple, Transport};
 
 /// Room for the largest STUN message (20 + 65532) or ChannelData (4 + 65535 + pad): the
 /// most a connection's read buffer grows to.
@@ -45,315 +41,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// TLS record content type "handshake": the first byte of a ClientHello (RFC 8446 §5.1).
 const TLS_HANDSHAKE: u8 = 0x16;
-
-/// Stream settings from `[tcp]` and `[tls]`.
-#[derive(Clone, Debug)]
-pub(crate) struct StreamConfig {
-    pub max_connections: usize,
-    pub max_per_ip: usize,
-    pub auth_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub write_queue: usize,
-    pub proxy_protocol: bool,
-    pub mux: bool,
-    /// RFC 6062 §5.2: how long an outgoing Connect may take (at least 30 s by default).
-    pub connect_timeout: Duration,
-}
-
-impl StreamConfig {
-    pub fn from_config(cfg: &Config) -> StreamConfig {
-        StreamConfig {
-            max_connections: cfg.tcp.max_connections,
-            max_per_ip: cfg.tcp.max_connections_per_ip,
-            auth_timeout: Duration::from_secs(cfg.tcp.auth_timeout),
-            idle_timeout: Duration::from_secs(cfg.tcp.idle_timeout),
-            handshake_timeout: Duration::from_secs(cfg.tls.handshake_timeout),
-            write_queue: cfg.tcp.write_queue_bytes,
-            proxy_protocol: cfg.tcp.proxy_protocol,
-            mux: cfg.tls.mux,
-            connect_timeout: Duration::from_secs(cfg.tcp.connect_timeout),
-        }
-    }
-}
-
-/// Server-wide stream counters (plain atomics, touched per connection, not per packet).
-#[derive(Debug, Default)]
-pub struct StreamStats {
-    pub accepted: AtomicU64,
-    pub refused_total: AtomicU64,
-    pub refused_per_ip: AtomicU64,
-    pub handshake_failures: AtomicU64,
-    /// PROXY header or TLS handshake not done within `tls.handshake-timeout`.
-    pub handshake_timeouts: AtomicU64,
-    pub auth_timeouts: AtomicU64,
-    pub idle_timeouts: AtomicU64,
-    pub queue_drops: AtomicU64,
-}
-
-/// What every worker's stream side shares: settings, certificates, connection counts.
-pub(crate) struct Shared {
-    pub cfg: StreamConfig,
-    pub certs: Option<Arc<CertStore>>,
-    pub stats: StreamStats,
-    open: AtomicUsize,
-    /// Open connections past setup, by transport: [TCP, TLS].
-    open_by_transport: [AtomicUsize; 2],
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl Shared {
-    pub fn new(cfg: StreamConfig, certs: Option<Arc<CertStore>>) -> Arc<Shared> {
-        Arc::new(Shared {
-            cfg,
-            certs,
-            stats: StreamStats::default(),
-            open: AtomicUsize::new(0),
-            open_by_transport: [AtomicUsize::new(0), AtomicUsize::new(0)],
-            per_ip: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A slot under `tcp.max-connections`, held until dropped.
-    fn acquire_total(self: &Arc<Shared>) -> Option<TotalSlot> {
-        let max = self.cfg.max_connections;
-        let prev = self.open.fetch_add(1, Ordering::AcqRel);
-        if max != 0 && prev >= max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            self.stats.refused_total.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(TotalSlot(self.clone()))
-    }
-
-    /// A slot under `tcp.max-connections-per-ip`, held until dropped. IPv6 clients count by
-    /// their /64, as every other per-IP limit ([`client_ip_key`]).
-    fn acquire_ip(self: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
-        let ip = client_ip_key(ip);
-        let max = self.cfg.max_per_ip;
-        let mut m = match self.per_ip.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let n = m.entry(ip).or_insert(0);
-        if max != 0 && *n >= max {
-            drop(m);
-            self.stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot(self.clone(), ip))
-    }
-
-    /// Open client connections now.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Counts a connection as open over `transport` until the slot is dropped.
-    fn open_as(self: &Arc<Shared>, transport: Transport) -> TransportSlot {
-        let i = usize::from(transport == Transport::Tls);
-        self.open_by_transport[i].fetch_add(1, Ordering::AcqRel);
-        TransportSlot(self.clone(), i)
-    }
-}
-
-struct TransportSlot(Arc<Shared>, usize);
-
-impl Drop for TransportSlot {
-    fn drop(&mut self) {
-        if let Some(n) = self.0.open_by_transport.get(self.1) {
-            n.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// The stream counters at one moment, for `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StreamSnapshot {
-    /// Open client connections past setup (PROXY header, transport detection).
-    pub open_tcp: u64,
-    pub open_tls: u64,
-    pub accepted: u64,
-    /// Refused by `tcp.max-connections`.
-    pub refused_total: u64,
-    /// Refused by `tcp.max-connections-per-ip`.
-    pub refused_per_ip: u64,
-    /// Failed PROXY headers and TLS handshakes (timeouts not included).
-    pub handshake_failures: u64,
-    pub handshake_timeouts: u64,
-    pub auth_timeouts: u64,
-    pub idle_timeouts: u64,
-    /// Messages dropped because a client's write queue was full.
-    pub queue_drops: u64,
-}
-
-/// A handle on the server-wide stream counters, cheap to clone and to read from any thread.
-#[derive(Clone)]
-pub struct StreamMetrics(Arc<Shared>);
-
-impl StreamMetrics {
-    pub(crate) fn new(shared: Arc<Shared>) -> StreamMetrics {
-        StreamMetrics(shared)
-    }
-
-    pub fn snapshot(&self) -> StreamSnapshot {
-        let s = &self.0;
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let open = |i: usize| s.open_by_transport[i].load(Ordering::Acquire) as u64;
-        StreamSnapshot {
-            open_tcp: open(0),
-            open_tls: open(1),
-            accepted: n(&s.stats.accepted),
-            refused_total: n(&s.stats.refused_total),
-            refused_per_ip: n(&s.stats.refused_per_ip),
-            handshake_failures: n(&s.stats.handshake_failures),
-            handshake_timeouts: n(&s.stats.handshake_timeouts),
-            auth_timeouts: n(&s.stats.auth_timeouts),
-            idle_timeouts: n(&s.stats.idle_timeouts),
-            queue_drops: n(&s.stats.queue_drops),
-        }
-    }
-}
-
-struct TotalSlot(Arc<Shared>);
-
-impl Drop for TotalSlot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-struct IpSlot(Arc<Shared>, IpAddr);
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut m = match self.0.per_ip.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(n) = m.get_mut(&self.1) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.1);
-            }
-        }
-    }
-}
-
-/// The bytes waiting to be written to one client, at most `cap` of them. A message that does
-/// not fit is dropped whole (the stream stays in frame) and counted.
-pub(crate) struct Outbox {
-    buf: RefCell<Vec<u8>>,
-    cap: usize,
-    wake: Notify,
-    closing: Cell<bool>,
-    drops: Cell<u64>,
-    active: Cell<Instant>,
-    /// A ConnectionBind from this connection waits for its answer: read nothing more.
-    pub(super) claiming: Cell<bool>,
-    /// The peer data connection to join once the ConnectionBind succeeded.
-    pub(super) handoff: RefCell<Option<(ConnectionId, std::net::TcpStream)>>,
-    /// Wakes the reader when `claiming` or `handoff` change.
-    pub(super) reader_wake: Notify,
-    /// Hand the stream back instead of shutting it down when closing.
-    keep_open: Cell<bool>,
-}
-
-impl Outbox {
-    pub fn new(cap: usize) -> Outbox {
-        Outbox {
-            buf: RefCell::new(Vec::new()),
-            cap,
-            wake: Notify::new(),
-            closing: Cell::new(false),
-            drops: Cell::new(0),
-            active: Cell::new(Instant::now()),
-            claiming: Cell::new(false),
-            handoff: RefCell::new(None),
-            reader_wake: Notify::new(),
-            keep_open: Cell::new(false),
-        }
-    }
-
-    /// Queues one whole message; false (and counted) when it does not fit.
-    pub fn push(&self, data: &[u8]) -> bool {
-        let mut b = self.buf.borrow_mut();
-        if self.closing.get() || b.len() + data.len() > self.cap {
-            self.drops.set(self.drops.get() + 1);
-            return false;
-        }
-        b.extend_from_slice(data);
-        drop(b);
-        self.wake.notify_one();
-        true
-    }
-
-    #[cfg(test)]
-    fn queued(&self) -> usize {
-        self.buf.borrow().len()
-    }
-
-    pub fn drops(&self) -> u64 {
-        self.drops.get()
-    }
-
-    fn touch(&self) {
-        self.active.set(Instant::now());
-    }
-
-    fn close(&self) {
-        self.closing.set(true);
-        self.wake.notify_one();
-    }
-}
-
-/// The worker's stream side of the sans-IO [`crate::turn::Io`]: client connections by 5-tuple.
-#[derive(Default)]
-pub(crate) struct TcpIo {
-    pub(super) conns: FxHashMap<FiveTuple, Rc<Outbox>>,
-    pub(super) shared: Option<Arc<Shared>>,
-    /// Messages dropped because a client's write queue was full.
-    pub dropped: u64,
-    pub(super) me: Weak<RefCell<Worker>>,
-    pub(super) index: usize,
-    /// Every worker's job queue, by worker index (RFC 6062 ids name their worker).
-    pub(super) jobs: Vec<mpsc::UnboundedSender<Job>>,
-    /// RFC 6062 relay listeners by relay.
-    pub(super) relay_listeners: FxHashMap<RelayId, AbortHandle>,
-    /// Peer data connections waiting for ConnectionBind (not read: the kernel buffers).
-    pub(super) pending_peers: FxHashMap<ConnectionId, TcpStream>,
-    /// Connect attempts under way.
-    pub(super) connecting: FxHashMap<ConnectionId, AbortHandle>,
-    /// Peer connections handed to the worker that holds their client data connection.
-    pub(super) moved: FxHashMap<ConnectionId, usize>,
-    /// Joined data connections running on this worker.
-    pub(super) splices: FxHashMap<ConnectionId, AbortHandle>,
-    /// Peer connections handed over for a ConnectionBind, by client data connection.
-    pub(super) arriving: FxHashMap<FiveTuple, (ConnectionId, std::net::TcpStream)>,
-}
-
-impl TcpIo {
-    /// Queues a message for a stream client; dropped (and counted) when its queue is full.
-    pub fn send(&mut self, to: &FiveTuple, data: &[u8]) {
-        if let Some(o) = self.conns.get(to)
-            && !o.push(data)
-        {
-            self.dropped += 1;
-            if let Some(s) = &self.shared {
-                s.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// One worker's stream listeners, bound before the workers start.
-pub(crate) struct WorkerStreams {
-    pub listeners: Vec<(SocketAddr, StdTcpListener, Transport)>,
-    pub shared: Arc<Shared>,
-    pub index: usize,
-    pub jobs: Vec<mpsc::UnboundedSender<Job>>,
-}
 
 /// A TCP listener bound with SO_REUSEPORT so each worker can hold its own.
 pub(crate) fn reuseport_tcp(addr: SocketAddr) -> io::Result<StdTcpListener> {
@@ -579,7 +266,7 @@ where
         match tokio::time::timeout(CLOSE_GRACE, writer).await {
             Ok(Ok(wr)) => {
                 let stream = rd.unsplit(wr);
-                super::relay_tcp::run_splice(&state, id, stream, peer, leftover).await;
+                run_splice(&state, id, stream, peer, leftover).await;
             }
             _ => {
                 abort.abort();
@@ -604,7 +291,7 @@ where
         let mut g = st.borrow_mut();
         let w = &mut *g;
         w.io.tcp.conns.remove(&ft);
-        w.core.close_tuple(&ft, &mut w.io);
+        w.core.close_tuple(&ft, now().mono, &mut w.io);
     }
     outbox.close();
     let abort = writer.abort_handle();
@@ -647,10 +334,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let w = &mut *g;
                     // One frame, one batch: its datagram to another allocation of the
                     // server skips the kernel, as from a UDP client.
-                    super::udp::begin_batch(w);
+                    begin_batch(w);
                     w.core
                         .handle_client(now(), *ft, &buf[start..start + len], &mut w.io);
-                    super::udp::end_batch(w);
+                    end_batch(w);
                     if !authed {
                         authed = w.core.counters(ft).is_some();
                     }
@@ -752,9 +439,60 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, outbox: Rc<Outbox>) -> W {
     wr
 }
 
+/// Joins a client data connection with its peer data connection (RFC 6062 §5.4) until
+/// either side closes, or the owner closes them (allocation ended); then tells the owner.
+async fn run_splice<S>(
+    state: &Weak<RefCell<Worker>>,
+    id: ConnectionId,
+    client: S,
+    peer: std::net::TcpStream,
+    leftover: Vec<u8>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let task = tokio::task::spawn_local(pipe(client, peer, leftover));
+    if let Some(st) = state.upgrade() {
+        st.borrow_mut()
+            .io
+            .tcp
+            .splices
+            .insert(id, task.abort_handle());
+    }
+    let aborted = task.await.is_err();
+    if !aborted && let Some(st) = state.upgrade() {
+        let mut g = st.borrow_mut();
+        g.io.tcp.splices.remove(&id);
+        g.io.tcp.notify_closed(id);
+    }
+}
+
+/// Copies both ways with fixed buffers; the first direction to end ends both.
+async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
+    client: S,
+    peer: std::net::TcpStream,
+    leftover: Vec<u8>,
+) {
+    let Ok(mut peer) = TcpStream::from_std(peer) else {
+        return;
+    };
+    if !leftover.is_empty() && peer.write_all(&leftover).await.is_err() {
+        return;
+    }
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut pr, mut pw) = peer.split();
+    tokio::select! {
+        _ = tokio::io::copy(&mut cr, &mut pw) => {}
+        _ = tokio::io::copy(&mut pr, &mut cw) => {}
+    }
+    let _ = cw.shutdown().await;
+    let _ = pw.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::worker::streams::StreamConfig;
+    use std::net::IpAddr;
 
     #[test]
     fn outbox_is_bounded_and_counts_drops() {

@@ -36,23 +36,23 @@ const PARCELS_PER_WORKER: usize = 512;
 /// head and tail room around it.
 const PARCEL_BYTES: usize = 2048;
 /// The largest datagram a parcel carries; larger ones go through the kernel.
-pub(super) const PARCEL_PAYLOAD: usize = PARCEL_BYTES - PEER_HEADROOM - PEER_TAILROOM;
+pub(in crate::net) const PARCEL_PAYLOAD: usize = PARCEL_BYTES - PEER_HEADROOM - PEER_TAILROOM;
 /// Workers the owner table can name (one byte, 0 meaning none).
 const MAX_WORKERS: usize = u8::MAX as usize;
 
 /// One datagram handed from one worker to another.
-pub(super) struct Parcel {
+pub(in crate::net) struct Parcel {
     /// The receiving relay address (bound address of the receiving socket).
-    pub(super) to: SocketAddr,
+    pub(in crate::net) to: SocketAddr,
     /// The sending relay address: the peer the receiver sees.
-    pub(super) from: SocketAddr,
+    pub(in crate::net) from: SocketAddr,
     len: usize,
     buf: [u8; PARCEL_BYTES],
 }
 
 impl Parcel {
     /// The buffer, and where the datagram is in it (head and tail room around it).
-    pub(super) fn payload(&mut self) -> (&mut [u8], std::ops::Range<usize>) {
+    pub(in crate::net) fn payload(&mut self) -> (&mut [u8], std::ops::Range<usize>) {
         let range = PEER_HEADROOM..PEER_HEADROOM + self.len;
         (&mut self.buf[..], range)
     }
@@ -173,7 +173,7 @@ pub(crate) struct HandoverPort {
     /// Workers this one pushed parcels to since its last [`HandoverPort::notify`].
     pending: Vec<bool>,
     /// Datagrams handed to other workers.
-    pub(super) sent: u64,
+    pub(in crate::net) sent: u64,
 }
 
 impl HandoverPort {
@@ -188,7 +188,7 @@ impl HandoverPort {
     }
 
     /// The eventfd that becomes readable when parcels wait for this worker.
-    pub(super) fn wake_fd(&self) -> RawFd {
+    pub(in crate::net) fn wake_fd(&self) -> RawFd {
         self.shared
             .inboxes
             .get(self.me)
@@ -196,14 +196,14 @@ impl HandoverPort {
     }
 
     /// Records that this worker's relay socket is bound to `addr`.
-    pub(super) fn claim(&self, addr: &SocketAddr) {
+    pub(in crate::net) fn claim(&self, addr: &SocketAddr) {
         if let Some(s) = self.shared.slot(addr) {
             s.store(self.me as u8 + 1, Ordering::Release);
         }
     }
 
     /// Records that this worker's relay socket on `addr` is closed.
-    pub(super) fn release(&self, addr: &SocketAddr) {
+    pub(in crate::net) fn release(&self, addr: &SocketAddr) {
         if let Some(s) = self.shared.slot(addr) {
             let _ = s.compare_exchange(self.me as u8 + 1, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
@@ -212,7 +212,7 @@ impl HandoverPort {
     /// Hands `data`, sent from relay address `from` to `to`, to the worker whose relay
     /// socket `to` is; false when `to` is not another worker's relay socket or the parcel
     /// cannot go (then the kernel carries it).
-    pub(super) fn send(&mut self, to: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+    pub(in crate::net) fn send(&mut self, to: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
         if data.len() > PARCEL_PAYLOAD {
             return false;
         }
@@ -247,7 +247,7 @@ impl HandoverPort {
     }
 
     /// Wakes the idle workers this one handed parcels to since the last call.
-    pub(super) fn notify(&mut self) {
+    pub(in crate::net) fn notify(&mut self) {
         if !self.pending.contains(&true) {
             return;
         }
@@ -277,7 +277,7 @@ impl HandoverPort {
     }
 
     /// A round starts: senders need not wake this worker until it goes idle again.
-    pub(super) fn busy(&self) {
+    pub(in crate::net) fn busy(&self) {
         if let Some(inbox) = self.shared.inboxes.get(self.me) {
             inbox.idle.store(false, Ordering::Relaxed);
         }
@@ -285,7 +285,7 @@ impl HandoverPort {
 
     /// The worker is about to wait for its epoll set: from now on a sender wakes it. True
     /// when parcels came in since its last drain (then it must not wait, but drain).
-    pub(super) fn going_idle(&self) -> bool {
+    pub(in crate::net) fn going_idle(&self) -> bool {
         let Some(inbox) = self.shared.inboxes.get(self.me) else {
             return false;
         };
@@ -296,7 +296,7 @@ impl HandoverPort {
     }
 
     /// Whether parcels wait in this worker's inbox.
-    pub(super) fn waiting(&self) -> bool {
+    pub(in crate::net) fn waiting(&self) -> bool {
         self.shared
             .inboxes
             .get(self.me)
@@ -304,7 +304,7 @@ impl HandoverPort {
     }
 
     /// Consumes a wakeup (the eventfd became readable).
-    pub(super) fn acknowledge(&self) {
+    pub(in crate::net) fn acknowledge(&self) {
         let Some(inbox) = self.shared.inboxes.get(self.me) else {
             return;
         };
@@ -322,7 +322,11 @@ impl HandoverPort {
 
     /// Takes up to `budget` parcels from this worker's inbox, in the order they came,
     /// hands each to `deliver`, and returns them to the pool; returns how many.
-    pub(super) fn drain(&self, budget: usize, mut deliver: impl FnMut(&mut Parcel)) -> usize {
+    pub(in crate::net) fn drain(
+        &self,
+        budget: usize,
+        mut deliver: impl FnMut(&mut Parcel),
+    ) -> usize {
         let Some(inbox) = self.shared.inboxes.get(self.me) else {
             return 0;
         };
