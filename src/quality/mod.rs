@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use demux::{BindingClass, CLASSES, Class, RTCP_SLOTS, classify};
 use rtp::Stream;
-use rtt::{LegRtt, RTT_BOUNDS_US, RTT_BUCKETS, Transactions, bucket, leg_of};
+use rtt::{LegRtt, RTT_BOUNDS_US, RTT_BUCKETS, Requested, Transactions, bucket, leg_of};
 
 /// Which way a payload crosses the relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -358,9 +358,13 @@ impl Quality {
         };
         match b.class {
             BindingClass::Request => {
-                stats.checks[leg_of(dir) as usize] += 1;
-                if let Some(leg) = self.tx.request(now_us, dir, b.txid, &mut self.legs) {
-                    stats.unanswered[leg as usize] += 1;
+                if let Requested::New { evicted } =
+                    self.tx.request(now_us, dir, b.txid, &mut self.legs)
+                {
+                    stats.checks[leg_of(dir) as usize] += 1;
+                    if let Some(leg) = evicted {
+                        stats.unanswered[leg as usize] += 1;
+                    }
                 }
             }
             BindingClass::Success | BindingClass::Error => {

@@ -98,6 +98,15 @@ pub struct Transactions {
     pending: [Pending; PENDING],
 }
 
+/// What a request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requested {
+    /// A new check, and the leg of the one it pushed out of a full table unanswered.
+    New { evicted: Option<Leg> },
+    /// The same transaction again: its answer will not be timed.
+    Retransmission,
+}
+
 /// What a response did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -116,21 +125,21 @@ pub fn leg_of(toward: Direction) -> Leg {
 
 impl Transactions {
     /// A request relayed `toward` a side at `now_us` (never 0: the observer's clock starts
-    /// at 1). Returns the leg of a check this one pushed out of a full table unanswered.
+    /// at 1).
     pub fn request(
         &mut self,
         now_us: u64,
         toward: Direction,
         txid: [u8; 12],
         legs: &mut [LegRtt; 2],
-    ) -> Option<Leg> {
+    ) -> Requested {
         if let Some(p) = self
             .pending
             .iter_mut()
             .find(|p| p.sent_us != 0 && p.txid == txid && p.toward == toward)
         {
             p.retransmitted = true;
-            return None;
+            return Requested::Retransmission;
         }
         legs[leg_of(toward) as usize].checks += 1;
         let mut evicted = None;
@@ -157,7 +166,7 @@ impl Transactions {
             toward,
             retransmitted: false,
         };
-        evicted
+        Requested::New { evicted }
     }
 
     /// A response relayed in direction `dir`: it answers a request relayed the other way.
@@ -265,8 +274,14 @@ mod tests {
     fn retransmitted_checks_are_not_timed() {
         let mut t = Transactions::default();
         let mut legs = [LegRtt::default(); 2];
-        t.request(1, Direction::ToPeer, id(1), &mut legs);
-        t.request(500_001, Direction::ToPeer, id(1), &mut legs);
+        assert_eq!(
+            t.request(1, Direction::ToPeer, id(1), &mut legs),
+            Requested::New { evicted: None }
+        );
+        assert_eq!(
+            t.request(500_001, Direction::ToPeer, id(1), &mut legs),
+            Requested::Retransmission
+        );
         let a = t.response(510_000, Direction::ToClient, id(1), &mut legs);
         assert_eq!(
             a,
@@ -293,12 +308,14 @@ mod tests {
         for i in 0..PENDING as u8 {
             assert_eq!(
                 t.request(10 + u64::from(i), Direction::ToPeer, id(i + 1), &mut legs),
-                None
+                Requested::New { evicted: None }
             );
         }
         assert_eq!(
             t.request(100, Direction::ToPeer, id(200), &mut legs),
-            Some(Leg::Peer)
+            Requested::New {
+                evicted: Some(Leg::Peer)
+            }
         );
         // The oldest (id 1) went; id 2 is still answerable.
         assert_eq!(t.response(200, Direction::ToClient, id(1), &mut legs), None);
