@@ -317,21 +317,24 @@ fn loss_between(a: &Streams, b: &Streams, direction: &str, min: u64) -> Vec<(u64
         .collect()
 }
 
-/// Client-leg RTT samples of a session while `dur` passes (polled; a new sample shows as a
-/// higher `samples` count).
-fn rtt_samples(admin: SocketAddr, ids: &[&str], dur: Duration) -> Vec<Vec<f64>> {
-    let mut out = vec![Vec::new(); ids.len()];
-    let mut seen = vec![0u64; ids.len()];
+/// Client-leg RTT samples of each group of sessions while `dur` passes (polled; a new
+/// sample shows as a higher `samples` count). A browser's allocations (one per local
+/// network) all measure its one leg; which of them the other browser's checks cross depends
+/// on the pair it selected.
+fn rtt_samples(admin: SocketAddr, groups: &[&[String]], dur: Duration) -> Vec<Vec<f64>> {
+    let mut out = vec![Vec::new(); groups.len()];
+    let mut seen: HashMap<String, u64> = HashMap::new();
     let end = Instant::now() + dur;
     while Instant::now() < end {
-        for (i, id) in ids.iter().enumerate() {
-            let q = &session_by_id(admin, id)["quality"]["client_rtt_ms"];
-            let n = q["samples"].as_u64().unwrap_or(0);
-            if n > seen[i] {
-                if seen[i] > 0 {
+        for (i, ids) in groups.iter().enumerate() {
+            for id in ids.iter() {
+                let q = &session_by_id(admin, id)["quality"]["client_rtt_ms"];
+                let n = q["samples"].as_u64().unwrap_or(0);
+                let before = seen.entry(id.clone()).or_insert(n);
+                if n > *before {
                     out[i].push(q["recent"].as_f64().unwrap());
+                    *before = n;
                 }
-                seen[i] = n;
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -374,12 +377,12 @@ fn faults_on_one_leg_are_put_on_that_leg() {
     // The call is up when two allocations carry media both ways: browser 1's through the
     // shim (A), browser 2's directly (B). Each is its browser's allocation with the most RTP.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (a, b) = loop {
+    let (a, b, all_a, all_b) = loop {
         assert!(Instant::now() < deadline, "no media through turnd");
         std::thread::sleep(Duration::from_millis(500));
         let list = get_json(admin, "/sessions");
         let upstream = shim.upstream.lock().unwrap().clone();
-        let busiest = |via_shim: bool| {
+        let side = |via_shim: bool| {
             list.as_array()
                 .unwrap()
                 .iter()
@@ -387,16 +390,28 @@ fn faults_on_one_leg_are_put_on_that_leg() {
                     let c: SocketAddr = s["client"].as_str().unwrap().parse().unwrap();
                     upstream.contains(&c) == via_shim
                 })
+                .collect::<Vec<_>>()
+        };
+        let busiest = |via_shim: bool| {
+            side(via_shim)
+                .into_iter()
                 .filter(|s| s["quality"]["state"] == "media_flowing")
                 .max_by_key(|s| s["packets_to_peer"].as_u64().unwrap())
                 .map(|s| s["id"].as_str().unwrap().to_string())
         };
+        let ids = |via_shim: bool| -> Vec<String> {
+            side(via_shim)
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .collect()
+        };
         if let (Some(a), Some(b)) = (busiest(true), busiest(false)) {
-            break (a, b);
+            break (a, b, ids(true), ids(false));
         }
     };
+    let legs: [&[String]; 2] = [&all_a, &all_b];
     // Let the streams settle (clock rates known), then a clean baseline.
-    let base_rtt = rtt_samples(admin, &[&a, &b], Duration::from_secs(8));
+    let base_rtt = rtt_samples(admin, &legs, Duration::from_secs(8));
     let (a0, b0) = (
         streams_of(&session_by_id(admin, &a)),
         streams_of(&session_by_id(admin, &b)),
@@ -408,13 +423,13 @@ fn faults_on_one_leg_are_put_on_that_leg() {
         loss: true,
         ..Faults::default()
     });
-    let loss_rtt = rtt_samples(admin, &[&a, &b], Duration::from_secs(10));
-    shim.set(Faults::default());
-    std::thread::sleep(Duration::from_millis(500));
+    let loss_rtt = rtt_samples(admin, &legs, Duration::from_secs(10));
+    // Read while the loss is still on, so the figures cover exactly its span.
     let (a1, b1) = (
         streams_of(&session_by_id(admin, &a)),
         streams_of(&session_by_id(admin, &b)),
     );
+    shim.set(Faults::default());
     let faulty = loss_between(&a0, &a1, "to_peer", 100);
     assert!(
         faulty.iter().any(|(_, k, _)| k == "audio") && faulty.iter().any(|(_, k, _)| k == "video"),
@@ -433,12 +448,13 @@ fn faults_on_one_leg_are_put_on_that_leg() {
         }
     }
 
-    // 2. +40 ms from browser 1 to turnd: A's client leg 40 ms longer, B's unchanged.
+    // 2. +40 ms from browser 1 to turnd: browser 1's client leg (on its allocations) 40 ms
+    //    longer, browser 2's unchanged.
     shim.set(Faults {
         delay_ms: 40,
         ..Faults::default()
     });
-    let delayed = rtt_samples(admin, &[&a, &b], Duration::from_secs(16));
+    let delayed = rtt_samples(admin, &legs, Duration::from_secs(16));
     shim.set(Faults::default());
     let before: Vec<Vec<f64>> = (0..2)
         .map(|i| [base_rtt[i].clone(), loss_rtt[i].clone()].concat())
@@ -451,7 +467,7 @@ fn faults_on_one_leg_are_put_on_that_leg() {
     let added = median(&delayed[0]) - median(&before[0]);
     assert!(
         (35.0..=45.0).contains(&added),
-        "A's client leg: +{added:.2} ms"
+        "browser 1's client leg: +{added:.2} ms"
     );
     let b_before = if before[1].is_empty() {
         &delayed[1]
@@ -461,7 +477,7 @@ fn faults_on_one_leg_are_put_on_that_leg() {
     let b_added = median(&delayed[1]) - median(b_before);
     assert!(
         b_added.abs() <= 5.0,
-        "B's client leg moved by {b_added:.2} ms"
+        "browser 2's client leg moved by {b_added:.2} ms"
     );
 
     // 3. 0-30 ms of random delay from browser 1 to turnd: jitter on A's uplink audio.
