@@ -1,5 +1,6 @@
 //! The routes of the admin API. Every route needs `Authorization: Bearer <admin.token>`,
-//! except `/metrics` from loopback when `admin.metrics-open-on-loopback` is set.
+//! except `/metrics` from loopback when `admin.metrics-open-on-loopback` is set, and the
+//! TURN REST API `/turn`, which takes its own keys (`rest_api.rs`) and nothing else.
 //!
 //! Session ids are `<worker>-<allocation id>`: the allocation id is unique within its
 //! worker's life, the worker index makes it unique on the server.
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 use super::Settings;
 use super::http::{Request, Response};
 use super::metrics;
+use super::rest_api;
 use crate::net::Control;
 use crate::quality::demux::{Class, rtcp_name};
 use crate::quality::{Direction, Leg, LegReport};
@@ -21,6 +23,9 @@ use crate::turn::stats::{DropReason, SessionInfo};
 const DEFAULT_TTL: u64 = 86_400;
 
 pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Settings) -> Response {
+    if req.path == rest_api::PATH {
+        return rest_api::handle(req, peer, s);
+    }
     let open_metrics = req.path == "/metrics"
         && s.metrics_open_on_loopback
         && peer.ip().to_canonical().is_loopback();

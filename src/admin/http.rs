@@ -1,10 +1,15 @@
 //! Just enough HTTP/1.1 for the admin API (RFC 9112): one request per connection, a bounded
-//! head, no request body, answers with Content-Length and `Connection: close`.
+//! head, a small form body at most (the TURN REST API's POST), answers with Content-Length and
+//! `Connection: close`.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::MAX_HEAD;
+
+/// Largest request body accepted: a form-encoded TURN REST API request
+/// (`service=turn&username=..&key=..`) is far smaller.
+pub const MAX_BODY: usize = 2048;
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -12,7 +17,8 @@ pub struct Request {
     pub method: String,
     /// The path, percent-decoded.
     pub path: String,
-    /// Query parameters, percent-decoded, in order.
+    /// Query parameters, percent-decoded, in order; then those of an
+    /// `application/x-www-form-urlencoded` body.
     pub query: Vec<(String, String)>,
     /// The token of `Authorization: Bearer <token>`, if any.
     pub bearer: Option<String>,
@@ -34,7 +40,8 @@ pub enum ReadError {
     Bad(u16, &'static str),
 }
 
-/// Reads and parses one request head; refuses heads over [`MAX_HEAD`] and request bodies.
+/// Reads and parses one request head and its body; refuses heads over [`MAX_HEAD`], bodies
+/// over [`MAX_BODY`] and chunked bodies. A form-encoded body's fields join the query's.
 pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut n = 0;
@@ -59,7 +66,32 @@ pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> 
         }
     };
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| ReadError::Bad(400, "not UTF-8"))?;
-    parse_head(head)
+    let (mut req, body) = parse_head_and_body(head)?;
+    if body.length > 0 {
+        // What arrived with the head, then the rest.
+        let mut data = buf[end + 4..n].to_vec();
+        if data.len() > body.length {
+            return Err(ReadError::Bad(400, "more bytes than Content-Length"));
+        }
+        let start = data.len();
+        data.resize(body.length, 0);
+        stream
+            .read_exact(&mut data[start..])
+            .await
+            .map_err(|_| ReadError::Bad(400, "incomplete request body"))?;
+        if body.form {
+            let text = std::str::from_utf8(&data).map_err(|_| ReadError::Bad(400, "not UTF-8"))?;
+            req.query.extend(parse_form(text)?);
+        }
+    }
+    Ok(req)
+}
+
+/// What the head says of the body.
+struct Body {
+    length: usize,
+    /// `Content-Type: application/x-www-form-urlencoded`.
+    form: bool,
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -67,7 +99,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Parses the request line and headers (without the final empty line).
-pub fn parse_head(head: &str) -> Result<Request, ReadError> {
+#[cfg(test)]
+fn parse_head(head: &str) -> Result<Request, ReadError> {
+    parse_head_and_body(head).map(|(r, _)| r)
+}
+
+fn parse_head_and_body(head: &str) -> Result<(Request, Body), ReadError> {
     let mut lines = head.split("\r\n");
     let line = lines.next().unwrap_or_default();
     let mut parts = line.split(' ');
@@ -83,6 +120,10 @@ pub fn parse_head(head: &str) -> Result<Request, ReadError> {
         return Err(ReadError::Bad(400, "bad method"));
     }
     let mut bearer = None;
+    let mut body = Body {
+        length: 0,
+        form: false,
+    };
     for h in lines {
         let Some((name, value)) = h.split_once(':') else {
             return Err(ReadError::Bad(400, "bad header line"));
@@ -96,11 +137,21 @@ pub fn parse_head(head: &str) -> Result<Request, ReadError> {
                 bearer = Some(token.trim().to_string());
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            if value != "0" {
-                return Err(ReadError::Bad(413, "request bodies are not accepted"));
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ReadError::Bad(400, "bad Content-Length"));
             }
+            match value.parse::<usize>() {
+                Ok(n) if n <= MAX_BODY => body.length = n,
+                _ => return Err(ReadError::Bad(413, "request body too large")),
+            }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            let media = value.split(';').next().unwrap_or_default().trim();
+            body.form = media.eq_ignore_ascii_case("application/x-www-form-urlencoded");
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ReadError::Bad(413, "request bodies are not accepted"));
+            return Err(ReadError::Bad(
+                413,
+                "chunked request bodies are not accepted",
+            ));
         }
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -108,19 +159,25 @@ pub fn parse_head(head: &str) -> Result<Request, ReadError> {
         return Err(ReadError::Bad(400, "bad request target"));
     }
     let path = percent_decode(path).ok_or(ReadError::Bad(400, "bad percent-encoding"))?;
+    let request = Request {
+        method: method.to_string(),
+        path,
+        query: parse_form(query)?,
+        bearer,
+    };
+    Ok((request, body))
+}
+
+/// `k=v&k2=v2`, percent-decoded (a query string or a form body).
+fn parse_form(s: &str) -> Result<Vec<(String, String)>, ReadError> {
     let mut params = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    for pair in s.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(k).ok_or(ReadError::Bad(400, "bad percent-encoding"))?;
         let v = percent_decode(v).ok_or(ReadError::Bad(400, "bad percent-encoding"))?;
         params.push((k, v));
     }
-    Ok(Request {
-        method: method.to_string(),
-        path,
-        query: params,
-        bearer,
-    })
+    Ok(params)
 }
 
 /// `%XX` and `+` (space, as forms send it) decoded; None for a bad escape or non-UTF-8.
@@ -187,11 +244,13 @@ fn reason(status: u16) -> &'static str {
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
         413 => "Content Too Large",
         422 => "Unprocessable Content",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
@@ -249,6 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_the_head_says_of_a_form_body() {
+        let head = "POST /turn?service=turn HTTP/1.1\r\nContent-Length: 12\r\n\
+                    Content-Type: application/x-www-form-urlencoded; charset=UTF-8";
+        let Ok((r, body)) = parse_head_and_body(head) else {
+            panic!("should parse")
+        };
+        assert_eq!((body.length, body.form), (12, true));
+        assert_eq!(r.param("service"), Some("turn"));
+        let Ok((_, body)) = parse_head_and_body("POST / HTTP/1.1\r\nContent-Length: 3") else {
+            panic!("should parse")
+        };
+        assert_eq!((body.length, body.form), (3, false));
+        let Ok(form) = parse_form("a=1&b=x%20y&&c") else {
+            panic!("should parse")
+        };
+        assert_eq!(
+            form,
+            [("a", "1"), ("b", "x y"), ("c", "")].map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(parse_form("a=%zz").is_err());
+    }
+
+    #[test]
     fn refuses_bad_heads() {
         assert_eq!(bad("GET /"), 400);
         assert_eq!(bad("GET / HTTP/2"), 505);
@@ -257,7 +339,13 @@ mod tests {
         assert_eq!(bad("GET /%zz HTTP/1.1"), 400);
         assert_eq!(bad("GET /%ff HTTP/1.1"), 400);
         assert_eq!(bad("GET / HTTP/1.1\r\nnocolon"), 400);
-        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: 5"), 413);
+        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: 2049"), 413);
+        assert_eq!(
+            bad("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999"),
+            413
+        );
+        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: -1"), 400);
+        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: +5"), 400);
         assert_eq!(bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked"), 413);
         assert_eq!(bad("GET /% HTTP/1.1"), 400);
     }

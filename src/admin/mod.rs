@@ -1,8 +1,11 @@
 //! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API,
-//! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM). Off unless `[admin] enabled` (or `--admin-listen`); loopback by default.
+//! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM);
+//! and, behind keys of its own, the TURN REST API `/turn` (`rest_api.rs`). Off unless
+//! `[admin] enabled` (or `--admin-listen`); loopback by default.
 //!
 //! A small HTTP/1.1 server on the main thread's tokio runtime: one request per connection
-//! (`Connection: close`), a request head of at most [`MAX_HEAD`] bytes and no body, a deadline
+//! (`Connection: close`), a request head of at most [`MAX_HEAD`] bytes and a small form body
+//! at most ([`http::MAX_BODY`]), a deadline
 //! per connection and a cap on concurrent connections ([`Slots`]) that stalled clients cannot
 //! fill: at the cap, a new connection takes the slot of the oldest one that has not delivered
 //! its request yet. It reaches the workers only through
@@ -12,6 +15,7 @@
 mod api;
 mod http;
 mod metrics;
+mod rest_api;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -41,6 +45,11 @@ pub(crate) struct Settings {
     /// `auth.max-rest-ttl` at start: the longest credential `/credentials` mints.
     max_rest_ttl: u64,
     uris: Vec<String>,
+    /// `admin.rest-api-keys` and `admin.rest-api-ttl` (like all of `[admin]`, read at start).
+    rest_api_keys: Vec<String>,
+    rest_api_ttl: u64,
+    /// `/turn`'s rate limit per client IP.
+    rest_rate: rest_api::RateLimit,
     started: Instant,
     /// Reload and drain (`POST /reload`, `POST /drain`); the REST secret in force.
     lifecycle: Option<Lifecycle>,
@@ -68,15 +77,7 @@ impl Admin {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("admin {}: {e}", a.listen))?;
-        let uris = if a.uris.is_empty() {
-            cfg.server
-                .listen
-                .iter()
-                .map(|l| format!("turn:{l}?transport=udp"))
-                .collect()
-        } else {
-            a.uris.clone()
-        };
+        let uris = rest_api::advertised_uris(cfg);
         Ok(Some(Admin {
             listener,
             settings: Settings {
@@ -86,6 +87,9 @@ impl Admin {
                 rest_separator: cfg.auth.rest_separator,
                 max_rest_ttl: cfg.auth.max_rest_ttl,
                 uris,
+                rest_api_keys: a.rest_api_keys.clone(),
+                rest_api_ttl: a.rest_api_ttl,
+                rest_rate: rest_api::RateLimit::new(a.rest_api_rate),
                 started: Instant::now(),
                 lifecycle: None,
                 streams: None,

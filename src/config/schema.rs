@@ -132,8 +132,16 @@ pub struct AdminSection {
     pub metrics_open_on_loopback: bool,
     /// Most concurrent admin connections.
     pub max_connections: usize,
-    /// URIs put in the `/credentials` answer; empty: one per UDP listen address.
+    /// URIs put in the `/credentials` and `/turn` answers; empty: every configured transport
+    /// of every listen address (UDP, TCP, TLS).
     pub uris: Vec<String>,
+    /// Keys of the TURN REST API endpoint `/turn` (an app backend's or a media server's):
+    /// they open `/turn` only, never the rest of the admin API. Empty: `/turn` is off.
+    pub rest_api_keys: Vec<String>,
+    /// Lifetime in seconds of the credentials `/turn` mints (at most `auth.max-rest-ttl`).
+    pub rest_api_ttl: u64,
+    /// `/turn` requests per second from one client IP (bursts of twice as many); 0: no limit.
+    pub rest_api_rate: u32,
 }
 
 impl Default for AdminSection {
@@ -145,11 +153,14 @@ impl Default for AdminSection {
             metrics_open_on_loopback: false,
             max_connections: 64,
             uris: Vec::new(),
+            rest_api_keys: Vec::new(),
+            rest_api_ttl: 86_400,
+            rest_api_rate: 20,
         }
     }
 }
 
-/// Redacts the token.
+/// Redacts the token and the REST API keys.
 impl fmt::Debug for AdminSection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminSection")
@@ -159,6 +170,12 @@ impl fmt::Debug for AdminSection {
             .field("metrics_open_on_loopback", &self.metrics_open_on_loopback)
             .field("max_connections", &self.max_connections)
             .field("uris", &self.uris)
+            .field(
+                "rest_api_keys",
+                &vec!["<redacted>"; self.rest_api_keys.len()],
+            )
+            .field("rest_api_ttl", &self.rest_api_ttl)
+            .field("rest_api_rate", &self.rest_api_rate)
             .finish()
     }
 }

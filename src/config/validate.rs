@@ -211,15 +211,52 @@ impl Config {
         if !a.enabled {
             return Ok(());
         }
-        // An empty token is allowed only for a metrics-only listener: /metrics served to
-        // loopback, every other route refused (see `admin::api::authorized`).
-        let metrics_only = a.token.is_empty() && a.metrics_open_on_loopback;
-        if a.token.len() < 16 && !metrics_only {
+        // An empty token is allowed only for a listener that serves no admin route: /metrics
+        // to loopback and/or the TURN REST API behind its own keys, every other route refused
+        // (see `admin::api::authorized`).
+        let no_admin_routes =
+            a.token.is_empty() && (a.metrics_open_on_loopback || !a.rest_api_keys.is_empty());
+        if a.token.len() < 16 && !no_admin_routes {
             return err(
                 "admin.token",
                 "must be at least 16 characters when the admin listener is enabled \
-                 (or empty with admin.metrics-open-on-loopback = true, to serve only /metrics \
-                 to loopback)",
+                 (or empty with admin.metrics-open-on-loopback = true or admin.rest-api-keys \
+                 set, to serve only /metrics to loopback or only /turn)",
+            );
+        }
+        let mut keys = std::collections::HashSet::new();
+        for k in &a.rest_api_keys {
+            if k.len() < 16 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return err(
+                    "admin.rest-api-keys",
+                    "each key must be at least 16 characters, without whitespace or control \
+                     characters",
+                );
+            }
+            if !k.bytes().all(|b| b.is_ascii_graphic()) || k.contains(['&', '=', '%', '+']) {
+                return err(
+                    "admin.rest-api-keys",
+                    "each key must be printable ASCII without '&', '=', '%' or '+' (clients \
+                     put it in a query string unescaped)",
+                );
+            }
+            if *k == a.token {
+                return err(
+                    "admin.rest-api-keys",
+                    "a key must differ from admin.token (it would hand out the admin API)",
+                );
+            }
+            if !keys.insert(k.as_str()) {
+                return err("admin.rest-api-keys", "keys must be unique");
+            }
+        }
+        if a.rest_api_ttl == 0 {
+            return err("admin.rest-api-ttl", "must be at least 1 second");
+        }
+        if !a.rest_api_keys.is_empty() && self.auth.secrets.is_empty() {
+            return err(
+                "admin.rest-api-keys",
+                "the TURN REST API mints credentials with auth.secrets: set at least one secret",
             );
         }
         if a.token.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -66,15 +66,15 @@ pub(crate) fn prerequisites() -> PathBuf {
     chromium
 }
 
-/// Runs the driver against `url` and returns its JSON report.
+/// Runs the two-peer driver against `url` and returns its JSON report.
 fn run_driver(chromium: &Path, url: &str) -> Value {
-    let chromium = chromium.to_str().expect("utf-8 path");
-    run_script("webrtc_relay.mjs", &[url, "alice", "wonderland", chromium])
+    let chromium = chromium.to_string_lossy();
+    run_node_driver("webrtc_relay.mjs", &[url, "alice", "wonderland", &chromium])
 }
 
-/// Runs a driver script of `tests/browser` with `args` and returns the JSON object it prints
-/// last. The driver is killed by its pid if it outlives [`DRIVER_LIMIT`].
-pub(crate) fn run_script(script: &str, args: &[&str]) -> Value {
+/// Runs the node script `script` of `tests/browser` with `args` and returns the JSON object
+/// it prints last. The driver is killed by its pid if it outlives [`DRIVER_LIMIT`].
+pub(crate) fn run_node_driver(script: &str, args: &[&str]) -> Value {
     let mut child = Command::new("node")
         .arg(script)
         .args(args)

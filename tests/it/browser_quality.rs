@@ -10,7 +10,7 @@
 //! pair's round trip.
 
 use crate::admin_http;
-use crate::browser::{ONE_BROWSER, prerequisites, run_script};
+use crate::browser::{ONE_BROWSER, prerequisites, run_node_driver};
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -59,7 +59,7 @@ fn turnd_figures_match_the_browsers_get_stats() {
     let (server, admin) = start_with_admin(&["--allow-peer", "127.0.0.0/8"]);
     let url = format!("turn:127.0.0.1:{}?transport=udp", server.addr.port());
     let admin_url = format!("http://{admin}");
-    let report = run_script(
+    let report = run_node_driver(
         "call_quality.mjs",
         &[
             &url,
@@ -359,7 +359,7 @@ fn faults_on_one_leg_are_put_on_that_leg() {
     let admin_url = format!("http://{admin}");
     let chromium = chromium.to_str().unwrap().to_string();
     let driver = std::thread::spawn(move || {
-        run_script(
+        run_node_driver(
             "call_quality.mjs",
             &[
                 &url1,

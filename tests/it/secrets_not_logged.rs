@@ -1,6 +1,7 @@
 //! Passwords, keys and REST secrets never reach the log or an error message: the server runs
 //! with RUST_LOG=trace (log on stdout, errors on stderr, both captured) while clients authenticate (static user, MD5 and wrong password; REST
-//! credential, fresh and expired), and its captured stderr is searched for every secret. Bad
+//! credential, fresh and expired; the TURN REST API endpoint with its key, a wrong one and the
+//! admin token), and its captured stderr is searched for every secret. Bad
 //! configs that involve secrets stop the server with a message that names the key, not the
 //! secret.
 
@@ -20,6 +21,9 @@ const WRONG: &str = "wrong-Falcon-2284-onyx";
 const SECRET: &str = "rest-Secret-Heron-5510";
 /// Hex MD5("keyuser:turnd.test:pw-of-keyuser"), given as the user's key.
 const KEY_PASSWORD: &str = "pw-of-keyuser";
+const ADMIN_TOKEN: &str = "admin-Token-Lynx-4471-garnet";
+const API_KEY: &str = "api-Key-Osprey-9035-basalt";
+const WRONG_API_KEY: &str = "api-Wrong-Marten-1187-shale";
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -47,6 +51,9 @@ fn secrets_never_reach_the_log() {
     let port = free_udp_port("127.0.0.1");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let key_hex = md5_hex("keyuser", KEY_PASSWORD);
+    let admin: SocketAddr = format!("127.0.0.1:{}", crate::admin_http::free_tcp_port())
+        .parse()
+        .unwrap();
     let config = temp_path("secrets.toml");
     fs::write(
         &config,
@@ -55,7 +62,9 @@ fn secrets_never_reach_the_log() {
              [relay]\nips = [\"127.0.0.1\"]\n\
              [auth]\nusers = [{{ name = \"alice\", password = \"{PASSWORD}\" }}, \
              {{ name = \"keyuser\", key = \"0x{key_hex}\" }}]\nsecrets = [\"{SECRET}\"]\n\
-             [log]\nlevel = \"trace\"\n",
+             [log]\nlevel = \"trace\"\n\
+             [admin]\nenabled = true\nlisten = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n\
+             rest-api-keys = [\"{API_KEY}\"]\n",
             common::REALM
         ),
     )
@@ -109,6 +118,31 @@ fn secrets_never_reach_the_log() {
         Some(401)
     );
 
+    // The TURN REST API endpoint: a credential minted, a wrong key and the token refused.
+    let (status, body) = crate::admin_http::http(
+        admin,
+        "POST",
+        &format!("/turn?service=turn&username=erin&api={API_KEY}&key={API_KEY}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let minted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let minted_pw = minted["password"].as_str().unwrap().to_string();
+    let (status, _) = crate::admin_http::http(
+        admin,
+        "GET",
+        &format!("/turn?service=turn&username=erin&key={WRONG_API_KEY}"),
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, _) = crate::admin_http::http(
+        admin,
+        "GET",
+        &format!("/turn?service=turn&username=erin&key={ADMIN_TOKEN}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(status, 403);
+
     let _ = child.kill();
     let _ = child.wait();
     let text = fs::read_to_string(&log).unwrap() + &fs::read_to_string(&errlog).unwrap();
@@ -118,6 +152,10 @@ fn secrets_never_reach_the_log() {
     // The log did capture the sessions, at trace level.
     assert!(text.contains("allocation created"), "log:\n{text}");
     assert!(text.contains("authentication failed"), "log:\n{text}");
+    assert!(
+        text.contains("wrong key"),
+        "the refused /turn request is logged:\n{text}"
+    );
     for (what, secret) in [
         ("password", PASSWORD.to_string()),
         ("wrong password", WRONG.to_string()),
@@ -127,6 +165,10 @@ fn secrets_never_reach_the_log() {
         ("MD5 key", key_hex.clone()),
         ("MD5 key of alice", md5_hex("alice", PASSWORD)),
         ("key user's password", KEY_PASSWORD.to_string()),
+        ("admin token", ADMIN_TOKEN.to_string()),
+        ("REST API key", API_KEY.to_string()),
+        ("wrong REST API key", WRONG_API_KEY.to_string()),
+        ("password /turn minted", minted_pw.clone()),
     ] {
         assert!(!text.contains(&secret), "the log contains the {what}");
     }
