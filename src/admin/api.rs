@@ -15,6 +15,8 @@ use super::http::{Request, Response};
 use super::metrics;
 use super::rest_api;
 use crate::net::Control;
+use crate::quality::demux::{Class, rtcp_name};
+use crate::quality::{Direction, Leg, LegReport};
 use crate::turn::stats::{DropReason, SessionInfo};
 
 /// Lifetime of the credentials `/credentials` mints unless asked (at most `auth.max-rest-ttl`).
@@ -134,6 +136,85 @@ fn session_json(worker: usize, a: &SessionInfo) -> Value {
         "packets_from_peer": a.packets_from_peer,
         "bytes_from_peer": a.bytes_from_peer,
         "dropped": drops,
+        "quality": quality_json(a),
+    })
+}
+
+fn ms(us: Option<u32>) -> Value {
+    us.map_or(Value::Null, |u| json!(f64::from(u) / 1000.0))
+}
+
+/// The `quality` object of a session: RTT per leg, checks, state, RTP streams. RFC 6062 TCP
+/// allocations say that their data is not observed; with telemetry off it is null.
+fn quality_json(a: &SessionInfo) -> Value {
+    if a.tcp_relay {
+        return json!({ "state": "not_observed", "reason": "rfc6062_tcp_relay" });
+    }
+    let Some(q) = &a.quality else {
+        return Value::Null;
+    };
+    let leg = |l: &LegReport| {
+        json!({
+            "recent": ms(l.recent_us),
+            "smoothed": ms(l.smoothed_us),
+            "p50": ms(l.p50_us),
+            "p95": ms(l.p95_us),
+            "samples": l.samples,
+            "checks": l.checks,
+            "answered": l.answered,
+            "unanswered": l.unanswered,
+        })
+    };
+    let streams: Vec<Value> = q
+        .streams
+        .iter()
+        .map(|s| {
+            let rtcp: serde_json::Map<String, Value> = s
+                .rtcp
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (rtcp_name(i).to_string(), json!(n)))
+                .collect();
+            json!({
+                "ssrc": s.ssrc,
+                "direction": s.direction.as_str(),
+                "kind": s.kind.as_str(),
+                "clock_rate": s.clock_rate,
+                "packets": s.packets,
+                "bytes": s.bytes,
+                "bitrate_bps": s.bitrate_bps,
+                "lost": s.lost,
+                "loss_ratio": s.loss_ratio,
+                "jitter_ms": ms(s.jitter_us),
+                "fps": s.fps,
+                "rtcp": rtcp,
+            })
+        })
+        .collect();
+    let payloads: serde_json::Map<String, Value> = Direction::ALL
+        .iter()
+        .map(|d| {
+            let by_class: serde_json::Map<String, Value> = Class::ALL
+                .iter()
+                .map(|c| {
+                    (
+                        c.as_str().to_string(),
+                        json!(q.payloads[*d as usize][*c as usize]),
+                    )
+                })
+                .collect();
+            (d.as_str().to_string(), Value::Object(by_class))
+        })
+        .collect();
+    json!({
+        "state": q.state.as_str(),
+        "client_rtt_ms": leg(&q.legs[Leg::Client as usize]),
+        "peer_rtt_ms": leg(&q.legs[Leg::Peer as usize]),
+        "checks_unanswered": q.checks_unanswered,
+        "streams": streams,
+        "streams_untracked": q.streams_untracked,
+        "payloads": payloads,
     })
 }
 

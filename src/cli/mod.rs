@@ -149,6 +149,9 @@ pub struct ServeArgs {
     /// 0x4000-0x7FFF [server.strict-channel-numbers = true].
     #[arg(long)]
     pub strict_channel_numbers: bool,
+    /// Do not observe relayed payloads for call quality [telemetry.enabled = false].
+    #[arg(long)]
+    pub no_telemetry: bool,
     /// error, warn, info, debug or trace [log.level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -22,6 +22,8 @@ mod auth_rfc8489;
 mod bandwidth_limit;
 mod binding;
 mod browser;
+mod browser_quality;
+mod call_quality;
 mod channel_bind;
 mod channel_numbers;
 mod check_config;
