@@ -1,6 +1,7 @@
 //! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API,
 //! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM);
-//! and, behind keys of its own, the TURN REST API `/turn` (`rest_api.rs`). Off unless
+//! the operator's status and self-test pages (`pages/`); and, behind keys of its own, the
+//! TURN REST API `/turn` (`rest_api.rs`). Off unless
 //! `[admin] enabled` (or `--admin-listen`); loopback by default.
 //!
 //! A small HTTP/1.1 server on the main thread's tokio runtime: one request per connection
@@ -15,6 +16,7 @@
 mod api;
 mod http;
 mod metrics;
+pub mod pages;
 mod rest_api;
 
 use std::collections::{BTreeMap, HashSet};
@@ -55,6 +57,8 @@ pub(crate) struct Settings {
     lifecycle: Option<Lifecycle>,
     /// The TCP/TLS listeners' counters for `/metrics`.
     streams: Option<StreamMetrics>,
+    /// The status and self-test pages' logins and samples.
+    pages: pages::Pages,
 }
 
 /// A bound admin listener, not yet serving.
@@ -93,6 +97,7 @@ impl Admin {
                 started: Instant::now(),
                 lifecycle: None,
                 streams: None,
+                pages: pages::Pages::new(),
             },
             max_connections: a.max_connections,
         }))
@@ -125,6 +130,7 @@ impl Admin {
         if let Ok(a) = listener.local_addr() {
             info!(listen = %a, "admin listening");
         }
+        tokio::spawn(pages::sample(control.clone(), settings.clone()));
         let slots = Slots::new(self.max_connections);
         loop {
             let (stream, peer) = match listener.accept().await {
