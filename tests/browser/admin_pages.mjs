@@ -37,7 +37,8 @@ async function status(page) {
   const want = opts.minSessions || 1;
   await page.waitForFunction((want) => {
     const s = window.turndStatus;
-    return s && s.sessions >= want && s.plot.bandwidthPoints >= 1 && s.plot.maxBps > 0;
+    // Two updates at least: the sessions' bandwidth is the difference between two.
+    return s && s.updates >= 2 && s.sessions >= want && s.plot.bandwidthPoints >= 2 && s.plot.maxBps > 0;
   }, want, { timeout: 60_000, polling: 500 });
   const result = await page.evaluate(() => window.turndStatus);
   result.rows = await page.$$eval("#sessions tbody tr[data-id]", (trs) => trs.map((tr) => tr.innerText));

@@ -570,9 +570,10 @@ fn status_page_shows_sessions_and_a_plot_under_load_and_nothing_without_the_toke
         assert!(text.contains("loaduser"), "the user: {text}");
         assert!(!text.contains(':'), "no REST timestamp: {text}");
         assert!(text.contains("udp"), "{text}");
+        assert!(text.contains("bit/s"), "the session's bandwidth: {text}");
     }
     assert!(
-        report["plot"]["bandwidthPoints"].as_u64() >= Some(1),
+        report["plot"]["bandwidthPoints"].as_u64() >= Some(2),
         "{pretty}"
     );
     assert!(report["plot"]["maxBps"].as_f64() > Some(0.0), "{pretty}");
@@ -584,7 +585,7 @@ fn status_page_shows_sessions_and_a_plot_under_load_and_nothing_without_the_toke
     assert!(
         series
             .iter()
-            .any(|s| s["series"] == "bandwidth" && s["points"].as_u64() >= Some(1)),
+            .any(|s| s["series"] == "bandwidth" && s["points"].as_u64() >= Some(2)),
         "{pretty}"
     );
     assert_eq!(report["totals"]["allocations"], 2, "{pretty}");

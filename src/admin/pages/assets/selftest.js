@@ -204,6 +204,9 @@
     } catch (e) {
       res.error = String(e && e.message ? e.message : e);
       if (gathered[0] + gathered[1] === 0) res.error += "; no relay candidate was gathered (the TURN server was not reached or refused the allocation)";
+      if (gathered[0] + gathered[1] === 0 && res.transport === "tls") {
+        res.error += "; for turns: the server's certificate must be valid for the URI's host name and trusted by this browser";
+      }
       if (res.iceErrors.length) res.error += `; ICE errors: ${res.iceErrors.join(", ")}`;
     }
     return { res, pcs, media };

@@ -74,6 +74,12 @@
     card("uptime", age(d.uptime_seconds));
   }
 
+  function twoLines(a, b) {
+    const td = el("td", null, "num");
+    td.append(el("div", a), el("div", b));
+    return td;
+  }
+
   function sessions(d) {
     const body = document.querySelector("#sessions tbody");
     body.replaceChildren();
@@ -92,7 +98,7 @@
         el("td", s.user),
         el("td", s.transport),
         el("td", age(s.age_seconds), "num"),
-        el("td", `${bytes(s.bytes_to_peer)} \u2191 ${bytes(s.bytes_from_peer)} \u2193`, "num"),
+        twoLines(`\u2191 ${bytes(s.bytes_to_peer)}`, `\u2193 ${bytes(s.bytes_from_peer)}`),
         el("td", rate === undefined ? "\u2026" : bps(rate), "num"),
       );
       const q = el("td");
@@ -115,8 +121,15 @@
 
   // The plot: bandwidth (left scale) and allocations (right scale) over the last hour.
   function plot(d) {
-    const W = 720, H = 220, L = 62, R = 40, T = 10, B = 26;
-    const end = d.now_unix, start = end - 3600;
+    // Drawn at the box's own width, so its text stays readable on a phone.
+    const box = document.getElementById("plot");
+    const W = Math.max(320, Math.min(1100, box.clientWidth || 720));
+    const H = W < 500 ? 200 : 240, L = 74, R = 34, T = 10, B = 24;
+    const end = d.now_unix;
+    const first = d.history.samples.length ? d.history.samples[0][0] : end;
+    // The last hour, or since the first sample when the server is younger (5 min at least).
+    const start = Math.max(end - 3600, Math.min(first, end - 300));
+    const span = end - start;
     const samples = d.history.samples.filter((s) => s[0] >= start);
     const bw = [];
     for (let i = 1; i < samples.length; i++) {
@@ -125,8 +138,9 @@
     }
     const al = samples.map((s) => [s[0], s[2]]);
     const maxBw = Math.max(1, ...bw.map((p) => p[1]));
-    const maxAl = Math.max(1, ...al.map((p) => p[1]));
-    const x = (t) => L + ((t - start) / 3600) * (W - L - R);
+    // Whole allocations at each of the four grid lines.
+    const maxAl = Math.max(4, Math.ceil(Math.max(0, ...al.map((p) => p[1])) / 4) * 4);
+    const x = (t) => L + ((t - start) / span) * (W - L - R);
     const y = (v, max) => T + (1 - v / max) * (H - T - B);
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -147,8 +161,11 @@
       add("text", { x: W - R + 4, y: yy + 4, "font-size": 11, fill: "#b5670d" },
         String(Math.round(maxAl * (1 - i / 4))));
     }
-    for (const [m, label] of [[0, "\u221260 min"], [30, "\u221230 min"], [60, "now"]]) {
-      add("text", { x: x(start + m * 60), y: H - 6, "text-anchor": "middle", "font-size": 11, fill: "#5b6670" }, label);
+    const ago = (secs) => secs >= 60 ? `\u2212${Math.round(secs / 60)} min` : `\u2212${secs} s`;
+    for (const f of [0, 0.5, 1]) {
+      const t = start + f * span;
+      add("text", { x: x(t), y: H - 6, "text-anchor": f === 0 ? "start" : f === 1 ? "end" : "middle",
+                    "font-size": 11, fill: "#5b6670" }, f === 1 ? "now" : ago(Math.round(end - t)));
     }
     const line = (pts, max, color, name) => {
       const p = add("polyline", {
@@ -157,6 +174,11 @@
       });
       p.dataset.series = name;
       p.dataset.points = String(pts.length);
+      // The latest value as a dot, so a single sample shows too.
+      if (pts.length) {
+        const [t, v] = pts[pts.length - 1];
+        add("circle", { cx: x(t).toFixed(1), cy: y(v, max).toFixed(1), r: 3, fill: color });
+      }
     };
     line(bw, maxBw, "#2463b0", "bandwidth");
     line(al, maxAl, "#b5670d", "allocations");
