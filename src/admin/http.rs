@@ -347,6 +347,11 @@ mod tests {
         assert_eq!(r.bearer.as_deref(), Some("t0k"));
         let r = ok("DELETE /sessions/0-5 HTTP/1.0\r\nauthorization: basic abc");
         assert_eq!(r.bearer, None);
+        assert_eq!(r.cookie, None);
+        let r = ok("GET /status HTTP/1.1\r\nCookie: a=b; turnd_admin=v.1.2 ;c=d");
+        assert_eq!(r.cookie.as_deref(), Some("v.1.2"));
+        let r = ok("GET /status HTTP/1.1\r\nCookie: xturnd_admin=v");
+        assert_eq!(r.cookie, None);
     }
 
     #[test]
@@ -358,6 +363,7 @@ mod tests {
         };
         assert_eq!((body.length, body.form), (12, true));
         assert_eq!(r.param("service"), Some("turn"));
+        assert_eq!(r.body_param("service"), None, "from the URL, not the body");
         let Ok((_, body)) = parse_head_and_body("POST / HTTP/1.1\r\nContent-Length: 3") else {
             panic!("should parse")
         };

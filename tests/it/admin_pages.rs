@@ -536,6 +536,20 @@ fn status_page_shows_sessions_and_a_plot_under_load_and_nothing_without_the_toke
             assert!(!a.body.contains("\"sessions\""), "{method} {path}");
         }
     }
+    // The token opens nothing from a URL, only from the login form's body.
+    let in_url = request(
+        server.admin,
+        "POST",
+        &format!("/login?token={TOKEN}&next=%2Fstatus"),
+        &[],
+        "",
+    );
+    assert_eq!(in_url.status, 401);
+    assert!(in_url.cookie().is_none());
+    // No link without the admin listener and a token.
+    let (code, out, err) = run_turnd(&["selftest-link"], Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("admin listener is off"), "{err}");
     let page = request(server.admin, "GET", "/status", &[], "");
     assert!(
         page.body.contains("<form id=\"login\""),
