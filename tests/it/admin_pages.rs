@@ -333,25 +333,39 @@ fn selftest_page_connects_every_transport_and_logs_no_secret() {
     assert_eq!(cookie["httpOnly"], true, "{pretty}");
     assert_eq!(cookie["sameSite"], "Strict", "{pretty}");
 
-    // The run's credential: a REST user of its own, whose sessions ended with the run.
-    let username = report["username"].as_str().expect("the run's username");
-    let (expiry, user) = username.split_once(':').expect("<expiry>:<user>");
-    assert!(user.starts_with("selftest-"), "{username}");
-    let expiry: u64 = expiry.parse().expect("expiry");
+    // One credential per URI: a REST user of its own, short-lived, whose sessions ended with
+    // its test.
+    let usernames: Vec<&str> = report["usernames"]
+        .as_array()
+        .expect("the run's usernames")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(usernames.len(), 3, "{pretty}");
     assert!(
-        expiry <= unix_now() + 120,
-        "a short-lived credential: {username}"
+        report["sessionsEnded"].as_u64() >= Some(6),
+        "two allocations per URI ended: {pretty}"
     );
-    let (_, password) = turnd::auth::rest_credential(SECRET, user, expiry, ':');
-    let left = request(
-        server.admin,
-        "GET",
-        &format!("/sessions?user={user}"),
-        &[format!("Authorization: Bearer {TOKEN}")],
-        "",
-    );
-    assert_eq!(left.status, 200);
-    assert_eq!(left.body.trim(), "[]", "the run's sessions were ended");
+    let mut passwords = Vec::new();
+    for username in &usernames {
+        let (expiry, user) = username.split_once(':').expect("<expiry>:<user>");
+        assert!(user.starts_with("selftest-"), "{username}");
+        let expiry: u64 = expiry.parse().expect("expiry");
+        assert!(
+            expiry <= unix_now() + 90,
+            "a short-lived credential: {username}"
+        );
+        passwords.push(turnd::auth::rest_credential(SECRET, user, expiry, ':').1);
+        let left = request(
+            server.admin,
+            "GET",
+            &format!("/sessions?user={user}"),
+            &[format!("Authorization: Bearer {TOKEN}")],
+            "",
+        );
+        assert_eq!(left.status, 200);
+        assert_eq!(left.body.trim(), "[]", "{user}'s sessions were ended");
+    }
 
     // The link worked once.
     let again = request(
@@ -408,7 +422,9 @@ fn selftest_page_connects_every_transport_and_logs_no_secret() {
     for (what, secret) in [
         ("admin token", TOKEN.to_string()),
         ("one-time link's ticket", ticket.to_string()),
-        ("self-test credential's password", password),
+        ("first self-test password", passwords[0].clone()),
+        ("second self-test password", passwords[1].clone()),
+        ("third self-test password", passwords[2].clone()),
         ("session cookie", session),
         ("REST secret", SECRET.to_string()),
     ] {

@@ -32,8 +32,9 @@ pub use ticket::{MAX_TICKET_TTL, mint_ticket};
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Samples kept: one hour.
 pub const SAMPLES: usize = 720;
-/// Lifetime of the credential a self-test mints (at most `auth.max-rest-ttl`).
-const SELFTEST_TTL: u64 = 120;
+/// Lifetime of the credential a self-test mints for one URI (at most `auth.max-rest-ttl`):
+/// a connection timeout, pings, a bulk transfer and the media check fit in it.
+const SELFTEST_TTL: u64 = 90;
 /// The user part of self-test credentials starts with this.
 const SELFTEST_PREFIX: &str = "selftest-";
 
@@ -301,7 +302,7 @@ async fn status_json(control: &Control, s: &Settings) -> Response {
     Response::json(200, body.to_string())
 }
 
-/// `POST /selftest/credential`: a REST credential for one self-test, `SELFTEST_TTL` seconds
+/// `POST /selftest/credential`: a REST credential for one URI's test, `SELFTEST_TTL` seconds
 /// long, for a user of its own (`selftest-<random>`), with the advertised URIs.
 fn selftest_credential(s: &Settings) -> Response {
     let (secret, max_ttl) = api::live_rest_secret(s);

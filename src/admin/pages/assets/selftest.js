@@ -279,39 +279,47 @@
     return tr;
   }
 
+  // Ends the sessions of one URI's credential (it expires soon after by itself).
+  async function endRun(cred) {
+    try {
+      const end = await post("/selftest/end", { user: cred.user });
+      window.turndSelftest.sessionsEnded += end.ended;
+    } catch (_) { /* the credential expires by itself */ }
+  }
+
   async function run() {
     const button = document.getElementById("run");
     const state = document.getElementById("state");
     const body = document.querySelector("#results tbody");
     button.disabled = true;
     body.replaceChildren();
-    window.turndSelftest = { state: "running", results: [], error: null };
-    let cred = null;
+    window.turndSelftest = { state: "running", results: [], error: null, usernames: [], sessionsEnded: 0 };
     try {
+      // One credential per URI, minted just before its test and ended right after it.
       state.textContent = "minting a credential\u2026";
-      cred = await post("/selftest/credential", {});
-      window.turndSelftest.username = cred.username;
-      for (const uri of cred.uris) {
+      let cred = await post("/selftest/credential", {});
+      const uris = cred.uris;
+      for (let i = 0; i < uris.length; i++) {
+        const uri = uris[i];
+        if (i > 0) cred = await post("/selftest/credential", {});
+        window.turndSelftest.usernames.push(cred.username);
         state.textContent = `testing ${uri}\u2026`;
         const { res, pcs, media } = await runOne(uri, cred);
         res.server = res.connected ? await serverView(cred, res) : null;
+        // The server ends the allocations first (so the credential's sessions are gone even
+        // if this browser never deallocates), then the connections close.
+        await endRun(cred);
         pcs.forEach((pc) => pc.close());
         media.stop();
         window.turndSelftest.results.push(res);
         body.append(row(res));
       }
       const ok = window.turndSelftest.results.filter((r) => r.connected).length;
-      state.textContent = `done: ${ok} of ${cred.uris.length} connected`;
+      state.textContent = `done: ${ok} of ${uris.length} connected`;
     } catch (e) {
       window.turndSelftest.error = String(e && e.message ? e.message : e);
       state.textContent = `self-test failed: ${window.turndSelftest.error}`;
     } finally {
-      if (cred) {
-        try {
-          const end = await post("/selftest/end", { user: cred.user });
-          window.turndSelftest.sessionsEnded = end.ended;
-        } catch (_) { /* the credential expires by itself */ }
-      }
       window.turndSelftest.state = "done";
       button.disabled = false;
     }
