@@ -298,7 +298,8 @@
       // One credential per URI, minted just before its test and ended right after it.
       state.textContent = "minting a credential\u2026";
       let cred = await post("/selftest/credential", {});
-      const uris = cred.uris;
+      // Relay-only pairs test TURN URIs; a stun: entry has nothing to relay through.
+      const uris = cred.uris.filter((u) => /^turns?:/i.test(u));
       for (let i = 0; i < uris.length; i++) {
         const uri = uris[i];
         if (i > 0) cred = await post("/selftest/credential", {});
