@@ -26,10 +26,16 @@ pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Setti
     if req.path == rest_api::PATH {
         return rest_api::handle(req, peer, s);
     }
+    tracing::trace!(method = %req.method, path = %req.path, %peer, "admin request");
+    if let Some(r) = super::pages::route(req, peer, control, s).await {
+        return r;
+    }
     let open_metrics = req.path == "/metrics"
         && s.metrics_open_on_loopback
         && peer.ip().to_canonical().is_loopback();
-    if !open_metrics && !authorized(req, s) {
+    // The pages' cookie opens what only reads.
+    let by_cookie = req.method == "GET" && super::pages::cookie_ok(req, s);
+    if !open_metrics && !by_cookie && !authorized(req, s) {
         let mut r = Response::error(401, "missing or wrong bearer token");
         r.challenge = true;
         return r;
@@ -61,7 +67,7 @@ pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Setti
 }
 
 /// Compares the bearer token in constant time (for equal lengths).
-fn authorized(req: &Request, s: &Settings) -> bool {
+pub(super) fn authorized(req: &Request, s: &Settings) -> bool {
     let Some(given) = req.bearer.as_deref() else {
         return false;
     };
@@ -95,6 +101,7 @@ async fn metrics_page(control: &Control, s: &Settings) -> Response {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         body,
         challenge: false,
+        headers: Vec::new(),
     }
 }
 
@@ -113,7 +120,7 @@ async fn health(control: &Control, s: &Settings) -> Response {
     Response::json(if all { 200 } else { 503 }, body.to_string())
 }
 
-fn session_json(worker: usize, a: &SessionInfo) -> Value {
+pub(super) fn session_json(worker: usize, a: &SessionInfo) -> Value {
     let drops: serde_json::Map<String, Value> = DropReason::ALL
         .iter()
         .map(|r| (r.as_str().to_string(), json!(a.drops[*r as usize])))
@@ -218,7 +225,10 @@ fn quality_json(a: &SessionInfo) -> Value {
     })
 }
 
-async fn all_sessions(control: &Control, user: Option<String>) -> Vec<(usize, SessionInfo)> {
+pub(super) async fn all_sessions(
+    control: &Control,
+    user: Option<String>,
+) -> Vec<(usize, SessionInfo)> {
     control
         .on_each_worker_indexed(move |_, core, _| {
             core.sessions(crate::net::now().mono, user.as_deref())
@@ -370,15 +380,7 @@ fn drain(s: &Settings) -> Response {
 
 /// The RTCIceServer JSON `turnd credentials` prints, signed with the first REST secret.
 fn credentials(req: &Request, s: &Settings) -> Response {
-    // After a reload the secrets and the expiry ceiling in force are the lifecycle's.
-    let live = s.lifecycle.as_ref().map(|l| {
-        let c = l.config();
-        (c.auth.secrets.first().cloned(), c.auth.max_rest_ttl)
-    });
-    let (secret, max_ttl) = match &live {
-        Some((secret, max)) => (secret, *max),
-        None => (&s.rest_secret, s.max_rest_ttl),
-    };
+    let (secret, max_ttl) = live_rest_secret(s);
     let Some(secret) = secret else {
         return Response::error(
             409,
@@ -401,7 +403,7 @@ fn credentials(req: &Request, s: &Settings) -> Response {
         }
     };
     let (username, password) = crate::auth::mint_rest_credential(
-        secret,
+        &secret,
         user,
         crate::net::now().unix,
         ttl,
@@ -506,5 +508,17 @@ async fn unrevoke(req: &Request, s: &Settings) -> Response {
             json!({ "lifted": found, "user": name }).to_string(),
         ),
         Err(e) => Response::error(503, &format!("Redis unavailable: {e}")),
+    }
+}
+
+/// The REST secret credentials are minted with (the first of `auth.secrets`) and the longest
+/// lifetime allowed (`auth.max-rest-ttl`): after a reload, those in force.
+pub(super) fn live_rest_secret(s: &Settings) -> (Option<String>, u64) {
+    match &s.lifecycle {
+        Some(l) => {
+            let c = l.config();
+            (c.auth.secrets.first().cloned(), c.auth.max_rest_ttl)
+        }
+        None => (s.rest_secret.clone(), s.max_rest_ttl),
     }
 }

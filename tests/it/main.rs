@@ -16,6 +16,7 @@ mod abuse_silent_stream_clients;
 mod abuse_unauth_flood;
 mod admin_api;
 mod admin_lifecycle;
+mod admin_pages;
 mod admin_stalled_connections;
 mod aiortc;
 mod auth_rfc8489;
