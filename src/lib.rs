@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod migrate;
 pub mod net;
+pub mod probe;
 pub mod sd_notify;
 pub mod stun;
 #[cfg(any(test, feature = "testing"))]

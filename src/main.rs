@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         }
         Some(Command::MigrateCoturn(args)) => return turnd::migrate::run(args),
         Some(Command::CheckConfig(args)) => return turnd::check_config::run(args),
+        Some(Command::Probe(args)) => return turnd::probe::run(args),
         None => {}
     }
     let config = match cli.serve.load_config() {
