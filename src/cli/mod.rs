@@ -89,7 +89,8 @@ pub struct ProbeArgs {
     /// Loss, in percent of round trips, above which the probe exits 6.
     #[arg(long, value_name = "PERCENT", default_value_t = 10.0, value_parser = parse_percent)]
     pub max_loss: f64,
-    /// Ask for a relayed address of this family (REQUESTED-ADDRESS-FAMILY): 4 or 6.
+    /// Ask for a relayed address of this family (REQUESTED-ADDRESS-FAMILY): 4 or 6. Default:
+    /// 6 when the server is reached over IPv6, else none (the server gives IPv4).
     #[arg(long, value_name = "4|6", value_parser = parse_family)]
     pub family: Option<u8>,
     /// PEM file of the CA (or self-signed certificate) that signed the server's certificate,
@@ -455,6 +456,41 @@ mod tests {
         let urls = v["urls"].to_string();
         let (a, b) = (urls.find("turn:a:3478"), urls.find("turns:b:5349"));
         assert!(matches!((a, b), (Some(a), Some(b)) if a < b), "{json}");
+    }
+
+    #[test]
+    fn probe_arguments() {
+        let cli = parse(&["probe", "turn:h", "--user", "u", "--password", "p"]).unwrap();
+        let Some(Command::Probe(p)) = cli.command else {
+            panic!("expected probe")
+        };
+        assert_eq!((p.count, p.size, p.ttl), (10, 100, 600));
+        assert_eq!((p.timeout, p.max_loss, p.family), (10.0, 10.0, None));
+        assert!(!p.json && !p.insecure && p.ca.is_none());
+        let cli = parse(&[
+            "probe", "turns:h", "--secret", "s", "--family", "6", "--json",
+        ])
+        .unwrap();
+        let Some(Command::Probe(p)) = cli.command else {
+            panic!("expected probe")
+        };
+        assert_eq!(
+            (p.family, p.json, p.secret.as_deref()),
+            (Some(6), true, Some("s"))
+        );
+        for bad in [
+            &["probe"][..],
+            &["probe", "turn:h", "--count", "0"],
+            &["probe", "turn:h", "--size", "10"],
+            &["probe", "turn:h", "--size", "5000"],
+            &["probe", "turn:h", "--timeout", "0"],
+            &["probe", "turn:h", "--timeout", "nan"],
+            &["probe", "turn:h", "--max-loss", "101"],
+            &["probe", "turn:h", "--family", "5"],
+            &["probe", "turn:h", "--ttl", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

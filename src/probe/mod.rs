@@ -371,8 +371,16 @@ fn probe(run: &mut Run, args: &ProbeArgs, uri: &TurnUri) -> Result<(), Failure> 
     // Connect and ask a Binding, trying each address in turn.
     let mut last: Option<Failure> = None;
     let mut first: Option<(Client, SocketAddr)> = None;
-    for &addr in &addrs {
-        match reach(uri.transport, addr, deadline, tls_ref, &cred) {
+    for (i, &addr) in addrs.iter().enumerate() {
+        // An address that swallows packets must leave time for the next ones: all but the
+        // last get at most half of what is left, and 5 s.
+        let attempt_deadline = if i + 1 < addrs.len() {
+            let half = deadline.saturating_duration_since(Instant::now()) / 2;
+            (Instant::now() + half.min(Duration::from_secs(5))).min(deadline)
+        } else {
+            deadline
+        };
+        match reach(uri.transport, addr, attempt_deadline, tls_ref, &cred) {
             Ok((client, detail, mapped)) => {
                 run.step("connect", true, detail);
                 first = Some((client, mapped));
@@ -402,7 +410,9 @@ fn probe(run: &mut Run, args: &ProbeArgs, uri: &TurnUri) -> Result<(), Failure> 
     run.report.server = Some(server.to_string());
 
     // Two allocations.
-    let family = args.family;
+    // Over IPv6, ask for an IPv6 relayed address unless told otherwise (without the
+    // attribute a server allocates IPv4, RFC 8656 §7.1); over IPv4, ask nothing.
+    let family = args.family.or(server.is_ipv6().then_some(6));
     let relay_a = allocate(&mut a, family, deadline, "A")?;
     run.report.realm = a.realm().map(str::to_owned);
     run.step("allocate", true, relay_a.detail.clone());

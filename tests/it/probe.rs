@@ -422,3 +422,17 @@ fn coturn_over_udp_and_tcp() {
         "401",
     );
 }
+
+/// Over IPv6 the probe asks for IPv6 relayed addresses (the server here relays on ::1 only).
+#[test]
+fn turnd_over_ipv6() {
+    let s = TestServer::start("::1", &["--allow-peer", "::1/128"]);
+    let port = s.addr.port();
+    for transport in ["udp", "tcp"] {
+        let uri = format!("turn:[::1]:{port}?transport={transport}");
+        assert_ok(&uri, &ALICE);
+        let (_, r, shown) = probe(&uri, &ALICE);
+        let a = r["steps"][2]["detail"].as_str().unwrap();
+        assert!(a.contains("relayed address [::1]:"), "{shown}");
+    }
+}
