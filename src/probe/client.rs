@@ -341,6 +341,9 @@ pub fn failure(step: &str, what: &str, e: TxError, refused: Outcome) -> Failure 
         ),
         TxError::Code(code, reason) => {
             let hint = match code {
+                300 => {
+                    ": the server sends clients elsewhere (ALTERNATE-SERVER: it is draining, or redirects all)"
+                }
                 403 => ": the server forbids it (for a peer, its peer policy denies the address)",
                 437 => ": the server has no allocation for this connection",
                 440 => ": the server cannot relay this address family",

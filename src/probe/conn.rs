@@ -22,6 +22,9 @@ use crate::stun::framing::{Frame, next_frame};
 /// Largest message the probe reads: a stream frame's length field allows 64 KiB + header.
 const MAX_MESSAGE: usize = 4 + 0xFFFF + 3;
 
+/// The longest one write to a TCP or TLS stream may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where the CA bundle usually is when `--ca` is not given and `SSL_CERT_FILE` is not set
 /// (Debian and Ubuntu, Fedora and RHEL, Alpine and others).
 const SYSTEM_CA_FILES: &[&str] = &[
@@ -195,6 +198,8 @@ impl Conn {
                     .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "time ran out"))?;
                 let tcp = TcpStream::connect_timeout(&server, left)?;
                 tcp.set_nodelay(true)?;
+                // A server that stops reading cannot hold a send for long.
+                tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 match (transport, tls) {
                     (Transport::Tls, Some((cfg, name))) => {
                         let conn = ClientConnection::new(cfg.clone(), name.clone())
@@ -208,6 +213,7 @@ impl Conn {
                             s.sock.set_write_timeout(Some(left))?;
                             s.conn.complete_io(&mut s.sock)?;
                         }
+                        s.sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
                         Kind::Tls(Box::new(s))
                     }
                     _ => Kind::Tcp(tcp),
