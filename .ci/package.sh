@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Debian package, end to end, on this machine (as root): installs cargo-deb when missing,
 # builds target/debian/turnd_<version>-1_<arch>.deb (`cargo deb`, a release build), installs
-# it with `dpkg -i`, checks what it installed (binary, unit and its drop-in, the conffile
+# it with `dpkg -i`, checks what it installed (binary, unit and its drop-in, which
+# `systemd-analyze verify` must pass, the conffile
 # owned root:turnd 0640, the turnd system user) and runs the installed
 # `turnd check-config /etc/turnd/turnserver.toml`, then purges it and checks that the user,
 # the binary and /etc/turnd are gone. Any failing step fails the script (and CI).
@@ -48,6 +49,11 @@ $sudo dpkg -i "$deb"
 [ -f /lib/systemd/system/turnd.service ] || fail "the systemd unit is not installed"
 grep -q '^ExecStart=/usr/bin/turnd --config /etc/turnd/turnserver.toml$' \
     /lib/systemd/system/turnd.service.d/package.conf || fail "the unit's drop-in does not start /usr/bin/turnd"
+# The unit as installed, with the package's drop-in (systemd-analyze from .ci/setup-systemd.sh;
+# it checks that the commands exist, so a drop-in naming another path fails here).
+verify_out=$(SYSTEMD_LOG_COLOR=0 systemd-analyze verify turnd.service 2>&1) \
+    || fail "systemd-analyze verify turnd.service: $verify_out"
+[ -z "$verify_out" ] || fail "systemd-analyze verify turnd.service warns: $verify_out"
 dpkg-query -W -f='${Conffiles}\n' turnd | grep -q '/etc/turnd/turnserver.toml' \
     || fail "/etc/turnd/turnserver.toml is not a conffile"
 getent passwd turnd >/dev/null || fail "the turnd system user was not created"
