@@ -387,10 +387,8 @@ fn probe(run: &mut Run, args: &ProbeArgs, uri: &TurnUri) -> Result<(), Failure> 
                 break;
             }
             Err(f) => {
-                if addrs.len() > 1 {
-                    run.step("connect", false, f.message.clone());
-                }
-                last = Some(f);
+                // With several addresses each failure is shown as it happens.
+                last = Some(if addrs.len() > 1 { record(run, f) } else { f });
             }
         }
         if Instant::now() >= deadline {
