@@ -29,6 +29,8 @@ const FILE_PATH_KEYS: &[&str] = &["tls.cert", "tls.key"];
 fn mask(value: &mut toml::Value, path: &str, secret: bool) {
     match value {
         toml::Value::String(s) if secret => *s = MASK.to_owned(),
+        // A Redis URL may carry `user:password@`.
+        toml::Value::String(s) if path == "redis.url" => *s = crate::config::redact_url(s),
         toml::Value::Array(items) => items.iter_mut().for_each(|v| mask(v, path, secret)),
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
@@ -115,6 +117,20 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.auth.secrets, vec![MASK, MASK]);
         assert_eq!(back.auth.users.len(), 2);
+    }
+
+    #[test]
+    fn redis_password_and_url_credentials_are_masked() {
+        let c = Config::from_toml_str(
+            "[redis]\nurl = \"rediss://turn:urlpass@redis.internal:6380/2\"\npassword = \"pw-9f8e\"\n",
+        )
+        .unwrap();
+        let text = effective_toml(&c).unwrap();
+        assert!(
+            !text.contains("urlpass") && !text.contains("pw-9f8e"),
+            "{text}"
+        );
+        assert!(text.contains("redis.internal:6380/2"), "{text}");
     }
 
     #[test]

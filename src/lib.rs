@@ -8,11 +8,13 @@ pub mod auth;
 pub mod check_config;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod lifecycle;
 pub mod logging;
 pub mod migrate;
 pub mod net;
 pub mod probe;
+pub mod quality;
 pub mod sd_notify;
 pub mod stun;
 #[cfg(any(test, feature = "testing"))]

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Some(Command::MigrateCoturn(args)) => return turnd::migrate::run(args),
         Some(Command::CheckConfig(args)) => return turnd::check_config::run(args),
         Some(Command::Probe(args)) => return turnd::probe::run(args),
+        Some(Command::Revoke(args)) => return revoke(args),
         None => {}
     }
     let config = match cli.serve.load_config() {
@@ -66,8 +67,19 @@ fn main() -> ExitCode {
     };
     // Every listener is bound: tell systemd (Type=notify) we are ready.
     turnd::sd_notify::notify_logged("READY=1\nSTATUS=serving");
-    let lifecycle = Lifecycle::new(cli.serve.clone(), config, &running, Some(log));
+    let lifecycle = Lifecycle::new(cli.serve.clone(), config.clone(), &running, Some(log));
+    let fleet = {
+        let _in_runtime = rt.enter();
+        match turnd::fleet::Fleet::start(&config, running.control(), Some(lifecycle.clone())) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("turnd: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    };
     if let Some(admin) = admin {
+        let admin = admin.with_fleet(fleet);
         rt.spawn(admin.serve(
             running.control(),
             Some(lifecycle.clone()),
@@ -82,4 +94,45 @@ fn main() -> ExitCode {
     tracing::info!("shutting down");
     running.shutdown();
     ExitCode::SUCCESS
+}
+
+/// `turnd revoke`: one write to the fleet's Redis.
+fn revoke(args: &turnd::cli::RevokeArgs) -> ExitCode {
+    let config = match turnd::config::Config::parse_file(&args.config).and_then(|c| {
+        c.validate()?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = turnd::net::now().unix;
+    match rt.block_on(turnd::fleet::revoke_once(
+        &config, &args.user, args.ttl, now,
+    )) {
+        Ok(0) => {
+            println!("revoked {} on every node, until lifted", args.user);
+            ExitCode::SUCCESS
+        }
+        Ok(until) => {
+            println!("revoked {} on every node until unix {until}", args.user);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("turnd: revoke: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -485,8 +485,9 @@ pub fn migrate_from(text: &str, base: Option<&std::path::Path>) -> Migration {
         server.insert("strict-channel-numbers".into(), (!rfc5766).into());
     }
 
-    // Relay addresses: relay-ip, else the private side of PUBLIC/PRIVATE external-ips; one
-    // per family.
+    // Relay addresses: relay-ip (several per family, as coturn takes them, unless that
+    // family has an external-ip: 1:1 NAT maps one address), else the private side of
+    // PUBLIC/PRIVATE external-ips, one per family.
     let mut relay_ips: Vec<IpAddr> = Vec::new();
     let private: Vec<IpAddr> = c.external_ips.iter().filter_map(|(_, q)| *q).collect();
     let candidates = if c.relay_ips.is_empty() {
@@ -495,9 +496,17 @@ pub fn migrate_from(text: &str, base: Option<&std::path::Path>) -> Migration {
         &c.relay_ips
     };
     for ip in candidates {
-        if relay_ips.iter().any(|r| r.is_ipv4() == ip.is_ipv4()) {
+        let natted = c
+            .external_ips
+            .iter()
+            .any(|(p, _)| p.is_ipv4() == ip.is_ipv4());
+        let several_ok = !c.relay_ips.is_empty() && !natted;
+        if relay_ips.contains(ip) {
+            continue;
+        }
+        if !several_ok && relay_ips.iter().any(|r| r.is_ipv4() == ip.is_ipv4()) {
             notes.push(format!(
-                "relay-ip={ip}: turnd relays from one address per family; kept {}",
+                "relay-ip={ip}: turnd relays from one address per family behind external-ip; kept {}",
                 relay_ips
                     .iter()
                     .find(|r| r.is_ipv4() == ip.is_ipv4())
@@ -870,6 +879,22 @@ mod tests {
 
     fn load(m: &Migration) -> crate::config::Config {
         crate::config::Config::from_toml_str(&m.toml).unwrap_or_else(|e| panic!("{e}\n{}", m.toml))
+    }
+
+    #[test]
+    fn every_relay_ip_is_carried_unless_its_family_is_natted() {
+        let m = migrate("listening-ip=192.0.2.1\nrelay-ip=192.0.2.1\nrelay-ip=192.0.2.2\n");
+        let ips: Vec<String> = load(&m).relay.ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["192.0.2.1", "192.0.2.2"], "{}", m.toml);
+        let m = migrate(
+            "listening-ip=192.0.2.1\nrelay-ip=192.0.2.1\nrelay-ip=192.0.2.2\n\
+             external-ip=203.0.113.1\n",
+        );
+        assert_eq!(load(&m).relay.ips.len(), 1, "{}", m.toml);
+        assert!(
+            m.skipped.iter().any(|n| n.contains("relay-ip=192.0.2.2")),
+            "{m:?}"
+        );
     }
 
     #[test]

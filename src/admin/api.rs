@@ -15,6 +15,8 @@ use super::http::{Request, Response};
 use super::metrics;
 use super::rest_api;
 use crate::net::Control;
+use crate::quality::demux::{Class, rtcp_name};
+use crate::quality::{Direction, Leg, LegReport};
 use crate::turn::stats::{DropReason, SessionInfo};
 
 /// Lifetime of the credentials `/credentials` mints unless asked (at most `auth.max-rest-ttl`).
@@ -43,7 +45,16 @@ pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Setti
         ("GET", ["credentials"]) => credentials(req, s),
         ("POST", ["reload"]) => reload(s).await,
         ("POST", ["drain"]) => drain(s),
-        (_, ["metrics" | "health" | "sessions" | "users" | "credentials" | "reload" | "drain"])
+        ("GET", ["cluster"]) => cluster(s),
+        ("POST", ["revoke"]) => revoke(req, s).await,
+        ("DELETE", ["revoke"]) => unrevoke(req, s).await,
+        (
+            _,
+            [
+                "metrics" | "health" | "sessions" | "users" | "credentials" | "reload" | "drain"
+                | "cluster" | "revoke",
+            ],
+        )
         | (_, ["sessions", _]) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "no such endpoint"),
     }
@@ -75,6 +86,9 @@ async fn metrics_page(control: &Control, s: &Settings) -> Response {
     );
     if let Some(streams) = &s.streams {
         body.push_str(&metrics::render_streams(&streams.snapshot()));
+    }
+    if let Some(fleet) = &s.fleet {
+        body.push_str(&fleet.render_metrics());
     }
     Response {
         status: 200,
@@ -122,6 +136,85 @@ fn session_json(worker: usize, a: &SessionInfo) -> Value {
         "packets_from_peer": a.packets_from_peer,
         "bytes_from_peer": a.bytes_from_peer,
         "dropped": drops,
+        "quality": quality_json(a),
+    })
+}
+
+fn ms(us: Option<u32>) -> Value {
+    us.map_or(Value::Null, |u| json!(f64::from(u) / 1000.0))
+}
+
+/// The `quality` object of a session: RTT per leg, checks, state, RTP streams. RFC 6062 TCP
+/// allocations say that their data is not observed; with telemetry off it is null.
+fn quality_json(a: &SessionInfo) -> Value {
+    if a.tcp_relay {
+        return json!({ "state": "not_observed", "reason": "rfc6062_tcp_relay" });
+    }
+    let Some(q) = &a.quality else {
+        return Value::Null;
+    };
+    let leg = |l: &LegReport| {
+        json!({
+            "recent": ms(l.recent_us),
+            "smoothed": ms(l.smoothed_us),
+            "p50": ms(l.p50_us),
+            "p95": ms(l.p95_us),
+            "samples": l.samples,
+            "checks": l.checks,
+            "answered": l.answered,
+            "unanswered": l.unanswered,
+        })
+    };
+    let streams: Vec<Value> = q
+        .streams
+        .iter()
+        .map(|s| {
+            let rtcp: serde_json::Map<String, Value> = s
+                .rtcp
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (rtcp_name(i).to_string(), json!(n)))
+                .collect();
+            json!({
+                "ssrc": s.ssrc,
+                "direction": s.direction.as_str(),
+                "kind": s.kind.as_str(),
+                "clock_rate": s.clock_rate,
+                "packets": s.packets,
+                "bytes": s.bytes,
+                "bitrate_bps": s.bitrate_bps,
+                "lost": s.lost,
+                "loss_ratio": s.loss_ratio,
+                "jitter_ms": ms(s.jitter_us),
+                "fps": s.fps,
+                "rtcp": rtcp,
+            })
+        })
+        .collect();
+    let payloads: serde_json::Map<String, Value> = Direction::ALL
+        .iter()
+        .map(|d| {
+            let by_class: serde_json::Map<String, Value> = Class::ALL
+                .iter()
+                .map(|c| {
+                    (
+                        c.as_str().to_string(),
+                        json!(q.payloads[*d as usize][*c as usize]),
+                    )
+                })
+                .collect();
+            (d.as_str().to_string(), Value::Object(by_class))
+        })
+        .collect();
+    json!({
+        "state": q.state.as_str(),
+        "client_rtt_ms": leg(&q.legs[Leg::Client as usize]),
+        "peer_rtt_ms": leg(&q.legs[Leg::Peer as usize]),
+        "checks_unanswered": q.checks_unanswered,
+        "streams": streams,
+        "streams_untracked": q.streams_untracked,
+        "payloads": payloads,
     })
 }
 
@@ -318,4 +411,100 @@ fn credentials(req: &Request, s: &Settings) -> Response {
         200,
         crate::auth::ice_server_json(&s.uris, &username, &password),
     )
+}
+
+/// `GET /cluster`: every node of the fleet as it last published itself (load, draining,
+/// addresses), this one included; 404 without a `[redis]` section.
+fn cluster(s: &Settings) -> Response {
+    let Some(fleet) = &s.fleet else {
+        return Response::error(404, "no fleet: the config has no [redis] section");
+    };
+    let nodes: Vec<Value> = fleet
+        .cluster()
+        .into_iter()
+        .map(|n| {
+            json!({
+                "node": n.node,
+                "self": n.node == fleet.node(),
+                "addresses": n.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "domain": n.domain,
+                "allocations": n.allocations,
+                "bps": n.bps,
+                "cpu_percent": n.cpu_percent,
+                "draining": n.draining,
+                "overloaded": n.overloaded,
+                "healthy": n.healthy(),
+                "unix": n.unix,
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        json!({ "node": fleet.node(), "redis_up": fleet.is_up(), "nodes": nodes }).to_string(),
+    )
+}
+
+/// The `user` parameter of `/revoke`: a user, a REST username or a static user's name.
+fn revoke_name(req: &Request) -> Result<&str, Response> {
+    match req.param("user") {
+        Some(u)
+            if !u.is_empty()
+                && u.len() <= 512
+                && !u
+                    .chars()
+                    .any(|c| c.is_control() || c == '*' || c == '?' || c == '[') =>
+        {
+            Ok(u)
+        }
+        _ => Err(Response::error(
+            400,
+            "user: required, 1 to 512 bytes, no control characters or glob characters",
+        )),
+    }
+}
+
+/// `POST /revoke?user=NAME[&ttl=SECONDS]`: revokes NAME on every node of the fleet (new
+/// requests 401, live allocations ended). The revocation lapses with the credential (see
+/// `fleet::revocation_until`); `ttl=0`: never.
+async fn revoke(req: &Request, s: &Settings) -> Response {
+    let Some(fleet) = &s.fleet else {
+        return Response::error(404, "no fleet: the config has no [redis] section");
+    };
+    let name = match revoke_name(req) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let ttl = match req.param("ttl").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return Response::error(400, "ttl: seconds (0: never lapses)"),
+    };
+    match fleet.revoke(name, ttl, crate::net::now().unix).await {
+        Ok(until) => {
+            tracing::info!(user = name, until, "revoked through the admin API");
+            Response::json(
+                200,
+                json!({ "revoked": name, "until_unix": until }).to_string(),
+            )
+        }
+        Err(e) => Response::error(503, &format!("Redis unavailable: {e}")),
+    }
+}
+
+/// `DELETE /revoke?user=NAME`: lifts a revocation.
+async fn unrevoke(req: &Request, s: &Settings) -> Response {
+    let Some(fleet) = &s.fleet else {
+        return Response::error(404, "no fleet: the config has no [redis] section");
+    };
+    let name = match revoke_name(req) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match fleet.unrevoke(name).await {
+        Ok(found) => Response::json(
+            if found { 200 } else { 404 },
+            json!({ "lifted": found, "user": name }).to_string(),
+        ),
+        Err(e) => Response::error(503, &format!("Redis unavailable: {e}")),
+    }
 }

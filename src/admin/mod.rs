@@ -1,6 +1,7 @@
 //! The admin HTTP listener: Prometheus `/metrics`, `/health`, the session API,
 //! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM);
-//! and, behind keys of its own, the TURN REST API `/turn` (`rest_api.rs`). Off unless
+//! and, behind keys of its own, the TURN REST API `/turn` (`rest_api.rs`); with a fleet
+//! (`[redis]`), `GET /cluster` and `POST`/`DELETE /revoke?user=NAME`. Off unless
 //! `[admin] enabled` (or `--admin-listen`); loopback by default.
 //!
 //! A small HTTP/1.1 server on the main thread's tokio runtime: one request per connection
@@ -27,6 +28,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::lifecycle::Lifecycle;
 use crate::net::{Control, StreamMetrics};
 
@@ -55,6 +57,8 @@ pub(crate) struct Settings {
     lifecycle: Option<Lifecycle>,
     /// The TCP/TLS listeners' counters for `/metrics`.
     streams: Option<StreamMetrics>,
+    /// The fleet membership (`[redis]`): `/cluster`, `/revoke`, its `/metrics`.
+    fleet: Option<Fleet>,
 }
 
 /// A bound admin listener, not yet serving.
@@ -93,9 +97,16 @@ impl Admin {
                 started: Instant::now(),
                 lifecycle: None,
                 streams: None,
+                fleet: None,
             },
             max_connections: a.max_connections,
         }))
+    }
+
+    /// Serves the fleet's routes (`GET /cluster`, `POST`/`DELETE /revoke`) and metrics.
+    pub fn with_fleet(mut self, fleet: Option<Fleet>) -> Admin {
+        self.settings.fleet = fleet;
+        self
     }
 
     /// The bound address.

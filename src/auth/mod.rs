@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod nonce;
+pub mod store;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -26,6 +27,9 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 pub use nonce::{NONCE_COOKIE, NONCE_LEN, nonce_has_password_algorithms};
+pub use store::StoreView;
+
+use std::sync::Arc;
 
 /// RFC 8489 §18.5 password algorithm numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +97,8 @@ pub enum AuthError {
     ExpiryTooFar,
     /// The user exists but has no key for the requested algorithm (precomputed MD5 key and SHA-256 asked).
     AlgorithmUnavailable,
+    /// The user or REST username is revoked in the shared store (`turnd revoke`).
+    Revoked,
 }
 
 impl fmt::Display for AuthError {
@@ -102,6 +108,7 @@ impl fmt::Display for AuthError {
             AuthError::Expired => "credential expired",
             AuthError::ExpiryTooFar => "credential expiry too far ahead (auth.max-rest-ttl)",
             AuthError::AlgorithmUnavailable => "no key for the requested password algorithm",
+            AuthError::Revoked => "credential revoked",
         })
     }
 }
@@ -165,6 +172,7 @@ struct StaticKeys {
 }
 
 /// Answers "which keys may this username have used", and mints and checks nonces.
+#[derive(Clone)]
 pub struct Authenticator {
     realm: String,
     users: FxHashMap<String, StaticKeys>,
@@ -177,6 +185,8 @@ pub struct Authenticator {
     /// Keys no client can know (derived from the random nonce key), one per algorithm, that
     /// a request from an unknown user is checked against: see [`Authenticator::decoy_key`].
     decoy: [Key; 2],
+    /// The shared store's cached view (users, secrets, revocations), empty without one.
+    store: Arc<StoreView>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -247,6 +257,7 @@ impl Authenticator {
             nonce_key,
             max_rest_ttl: u64::MAX,
             decoy,
+            store: Arc::default(),
         }
     }
 
@@ -256,6 +267,17 @@ impl Authenticator {
     pub fn with_max_rest_ttl(mut self, secs: u64) -> Authenticator {
         self.max_rest_ttl = secs;
         self
+    }
+
+    /// The same authenticator over another view of the shared store.
+    pub fn with_store(mut self, store: Arc<StoreView>) -> Authenticator {
+        self.store = store;
+        self
+    }
+
+    /// The shared store's view this authenticator reads.
+    pub fn store(&self) -> &Arc<StoreView> {
+        &self.store
     }
 
     /// A key of `alg`'s length that no user has and no client can compute (it is derived from
@@ -281,7 +303,7 @@ impl Authenticator {
 
     /// Whether REST usernames are accepted (at least one shared secret is configured).
     pub fn rest_enabled(&self) -> bool {
-        !self.secrets.is_empty()
+        !self.secrets.is_empty() || self.store.secret_count() > 0
     }
 
     /// How long a freshly minted nonce stays valid.
@@ -321,7 +343,27 @@ impl Authenticator {
         alg: PasswordAlgorithm,
         unix_now: Option<u64>,
     ) -> Result<Candidates, AuthError> {
-        if let Some(user) = self.users.get(username) {
+        let found = self.find_keys(username, alg, unix_now)?;
+        let user = display_user(username, self.rest_separator);
+        if self.store.is_revoked(username, user, unix_now) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(found)
+    }
+
+    /// Static users first (the file's, then the store's), then REST with every secret (the
+    /// file's, then the store's).
+    fn find_keys(
+        &self,
+        username: &str,
+        alg: PasswordAlgorithm,
+        unix_now: Option<u64>,
+    ) -> Result<Candidates, AuthError> {
+        if let Some(user) = self
+            .users
+            .get(username)
+            .or_else(|| self.store.user(username))
+        {
             let key = match alg {
                 PasswordAlgorithm::Md5 => user.md5.clone(),
                 PasswordAlgorithm::Sha256 => {
@@ -333,7 +375,7 @@ impl Authenticator {
                 expiry: None,
             });
         }
-        if self.secrets.is_empty() {
+        if !self.rest_enabled() {
             return Err(AuthError::UnknownUser);
         }
         let (expiry, _user) =
@@ -349,6 +391,7 @@ impl Authenticator {
         let keys = self
             .secrets
             .iter()
+            .chain(self.store.secrets())
             .map(|secret| {
                 let password = rest_password(secret, username);
                 long_term_key(alg, username, &self.realm, &password)
@@ -394,7 +437,7 @@ pub fn long_term_key(alg: PasswordAlgorithm, username: &str, realm: &str, passwo
 /// Splits a REST username into its expiry and user part: `<digits><sep><user>` gives
 /// `(digits, user)` (user may be empty), bare `<digits>` gives `(digits, "")`. None if the name
 /// does not start with a digit, the digits overflow u64, or they are not followed by `sep`.
-fn split_rest_username(username: &str, separator: char) -> Option<(u64, &str)> {
+pub fn split_rest_username(username: &str, separator: char) -> Option<(u64, &str)> {
     let digits_end = username
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(username.len());

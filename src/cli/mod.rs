@@ -1,6 +1,7 @@
 //! The command line: `turnd [FLAGS]` serves, `turnd credentials ...` mints a REST credential,
 //! `turnd migrate-coturn PATH` translates a coturn config, `turnd check-config PATH` checks one,
-//! `turnd probe URI` checks a TURN server from the outside.
+//! `turnd revoke USER --config PATH` revokes a credential across a fleet, `turnd probe URI`
+//! checks a TURN server from the outside.
 //!
 //! Every serve flag is optional and overrides the matching key of the config file (or of the
 //! embedded example when no `--config` is given); see [`ServeArgs::load_config`].
@@ -46,6 +47,9 @@ pub enum Command {
     /// bind channels, relay between the two allocations; exit 0 ok, 2 usage, 3
     /// connectivity, 4 authentication, 5 relay, 6 loss above --max-loss.
     Probe(ProbeArgs),
+    /// Revoke a user or a REST username on every node of the fleet (the config's [redis]):
+    /// new requests get 401 and live allocations end within two seconds.
+    Revoke(RevokeArgs),
 }
 
 /// `turnd probe URI`: see [`crate::probe`].
@@ -134,6 +138,22 @@ fn parse_family(s: &str) -> Result<u8, String> {
     }
 }
 
+/// `turnd revoke`: writes a revocation to the fleet's Redis.
+#[derive(Clone, Debug, Args)]
+pub struct RevokeArgs {
+    /// A user (every REST credential of it, and a static user of that name), or one REST
+    /// username (`<expiry>:<user>`).
+    #[arg(value_name = "USER")]
+    pub user: String,
+    /// Config file with the [redis] section (and server.realm, auth.max-rest-ttl).
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
+    /// Seconds until the revocation lapses; 0: never. Default: when the credential would
+    /// have expired (a REST username's own expiry; for a user, now + auth.max-rest-ttl).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u64>,
+}
+
 /// A subcommand's one file argument.
 #[derive(Clone, Debug, Args)]
 pub struct PathArg {
@@ -162,7 +182,7 @@ pub struct ServeArgs {
     /// REST API shared secret; repeatable [auth.secrets].
     #[arg(long, value_name = "SECRET")]
     pub auth_secret: Vec<String>,
-    /// Address relay sockets bind to, one per family; repeatable [relay.ips].
+    /// Address relay sockets bind to; repeatable, several per family allowed [relay.ips].
     #[arg(long, value_name = "IP")]
     pub relay_ip: Vec<IpAddr>,
     /// Address advertised instead of the relay IP (behind NAT), one per family; repeatable
@@ -220,6 +240,9 @@ pub struct ServeArgs {
     /// 0x4000-0x7FFF [server.strict-channel-numbers = true].
     #[arg(long)]
     pub strict_channel_numbers: bool,
+    /// Do not observe relayed payloads for call quality [telemetry.enabled = false].
+    #[arg(long)]
+    pub no_telemetry: bool,
     /// error, warn, info, debug or trace [log.level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

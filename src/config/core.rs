@@ -16,7 +16,7 @@ use super::Config;
 use super::decode_md5_key;
 use crate::auth::{AuthConfig, Authenticator, UserSecret};
 use crate::turn::peer_policy::{Cidr, PeerPolicy};
-use crate::turn::ports::PortPool;
+use crate::turn::ports::RelayPorts;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::ResponseLimiter;
 use crate::turn::{Reconfigure, ServerConfig};
@@ -25,7 +25,7 @@ use crate::turn::{Reconfigure, ServerConfig};
 /// addresses and the server's own addresses as bound, and randomness. The driver has these.
 pub struct DriverParts {
     /// From [`Config::port_pool`], shared by every worker.
-    pub ports: Arc<Mutex<PortPool>>,
+    pub ports: Arc<Mutex<RelayPorts>>,
     /// From [`Config::quotas`], shared by every worker.
     pub quotas: Arc<Quotas>,
     /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise
@@ -56,6 +56,7 @@ impl Config {
             mapped_address: self.server.mapped_address,
             enforce_credential_expiry: self.auth.enforce_credential_expiry,
             strict_channel_numbers: self.server.strict_channel_numbers,
+            telemetry: self.telemetry.enabled,
         }
     }
 
@@ -97,8 +98,9 @@ impl Config {
     }
 
     /// The relay port range, `relay.min-port` to `relay.max-port`.
-    pub fn port_pool(&self) -> PortPool {
-        PortPool::new(self.relay.min_port, self.relay.max_port)
+    /// `relay.min-port..=max-port` on every relay address ([`Config::relay_ips`]).
+    pub fn port_pool(&self) -> RelayPorts {
+        RelayPorts::new(self.relay.min_port, self.relay.max_port, &self.relay_ips())
     }
 
     /// Per family (0: IPv4, 1: IPv6) the relay IP to bind ([`Config::relay_ips`]) and the IP

@@ -12,14 +12,16 @@
 //! * `streams`: the `[tcp]` and `[tls]` sections, their schema and checks.
 
 mod core;
+mod redis;
 mod schema;
 mod streams;
 mod validate;
 
 pub use core::DriverParts;
+pub use redis::{RedisSection, redact_url};
 pub use schema::{
     AdminSection, AllocationSection, AuthSection, Config, LimitsSection, LogSection, PeersSection,
-    RelaySection, ServerSection, UserEntry, UserLimitsEntry,
+    RelaySection, ServerSection, TelemetrySection, UserEntry, UserLimitsEntry,
 };
 pub use streams::{TcpSection, TlsSection};
 pub use validate::decode_md5_key;

@@ -144,6 +144,7 @@ impl Config {
         self.validate_limits()?;
         self.validate_admin()?;
         self.validate_abuse_limits()?;
+        self.validate_redis()?;
         Ok(())
     }
 
@@ -329,8 +330,24 @@ impl Config {
 
     fn validate_relay(&self) -> Result<(), ConfigError> {
         let r = &self.relay;
-        check_one_per_family("relay.ips", &r.ips)?;
         check_one_per_family("relay.external-ips", &r.external_ips)?;
+        for (i, a) in r.ips.iter().enumerate() {
+            if r.ips[..i].contains(a) {
+                return err("relay.ips", format!("{a} is listed twice"));
+            }
+            let same_family = r.ips.iter().filter(|b| b.is_ipv4() == a.is_ipv4()).count();
+            if same_family > 1 && r.external_ips.iter().any(|e| e.is_ipv4() == a.is_ipv4()) {
+                return err(
+                    "relay.ips",
+                    format!(
+                        "several {} relay addresses cannot share relay.external-ips (1:1 NAT \
+                         maps one address): list one, or drop the {} external IP",
+                        family(*a),
+                        family(*a)
+                    ),
+                );
+            }
+        }
         let relay_ips = self.relay_ips();
         if relay_ips.is_empty() {
             return err(
@@ -619,10 +636,24 @@ mod tests {
 
     #[test]
     fn relay_errors() {
+        // Several per family: each has the whole port range (coturn's repeated relay-ip).
+        let c = Config::from_toml_str("[relay]\nips = [\"127.0.0.1\", \"127.0.0.2\", \"::1\"]")
+            .unwrap();
+        assert_eq!(
+            c.port_pool()
+                .addresses(crate::turn::ports::Family::V4)
+                .count(),
+            2
+        );
         assert_invalid(
-            "[relay]\nips = [\"127.0.0.1\", \"127.0.0.2\"]",
+            "[relay]\nips = [\"127.0.0.1\", \"127.0.0.1\"]",
             "relay.ips",
-            "at most one IPv4",
+            "listed twice",
+        );
+        assert_invalid(
+            "[relay]\nips = [\"127.0.0.1\", \"127.0.0.2\"]\nexternal-ips = [\"192.0.2.1\"]",
+            "relay.ips",
+            "cannot share relay.external-ips",
         );
         assert_invalid(
             "[relay]\nexternal-ips = [\"::1\", \"::2\"]",

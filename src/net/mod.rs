@@ -307,6 +307,8 @@ fn own_addresses(
                 .iter()
                 .flatten()
                 .flat_map(|(bind, adv)| [*bind, *adv])
+                // Every relay address, when there are several of a family.
+                .chain(cfg.relay_ips())
                 .chain(cfg.server.listen.iter().map(SocketAddr::ip));
             own.extend(
                 ips.filter(same_family)

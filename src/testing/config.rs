@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::auth::Authenticator;
 use crate::turn::peer_policy::PeerPolicy;
-use crate::turn::ports::PortPool;
+use crate::turn::ports::RelayPorts;
 use crate::turn::quota::Quotas;
 use crate::turn::rate_limit::{RateLimit, ResponseLimiter};
 use crate::turn::{Limits, Reconfigure, ServerConfig, challenge_len};
@@ -46,8 +46,17 @@ impl ServerConfig {
                 mapped_address: false,
                 enforce_credential_expiry: true,
                 strict_channel_numbers: false,
+                telemetry: true,
             },
-            ports: Arc::new(Mutex::new(PortPool::new(*ports.start(), *ports.end()))),
+            ports: Arc::new(Mutex::new(RelayPorts::new(
+                *ports.start(),
+                *ports.end(),
+                &relay_ips
+                    .iter()
+                    .flatten()
+                    .map(|(bind, _)| *bind)
+                    .collect::<Vec<_>>(),
+            ))),
             quotas: Arc::new(Quotas::new(0, 0)),
             relay_ips,
             max_permissions: 1024,
@@ -104,6 +113,7 @@ mod tests {
             c.live.strict_channel_numbers,
             d.server.strict_channel_numbers
         );
+        assert_eq!(c.live.telemetry, d.telemetry.enabled);
         assert_eq!(c.max_permissions, d.limits.permissions_per_allocation);
         assert_eq!(c.limits, d.core_limits());
         assert_eq!(c.unauth_limiter.limit(), d.unauth_limit());

@@ -20,7 +20,10 @@ pub mod stats;
 #[cfg(test)]
 mod sim_tests;
 
-pub use server::{Limits, Reconfigure, Server, ServerConfig, Stats, challenge_len};
+pub use server::{
+    AllocationEvent, AllocationEventKind, EndReason, Limits, MAX_PENDING_EVENTS, Reconfigure,
+    Server, ServerConfig, Stats, challenge_len,
+};
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;

@@ -156,6 +156,60 @@ impl FromStr for Cidr {
     }
 }
 
+/// Parses a peer range as coturn writes it (`allowed-peer-ip`, `denied-peer-ip`): one
+/// address, a prefix (`a.b.c.d/n`), or an inclusive range `lo-hi` of one family, which
+/// becomes the fewest prefixes that cover it exactly (at most 2 per address bit).
+pub fn parse_range(s: &str) -> Result<Vec<Cidr>, CidrError> {
+    let Some((lo, hi)) = s.trim().split_once('-') else {
+        return Ok(vec![s.parse()?]);
+    };
+    let bad = || CidrError(format!("invalid address range {s:?}"));
+    let lo: IpAddr = lo.trim().parse().map_err(|_| bad())?;
+    let hi: IpAddr = hi.trim().parse().map_err(|_| bad())?;
+    let (lo, hi, width) = match (lo, hi) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return Err(bad()),
+    };
+    if lo > hi {
+        return Err(bad());
+    }
+    let to_ip = |v: u128| -> IpAddr {
+        if width == 32 {
+            IpAddr::V4(Ipv4Addr::from(v as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(v))
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = lo;
+    loop {
+        // The largest aligned block starting at `at` that stays within `hi`.
+        let fits = |bits: u32| {
+            if bits >= 128 {
+                at == 0 && hi == u128::MAX
+            } else {
+                at + ((1u128 << bits) - 1) <= hi
+            }
+        };
+        let mut bits = at.trailing_zeros().min(width);
+        while bits > 0 && !fits(bits) {
+            bits -= 1;
+        }
+        out.push(Cidr::new(to_ip(at), (width - bits) as u8)?);
+        if bits >= 128 {
+            break;
+        }
+        match at.checked_add(1u128 << bits) {
+            Some(next) if next <= hi => at = next,
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -331,6 +385,13 @@ impl PeerPolicy {
         self
     }
 
+    /// More operator rules on top of these (a fleet's shared store adds its peer ranges).
+    pub fn with_rules(mut self, allow: &[Cidr], deny: &[Cidr]) -> PeerPolicy {
+        self.allow.extend(allow.iter().copied().map(Cidr::unmapped));
+        self.deny.extend(deny.iter().copied().map(Cidr::unmapped));
+        self
+    }
+
     /// The server's own addresses this policy refuses (see [`PeerPolicy::with_own_addresses`]).
     pub fn own_addresses(&self) -> &[SocketAddr] {
         &self.own
@@ -378,6 +439,45 @@ impl PeerPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coturn_ranges_become_exact_prefixes() {
+        let show = |s: &str| -> Vec<String> {
+            parse_range(s)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(show("172.17.13.200"), ["172.17.13.200/32"]);
+        assert_eq!(show("10.0.0.0/8"), ["10.0.0.0/8"]);
+        assert_eq!(show("10.0.0.0-10.0.0.255"), ["10.0.0.0/24"]);
+        assert_eq!(
+            show("172.17.13.133-172.17.14.56"),
+            [
+                "172.17.13.133/32",
+                "172.17.13.134/31",
+                "172.17.13.136/29",
+                "172.17.13.144/28",
+                "172.17.13.160/27",
+                "172.17.13.192/26",
+                "172.17.14.0/27",
+                "172.17.14.32/28",
+                "172.17.14.48/29",
+                "172.17.14.56/32",
+            ]
+        );
+        assert_eq!(show("0.0.0.0-255.255.255.255"), ["0.0.0.0/0"]);
+        assert_eq!(show("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), ["::/0"]);
+        assert_eq!(show("123::45"), ["123::45/128"]);
+        for bad in ["1.2.3.4-::1", "1.2.3.5-1.2.3.4", "x-y", "1.2.3.4/33"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+        let cover = parse_range("172.17.13.133-172.17.14.56").unwrap();
+        let inside = |ip: &str| cover.iter().any(|c| c.contains(ip.parse().unwrap()));
+        assert!(inside("172.17.13.133") && inside("172.17.14.56") && inside("172.17.14.0"));
+        assert!(!inside("172.17.13.132") && !inside("172.17.14.57"));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")

@@ -215,9 +215,187 @@ impl PortPool {
     }
 }
 
+/// The relay ports of every relay address: one [`PortPool`] per address, so a node with
+/// several relay addresses per family (coturn's repeated `relay-ip`) is not capped at one
+/// port range. A new relay takes a port from the address of its family with the most free
+/// ports (the first such address on a tie); ports are released to the address they were
+/// taken from.
+#[derive(Debug)]
+pub struct RelayPorts {
+    /// Per relay (bind) address, its ports. Only the family side of each pool that matches
+    /// the address is used.
+    pools: Vec<(std::net::IpAddr, PortPool)>,
+    min: u16,
+    max: u16,
+}
+
+impl RelayPorts {
+    /// Ports `min..=max` on each of `ips` (bind addresses, in order; duplicates merged).
+    pub fn new(min: u16, max: u16, ips: &[std::net::IpAddr]) -> RelayPorts {
+        let mut pools: Vec<(std::net::IpAddr, PortPool)> = Vec::new();
+        for ip in ips {
+            if !pools.iter().any(|(a, _)| a == ip) {
+                pools.push((*ip, PortPool::new(min, max)));
+            }
+        }
+        RelayPorts { pools, min, max }
+    }
+
+    /// Ports per relay address.
+    pub fn capacity(&self) -> usize {
+        self.max.abs_diff(self.min) as usize + 1
+    }
+
+    /// Ports taken (reserved ones included) over every address of `family`.
+    pub fn in_use(&self, family: Family) -> usize {
+        self.family_pools(family)
+            .map(|(_, p)| p.in_use(family))
+            .sum()
+    }
+
+    /// The relay addresses of `family`, in order.
+    pub fn addresses(&self, family: Family) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.family_pools(family).map(|(ip, _)| ip)
+    }
+
+    fn family_pools(&self, family: Family) -> impl Iterator<Item = (std::net::IpAddr, &PortPool)> {
+        self.pools
+            .iter()
+            .filter(move |(ip, _)| Family::of(*ip) == family)
+            .map(|(ip, p)| (*ip, p))
+    }
+
+    /// The address of `family` with the most free ports, and its pool.
+    fn emptiest(
+        &mut self,
+        family: Family,
+        now: Instant,
+    ) -> Option<&mut (std::net::IpAddr, PortPool)> {
+        for (_, p) in self.pools.iter_mut() {
+            p.expire(now);
+        }
+        self.pools
+            .iter_mut()
+            .filter(|(ip, _)| Family::of(*ip) == family)
+            .fold(
+                None,
+                |best: Option<&mut (std::net::IpAddr, PortPool)>, e| match best {
+                    Some(b) if b.1.in_use(family) <= e.1.in_use(family) => Some(b),
+                    _ => Some(e),
+                },
+            )
+    }
+
+    /// A free port on a relay address of `family` (see [`PortPool::take`]).
+    pub fn take(
+        &mut self,
+        family: Family,
+        now: Instant,
+        random: u64,
+    ) -> Option<(std::net::IpAddr, u16)> {
+        let (ip, pool) = self.emptiest(family, now)?;
+        pool.take(family, now, random).map(|port| (*ip, port))
+    }
+
+    /// An even port (and a reservation of the next one) on a relay address of `family`
+    /// (see [`PortPool::take_even`]); the least used address with a pair free.
+    pub fn take_even(
+        &mut self,
+        family: Family,
+        reserve_next: Option<u64>,
+        now: Instant,
+        random: u64,
+    ) -> Option<(std::net::IpAddr, u16)> {
+        let mut order: Vec<usize> = (0..self.pools.len())
+            .filter(|&i| Family::of(self.pools[i].0) == family)
+            .collect();
+        order.sort_by_key(|&i| self.pools[i].1.in_use(family));
+        for i in order {
+            let (ip, pool) = &mut self.pools[i];
+            if let Some(port) = pool.take_even(family, reserve_next, now, random) {
+                return Some((*ip, port));
+            }
+        }
+        None
+    }
+
+    /// See [`PortPool::hold_reservation`].
+    pub fn hold_reservation(&mut self, token: u64, hold: QuotaHold) -> bool {
+        match self
+            .pools
+            .iter_mut()
+            .find(|(_, p)| p.reservations.contains_key(&token))
+        {
+            Some((_, p)) => p.hold_reservation(token, hold),
+            None => false,
+        }
+    }
+
+    /// See [`PortPool::claim`]; also says on which address the port is.
+    pub fn claim(
+        &mut self,
+        token: u64,
+        now: Instant,
+    ) -> Option<(Family, std::net::IpAddr, u16, Option<QuotaHold>)> {
+        self.pools.iter_mut().find_map(|(ip, p)| {
+            p.claim(token, now)
+                .map(|(family, port, hold)| (family, *ip, port, hold))
+        })
+    }
+
+    /// Ends the reservations whose time is up on every address.
+    pub fn expire(&mut self, now: Instant) {
+        for (_, p) in self.pools.iter_mut() {
+            p.expire(now);
+        }
+    }
+
+    /// Gives `port` back to the address `ip` it was taken on.
+    pub fn release(&mut self, family: Family, ip: std::net::IpAddr, port: u16) {
+        if let Some((_, p)) = self.pools.iter_mut().find(|(a, _)| *a == ip) {
+            p.release(family, port);
+        }
+    }
+
+    /// Drops a reservation, freeing its port.
+    pub fn cancel(&mut self, token: u64) {
+        for (_, p) in self.pools.iter_mut() {
+            p.cancel(token);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_addresses_per_family_each_have_the_whole_range() {
+        let now = Instant::now();
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let mut r = RelayPorts::new(50000, 50001, &[a, b, v6, a]);
+        assert_eq!(r.addresses(Family::V4).collect::<Vec<_>>(), [a, b]);
+        let mut got: Vec<(std::net::IpAddr, u16)> = (0..4)
+            .map(|i| r.take(Family::V4, now, i).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, [(a, 50000), (a, 50001), (b, 50000), (b, 50001)]);
+        assert_eq!(r.take(Family::V4, now, 0), None);
+        assert_eq!(r.in_use(Family::V4), 4);
+        // Spread: the second allocation went to the other address.
+        r.release(Family::V4, b, 50001);
+        assert_eq!(r.take(Family::V4, now, 0), Some((b, 50001)));
+        assert_eq!(r.take(Family::V6, now, 0).map(|(ip, _)| ip), Some(v6));
+        // A reservation is claimed on the address it was made on.
+        let mut r = RelayPorts::new(50000, 50003, &[a, b]);
+        r.take(Family::V4, now, 0);
+        let (ip, even) = r.take_even(Family::V4, Some(5), now, 0).unwrap();
+        assert_eq!(ip, b, "the emptier address");
+        let (fam, cip, port, _) = r.claim(5, now).unwrap();
+        assert_eq!((fam, cip, port), (Family::V4, b, even + 1));
+    }
 
     #[test]
     fn takes_every_port_once_then_none() {

@@ -20,6 +20,10 @@ struct Counts {
     /// Live allocations per client IP (IPv6 by /64); entries exist only while the IP holds
     /// an authenticated allocation, so spoofed traffic cannot grow the map.
     per_ip: FxHashMap<IpAddr, u32>,
+    /// Allocations the other nodes of a fleet hold, per user and in total, as they last
+    /// published them (empty without a fleet, or while its store is down).
+    fleet_per_user: FxHashMap<String, u32>,
+    fleet_total: u32,
 }
 
 /// What one user may hold instead of the server-wide defaults; `None` keeps the default.
@@ -42,6 +46,17 @@ struct Limits {
     overrides: FxHashMap<String, UserLimits>,
     /// Most live allocations per client IP; 0 means none.
     ip_quota: u32,
+    /// The shared store's realm limits (coturn's `user-quota`, `total-quota`, `max-bps`),
+    /// over the file's; a reload of the file leaves them.
+    store: StoreLimits,
+}
+
+/// Realm limits from a fleet's shared store; None keeps the file's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub user_quota: Option<u32>,
+    pub total_quota: Option<u32>,
+    pub max_bps: Option<u64>,
 }
 
 impl Limits {
@@ -50,6 +65,7 @@ impl Limits {
             .overrides
             .get(user)
             .and_then(|o| o.max_bps)
+            .or(self.store.max_bps)
             .unwrap_or(self.max_bps);
         Rate::new(bps, self.burst)
     }
@@ -58,7 +74,12 @@ impl Limits {
         self.overrides
             .get(user)
             .and_then(|o| o.quota)
+            .or(self.store.user_quota)
             .unwrap_or(self.user_quota)
+    }
+
+    fn total_quota(&self) -> u32 {
+        self.store.total_quota.unwrap_or(self.total_quota)
     }
 }
 
@@ -124,7 +145,8 @@ impl Quotas {
         let State { limits, counts: c } = &mut *s;
         let rate = limits.rate_for(user);
         let quota = limits.quota_for(user);
-        if limits.total_quota > 0 && c.total >= limits.total_quota {
+        let total_quota = limits.total_quota();
+        if total_quota > 0 && c.total.saturating_add(c.fleet_total) >= total_quota {
             return Err(RequestError::InsufficientCapacity);
         }
         if limits.bps_capacity > 0 && c.bps_reserved.saturating_add(rate.bps) > limits.bps_capacity
@@ -132,7 +154,8 @@ impl Quotas {
             return Err(RequestError::InsufficientCapacity);
         }
         let n = c.per_user.get(user).copied().unwrap_or(0);
-        if quota > 0 && n >= quota {
+        let elsewhere = c.fleet_per_user.get(user).copied().unwrap_or(0);
+        if quota > 0 && n.saturating_add(elsewhere) >= quota {
             return Err(RequestError::AllocationQuotaReached);
         }
         c.per_user.insert(user.to_string(), n + 1);
@@ -144,7 +167,31 @@ impl Quotas {
     /// The (per-user, total) allocation limits in force; 0 means none.
     pub fn limits(&self) -> (u32, u32) {
         let s = self.lock();
-        (s.limits.user_quota, s.limits.total_quota)
+        let user = s.limits.store.user_quota.unwrap_or(s.limits.user_quota);
+        (user, s.limits.total_quota())
+    }
+
+    /// The shared store's realm limits, over the file's (None keeps the file's).
+    pub fn set_store_limits(&self, store: StoreLimits) {
+        self.lock().limits.store = store;
+    }
+
+    /// What the other nodes of a fleet hold, counted with this node's own against the user
+    /// and total quotas. Empty maps and 0: per-node counting (no fleet, or its store down).
+    pub fn set_fleet_counts(&self, per_user: FxHashMap<String, u32>, total: u32) {
+        let mut s = self.lock();
+        s.counts.fleet_per_user = per_user;
+        s.counts.fleet_total = total;
+    }
+
+    /// This node's own live allocations per user, for the fleet to publish.
+    pub fn user_counts(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .counts
+            .per_user
+            .iter()
+            .map(|(u, n)| (u.clone(), *n))
+            .collect()
     }
 
     /// Changes the allocation limits on reload. The live counts are kept: allocations over a
@@ -310,6 +357,34 @@ use super::client_ip_key as ip_key;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_counts_and_store_limits_add_up() {
+        let q = Quotas::new(5, 0);
+        let mut elsewhere = FxHashMap::default();
+        elsewhere.insert("a".to_owned(), 1);
+        q.set_fleet_counts(elsewhere, 4);
+        q.set_store_limits(StoreLimits {
+            user_quota: Some(2),
+            total_quota: Some(6),
+            max_bps: Some(64_000),
+        });
+        assert_eq!(q.limits(), (2, 6));
+        assert_eq!(q.acquire("a").map(|r| r.bps), Ok(64_000));
+        // 1 here + 1 elsewhere: a's quota of 2 (the store's, over the file's 5) is reached.
+        assert_eq!(q.acquire("a"), Err(RequestError::AllocationQuotaReached));
+        assert!(q.acquire("b").is_ok());
+        // 2 here + 4 elsewhere: the total of 6 is reached.
+        assert_eq!(q.acquire("c"), Err(RequestError::InsufficientCapacity));
+        assert_eq!(q.user_counts().len(), 2);
+        // The store down: per-node counting again; a reload keeps the store's limits.
+        q.set_fleet_counts(FxHashMap::default(), 0);
+        q.set_limits(9, 9);
+        assert_eq!(q.limits(), (2, 6));
+        assert!(q.acquire("a").is_ok());
+        q.set_store_limits(StoreLimits::default());
+        assert_eq!(q.limits(), (9, 9));
+    }
 
     #[test]
     fn user_and_total_limits() {

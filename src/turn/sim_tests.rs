@@ -14,6 +14,8 @@ use crate::testing::{SimIo, TestClient};
 const REALM: &str = "sim.test";
 const UNIX0: u64 = 1_800_000_000;
 
+mod fleet;
+mod quality;
 mod tcp;
 
 struct Sim {

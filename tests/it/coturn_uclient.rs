@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 use common::{TestServer, free_udp_port, run_binary};
 
 /// Messages each uclient session sends (`-n`); small, so that a run takes seconds.
-const MESSAGES: u32 = 5;
+pub(crate) const MESSAGES: u32 = 5;
 const SECRET: &str = "uclient-rest-secret";
 /// Hang guard for one uclient run; a run takes under ten seconds (most of it uclient's
 /// own random start delay of up to six seconds).
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// A coturn tool on PATH; fails with a hint when it is missing.
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
@@ -48,13 +48,13 @@ fn tool(name: &str) -> PathBuf {
 }
 
 /// `turnutils_peer` echoing UDP on a loopback port; killed by its pid and reaped on drop.
-struct EchoPeer {
+pub(crate) struct EchoPeer {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl EchoPeer {
-    fn start() -> EchoPeer {
+    pub(crate) fn start() -> EchoPeer {
         let port = free_udp_port("127.0.0.1");
         let child = Command::new(tool("turnutils_peer"))
             .args(["-L", "127.0.0.1", "-p", &port.to_string()])
@@ -141,7 +141,7 @@ fn parse_totals(output: &str) -> Option<Totals> {
 
 /// Runs uclient with `args` against `server` and checks that it ends by itself, that its
 /// `sessions` sessions sent [`MESSAGES`] each, and that every one came back.
-fn run_uclient(server: &TestServer, args: &[&str], sessions: u64) {
+pub(crate) fn run_uclient(server: &TestServer, args: &[&str], sessions: u64) {
     let n = MESSAGES.to_string();
     let port = server.addr.port().to_string();
     let mut argv: Vec<&str> = args.to_vec();
@@ -178,7 +178,7 @@ fn server(auth: &[&str]) -> TestServer {
     TestServer::start("127.0.0.1", &args)
 }
 
-const ALICE: [&str; 4] = ["-u", "alice", "-w", "wonderland"];
+pub(crate) const ALICE: [&str; 4] = ["-u", "alice", "-w", "wonderland"];
 
 /// uclient's default: per client an RTP allocation with EVEN-PORT (R bit) and an RTCP
 /// allocation with its RESERVATION-TOKEN, each with a channel to the peer. Four clients:

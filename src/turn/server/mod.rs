@@ -21,7 +21,7 @@ use super::allocation::{
 };
 use super::error::RequestError;
 use super::peer_policy::PeerPolicy;
-use super::ports::{Family, PortPool};
+use super::ports::{Family, RelayPorts};
 use super::quota::{QuotaHold, Quotas};
 use super::rate_limit::ResponseLimiter;
 use super::stats::{
@@ -32,6 +32,7 @@ use super::{
     BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
 };
 use crate::auth::{AuthError, Authenticator, Key, PasswordAlgorithm, display_user};
+use crate::quality::{Direction, Leg, Quality, QualityStats};
 use crate::stun::{
     Class, HEADER_LEN, Integrity, Message, MessageWriter, attr, channel_data, decode_xor_address,
     method,
@@ -39,6 +40,7 @@ use crate::stun::{
 
 mod auth;
 mod data_path;
+mod fleet;
 mod request;
 mod tcp_relay;
 mod views;
@@ -58,6 +60,7 @@ const BIND_ATTEMPTS: usize = 8;
 
 use auth::Authed;
 pub use auth::challenge_len;
+pub use fleet::{AllocationEvent, AllocationEventKind, MAX_PENDING_EVENTS};
 
 /// Everything one worker's server needs; shared parts are behind `Arc`.
 pub struct ServerConfig {
@@ -66,7 +69,8 @@ pub struct ServerConfig {
     /// server's own addresses. Its quota limits are those last set on `quotas`, which holds
     /// the limits in force (shared by every worker).
     pub live: Reconfigure,
-    pub ports: Arc<Mutex<PortPool>>,
+    /// The relay ports of every relay address (several per family allowed).
+    pub ports: Arc<Mutex<RelayPorts>>,
     pub quotas: Arc<Quotas>,
     /// Per family (0: IPv4, 1: IPv6): the relay IP to bind and the IP to advertise.
     pub relay_ips: [Option<(IpAddr, IpAddr)>; 2],
@@ -121,6 +125,8 @@ pub struct Stats {
     pub requests_by_method: [u64; METHOD_SLOTS],
     /// Error responses by method slot and code slot ([`super::stats::CODES`]).
     pub errors_by_method: [[u64; CODE_SLOTS]; METHOD_SLOTS],
+    /// Call-quality counters and histograms ([`crate::quality`]).
+    pub quality: QualityStats,
 }
 
 /// Why an allocation ended, for the log line.
@@ -131,6 +137,8 @@ pub enum EndReason {
     Shutdown,
     /// Ended through the admin API.
     Admin,
+    /// Its credential was revoked in the shared store.
+    Revoked,
 }
 
 pub struct Server {
@@ -151,6 +159,16 @@ pub struct Server {
     /// Set by [`Server::drain`]: Allocate is refused, per client family (0: IPv4, 1: IPv6)
     /// with a 300 pointing at that alternate server, or 508 where there is none.
     draining: Option<[Option<SocketAddr>; 2]>,
+    /// Set by a fleet driver while this node is over its load threshold: Allocate is
+    /// answered as while draining, reversibly ([`Server::set_redirect`]).
+    redirect: Option<[Option<SocketAddr>; 2]>,
+    /// ALTERNATE-DOMAIN for redirected TLS clients.
+    alternate_domain: Option<String>,
+    /// Allocation events for a fleet driver, when it asked for them.
+    events: fleet::EventLog,
+    /// The policy of the file (with the own addresses), before the shared store's peer
+    /// ranges are added on top ([`Server::set_store`]).
+    file_policy: PeerPolicy,
 }
 
 /// What a reload may change on a live server without ending any allocation or rebinding any
@@ -170,6 +188,8 @@ pub struct Reconfigure {
     pub mapped_address: bool,
     pub enforce_credential_expiry: bool,
     pub strict_channel_numbers: bool,
+    /// Observe relayed payloads for call quality (`telemetry.enabled`, [`crate::quality`]).
+    pub telemetry: bool,
 }
 
 impl Server {
@@ -183,6 +203,7 @@ impl Server {
             .into();
         Server {
             rng: ChaCha12Rng::from_seed(seed),
+            file_policy: cfg.live.policy.clone(),
             cfg,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -193,6 +214,9 @@ impl Server {
             out: Vec::with_capacity(1500),
             stats: Stats::default(),
             draining: None,
+            redirect: None,
+            alternate_domain: None,
+            events: Default::default(),
             tcp: Default::default(),
         }
     }
@@ -200,13 +224,15 @@ impl Server {
     /// Swaps in reloaded settings (see [`Reconfigure`]). The quota limits live in the
     /// [`Quotas`] every worker shares, so their live counts carry over unchanged.
     pub fn reconfigure(&mut self, r: Reconfigure) {
+        // The shared store's view is not the file's: it carries over.
+        let store = self.cfg.live.auth.store().clone();
         // The listeners do not change on reload: neither does the own-address rule.
         let own = self.cfg.live.policy.own_addresses().to_vec();
         self.cfg.quotas.set_limits(r.user_quota, r.total_quota);
-        self.cfg.live = Reconfigure {
-            policy: r.policy.with_own_addresses(own),
-            ..r
-        };
+        self.file_policy = r.policy.clone().with_own_addresses(own);
+        let policy = fleet::with_store_ranges(&self.file_policy, &store);
+        let auth = Arc::new((*r.auth).clone().with_store(store));
+        self.cfg.live = Reconfigure { policy, auth, ..r };
     }
 
     /// Stops granting new allocations; existing ones go on relaying and may be refreshed.
@@ -428,7 +454,12 @@ impl Server {
             quota,
             tcp,
         });
-        (self.install(alloc, lifetime), lifetime)
+        let slot = self.install(alloc, lifetime);
+        self.record_event(slot, AllocationEventKind::Created, req.now.unix, None);
+        if let Some(ev) = self.events.pending.last_mut() {
+            ev.lifetime_secs = lifetime.as_secs();
+        }
+        (slot, lifetime)
     }
 
     /// Puts a new allocation in a slot, indexes it by 5-tuple and relay, logs it and
@@ -482,7 +513,17 @@ impl Server {
             .ok_or(RequestError::AllocationMismatch)
     }
 
-    fn lock_ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
+    /// The address advertised for a relay bound on `bind_ip`: the first relay address of a
+    /// family may be advertised as another (1:1 NAT); the others as themselves.
+    fn advertised_ip(&self, family: Family, bind_ip: IpAddr) -> Option<IpAddr> {
+        match self.cfg.relay_ips[family.index()] {
+            Some((bind, adv)) if bind == bind_ip => Some(adv),
+            Some(_) => Some(bind_ip),
+            None => None,
+        }
+    }
+
+    fn lock_ports(&self) -> std::sync::MutexGuard<'_, RelayPorts> {
         match self.cfg.ports.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -572,7 +613,7 @@ impl Server {
                 Err(p) => p.into_inner(),
             };
             for r in a.relays.iter().flatten() {
-                pool.release(r.family, r.port);
+                pool.release(r.family, r.bound.ip(), r.port);
             }
         }
         for r in a.relays.iter().flatten() {
@@ -581,6 +622,11 @@ impl Server {
         }
         // Dropping `a` at the end gives its quota counts back.
         self.stats.allocations_deleted += 1;
+        if self.events.enabled {
+            let unix = a.created_unix + now.saturating_duration_since(a.created).as_secs();
+            let ev = fleet::event_of(&a, AllocationEventKind::Ended, unix, Some(why));
+            self.push_event(ev);
+        }
         let c = a.counters;
         info!(
             client = %a.five_tuple.client,
@@ -597,6 +643,27 @@ impl Server {
             reason = ?why,
             "allocation deleted"
         );
+        if let Some(q) = &a.quality {
+            let s = q.summary();
+            let (client_p50, client_p95) = s.rtt_ms(Leg::Client);
+            let (peer_p50, peer_p95) = s.rtt_ms(Leg::Peer);
+            info!(
+                session = a.id,
+                client = %a.five_tuple.client,
+                user = display_user(&a.username, self.cfg.rest_separator),
+                duration_secs = now.saturating_duration_since(a.created).as_secs(),
+                bytes_to_peer = c.bytes_to_peer,
+                bytes_from_peer = c.bytes_from_peer,
+                state = s.state(),
+                client_rtt_p50_ms = client_p50,
+                client_rtt_p95_ms = client_p95,
+                peer_rtt_p50_ms = peer_p50,
+                peer_rtt_p95_ms = peer_p95,
+                checks_unanswered = s.checks_unanswered(),
+                streams = %s,
+                "call quality"
+            );
+        }
     }
 }
 

@@ -144,15 +144,15 @@ impl Server {
             }
             Some(_) => return Err(RequestError::BadRequest),
         };
-        let Some((bind_ip, adv_ip)) = self.cfg.relay_ips[family.index()] else {
+        if self.cfg.relay_ips[family.index()].is_none() {
             return Err(RequestError::AddressFamilyNotSupported);
-        };
+        }
         let username = msg
             .get(attr::USERNAME)
             .and_then(|u| std::str::from_utf8(u).ok())
             .unwrap_or_default()
             .to_string();
-        if let Some(alternates) = self.draining {
+        if let Some(alternates) = self.draining.or(self.redirect) {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
@@ -160,7 +160,11 @@ impl Server {
         let mut relay = None;
         for _ in 0..BIND_ATTEMPTS {
             let random = self.random();
-            let Some(port) = self.lock_ports().take(family, now.mono, random) else {
+            let Some((bind_ip, port)) = self.lock_ports().take(family, now.mono, random) else {
+                break;
+            };
+            let Some(adv_ip) = self.advertised_ip(family, bind_ip) else {
+                self.lock_ports().release(family, bind_ip, port);
                 break;
             };
             let id = RelayId(self.next_relay);
@@ -176,7 +180,7 @@ impl Server {
                 });
                 break;
             }
-            self.lock_ports().release(family, port);
+            self.lock_ports().release(family, bind_ip, port);
         }
         let Some(relay) = relay else {
             return Err(RequestError::InsufficientCapacity);

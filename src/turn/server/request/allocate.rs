@@ -97,7 +97,7 @@ impl Server {
             .and_then(|u| std::str::from_utf8(u).ok())
             .unwrap_or_default()
             .to_string();
-        if let Some(alternates) = self.draining {
+        if let Some(alternates) = self.draining.or(self.redirect) {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
@@ -107,7 +107,7 @@ impl Server {
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
         let (primary, quota) = if let Some(t) = token {
-            let Some((fam, port, held)) = self.lock_ports().claim(t, now.mono) else {
+            let Some((fam, bind_ip, port, held)) = self.lock_ports().claim(t, now.mono) else {
                 return Err(RequestError::InsufficientCapacity);
             };
             // The reservation's count becomes the allocation's when it is the same client's.
@@ -118,14 +118,14 @@ impl Server {
             let quota = match quota {
                 Ok(q) => q,
                 Err(code) => {
-                    self.lock_ports().release(fam, port);
+                    self.lock_ports().release(fam, bind_ip, port);
                     return Err(code);
                 }
             };
             family = fam;
-            let r = self.bind_port(fam, port, opts, io);
+            let r = self.bind_port(fam, bind_ip, port, opts, io);
             if r.is_none() {
-                self.lock_ports().release(fam, port);
+                self.lock_ports().release(fam, bind_ip, port);
             }
             (r, quota)
         } else {
@@ -189,10 +189,11 @@ impl Server {
         Ok(())
     }
 
-    /// Allocate while draining. RFC 8489 §14.15: the ALTERNATE-SERVER's family MUST be
-    /// that of the request's source address, so a client of a family without an alternate
-    /// gets 508. No ALTERNATE-DOMAIN: it is only needed for (D)TLS redirects to another
-    /// certificate (RFC 8489 §10), and no alternate is configured by name.
+    /// Allocate while draining or redirecting. RFC 8489 §14.15: the ALTERNATE-SERVER's
+    /// family MUST be that of the request's source address, so a client of a family without
+    /// an alternate gets 508. ALTERNATE-DOMAIN (§14.16) goes only to clients over TLS, and
+    /// only when the fleet names the alternate's certificate: a (D)TLS client checks the
+    /// new server's certificate against it (RFC 8489 §10).
     pub(in crate::turn::server) fn refuse_draining(
         &mut self,
         ft: &FiveTuple,
@@ -205,12 +206,19 @@ impl Server {
         let Some(alt) = alternates[family.index()] else {
             return Err(RequestError::InsufficientCapacity);
         };
+        let domain = match ft.transport {
+            Transport::Tls => self.alternate_domain.clone(),
+            _ => None,
+        };
         let mut w = self.writer(msg, Class::Error);
         w.error_code(
             RequestError::TryAlternate.code(),
             RequestError::TryAlternate.reason(),
         )
         .address(attr::ALTERNATE_SERVER, alt);
+        if let Some(domain) = &domain {
+            w.attr(attr::ALTERNATE_DOMAIN, domain.as_bytes());
+        }
         self.stats.error_responses += 1;
         self.seal_and_send(ft, msg, Some(auth), io);
         Ok(())
@@ -228,7 +236,7 @@ impl Server {
     ) -> Option<Relay> {
         for _ in 0..BIND_ATTEMPTS {
             let random = self.random();
-            let port = {
+            let (ip, port) = {
                 let mut pool = self.lock_ports();
                 if even {
                     pool.take_even(family, reserve, now, random)
@@ -236,11 +244,11 @@ impl Server {
                     pool.take(family, now, random)
                 }
             }?;
-            match self.bind_port(family, port, opts, io) {
+            match self.bind_port(family, ip, port, opts, io) {
                 Some(r) => return Some(r),
                 None => {
                     let mut pool = self.lock_ports();
-                    pool.release(family, port);
+                    pool.release(family, ip, port);
                     if let Some(t) = reserve {
                         pool.cancel(t);
                     }
@@ -253,11 +261,12 @@ impl Server {
     pub(in crate::turn::server) fn bind_port(
         &mut self,
         family: Family,
+        bind_ip: IpAddr,
         port: u16,
         opts: RelayOptions,
         io: &mut impl Io,
     ) -> Option<Relay> {
-        let (bind_ip, adv_ip) = self.cfg.relay_ips[family.index()]?;
+        let adv_ip = self.advertised_ip(family, bind_ip)?;
         let id = RelayId(self.next_relay);
         self.next_relay += 1;
         let bound = SocketAddr::new(bind_ip, port);

@@ -58,6 +58,12 @@ impl Server {
             a.expires = now.mono + lifetime;
             a.credential_expiry = auth.expiry.or(a.credential_expiry);
         }
+        if !zero && self.events.enabled {
+            self.record_event(slot, AllocationEventKind::Refreshed, now.unix, None);
+            if let Some(ev) = self.events.pending.last_mut() {
+                ev.lifetime_secs = lifetime.as_secs();
+            }
+        }
         let mut w = self.writer(msg, Class::Success);
         w.u32_attr(attr::LIFETIME, lifetime.as_secs() as u32);
         self.seal_and_send(ft, msg, Some(auth), io);
@@ -82,7 +88,7 @@ impl Server {
         if let Some(r) = a.relays[family.index()].take() {
             self.by_relay.remove(&r.id);
             io.close_relay(r.id);
-            self.lock_ports().release(r.family, r.port);
+            self.lock_ports().release(r.family, r.bound.ip(), r.port);
         }
     }
 }
