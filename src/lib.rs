@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod migrate;
 pub mod net;
+pub mod probe;
 pub mod quality;
 pub mod sd_notify;
 pub mod stun;

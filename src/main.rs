@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         }
         Some(Command::MigrateCoturn(args)) => return turnd::migrate::run(args),
         Some(Command::CheckConfig(args)) => return turnd::check_config::run(args),
+        Some(Command::Probe(args)) => return turnd::probe::run(args),
         Some(Command::Revoke(args)) => return revoke(args),
         Some(Command::SelftestLink(args)) => {
             let mut nonce = [0u8; 16];

@@ -1,6 +1,7 @@
 //! The command line: `turnd [FLAGS]` serves, `turnd credentials ...` mints a REST credential,
 //! `turnd migrate-coturn PATH` translates a coturn config, `turnd check-config PATH` checks one,
-//! `turnd revoke USER --config PATH` revokes a credential across a fleet.
+//! `turnd revoke USER --config PATH` revokes a credential across a fleet, `turnd probe URI`
+//! checks a TURN server from the outside.
 //!
 //! Every serve flag is optional and overrides the matching key of the config file (or of the
 //! embedded example when no `--config` is given); see [`ServeArgs::load_config`].
@@ -42,6 +43,10 @@ pub enum Command {
     /// Validate a config file and print the effective settings, secrets masked; exits
     /// non-zero if the config is invalid.
     CheckConfig(PathArg),
+    /// Check a TURN server (any, turnd or not) from this machine: allocate twice, permit,
+    /// bind channels, relay between the two allocations; exit 0 ok, 2 usage, 3
+    /// connectivity, 4 authentication, 5 relay, 6 loss above --max-loss.
+    Probe(ProbeArgs),
     /// Revoke a user or a REST username on every node of the fleet (the config's [redis]):
     /// new requests get 401 and live allocations end within two seconds.
     Revoke(RevokeArgs),
@@ -49,6 +54,92 @@ pub enum Command {
     /// or the status page with --page status). Signed with [admin] token; it works once,
     /// for --ttl seconds, and carries no token.
     SelftestLink(SelftestLinkArgs),
+}
+
+/// `turnd probe URI`: see [`crate::probe`].
+#[derive(Clone, Debug, Args)]
+pub struct ProbeArgs {
+    /// turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] (ports 3478 and 5349 by
+    /// default; IPv6 in brackets).
+    #[arg(value_name = "URI")]
+    pub uri: String,
+    /// User name of a static user; with --secret, the user part of the REST credential
+    /// (default "probe").
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Password of the static user (or TURND_PROBE_PASSWORD in the environment, which the
+    /// process list does not show).
+    #[arg(long, value_name = "PASSWORD")]
+    pub password: Option<String>,
+    /// REST API shared secret: the probe mints its own credential (or TURND_PROBE_SECRET in
+    /// the environment).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
+    /// Lifetime of the minted REST credential, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl: u64,
+    /// Separator between expiry and user in the REST user name (the server's
+    /// auth.rest-separator).
+    #[arg(long, value_name = "CHAR", default_value_t = ':', value_parser = parse_separator)]
+    pub separator: char,
+    /// Round trips to relay between the two allocations.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub count: u32,
+    /// Payload bytes of each relayed packet (24-1200).
+    #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = parse_size)]
+    pub size: usize,
+    /// Time limit of the whole check, seconds (deleting the allocations at the end may add
+    /// up to 3 s).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+    /// Loss, in percent of round trips, above which the probe exits 6.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0, value_parser = parse_percent)]
+    pub max_loss: f64,
+    /// Ask for a relayed address of this family (REQUESTED-ADDRESS-FAMILY): 4 or 6. Default:
+    /// 6 when the server is reached over IPv6, else none (the server gives IPv4).
+    #[arg(long, value_name = "4|6", value_parser = parse_family)]
+    pub family: Option<u8>,
+    /// PEM file of the CA (or self-signed certificate) that signed the server's certificate,
+    /// instead of the system's CA bundle (turns: only).
+    #[arg(long, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// Do not check the server's certificate at all (turns: only; for test certificates).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print one JSON object instead of the steps.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (24..=1200).contains(&n) => Ok(n),
+        _ => Err("expected a number of bytes from 24 to 1200".to_owned()),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t <= 3600.0 => Ok(t),
+        _ => Err("expected seconds, more than 0 and at most 3600".to_owned()),
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err("expected a percentage from 0 to 100".to_owned()),
+    }
+}
+
+fn parse_family(s: &str) -> Result<u8, String> {
+    match s {
+        "4" | "ipv4" => Ok(4),
+        "6" | "ipv6" => Ok(6),
+        _ => Err("expected 4 or 6".to_owned()),
+    }
 }
 
 /// `turnd revoke`: writes a revocation to the fleet's Redis.
@@ -448,6 +539,41 @@ mod tests {
         let urls = v["urls"].to_string();
         let (a, b) = (urls.find("turn:a:3478"), urls.find("turns:b:5349"));
         assert!(matches!((a, b), (Some(a), Some(b)) if a < b), "{json}");
+    }
+
+    #[test]
+    fn probe_arguments() {
+        let cli = parse(&["probe", "turn:h", "--user", "u", "--password", "p"]).unwrap();
+        let Some(Command::Probe(p)) = cli.command else {
+            panic!("expected probe")
+        };
+        assert_eq!((p.count, p.size, p.ttl), (10, 100, 600));
+        assert_eq!((p.timeout, p.max_loss, p.family), (10.0, 10.0, None));
+        assert!(!p.json && !p.insecure && p.ca.is_none());
+        let cli = parse(&[
+            "probe", "turns:h", "--secret", "s", "--family", "6", "--json",
+        ])
+        .unwrap();
+        let Some(Command::Probe(p)) = cli.command else {
+            panic!("expected probe")
+        };
+        assert_eq!(
+            (p.family, p.json, p.secret.as_deref()),
+            (Some(6), true, Some("s"))
+        );
+        for bad in [
+            &["probe"][..],
+            &["probe", "turn:h", "--count", "0"],
+            &["probe", "turn:h", "--size", "10"],
+            &["probe", "turn:h", "--size", "5000"],
+            &["probe", "turn:h", "--timeout", "0"],
+            &["probe", "turn:h", "--timeout", "nan"],
+            &["probe", "turn:h", "--max-loss", "101"],
+            &["probe", "turn:h", "--family", "5"],
+            &["probe", "turn:h", "--ttl", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod metrics;
 mod migrate_coturn;
 mod peer_policy;
 mod peer_policy_table;
+mod probe;
 mod proxy_protocol;
 mod quota_overrides;
 mod readme_start_command;
