@@ -28,6 +28,7 @@ PEERS=2
 SIZE=200
 BURST=1
 GSO=0
+RTP=0
 FLOOR_COUNT=1000000
 MAX_MINUTES=30
 BUILD=1
@@ -52,18 +53,21 @@ usage: bench/compare.sh [--quick] [options]
   --tcp-rates "R ..."   rates of the TCP rows (turnd and coturn only: 100 allocations,
                         channel, echo peers, clients over TCP); "" for none
                         (default "$TCP_RATES")
-  --servers "S ..."     any of floor floor_batch floor_gso turnd coturn
+  --servers "S ..."     any of floor floor_batch floor_gso turnd turnd_notel coturn
                         (default "$SERVERS");
                         floor_batch is turnd-floor --batch (recvmmsg/sendmmsg),
                         floor_gso is turnd-floor --batch --gso --io-uring (also UDP
                         GSO sends and GRO reads, and sends through io_uring, as turnd
-                        does: the fair floor)
+                        does: the fair floor), turnd_notel is turnd --no-telemetry
   --threads N           load tool threads (default $THREADS); --peers N echo sockets
   --size B              payload bytes (default $SIZE)
   --burst K             packets each allocation sends back to back (turnd-load --burst;
                         default $BURST)
   --gso                 send each burst as one UDP GSO message, echo peers and clients
                         receive with GRO (turnd-load --gso; UDP runs only)
+  --rtp                 RTP-shaped payloads (turnd-load --rtp: an RTP header with sequence
+                        number, timestamp and SSRC, what turnd's call-quality telemetry
+                        reads; UDP runs only; --size at least 28)
   --floor-count N       datagrams per case of the kernel-floor measurement run first
                         (turnd-floor --syscall-cost; default $FLOOR_COUNT, 0 skips it)
   --max-minutes M       start no new run after M minutes (default $MAX_MINUTES)
@@ -99,6 +103,7 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift ;;
     --burst) BURST=$2; shift ;;
     --gso) GSO=1 ;;
+    --rtp) RTP=1 ;;
     --floor-count) FLOOR_COUNT=$2; shift ;;
     --max-minutes) MAX_MINUTES=$2; shift ;;
     --server-cpus) SERVER_CPUS=$2; shift ;;
@@ -217,6 +222,19 @@ start_turnd() {
     PIDS+=("${PID[turnd]}")
 }
 
+# turnd with call-quality telemetry off (--no-telemetry), to measure what it costs: run
+# with --servers "turnd turnd_notel" --rtp.
+start_turnd_notel() {
+    PORT[turnd_notel]=$(free_port)
+    "${SERVER_PIN[@]}" "$BIN/turnd" --listen "127.0.0.1:${PORT[turnd_notel]}" --relay-ip 127.0.0.1 \
+        --realm "$REALM" --user "$USER_NAME:$USER_PASS" --allow-peer 127.0.0.0/8 \
+        --min-port "$MIN_PORT" --max-port "$MAX_PORT" --workers "$SERVER_THREADS" --log-level warn \
+        --unauth-rate 0 --no-telemetry \
+        >"$TMP/turnd_notel.log" 2>&1 &
+    PID[turnd_notel]=$!
+    PIDS+=("${PID[turnd_notel]}")
+}
+
 start_coturn() {
     PORT[coturn]=$(free_port)
     cat >"$TMP/turnserver.conf" <<EOF
@@ -275,7 +293,7 @@ COTURN_VERSION=$( (turnserver --version 2>/dev/null || true) | head -1)
     echo "# turnd $(git rev-parse --short HEAD 2>/dev/null || echo '?'), coturn ${COTURN_VERSION:-absent}"
     echo "# command: bench/compare.sh $ARGS"
     echo "# servers: $SERVER_THREADS threads each${SERVER_CPUS:+, on CPUs $SERVER_CPUS}; tool: $THREADS threads, $PEERS echo sockets${TOOL_CPUS:+, on CPUs $TOOL_CPUS}"
-    echo "# load shape: burst=$BURST gso=$GSO (packets per allocation back to back; UDP GSO sends and GRO receives in the tool)"
+    echo "# load shape: burst=$BURST gso=$GSO rtp=$RTP (packets per allocation back to back; UDP GSO sends and GRO receives in the tool; RTP-shaped payloads)"
     # Whether floor_gso got the offloads from this kernel (its banner says so).
     if has_server floor_gso; then
         echo "# floor_gso: $(head -2 "$TMP/floor_gso.log" | tr '\n' ' ')"
@@ -298,10 +316,13 @@ run() {
         return 0
     fi
     local line shape=(--burst "$BURST") gso=0
-    # GSO is for UDP clients only.
+    # GSO is for UDP clients only, and so are RTP-shaped payloads.
     if [ "$GSO" = 1 ] && [ "$transport" = udp ]; then
         shape+=(--gso)
         gso=1
+    fi
+    if [ "$RTP" = 1 ] && [ "$transport" = udp ]; then
+        shape+=(--rtp)
     fi
     line=$("${TOOL_PIN[@]}" "$BIN/turnd-load" --server "127.0.0.1:${PORT[$s]}" --user "$USER_NAME:$USER_PASS" \
         --transport "$transport" "${shape[@]}" \

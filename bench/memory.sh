@@ -4,19 +4,26 @@
 # and prints the growth of turnd's resident memory (VmRSS) and of the kernel's slab
 # (system-wide: includes the load tool's own client sockets) per allocation.
 #
-#   bench/memory.sh [N] [--no-build]      (default N = 10000)
+#   bench/memory.sh [N] [--no-build] [--rate PPS] [-- TURND-FLAGS...]   (default N = 10000)
 #
-# Bounded: the load runs 6 s at 1,000 pps; turnd is ended by its pid at exit.
+# --rate sets the load's total packets per second (default 1000; 1 leaves the allocations
+# idle, as an allocation that relayed nothing yet); flags after -- go to turnd (e.g.
+# --no-telemetry). Bounded: the load runs 6 s; turnd is ended by its pid at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=10000
 BUILD=1
-for a in "$@"; do
-    case "$a" in
+RATE=1000
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
-    *) N=$a ;;
+    --rate) RATE=$2; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) N=$1 ;;
     esac
+    shift
 done
 [ "$BUILD" = 1 ] && cargo build --release --workspace --bins >&2
 BIN=target/release
@@ -25,14 +32,14 @@ PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DG
 LOG=$(mktemp /tmp/turnd-memory.XXXXXX)
 "$BIN/turnd" --listen "127.0.0.1:$PORT" --relay-ip 127.0.0.1 --realm bench.test --user bench:pw \
     --allow-peer 127.0.0.0/8 --min-port 10000 --max-port 29999 --workers 2 --log-level warn \
-    --unauth-rate 0 >"$LOG" 2>&1 &
+    --unauth-rate 0 "${EXTRA[@]}" >"$LOG" 2>&1 &
 TP=$!
 trap 'kill $TP 2>/dev/null || true; wait $TP 2>/dev/null || true; rm -f "$LOG" "$LOG.load"' EXIT
 sleep 1
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "$1"; }
 rss0=$(kib /proc/$TP/status VmRSS)
 slab0=$(kib /proc/meminfo Slab)
-"$BIN/turnd-load" --server "127.0.0.1:$PORT" --user bench:pw -n "$N" --mode channel --rate 1000 \
+"$BIN/turnd-load" --server "127.0.0.1:$PORT" --user bench:pw -n "$N" --mode channel --rate "$RATE" \
     --duration 6 --threads 2 --peers 2 --server-pid "$TP" --setup-timeout 60 >"$LOG.load" 2>&1 &
 LP=$!
 # Wait (at most 60 s) until turnd holds a socket per allocation, then let setup settle.

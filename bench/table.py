@@ -82,7 +82,8 @@ def main():
     ap.add_argument("results")
     args = ap.parse_args()
     header, rows = load(args.results)
-    servers = [s for s in FLOORS + ("turnd", "coturn") if any(r["server"] == s for r in rows)]
+    servers = [s for s in FLOORS + ("turnd", "turnd_notel", "coturn")
+               if any(r["server"] == s for r in rows)]
     floors = [s for s in FLOORS if s in servers]
     for h in header:
         # The kernel-floor cases get their own table below.

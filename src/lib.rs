@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod migrate;
 pub mod net;
+pub mod quality;
 pub mod sd_notify;
 pub mod stun;
 #[cfg(any(test, feature = "testing"))]

@@ -16,6 +16,23 @@ fn main() -> ExitCode {
         Some(Command::MigrateCoturn(args)) => return turnd::migrate::run(args),
         Some(Command::CheckConfig(args)) => return turnd::check_config::run(args),
         Some(Command::Revoke(args)) => return revoke(args),
+        Some(Command::SelftestLink(args)) => {
+            let mut nonce = [0u8; 16];
+            if let Err(e) = getrandom::fill(&mut nonce) {
+                eprintln!("turnd: no OS randomness: {e}");
+                return ExitCode::from(1);
+            }
+            return match turnd::cli::selftest_link(args, turnd::net::now().unix, nonce) {
+                Ok(link) => {
+                    println!("{link}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("turnd: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         None => {}
     }
     let config = match cli.serve.load_config() {

@@ -15,6 +15,8 @@ use super::http::{Request, Response};
 use super::metrics;
 use super::rest_api;
 use crate::net::Control;
+use crate::quality::demux::{Class, rtcp_name};
+use crate::quality::{Direction, Leg, LegReport};
 use crate::turn::stats::{DropReason, SessionInfo};
 
 /// Lifetime of the credentials `/credentials` mints unless asked (at most `auth.max-rest-ttl`).
@@ -24,10 +26,16 @@ pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Setti
     if req.path == rest_api::PATH {
         return rest_api::handle(req, peer, s);
     }
+    tracing::trace!(method = %req.method, path = %req.path, %peer, "admin request");
+    if let Some(r) = super::pages::route(req, peer, control, s).await {
+        return r;
+    }
     let open_metrics = req.path == "/metrics"
         && s.metrics_open_on_loopback
         && peer.ip().to_canonical().is_loopback();
-    if !open_metrics && !authorized(req, s) {
+    // The pages' cookie opens what only reads.
+    let by_cookie = req.method == "GET" && super::pages::cookie_ok(req, s);
+    if !open_metrics && !by_cookie && !authorized(req, s) {
         let mut r = Response::error(401, "missing or wrong bearer token");
         r.challenge = true;
         return r;
@@ -59,7 +67,7 @@ pub async fn route(req: &Request, peer: SocketAddr, control: &Control, s: &Setti
 }
 
 /// Compares the bearer token in constant time (for equal lengths).
-fn authorized(req: &Request, s: &Settings) -> bool {
+pub(super) fn authorized(req: &Request, s: &Settings) -> bool {
     let Some(given) = req.bearer.as_deref() else {
         return false;
     };
@@ -93,6 +101,7 @@ async fn metrics_page(control: &Control, s: &Settings) -> Response {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         body,
         challenge: false,
+        headers: Vec::new(),
     }
 }
 
@@ -111,7 +120,7 @@ async fn health(control: &Control, s: &Settings) -> Response {
     Response::json(if all { 200 } else { 503 }, body.to_string())
 }
 
-fn session_json(worker: usize, a: &SessionInfo) -> Value {
+pub(super) fn session_json(worker: usize, a: &SessionInfo) -> Value {
     let drops: serde_json::Map<String, Value> = DropReason::ALL
         .iter()
         .map(|r| (r.as_str().to_string(), json!(a.drops[*r as usize])))
@@ -134,10 +143,92 @@ fn session_json(worker: usize, a: &SessionInfo) -> Value {
         "packets_from_peer": a.packets_from_peer,
         "bytes_from_peer": a.bytes_from_peer,
         "dropped": drops,
+        "quality": quality_json(a),
     })
 }
 
-async fn all_sessions(control: &Control, user: Option<String>) -> Vec<(usize, SessionInfo)> {
+fn ms(us: Option<u32>) -> Value {
+    us.map_or(Value::Null, |u| json!(f64::from(u) / 1000.0))
+}
+
+/// The `quality` object of a session: RTT per leg, checks, state, RTP streams. RFC 6062 TCP
+/// allocations say that their data is not observed; with telemetry off it is null.
+fn quality_json(a: &SessionInfo) -> Value {
+    if a.tcp_relay {
+        return json!({ "state": "not_observed", "reason": "rfc6062_tcp_relay" });
+    }
+    let Some(q) = &a.quality else {
+        return Value::Null;
+    };
+    let leg = |l: &LegReport| {
+        json!({
+            "recent": ms(l.recent_us),
+            "smoothed": ms(l.smoothed_us),
+            "p50": ms(l.p50_us),
+            "p95": ms(l.p95_us),
+            "samples": l.samples,
+            "checks": l.checks,
+            "answered": l.answered,
+            "unanswered": l.unanswered,
+        })
+    };
+    let streams: Vec<Value> = q
+        .streams
+        .iter()
+        .map(|s| {
+            let rtcp: serde_json::Map<String, Value> = s
+                .rtcp
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (rtcp_name(i).to_string(), json!(n)))
+                .collect();
+            json!({
+                "ssrc": s.ssrc,
+                "direction": s.direction.as_str(),
+                "kind": s.kind.as_str(),
+                "clock_rate": s.clock_rate,
+                "packets": s.packets,
+                "bytes": s.bytes,
+                "bitrate_bps": s.bitrate_bps,
+                "lost": s.lost,
+                "loss_ratio": s.loss_ratio,
+                "jitter_ms": ms(s.jitter_us),
+                "fps": s.fps,
+                "rtcp": rtcp,
+            })
+        })
+        .collect();
+    let payloads: serde_json::Map<String, Value> = Direction::ALL
+        .iter()
+        .map(|d| {
+            let by_class: serde_json::Map<String, Value> = Class::ALL
+                .iter()
+                .map(|c| {
+                    (
+                        c.as_str().to_string(),
+                        json!(q.payloads[*d as usize][*c as usize]),
+                    )
+                })
+                .collect();
+            (d.as_str().to_string(), Value::Object(by_class))
+        })
+        .collect();
+    json!({
+        "state": q.state.as_str(),
+        "client_rtt_ms": leg(&q.legs[Leg::Client as usize]),
+        "peer_rtt_ms": leg(&q.legs[Leg::Peer as usize]),
+        "checks_unanswered": q.checks_unanswered,
+        "streams": streams,
+        "streams_untracked": q.streams_untracked,
+        "payloads": payloads,
+    })
+}
+
+pub(super) async fn all_sessions(
+    control: &Control,
+    user: Option<String>,
+) -> Vec<(usize, SessionInfo)> {
     control
         .on_each_worker_indexed(move |_, core, _| {
             core.sessions(crate::net::now().mono, user.as_deref())
@@ -289,15 +380,7 @@ fn drain(s: &Settings) -> Response {
 
 /// The RTCIceServer JSON `turnd credentials` prints, signed with the first REST secret.
 fn credentials(req: &Request, s: &Settings) -> Response {
-    // After a reload the secrets and the expiry ceiling in force are the lifecycle's.
-    let live = s.lifecycle.as_ref().map(|l| {
-        let c = l.config();
-        (c.auth.secrets.first().cloned(), c.auth.max_rest_ttl)
-    });
-    let (secret, max_ttl) = match &live {
-        Some((secret, max)) => (secret, *max),
-        None => (&s.rest_secret, s.max_rest_ttl),
-    };
+    let (secret, max_ttl) = live_rest_secret(s);
     let Some(secret) = secret else {
         return Response::error(
             409,
@@ -320,7 +403,7 @@ fn credentials(req: &Request, s: &Settings) -> Response {
         }
     };
     let (username, password) = crate::auth::mint_rest_credential(
-        secret,
+        &secret,
         user,
         crate::net::now().unix,
         ttl,
@@ -425,5 +508,17 @@ async fn unrevoke(req: &Request, s: &Settings) -> Response {
             json!({ "lifted": found, "user": name }).to_string(),
         ),
         Err(e) => Response::error(503, &format!("Redis unavailable: {e}")),
+    }
+}
+
+/// The REST secret credentials are minted with (the first of `auth.secrets`) and the longest
+/// lifetime allowed (`auth.max-rest-ttl`): after a reload, those in force.
+pub(super) fn live_rest_secret(s: &Settings) -> (Option<String>, u64) {
+    match &s.lifecycle {
+        Some(l) => {
+            let c = l.config();
+            (c.auth.secrets.first().cloned(), c.auth.max_rest_ttl)
+        }
+        None => (s.rest_secret.clone(), s.max_rest_ttl),
     }
 }

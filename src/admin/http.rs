@@ -22,6 +22,10 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// The token of `Authorization: Bearer <token>`, if any.
     pub bearer: Option<String>,
+    /// The value of the pages' session cookie (`Cookie: turnd_admin=...`), if any.
+    pub cookie: Option<String>,
+    /// Where the body's fields start in `query` (all of it comes from the URL before).
+    pub body_from: usize,
 }
 
 impl Request {
@@ -31,7 +35,21 @@ impl Request {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// A field of the form-encoded body only (never of the URL: what a URL carries can
+    /// end up in logs and histories).
+    pub fn body_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .get(self.body_from..)
+            .unwrap_or_default()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
+
+/// The name of the cookie the pages' login sets.
+pub const COOKIE: &str = "turnd_admin";
 
 pub enum ReadError {
     /// The client went away before sending a request.
@@ -79,6 +97,7 @@ pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> 
             .read_exact(&mut data[start..])
             .await
             .map_err(|_| ReadError::Bad(400, "incomplete request body"))?;
+        req.body_from = req.query.len();
         if body.form {
             let text = std::str::from_utf8(&data).map_err(|_| ReadError::Bad(400, "not UTF-8"))?;
             req.query.extend(parse_form(text)?);
@@ -120,6 +139,7 @@ fn parse_head_and_body(head: &str) -> Result<(Request, Body), ReadError> {
         return Err(ReadError::Bad(400, "bad method"));
     }
     let mut bearer = None;
+    let mut cookie = None;
     let mut body = Body {
         length: 0,
         form: false,
@@ -135,6 +155,14 @@ fn parse_head_and_body(head: &str) -> Result<(Request, Body), ReadError> {
                 && scheme.eq_ignore_ascii_case("bearer")
             {
                 bearer = Some(token.trim().to_string());
+            }
+        } else if name.eq_ignore_ascii_case("cookie") {
+            for c in value.split(';') {
+                if let Some((k, v)) = c.trim().split_once('=')
+                    && k == COOKIE
+                {
+                    cookie = Some(v.trim().to_string());
+                }
             }
         } else if name.eq_ignore_ascii_case("content-length") {
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -159,11 +187,14 @@ fn parse_head_and_body(head: &str) -> Result<(Request, Body), ReadError> {
         return Err(ReadError::Bad(400, "bad request target"));
     }
     let path = percent_decode(path).ok_or(ReadError::Bad(400, "bad percent-encoding"))?;
+    let query = parse_form(query)?;
     let request = Request {
         method: method.to_string(),
         path,
-        query: parse_form(query)?,
+        body_from: query.len(),
+        query,
         bearer,
+        cookie,
     };
     Ok((request, body))
 }
@@ -211,6 +242,8 @@ pub struct Response {
     pub body: String,
     /// Sent as `WWW-Authenticate` on 401.
     pub challenge: bool,
+    /// More header lines (`Set-Cookie`, `Location`, the pages' security headers).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -220,6 +253,7 @@ impl Response {
             content_type: "application/json",
             body,
             challenge: false,
+            headers: Vec::new(),
         }
     }
 
@@ -229,6 +263,7 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             body: format!("{body}\n"),
             challenge: false,
+            headers: Vec::new(),
         }
     }
 
@@ -242,6 +277,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         202 => "Accepted",
+        303 => "See Other",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -269,6 +305,12 @@ pub async fn write_response(stream: &mut TcpStream, r: &Response) -> std::io::Re
     );
     if r.challenge {
         head.push_str("WWW-Authenticate: Bearer realm=\"turnd\"\r\n");
+    }
+    for (name, value) in &r.headers {
+        // Values are the server's own (no CR or LF from a request reaches them).
+        if !value.contains(['\r', '\n']) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
@@ -305,6 +347,11 @@ mod tests {
         assert_eq!(r.bearer.as_deref(), Some("t0k"));
         let r = ok("DELETE /sessions/0-5 HTTP/1.0\r\nauthorization: basic abc");
         assert_eq!(r.bearer, None);
+        assert_eq!(r.cookie, None);
+        let r = ok("GET /status HTTP/1.1\r\nCookie: a=b; turnd_admin=v.1.2 ;c=d");
+        assert_eq!(r.cookie.as_deref(), Some("v.1.2"));
+        let r = ok("GET /status HTTP/1.1\r\nCookie: xturnd_admin=v");
+        assert_eq!(r.cookie, None);
     }
 
     #[test]
@@ -316,6 +363,7 @@ mod tests {
         };
         assert_eq!((body.length, body.form), (12, true));
         assert_eq!(r.param("service"), Some("turn"));
+        assert_eq!(r.body_param("service"), None, "from the URL, not the body");
         let Ok((_, body)) = parse_head_and_body("POST / HTTP/1.1\r\nContent-Length: 3") else {
             panic!("should parse")
         };

@@ -8,6 +8,9 @@
 use std::fmt::Write as _;
 
 use crate::net::Control;
+use crate::quality::demux::{Class, rtcp_name};
+use crate::quality::rtt::RTT_BOUNDS_US;
+use crate::quality::{Direction, JITTER_BOUNDS_US, Kind, LOSS_BOUNDS_PPM, Leg, QualityStats};
 use crate::turn::Stats;
 use crate::turn::stats::{
     CODE_SLOTS, DropReason, Gauges, METHOD_SLOTS, TRANSPORT_NAMES, code_name, method_name,
@@ -60,6 +63,7 @@ pub fn sum(workers: &[WorkerSnapshot]) -> WorkerSnapshot {
         l.overflow += ol.overflow;
         l.retransmits += ol.retransmits;
         l.abandoned += ol.abandoned;
+        s.quality.add(&o.quality);
         for (a, b) in s.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
@@ -110,6 +114,39 @@ impl Out {
             self.0.push('}');
         }
         let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A histogram's cumulative buckets (bounds divided by `per_unit` into the exposed unit),
+    /// `+Inf`, sum and count.
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        counts: &[u64],
+        bounds: &[u32],
+        per_unit: f64,
+        sum: u64,
+    ) {
+        let mut lbl = String::new();
+        for (k, v) in labels {
+            let _ = write!(lbl, "{k}=\"{v}\",");
+        }
+        let mut cum = 0u64;
+        for (i, c) in counts.iter().enumerate() {
+            cum += c;
+            match bounds.get(i) {
+                Some(b) => {
+                    let le = f64::from(*b) / per_unit;
+                    let _ = writeln!(self.0, "{name}_bucket{{{lbl}le=\"{le}\"}} {cum}");
+                }
+                None => {
+                    let _ = writeln!(self.0, "{name}_bucket{{{lbl}le=\"+Inf\"}} {cum}");
+                }
+            }
+        }
+        let lbl = lbl.trim_end_matches(',');
+        let _ = writeln!(self.0, "{name}_sum{{{lbl}}} {}", sum as f64 / per_unit);
+        let _ = writeln!(self.0, "{name}_count{{{lbl}}} {cum}");
     }
 
     fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
@@ -384,7 +421,147 @@ pub fn render(
         "Seconds since the admin listener started.",
         uptime_secs,
     );
+    render_quality(&mut o, &s.quality);
     o.0
+}
+
+/// The call-quality families (`telemetry.enabled`): RTT by leg, loss ratio and jitter by
+/// direction and media kind (one observation per stream per second), and counters. Labels
+/// are the fixed leg, direction, kind, payload class and RTCP type: no session, no user.
+fn render_quality(o: &mut Out, q: &QualityStats) {
+    o.family(
+        "turnd_quality_rtt_seconds",
+        "histogram",
+        "Round-trip times of ICE Binding transactions crossing the relay, by leg (client: \
+         relay to client and back; peer: relay to peer and back).",
+    );
+    for leg in Leg::ALL {
+        o.histogram(
+            "turnd_quality_rtt_seconds",
+            &[("leg", leg.as_str())],
+            &q.rtt[leg as usize].counts,
+            &RTT_BOUNDS_US,
+            1e6,
+            q.rtt[leg as usize].sum,
+        );
+    }
+    o.family(
+        "turnd_quality_loss_ratio",
+        "histogram",
+        "RTP loss before the relay per stream and second (RFC 3550 A.3), by direction \
+         (to_peer: lost on the client leg; to_client: on the peer leg) and media kind.",
+    );
+    for d in Direction::ALL {
+        for k in Kind::ALL {
+            let h = &q.loss[d as usize][k as usize];
+            o.histogram(
+                "turnd_quality_loss_ratio",
+                &[("direction", d.as_str()), ("kind", k.as_str())],
+                &h.counts,
+                &LOSS_BOUNDS_PPM,
+                1e6,
+                h.sum,
+            );
+        }
+    }
+    o.family(
+        "turnd_quality_jitter_seconds",
+        "histogram",
+        "RTP interarrival jitter at the relay (RFC 3550 A.8) per stream and second, by \
+         direction and media kind.",
+    );
+    for d in Direction::ALL {
+        for k in Kind::ALL {
+            let h = &q.jitter[d as usize][k as usize];
+            o.histogram(
+                "turnd_quality_jitter_seconds",
+                &[("direction", d.as_str()), ("kind", k.as_str())],
+                &h.counts,
+                &JITTER_BOUNDS_US,
+                1e6,
+                h.sum,
+            );
+        }
+    }
+    for (name, help, v) in [
+        (
+            "turnd_quality_rtp_expected_total",
+            "RTP packets expected (RFC 3550 A.3) over closed one-second windows.",
+            &q.expected,
+        ),
+        (
+            "turnd_quality_rtp_lost_total",
+            "RTP packets lost before the relay over closed one-second windows.",
+            &q.lost,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for d in Direction::ALL {
+            for k in Kind::ALL {
+                o.sample(
+                    name,
+                    &[("direction", d.as_str()), ("kind", k.as_str())],
+                    v[d as usize][k as usize],
+                );
+            }
+        }
+    }
+    o.family(
+        "turnd_quality_payloads_total",
+        "counter",
+        "Relayed payloads by direction and RFC 7983 class (stun, dtls, rtp, rtcp, other).",
+    );
+    for d in Direction::ALL {
+        for c in Class::ALL {
+            o.sample(
+                "turnd_quality_payloads_total",
+                &[("direction", d.as_str()), ("class", c.as_str())],
+                q.payloads[d as usize][c as usize],
+            );
+        }
+    }
+    for (name, help, v) in [
+        (
+            "turnd_quality_checks_total",
+            "ICE Binding requests relayed, by the leg they time.",
+            &q.checks,
+        ),
+        (
+            "turnd_quality_checks_answered_total",
+            "ICE Binding requests answered through the relay, by leg.",
+            &q.answered,
+        ),
+        (
+            "turnd_quality_checks_unanswered_total",
+            "ICE Binding requests not answered within 5 seconds, by leg.",
+            &q.unanswered,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for leg in Leg::ALL {
+            o.sample(name, &[("leg", leg.as_str())], v[leg as usize]);
+        }
+    }
+    o.family(
+        "turnd_quality_rtcp_packets_total",
+        "counter",
+        "RTCP packets relayed, by direction and the type of their first packet.",
+    );
+    for d in Direction::ALL {
+        for (slot, v) in q.rtcp[d as usize].iter().enumerate() {
+            o.sample(
+                "turnd_quality_rtcp_packets_total",
+                &[("direction", d.as_str()), ("type", rtcp_name(slot))],
+                *v,
+            );
+        }
+    }
+    o.single(
+        "turnd_quality_streams_untracked_total",
+        "counter",
+        "RTP streams not tracked because their allocation's stream table was full.",
+        q.streams_untracked,
+    );
 }
 
 /// The TCP/TLS listeners' families: open connections by transport, refusals by the cap that

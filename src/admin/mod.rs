@@ -2,6 +2,8 @@
 //! `/credentials`, and `POST /reload` / `POST /drain` (the lifecycle's SIGHUP and SIGTERM);
 //! and, behind keys of its own, the TURN REST API `/turn` (`rest_api.rs`); with a fleet
 //! (`[redis]`), `GET /cluster` and `POST`/`DELETE /revoke?user=NAME`. Off unless
+//! the operator's status and self-test pages (`pages/`); and, behind keys of its own, the
+//! TURN REST API `/turn` (`rest_api.rs`). Off unless
 //! `[admin] enabled` (or `--admin-listen`); loopback by default.
 //!
 //! A small HTTP/1.1 server on the main thread's tokio runtime: one request per connection
@@ -16,6 +18,7 @@
 mod api;
 mod http;
 mod metrics;
+pub mod pages;
 mod rest_api;
 
 use std::collections::{BTreeMap, HashSet};
@@ -59,6 +62,8 @@ pub(crate) struct Settings {
     streams: Option<StreamMetrics>,
     /// The fleet membership (`[redis]`): `/cluster`, `/revoke`, its `/metrics`.
     fleet: Option<Fleet>,
+    /// The status and self-test pages' logins and samples.
+    pages: pages::Pages,
 }
 
 /// A bound admin listener, not yet serving.
@@ -98,6 +103,7 @@ impl Admin {
                 lifecycle: None,
                 streams: None,
                 fleet: None,
+                pages: pages::Pages::new(),
             },
             max_connections: a.max_connections,
         }))
@@ -136,6 +142,7 @@ impl Admin {
         if let Ok(a) = listener.local_addr() {
             info!(listen = %a, "admin listening");
         }
+        tokio::spawn(pages::sample(control.clone(), settings.clone()));
         let slots = Slots::new(self.max_connections);
         loop {
             let (stream, peer) = match listener.accept().await {

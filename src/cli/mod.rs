@@ -45,6 +45,10 @@ pub enum Command {
     /// Revoke a user or a REST username on every node of the fleet (the config's [redis]):
     /// new requests get 401 and live allocations end within two seconds.
     Revoke(RevokeArgs),
+    /// Print a one-time link that logs a browser into the admin pages (the self-test page,
+    /// or the status page with --page status). Signed with [admin] token; it works once,
+    /// for --ttl seconds, and carries no token.
+    SelftestLink(SelftestLinkArgs),
 }
 
 /// `turnd revoke`: writes a revocation to the fleet's Redis.
@@ -61,6 +65,62 @@ pub struct RevokeArgs {
     /// have expired (a REST username's own expiry; for a user, now + auth.max-rest-ttl).
     #[arg(long, value_name = "SECONDS")]
     pub ttl: Option<u64>,
+}
+
+/// `turnd selftest-link`: where the admin listener is and the token come from the config.
+#[derive(Clone, Debug, Args)]
+pub struct SelftestLinkArgs {
+    /// Config file of the running server (TOML). Default: the embedded example config.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The admin listener's address, if the server was started with --admin-listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The admin token, if the server was started with --admin-token (visible in the process
+    /// list: prefer the config file).
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// Seconds the link stays usable (at most 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ttl: u64,
+    /// The page to land on.
+    #[arg(long, value_name = "PAGE", default_value = "selftest",
+          value_parser = ["selftest", "status"])]
+    pub page: String,
+    /// Base URL the browser reaches the admin listener at (a reverse proxy, an SSH tunnel);
+    /// default: http:// and the listen address.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+}
+
+/// The link `turnd selftest-link` prints: `<base>/login#next=/<page>&ticket=<ticket>`. The
+/// ticket rides in the fragment, which the browser does not send to the server.
+pub fn selftest_link(
+    args: &SelftestLinkArgs,
+    unix_now: u64,
+    nonce: [u8; 16],
+) -> Result<String, String> {
+    let serve = ServeArgs {
+        config: args.config.clone(),
+        admin_listen: args.admin_listen,
+        admin_token: args.admin_token.clone(),
+        ..ServeArgs::default()
+    };
+    let config = serve.load_config().map_err(|e| e.to_string())?;
+    let a = &config.admin;
+    if !a.enabled {
+        return Err("the admin listener is off ([admin] enabled, or --admin-listen)".into());
+    }
+    if a.token.is_empty() {
+        return Err("no admin token ([admin] token): the pages need one".into());
+    }
+    let base = match &args.base_url {
+        Some(b) => b.trim_end_matches('/').to_string(),
+        None => format!("http://{}", a.listen),
+    };
+    let ticket = crate::admin::pages::mint_ticket(&a.token, unix_now, args.ttl, nonce);
+    Ok(format!("{base}/login#next=/{}&ticket={ticket}", args.page))
 }
 
 /// A subcommand's one file argument.
@@ -149,6 +209,9 @@ pub struct ServeArgs {
     /// 0x4000-0x7FFF [server.strict-channel-numbers = true].
     #[arg(long)]
     pub strict_channel_numbers: bool,
+    /// Do not observe relayed payloads for call quality [telemetry.enabled = false].
+    #[arg(long)]
+    pub no_telemetry: bool,
     /// error, warn, info, debug or trace [log.level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -54,6 +54,9 @@ impl ServeArgs {
         if cli.no_udp_io_uring {
             config.server.udp_io_uring = false;
         }
+        if cli.no_telemetry {
+            config.telemetry.enabled = false;
+        }
         if cli.strict_channel_numbers {
             config.server.strict_channel_numbers = true;
         }

@@ -56,6 +56,7 @@ impl Config {
             mapped_address: self.server.mapped_address,
             enforce_credential_expiry: self.auth.enforce_credential_expiry,
             strict_channel_numbers: self.server.strict_channel_numbers,
+            telemetry: self.telemetry.enabled,
         }
     }
 

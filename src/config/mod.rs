@@ -21,7 +21,7 @@ pub use core::DriverParts;
 pub use redis::{RedisSection, redact_url};
 pub use schema::{
     AdminSection, AllocationSection, AuthSection, Config, LimitsSection, LogSection, PeersSection,
-    RelaySection, ServerSection, UserEntry, UserLimitsEntry,
+    RelaySection, ServerSection, TelemetrySection, UserEntry, UserLimitsEntry,
 };
 pub use streams::{TcpSection, TlsSection};
 pub use validate::decode_md5_key;

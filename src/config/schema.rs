@@ -23,6 +23,7 @@ pub struct Config {
     /// The shared store of a fleet (`src/fleet/`); absent: a node on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSection>,
+    pub telemetry: TelemetrySection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -322,6 +323,22 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[telemetry]`: call quality measured at the relay (RTT per leg, loss, jitter and bitrate
+/// per RTP stream) from the headers relayed payloads leave in clear. Reloadable.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TelemetrySection {
+    /// Observe relayed payloads: the `quality` object of the sessions API, the
+    /// `turnd_quality_*` metrics and the "call quality" log line at the end of a session.
+    pub enabled: bool,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> TelemetrySection {
+        TelemetrySection { enabled: true }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +362,7 @@ mod tests {
         assert_eq!(c.auth.max_rest_ttl, 90_000);
         assert!(c.peers.allow.is_empty() && c.peers.deny.is_empty());
         assert_eq!(c.log.level, "info");
+        assert!(c.telemetry.enabled);
         assert_eq!(c.relay_ips(), vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
     }
 

@@ -46,6 +46,7 @@ impl ServerConfig {
                 mapped_address: false,
                 enforce_credential_expiry: true,
                 strict_channel_numbers: false,
+                telemetry: true,
             },
             ports: Arc::new(Mutex::new(RelayPorts::new(
                 *ports.start(),
@@ -112,6 +113,7 @@ mod tests {
             c.live.strict_channel_numbers,
             d.server.strict_channel_numbers
         );
+        assert_eq!(c.live.telemetry, d.telemetry.enabled);
         assert_eq!(c.max_permissions, d.limits.permissions_per_allocation);
         assert_eq!(c.limits, d.core_limits());
         assert_eq!(c.unauth_limiter.limit(), d.unauth_limit());

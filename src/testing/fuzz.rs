@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("proxy_v2", proxy_v2),
     ("stream_server", stream_server),
+    ("quality", quality),
 ];
 
 /// A key the fuzzer can hit: messages signed with it verify.
@@ -124,6 +125,61 @@ pub fn channel_data_target(data: &[u8]) {
             [data[0], data[1], data[2], data[3]]
         );
     }
+}
+
+// ----------------------------------------------------------------- quality
+
+/// The call-quality observer (`crate::quality`) over a run of relayed payloads: each record
+/// is a flags byte (bit 0: direction, bits 1-7: milliseconds since the last one, times 16),
+/// a length byte and that many bytes (fewer at the end). The header readers agree with the
+/// demultiplexer; the report's figures stay within their bounds.
+pub fn quality(data: &[u8]) {
+    use crate::quality::demux::{self, Class};
+    use crate::quality::{Direction, MAX_STREAMS, Quality, QualityStats};
+
+    let t0 = std::time::Instant::now();
+    let mut now = t0;
+    let mut q = Quality::new(t0);
+    let mut stats = QualityStats::default();
+    let mut rest = data;
+    while let [flags, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (payload, next) = tail.split_at(n);
+        rest = next;
+        let dir = if flags & 1 == 0 {
+            Direction::ToPeer
+        } else {
+            Direction::ToClient
+        };
+        now += std::time::Duration::from_millis(u64::from(flags >> 1) * 16);
+        let class = demux::classify(payload);
+        if let Some(h) = demux::rtp_header(payload) {
+            assert!(payload.len() >= 12 + 4 * usize::from(payload[0] & 0x0F));
+            assert_eq!(h.ssrc.to_be_bytes(), payload[8..12]);
+        }
+        if demux::rtcp_header(payload).is_some() {
+            assert!(payload.len() >= 8);
+        }
+        if let Some(b) = demux::stun_binding(payload) {
+            assert_eq!(class, Class::Stun);
+            assert_eq!(b.txid, payload[8..20]);
+        }
+        q.observe(now, dir, payload, &mut stats);
+    }
+    let r = q.report(now);
+    assert!(r.streams.len() <= MAX_STREAMS);
+    assert_eq!(
+        r.checks_unanswered,
+        r.legs[0].unanswered + r.legs[1].unanswered
+    );
+    for s in &r.streams {
+        assert!((0.0..=1.0).contains(&s.loss_ratio), "{s:?}");
+        assert!(s.packets >= 1);
+    }
+    let seen: u64 = stats.payloads.iter().flatten().sum();
+    let records: u64 = r.payloads.iter().flatten().sum();
+    assert_eq!(seen, records);
+    let _ = q.summary().to_string();
 }
 
 // ---------------------------------------------------------- stream_framing
@@ -1282,6 +1338,32 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         stream.extend_from_slice(&d);
         stream.extend_from_slice(&stun[0].1);
         out.push(("stream_framing", format!("channel-{name}"), stream));
+    }
+    // The quality observer: an ICE check and its answer, then RTP and an RTCP SR each way.
+    {
+        let mut run = Vec::new();
+        let mut push = |flags: u8, p: &[u8]| {
+            run.push(flags);
+            run.push(p.len() as u8);
+            run.extend_from_slice(p);
+        };
+        push(0, &stun[0].1[..stun[0].1.len().min(255)]);
+        let mut answer = stun[0].1.clone();
+        answer[0] = 0x01;
+        answer[1] = 0x01;
+        push(3, &answer[..answer.len().min(255)]);
+        for i in 0..40u16 {
+            let mut rtp = [0u8; 40];
+            rtp[0] = 0x80;
+            rtp[1] = if i % 3 == 2 { 0x80 | 96 } else { 96 };
+            rtp[2..4].copy_from_slice(&(65_530u16.wrapping_add(i)).to_be_bytes());
+            rtp[4..8].copy_from_slice(&(u32::from(i) * 3000).to_be_bytes());
+            rtp[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+            push(((i % 2) as u8) | 4, &rtp);
+        }
+        push(1, &[0x80, 200, 0, 6, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0]);
+        push(0, &[0x17, 0xFE, 0xFD, 0, 1]);
+        out.push(("quality", "call".into(), run));
     }
     out.push((
         "config",

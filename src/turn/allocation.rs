@@ -11,6 +11,7 @@ use super::ports::Family;
 use super::quota::QuotaHold;
 use super::stats::DROP_REASONS;
 use super::{FiveTuple, RelayId, Time};
+use crate::quality::Quality;
 
 /// RFC 8656 §9: a permission lasts 300 seconds unless refreshed.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -82,6 +83,9 @@ pub struct Allocation {
     /// Client to peer, and peer to client (RFC 8656 leaves rate limiting to the server).
     pub bucket_to_peer: TokenBucket,
     pub bucket_to_client: TokenBucket,
+    /// Call quality (`telemetry.enabled`): made on the first relayed packet, so an idle
+    /// allocation carries only this pointer.
+    pub quality: Option<Box<Quality>>,
 }
 
 /// What [`Allocation::new`] needs: the granted relays, the authenticated user and the
@@ -122,6 +126,7 @@ impl Allocation {
             bucket_to_client: TokenBucket::new(n.quota.rate(), n.now.mono),
             quota: n.quota,
             leased: false,
+            quality: None,
         }
     }
 

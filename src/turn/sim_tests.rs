@@ -16,6 +16,7 @@ const UNIX0: u64 = 1_800_000_000;
 
 mod fleet;
 mod lease;
+mod quality;
 mod tcp;
 
 struct Sim {

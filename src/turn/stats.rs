@@ -145,7 +145,7 @@ pub fn transport_slot(t: Transport) -> usize {
 pub const TRANSPORT_NAMES: [&str; 3] = ["UDP", "TCP", "TLS"];
 
 /// One allocation as the admin API shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionInfo {
     /// Unique in this worker's life (the allocation's first relay id).
     pub id: u64,
@@ -167,4 +167,9 @@ pub struct SessionInfo {
     pub packets_from_peer: u64,
     pub bytes_from_peer: u64,
     pub drops: [u64; DROP_REASONS],
+    /// An RFC 6062 TCP allocation: its data is piped between connections, never through
+    /// the packet path, so call quality does not see it.
+    pub tcp_relay: bool,
+    /// Call quality, once something was relayed with `telemetry.enabled`.
+    pub quality: Option<crate::quality::QualityReport>,
 }

@@ -34,7 +34,7 @@ const DRIVER_LIMIT: Duration = Duration::from_secs(180);
 const SETUP_HINT: &str = "run `bash .ci/setup-browser.sh` (installs Debian's chromium and \
                           playwright-core from tests/browser/package-lock.json)";
 
-fn browser_dir() -> PathBuf {
+pub(crate) fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 

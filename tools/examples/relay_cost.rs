@@ -20,6 +20,11 @@
 //! RELAY_COST_PACKETS=100000 RELAY_COST_RUNS=1 valgrind --tool=callgrind \
 //!     --callgrind-out-file=/dev/null target/release/examples/relay_cost
 //! ```
+//!
+//! Call-quality telemetry (`telemetry.enabled`, on by default as in the server) reads every
+//! relayed payload: `RELAY_COST_TELEMETRY=0` turns it off, and `RELAY_COST_RTP=1` sends
+//! RTP-shaped payloads (a new sequence number and timestamp per packet, one SSRC each way,
+//! the clock moving 10 µs per packet), which it parses and tracks; compare the four.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -62,10 +67,13 @@ fn main() {
         transport: Transport::Udp,
     };
     let mut client = TestClient::new("alice", "bench", "pw", ft);
+    let telemetry = env_or("RELAY_COST_TELEMETRY", 1u8) != 0;
+    let rtp = env_or("RELAY_COST_RTP", 0u8) != 0;
     let base = client.server_config(50000..=50100);
     let mut server = Server::new(ServerConfig {
         live: Reconfigure {
             default_lifetime: Duration::from_secs(3600),
+            telemetry,
             ..base.live
         },
         ..base
@@ -87,11 +95,29 @@ fn main() {
     assert_eq!(class(b), Class::Success, "channel bind");
     let relay = *io.relays.last().expect("a relay");
 
-    let payload = [0x5Au8; 200];
+    let mut payload = [0x5Au8; 200];
+    if rtp {
+        // Version 2, payload type 111, SSRC 7 (sequence number and timestamp per packet).
+        payload[..12].copy_from_slice(&[0x80, 111, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+    }
     let mut channel_data = vec![0x40, 0x00, 0x00, 200];
     channel_data.extend_from_slice(&payload);
     let mut peer_buf = vec![0u8; PEER_HEADROOM + 65536 + PEER_TAILROOM];
     let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
+    peer_buf[range.clone()].copy_from_slice(&payload);
+    // Packet `i` of a direction: sequence number `i`, sent at `i` x 10 µs (a 48 kHz
+    // timestamp). Both directions run over the same span of time.
+    let stamp = |p: &mut [u8], i: u32| {
+        if rtp {
+            p[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+            p[4..8].copy_from_slice(&((u64::from(i) * 48 / 100) as u32).to_be_bytes());
+        }
+    };
+    let at = |i: u32| Time {
+        mono: now.mono + Duration::from_micros(u64::from(i) * 10),
+        ..now
+    };
+    let mut sent = 0u32;
 
     let packets: u32 = env_or("RELAY_COST_PACKETS", PACKETS).max(1);
     let runs: usize = env_or("RELAY_COST_RUNS", RUNS).max(1);
@@ -99,18 +125,21 @@ fn main() {
     let mut down = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        for _ in 0..packets {
-            server.handle_client(now, ft, black_box(&channel_data), &mut io);
+        for i in sent..sent + packets {
+            stamp(&mut channel_data[4..], i);
+            server.handle_client(at(i), ft, black_box(&channel_data), &mut io);
         }
         up.push(t.elapsed().as_nanos() as f64 / packets as f64);
 
         let t = Instant::now();
-        for _ in 0..packets {
+        for i in sent..sent + packets {
             // The ChannelData header is written in place before the payload; the payload
             // itself is left as is, as a fresh recv would leave it.
-            server.handle_peer(now, relay, peer, &mut peer_buf, range.clone(), &mut io);
+            stamp(&mut peer_buf[range.clone()], i);
+            server.handle_peer(at(i), relay, peer, &mut peer_buf, range.clone(), &mut io);
         }
         down.push(t.elapsed().as_nanos() as f64 / packets as f64);
+        sent += packets;
     }
     let expected = (runs as u64) * packets as u64;
     assert!(io.to_peer >= expected && io.to_client >= expected);
@@ -120,6 +149,11 @@ fn main() {
         "on"
     };
     println!("statistics: {stats}");
+    println!(
+        "telemetry: {}, payloads: {}",
+        if telemetry { "on" } else { "off" },
+        if rtp { "RTP" } else { "not RTP (0x5A...)" }
+    );
     let (up_min, up_median) = summary(up);
     let (down_min, down_median) = summary(down);
     println!(

@@ -32,6 +32,7 @@ fn forward_to_peer(
     now: Instant,
     peer: SocketAddr,
     payload: &[u8],
+    telemetry: bool,
     io: &mut impl Io,
 ) {
     let len = payload.len();
@@ -52,7 +53,25 @@ fn forward_to_peer(
     bump(&mut stats.relayed_to_peer, 1);
     bump(&mut stats.traffic.peer_sentp, 1);
     bump(&mut stats.traffic.peer_sentb, len as u64);
+    if telemetry {
+        observe(a, &mut stats.quality, now, Direction::ToPeer, payload);
+    }
     io.send_to_peer(id, peer, payload);
+}
+
+/// Hands a relayed payload to the allocation's call-quality observer, made on its first
+/// packet (the one allocation it ever does).
+#[inline(always)]
+fn observe(
+    a: &mut Allocation,
+    stats: &mut QualityStats,
+    now: Instant,
+    dir: Direction,
+    payload: &[u8],
+) {
+    a.quality
+        .get_or_insert_with(|| Box::new(Quality::new(now)))
+        .observe(now, dir, payload, stats);
 }
 
 /// Counts a dropped relayed packet, on the server and (when known) on its allocation.
@@ -116,6 +135,15 @@ impl Server {
         bump(&mut self.stats.relayed_from_peer, 1);
         bump(&mut self.stats.traffic.sentp, 1);
         bump(&mut self.stats.traffic.sentb, len as u64);
+        if self.cfg.live.telemetry {
+            observe(
+                a,
+                &mut self.stats.quality,
+                now,
+                Direction::ToClient,
+                &buf[start..end],
+            );
+        }
         let client = a.five_tuple;
         let stream = client.transport != Transport::Udp;
         if let Some(number) = a.channel_for(&peer, now) {
@@ -165,7 +193,15 @@ impl Server {
             );
             return;
         };
-        forward_to_peer(&mut self.stats, a, now, peer, payload, io);
+        forward_to_peer(
+            &mut self.stats,
+            a,
+            now,
+            peer,
+            payload,
+            self.cfg.live.telemetry,
+            io,
+        );
     }
 
     /// Send indication (RFC 8656 §11.3): no authentication, no answer; dropped unless a
@@ -203,6 +239,14 @@ impl Server {
         let len = data.len();
         bump(&mut self.stats.traffic.rcvp, 1);
         bump(&mut self.stats.traffic.rcvb, len as u64);
-        forward_to_peer(&mut self.stats, a, now, peer, data, io);
+        forward_to_peer(
+            &mut self.stats,
+            a,
+            now,
+            peer,
+            data,
+            self.cfg.live.telemetry,
+            io,
+        );
     }
 }

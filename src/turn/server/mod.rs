@@ -32,6 +32,7 @@ use super::{
     BindError, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions, Time, Transport,
 };
 use crate::auth::{AuthError, Authenticator, Key, PasswordAlgorithm, display_user};
+use crate::quality::{Direction, Leg, Quality, QualityStats};
 use crate::stun::{
     Class, HEADER_LEN, Integrity, Message, MessageWriter, attr, channel_data, decode_xor_address,
     method,
@@ -128,6 +129,8 @@ pub struct Stats {
     pub errors_by_method: [[u64; CODE_SLOTS]; METHOD_SLOTS],
     /// The parked path of strict fleet quotas.
     pub leases: LeaseStats,
+    /// Call-quality counters and histograms ([`crate::quality`]).
+    pub quality: QualityStats,
 }
 
 /// Why an allocation ended, for the log line.
@@ -191,6 +194,8 @@ pub struct Reconfigure {
     pub mapped_address: bool,
     pub enforce_credential_expiry: bool,
     pub strict_channel_numbers: bool,
+    /// Observe relayed payloads for call quality (`telemetry.enabled`, [`crate::quality`]).
+    pub telemetry: bool,
 }
 
 impl Server {
@@ -663,6 +668,27 @@ impl Server {
             reason = ?why,
             "allocation deleted"
         );
+        if let Some(q) = &a.quality {
+            let s = q.summary();
+            let (client_p50, client_p95) = s.rtt_ms(Leg::Client);
+            let (peer_p50, peer_p95) = s.rtt_ms(Leg::Peer);
+            info!(
+                session = a.id,
+                client = %a.five_tuple.client,
+                user = display_user(&a.username, self.cfg.rest_separator),
+                duration_secs = now.saturating_duration_since(a.created).as_secs(),
+                bytes_to_peer = c.bytes_to_peer,
+                bytes_from_peer = c.bytes_from_peer,
+                state = s.state(),
+                client_rtt_p50_ms = client_p50,
+                client_rtt_p95_ms = client_p95,
+                peer_rtt_p50_ms = peer_p50,
+                peer_rtt_p95_ms = peer_p95,
+                checks_unanswered = s.checks_unanswered(),
+                streams = %s,
+                "call quality"
+            );
+        }
     }
 }
 

@@ -90,6 +90,13 @@ impl Server {
             packets_from_peer: c.packets_from_peer,
             bytes_from_peer: c.bytes_from_peer,
             drops: c.drops,
+            tcp_relay: a.tcp,
+            quality: match &a.quality {
+                Some(q) => Some(q.report(now)),
+                // Nothing relayed yet: an idle report, unless telemetry is off.
+                None if self.cfg.live.telemetry && !a.tcp => Some(Quality::new(now).report(now)),
+                None => None,
+            },
         }
     }
 }

@@ -62,6 +62,7 @@ fn store_users_revocations_and_peer_ranges_apply_to_new_and_live_allocations() {
         mapped_address: false,
         enforce_credential_expiry: true,
         strict_channel_numbers: false,
+        telemetry: true,
     });
     let mut after_reload = Client::new(ft(2004), "gorst", "hero");
     assert!(

@@ -84,6 +84,7 @@ pub(super) fn reconfigure_with(users: &[(&str, &str)], user_quota: u32) -> Recon
         mapped_address: false,
         enforce_credential_expiry: true,
         strict_channel_numbers: false,
+        telemetry: true,
     }
 }
 

@@ -105,30 +105,68 @@ pub fn channel_bind_attrs(
 }
 
 /// `/metrics` parsed with a Prometheus text parser: samples keyed by `name{k="v",...}`
-/// (labels sorted).
+/// (labels sorted). A histogram gives `name_bucket{...,le="B"}` per bucket (cumulative, as
+/// exposed; `le="inf"` for +Inf), `name_sum{...}` and `name_count{...}`.
 pub fn scrape_parsed(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
     let (status, body) = http(admin, "GET", "/metrics", Some(TOKEN));
     assert_eq!(status, 200, "{body}");
+    parse_metrics(&body)
+}
+
+/// A scrape's text parsed as [`scrape_parsed`] does: one entry per sample line.
+pub fn parse_metrics(body: &str) -> std::collections::HashMap<String, f64> {
     let lines: Vec<std::io::Result<String>> = body.lines().map(|l| Ok(l.to_string())).collect();
     let parsed = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
     let mut out = std::collections::HashMap::new();
-    for s in parsed.samples {
-        assert!(parsed.docs.contains_key(&s.metric), "{} has HELP", s.metric);
-        let v = match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            other => panic!("{}: unexpected type {other:?}", s.metric),
-        };
-        let mut labels: Vec<String> = s
-            .labels
+    let key_of = |metric: &str, labels: &prometheus_parse::Labels, extra: Option<String>| {
+        let mut labels: Vec<String> = labels
             .iter()
             .map(|(k, v)| format!("{k}=\"{v}\""))
+            .chain(extra)
             .collect();
         labels.sort();
-        let key = if labels.is_empty() {
-            s.metric.clone()
+        if labels.is_empty() {
+            metric.to_string()
         } else {
-            format!("{}{{{}}}", s.metric, labels.join(","))
+            format!("{metric}{{{}}}", labels.join(","))
+        }
+    };
+    for s in parsed.samples {
+        // A histogram's _sum and _count come as untyped samples of their own names.
+        let family = match &s.value {
+            prometheus_parse::Value::Untyped(_) => s
+                .metric
+                .strip_suffix("_sum")
+                .or_else(|| s.metric.strip_suffix("_count"))
+                .unwrap_or(&s.metric),
+            _ => &s.metric,
         };
+        assert!(parsed.docs.contains_key(family), "{} has HELP", s.metric);
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            prometheus_parse::Value::Untyped(v) if family != s.metric => v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                for b in buckets {
+                    let le = if b.less_than.is_infinite() {
+                        "inf".to_string()
+                    } else {
+                        b.less_than.to_string()
+                    };
+                    let key = key_of(
+                        &format!("{}_bucket", s.metric),
+                        &s.labels,
+                        Some(format!("le=\"{le}\"")),
+                    );
+                    assert!(
+                        out.insert(key.clone(), b.count).is_none(),
+                        "duplicate {key}"
+                    );
+                }
+                continue;
+            }
+            other => panic!("{}: unexpected type {other:?}", s.metric),
+        };
+        let key = key_of(&s.metric, &s.labels, None);
         assert!(out.insert(key.clone(), v).is_none(), "duplicate {key}");
     }
     out

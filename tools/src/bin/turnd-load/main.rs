@@ -30,7 +30,7 @@ use turnd_tools::{gso, sys};
 use hist::Histogram;
 use setup::{Client, Conn, Credentials, Step, run_step};
 use stream::{StreamConn, StreamFlow, TlsSetup};
-use traffic::{Flow, MAGIC, MAX_BURST_LEN, MIN_PAYLOAD, Plan, Shared};
+use traffic::{Flow, MAGIC, MAX_BURST_LEN, MIN_PAYLOAD, MIN_RTP_PAYLOAD, Plan, RTP_HEADER, Shared};
 
 /// The channel every allocation binds (each has its own 5-tuple, so one number suffices).
 const CHANNEL: u16 = 0x4000;
@@ -139,6 +139,12 @@ struct Args {
     /// have the echo peers send runs back the same way, and receive with UDP_GRO.
     #[arg(long)]
     gso: bool,
+    /// RTP-shaped payloads: an RTP header (version 2, the allocation's own SSRC, sequence
+    /// numbers counting its packets, 48 kHz timestamps from the send time) before the tool's
+    /// own, as SRTP leaves it in clear, for what a relay that reads it costs (UDP only;
+    /// --size at least 28).
+    #[arg(long)]
+    rtp: bool,
     /// Most seconds allowed for setting up (and for releasing) the allocations.
     #[arg(long, default_value_t = 60.0, value_parser = parse_duration)]
     setup_timeout: f64,
@@ -195,11 +201,22 @@ fn loopback_any(server: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The payload: send time (filled in per packet), MAGIC, flow id, then filler.
-fn payload(size: usize, id: u32) -> Vec<u8> {
+/// The payload: send time (filled in per packet), MAGIC, flow id, then filler; with `rtp`
+/// after an RTP header whose SSRC is the flow id plus one (sequence number and timestamp
+/// filled in per packet).
+fn payload(size: usize, id: u32, rtp: bool) -> Vec<u8> {
     let mut p = vec![0x5A; size];
-    p[8..12].copy_from_slice(&MAGIC);
-    p[12..16].copy_from_slice(&id.to_be_bytes());
+    let at = if rtp {
+        p[..RTP_HEADER].fill(0);
+        p[0] = 0x80;
+        p[1] = 111;
+        p[8..12].copy_from_slice(&(id + 1).to_be_bytes());
+        RTP_HEADER
+    } else {
+        0
+    };
+    p[at + 8..at + 12].copy_from_slice(&MAGIC);
+    p[at + 12..at + 16].copy_from_slice(&id.to_be_bytes());
     p
 }
 
@@ -261,6 +278,11 @@ fn run(args: &Args) -> Result<(), String> {
         return Err(format!(
             "--server {}: only loopback addresses (127.0.0.0/8, ::1) are accepted",
             args.server
+        ));
+    }
+    if args.rtp && (usize::from(args.size) < MIN_RTP_PAYLOAD || args.transport != Transport::Udp) {
+        return Err(format!(
+            "--rtp needs --transport udp and --size of at least {MIN_RTP_PAYLOAD}"
         ));
     }
     if args.topology == Topology::Pair && !args.allocations.is_multiple_of(2) {
@@ -428,7 +450,8 @@ fn run(args: &Args) -> Result<(), String> {
             continue;
         };
         let pad = !matches!(c.conn, Conn::Udp(_));
-        let (packet, payload_at) = packet(args.mode, peer, &payload(size, i as u32), i as u32, pad);
+        let body = payload(size, i as u32, args.rtp);
+        let (packet, payload_at) = packet(args.mode, peer, &body, i as u32, pad);
         match &mut c.conn {
             Conn::Udp(sock) => {
                 sock.set_nonblocking(true)
@@ -437,6 +460,8 @@ fn run(args: &Args) -> Result<(), String> {
                     sock,
                     packet,
                     payload_at,
+                    rtp: args.rtp,
+                    seq: std::cell::Cell::new(0),
                 });
             }
             Conn::Stream(conn) => {

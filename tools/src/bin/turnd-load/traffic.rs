@@ -17,6 +17,12 @@ use crate::hist::Histogram;
 pub const MAGIC: [u8; 4] = *b"TLD1";
 /// Smallest payload that holds the header above.
 pub const MIN_PAYLOAD: usize = 16;
+/// `--rtp`: the payload starts with an RTP fixed header (RFC 3550 §5.1; version 2, payload
+/// type 111, the flow's SSRC, a sequence number counting the flow's packets and a 48 kHz
+/// timestamp from the send time), and the tool's header follows it.
+pub const RTP_HEADER: usize = 12;
+/// Smallest `--rtp` payload.
+pub const MIN_RTP_PAYLOAD: usize = RTP_HEADER + MIN_PAYLOAD;
 /// Most packets one thread sends between two looks at its sockets.
 const MAX_BURST: u64 = 256;
 /// Packets per burst when running flat out.
@@ -37,6 +43,9 @@ pub struct Flow<'a> {
     pub sock: &'a UdpSocket,
     pub packet: Vec<u8>,
     pub payload_at: usize,
+    /// The payload is RTP-shaped (`--rtp`): each copy gets the next sequence number.
+    pub rtp: bool,
+    pub seq: std::cell::Cell<u16>,
 }
 
 /// When to send and for how long to wait for the stragglers.
@@ -212,9 +221,13 @@ pub fn payload_time(datagram: &[u8]) -> Option<u64> {
         }
         None => return None,
     };
-    let head = data.get(..MIN_PAYLOAD)?;
+    let mut head = data.get(..MIN_PAYLOAD)?;
     if head[8..12] != MAGIC {
-        return None;
+        // `--rtp`: the tool's header after the RTP header.
+        head = data.get(RTP_HEADER..MIN_RTP_PAYLOAD)?;
+        if head[8..12] != MAGIC {
+            return None;
+        }
     }
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&head[..8]);
@@ -362,6 +375,25 @@ fn stamp(datagram: &mut [u8], payload_at: usize, epoch: Instant) {
     }
 }
 
+/// [`stamp`] for one copy of a flow's datagram; with `--rtp` also the RTP sequence number
+/// (the flow's next) and timestamp (the send time at 48 kHz).
+fn stamp_flow(f: &Flow<'_>, datagram: &mut [u8], epoch: Instant) {
+    if !f.rtp {
+        return stamp(datagram, f.payload_at, epoch);
+    }
+    let now = nanos_since(epoch);
+    let seq = f.seq.get();
+    f.seq.set(seq.wrapping_add(1));
+    let at = f.payload_at;
+    if let Some(h) = datagram.get_mut(at + 2..at + 8) {
+        h[..2].copy_from_slice(&seq.to_be_bytes());
+        h[2..].copy_from_slice(&((now / 1_000 * 48 / 1_000) as u32).to_be_bytes());
+    }
+    if let Some(t) = datagram.get_mut(at + RTP_HEADER..at + RTP_HEADER + 8) {
+        t.copy_from_slice(&now.to_be_bytes());
+    }
+}
+
 /// Sends `k` packets of flow `f` in one sendmmsg; returns how many went.
 fn send_plain(f: &Flow<'_>, k: usize, tx: &mut Mmsg, plan: &Plan) -> usize {
     let len = f.packet.len().min(MAX_DATAGRAM);
@@ -369,7 +401,7 @@ fn send_plain(f: &Flow<'_>, k: usize, tx: &mut Mmsg, plan: &Plan) -> usize {
     for i in 0..k {
         let slot = tx.slot(i);
         slot[..len].copy_from_slice(&f.packet[..len]);
-        stamp(slot, f.payload_at, plan.epoch);
+        stamp_flow(f, slot, plan.epoch);
     }
     tx.send(f.sock, k, |_| len).unwrap_or_default()
 }
@@ -388,7 +420,7 @@ fn send_gso(f: &Flow<'_>, k: usize, tx: &mut GsoBatch, plan: &Plan, shared: &Sha
         };
         for d in bytes.chunks_mut(len) {
             d.copy_from_slice(&f.packet[..len]);
-            stamp(d, f.payload_at, plan.epoch);
+            stamp_flow(f, d, plan.epoch);
         }
         queued += n;
     }
