@@ -313,6 +313,22 @@ async fn write_events(
             .arg(ev.packets_to_peer)
             .arg("packets_from_peer")
             .arg(ev.packets_from_peer);
+        if let Some(q) = &ev.quality {
+            cmd.arg("quality_state")
+                .arg(q.state)
+                .arg("client_rtt_p50_ms")
+                .arg(q.client_rtt_ms.0)
+                .arg("client_rtt_p95_ms")
+                .arg(q.client_rtt_ms.1)
+                .arg("peer_rtt_p50_ms")
+                .arg(q.peer_rtt_ms.0)
+                .arg("peer_rtt_p95_ms")
+                .arg(q.peer_rtt_ms.1)
+                .arg("checks_unanswered")
+                .arg(q.checks_unanswered)
+                .arg("streams")
+                .arg(&q.streams);
+        }
         if let Some(r) = ev.reason {
             cmd.arg("reason").arg(format!("{r:?}").to_lowercase());
         }

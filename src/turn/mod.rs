@@ -22,8 +22,8 @@ mod sim_tests;
 
 pub use server::{
     AllocationEvent, AllocationEventKind, DEFAULT_LEASE_TIMEOUT, EndReason, LeaseAnswer,
-    LeaseRequest, LeaseStats, Limits, MAX_PARKED, MAX_PENDING_EVENTS, Reconfigure, Server,
-    ServerConfig, Stats, challenge_len,
+    LeaseRequest, LeaseStats, Limits, MAX_PARKED, MAX_PENDING_EVENTS, QualitySummary, Reconfigure,
+    Server, ServerConfig, Stats, challenge_len,
 };
 
 use std::net::{IpAddr, SocketAddr};

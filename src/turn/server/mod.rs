@@ -61,7 +61,7 @@ const BIND_ATTEMPTS: usize = 8;
 
 use auth::Authed;
 pub use auth::challenge_len;
-pub use fleet::{AllocationEvent, AllocationEventKind, MAX_PENDING_EVENTS};
+pub use fleet::{AllocationEvent, AllocationEventKind, MAX_PENDING_EVENTS, QualitySummary};
 pub use lease::{DEFAULT_LEASE_TIMEOUT, LeaseAnswer, LeaseRequest, LeaseStats, MAX_PARKED};
 
 /// Everything one worker's server needs; shared parts are behind `Arc`.
