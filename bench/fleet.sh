@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The fleet's costs (docs/fleet.md): first-Allocate latency of a user from the file and of
-# a user that lives only in Redis, and the Redis commands one allocation costs. Starts its
+# a user that lives only in Redis, then with a per-user quota in force (strict fleet
+# quotas: each Allocate parked while a lease is taken in Redis), and the Redis commands
+# one allocation costs. Starts its
 # own redis-server and turnd (release builds) on loopback, ends them by pid at exit.
 #
 #   bench/fleet.sh          2000 clients per user (N=... to change)
@@ -34,7 +36,7 @@ KEY=$(printf 'gorst:bench.test:hero' | md5sum | cut -d' ' -f1)
 redis-cli -p "$RP" SET turn/realm/bench.test/user/gorst/key "$KEY" >/dev/null
 cmds() { redis-cli -p "$RP" INFO stats | tr -d '\r' | awk -F: '/^total_commands_processed/{print $2}'; }
 
-for mode in plain redis; do
+for mode in plain redis strict; do
     P=$(free_port)
     {
         echo "[server]"; echo "listen = [\"127.0.0.1:$P\"]"; echo "realm = \"bench.test\""
@@ -42,17 +44,19 @@ for mode in plain redis; do
         echo "[auth]"; echo 'users = [{ name = "alice", password = "wonderland" }]'
         # One client address asks thousands of 401s: no reflection budget here.
         echo "[limits]"; echo "unauth-rate = 0"
-        if [ "$mode" = redis ]; then echo "[redis]"; echo "url = \"redis://127.0.0.1:$RP\""; fi
+        # A quota no client reaches: every Allocate takes (and gives back) a lease.
+        if [ "$mode" = strict ]; then echo "[allocation]"; echo "user-quota = 1000000"; fi
+        if [ "$mode" != plain ]; then echo "[redis]"; echo "url = \"redis://127.0.0.1:$RP\""; fi
     } >"$D/$mode.toml"
     "$BIN" --config "$D/$mode.toml" >"$D/$mode.log" 2>&1 &
     TPID=$!
     sleep 1.5
     users="alice:wonderland"
-    [ "$mode" = redis ] && users="alice:wonderland gorst:hero"
+    [ "$mode" != plain ] && users="alice:wonderland gorst:hero"
     for u in $users; do
         before=$(cmds)
         echo "[$mode] $("$EX" "127.0.0.1:$P" "$u" "$N")"
-        if [ "$mode" = redis ]; then
+        if [ "$mode" != plain ]; then
             sleep 2 # the events go out with the node's next round
             after=$(cmds)
             echo "[$mode] $u: $((after - before - 1)) Redis commands for $N allocations (events included, plus about 3 a second at rest)"

@@ -54,6 +54,15 @@ pub fn sum(workers: &[WorkerSnapshot]) -> WorkerSnapshot {
         s.relayed_from_peer += o.relayed_from_peer;
         s.dropped += o.dropped;
         s.traffic.add(&o.traffic);
+        let (l, ol) = (&mut s.leases, &o.leases);
+        l.parked += ol.parked;
+        l.granted += ol.granted;
+        l.refused += ol.refused;
+        l.unavailable += ol.unavailable;
+        l.timeouts += ol.timeouts;
+        l.overflow += ol.overflow;
+        l.retransmits += ol.retransmits;
+        l.abandoned += ol.abandoned;
         s.quality.add(&o.quality);
         for (a, b) in s.drops.iter_mut().zip(o.drops) {
             *a += b;
@@ -176,6 +185,28 @@ pub fn render(
         "Allocations created.",
         s.allocations_created,
     );
+    o.family(
+        "turnd_fleet_parked_allocates_total",
+        "counter",
+        "Allocates parked for a fleet quota lease in Redis (strict fleet quotas), by outcome; timeout, unavailable and overflow were decided by per-node counting.",
+    );
+    let l = &s.leases;
+    for (outcome, n) in [
+        ("parked", l.parked),
+        ("granted", l.granted),
+        ("refused", l.refused),
+        ("unavailable", l.unavailable),
+        ("timeout", l.timeouts),
+        ("overflow", l.overflow),
+        ("retransmit", l.retransmits),
+        ("abandoned", l.abandoned),
+    ] {
+        o.sample(
+            "turnd_fleet_parked_allocates_total",
+            &[("outcome", outcome)],
+            n,
+        );
+    }
     o.single(
         "turnd_allocations_deleted_total",
         "counter",

@@ -15,8 +15,11 @@
 //!   the other nodes' entries (quota counts, the redirect target, `GET /cluster`), and
 //!   appends the workers' allocation events to the capped stream.
 
+mod lease;
 mod node;
 mod sync;
+
+pub(crate) use lease::LeaseDesk;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -87,6 +90,12 @@ struct Inner {
     up: AtomicBool,
     /// Quotas counted across the fleet right now (false: per node, the store is down).
     fleet_quotas_active: AtomicBool,
+    /// Strict quotas: Allocates park for a lease in Redis (fleet quotas on, Redis up).
+    strict_active: Arc<AtomicBool>,
+    /// This node's leases ([`lease`]).
+    held: Mutex<lease::Held>,
+    /// Lease scripts run (acquire and release).
+    lease_commands: AtomicU64,
     /// Every node's entry as last read, this one included.
     cluster: Mutex<Vec<NodeEntry>>,
     commands: AtomicU64,
@@ -168,6 +177,9 @@ impl Fleet {
                 conn: Mutex::new(None),
                 up: AtomicBool::new(false),
                 fleet_quotas_active: AtomicBool::new(false),
+                strict_active: Arc::new(AtomicBool::new(false)),
+                held: Mutex::new(lease::Held::default()),
+                lease_commands: AtomicU64::new(0),
                 cluster: Mutex::new(Vec::new()),
                 commands: AtomicU64::new(0),
                 command_errors: AtomicU64::new(0),
@@ -189,6 +201,10 @@ impl Fleet {
             "joining the fleet on Redis"
         );
         tokio::spawn(sync::run(fleet.clone(), control.clone()));
+        if cfg.fleet_quotas {
+            let (f, c) = (fleet.clone(), control.clone());
+            tokio::spawn(async move { lease::start(f, c).await });
+        }
         tokio::spawn(node::run(fleet.clone(), control, lifecycle));
         Ok(Some(fleet))
     }

@@ -3,10 +3,9 @@
 //! fleet, redirect new allocations when draining or over a threshold, and append the
 //! workers' allocation events to the capped stream.
 //!
-//! Quota leases: a node's counts live in its entry, which expires `redis.node-ttl` seconds
-//! after its last renewal, so a node killed with SIGKILL gives its counts back by itself.
-//! The counts of other nodes are as of their last publication (at most about a second old):
-//! two nodes granting the same user's last allocation within that second may both succeed.
+//! Quota leases: each allocation holds one in Redis ([`super::lease`]); the heartbeat here
+//! renews this node's with a `redis.node-ttl` expiry, so a node killed with SIGKILL gives its
+//! counts back by itself. The per-user counts in the entry are for `GET /cluster`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -81,15 +80,19 @@ pub(super) async fn run(fleet: Fleet, control: Control, lifecycle: Option<Lifecy
         match round {
             Ok(nodes) => {
                 if i.cfg.fleet_quotas {
-                    let (per_user, total) = others_counts(&nodes, &i.node);
-                    control.quotas().set_fleet_counts(per_user, total);
-                    if !i.fleet_quotas_active.swap(true, Ordering::Relaxed) {
+                    // Strict: each Allocate takes a lease in Redis, so the local check counts
+                    // this node alone; the others' published counts are for `GET /cluster`.
+                    control.quotas().set_fleet_counts(FxHashMap::default(), 0);
+                    let renewed = super::lease::refresh(&fleet).await;
+                    i.strict_active.store(renewed.is_ok(), Ordering::Relaxed);
+                    if renewed.is_ok() && !i.fleet_quotas_active.swap(true, Ordering::Relaxed) {
                         info!(nodes = nodes.len(), "quotas counted across the fleet");
                     }
                 }
                 *lock(&i.cluster) = nodes;
             }
             Err(e) => {
+                i.strict_active.store(false, Ordering::Relaxed);
                 if i.fleet_quotas_active.swap(false, Ordering::Relaxed) {
                     warn!(error = %e, "Redis down: quotas fall back to per-node counting");
                 }
@@ -310,6 +313,22 @@ async fn write_events(
             .arg(ev.packets_to_peer)
             .arg("packets_from_peer")
             .arg(ev.packets_from_peer);
+        if let Some(q) = &ev.quality {
+            cmd.arg("quality_state")
+                .arg(q.state)
+                .arg("client_rtt_p50_ms")
+                .arg(q.client_rtt_ms.0)
+                .arg("client_rtt_p95_ms")
+                .arg(q.client_rtt_ms.1)
+                .arg("peer_rtt_p50_ms")
+                .arg(q.peer_rtt_ms.0)
+                .arg("peer_rtt_p95_ms")
+                .arg(q.peer_rtt_ms.1)
+                .arg("checks_unanswered")
+                .arg(q.checks_unanswered)
+                .arg("streams")
+                .arg(&q.streams);
+        }
         if let Some(r) = ev.reason {
             cmd.arg("reason").arg(format!("{r:?}").to_lowercase());
         }
@@ -327,20 +346,6 @@ async fn write_events(
     held.drain(..n);
     i.events_written.fetch_add(n as u64, Ordering::Relaxed);
     Ok(())
-}
-
-/// What the other nodes hold: per user, and in total.
-fn others_counts(nodes: &[NodeEntry], me: &str) -> (FxHashMap<String, u32>, u32) {
-    let mut per_user: FxHashMap<String, u32> = FxHashMap::default();
-    let mut total: u32 = 0;
-    for n in nodes.iter().filter(|n| n.node != me) {
-        total = total.saturating_add(u32::try_from(n.allocations).unwrap_or(u32::MAX));
-        for (u, c) in &n.users {
-            let e = per_user.entry(u.clone()).or_default();
-            *e = e.saturating_add(*c);
-        }
-    }
-    (per_user, total)
 }
 
 /// The healthy node other than `me` with the fewest allocations (then the least CPU).
@@ -372,18 +377,13 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_redirect_target_leave_out_this_node() {
+    fn redirect_target_leaves_out_this_node() {
         let nodes = [
             node("a", 1, false, &[("alice", 1)]),
             node("b", 5, false, &[("alice", 2), ("bob", 3)]),
             node("c", 0, true, &[]),
             node("d", 3, false, &[]),
         ];
-        let (per_user, total) = others_counts(&nodes, "a");
-        assert_eq!(
-            (per_user.get("alice"), per_user.get("bob"), total),
-            (Some(&2), Some(&3), 8)
-        );
         // c is draining: the least loaded healthy other node is d.
         assert_eq!(
             least_loaded(&nodes, "a").map(|n| n.node.as_str()),

@@ -370,7 +370,21 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         io_uring = offload.io_uring,
         "udp segmentation offload and io_uring sends"
     );
-    let handover = worker::handover::Handover::new(workers, relay_ips)
+    // Every relay address takes the hand-over, the second and later of a family too.
+    let all_relay_ips: Vec<std::net::IpAddr> = {
+        let pool = match ports.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        [
+            crate::turn::ports::Family::V4,
+            crate::turn::ports::Family::V6,
+        ]
+        .into_iter()
+        .flat_map(|f| pool.addresses(f).collect::<Vec<_>>())
+        .collect()
+    };
+    let handover = worker::handover::Handover::new(workers, relay_ips, &all_relay_ips)
         .map_err(|e| format!("cannot set up the hand-over between workers: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 
 use super::LastToClient;
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
+    BindError, ConnectionId, FiveTuple, Io, LeaseRequest, PEER_HEADROOM, PEER_TAILROOM, RelayId,
+    RelayOptions,
 };
 
 /// A simulated driver: keeps what the core sent and asked for, in order, and fails the binds
@@ -24,6 +25,12 @@ pub struct SimIo {
     pub taken: HashSet<SocketAddr>,
     /// RFC 6062 calls.
     pub tcp: TcpCalls,
+    /// A fleet store to ask for leases (strict fleet quotas): requests are kept in
+    /// `lease_requests` as (id, user, user quota, total quota) for the test to answer.
+    pub lease_store: bool,
+    pub lease_requests: Vec<(u64, String, u32, u32)>,
+    /// Users whose leases were given back, in order.
+    pub lease_releases: Vec<String>,
 }
 
 /// What the core asked of the driver's TCP side (RFC 6062).
@@ -74,6 +81,16 @@ impl Io for SimIo {
     }
     fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
         self.tcp.binds.push((id, *data));
+    }
+    fn request_lease(&mut self, l: LeaseRequest<'_>) -> bool {
+        if self.lease_store {
+            self.lease_requests
+                .push((l.id, l.user.to_owned(), l.user_quota, l.total_quota));
+        }
+        self.lease_store
+    }
+    fn release_lease(&mut self, user: &str) {
+        self.lease_releases.push(user.to_owned());
     }
 }
 

@@ -78,6 +78,8 @@ pub struct Allocation {
     /// The allocation's count in the quotas, given back when the allocation is dropped, and
     /// the bandwidth limit granted at Allocate (its `bps` is reserved in the quotas).
     pub quota: QuotaHold,
+    /// Holds a lease in the fleet's store (strict fleet quotas), given back when it ends.
+    pub leased: bool,
     /// Client to peer, and peer to client (RFC 8656 leaves rate limiting to the server).
     pub bucket_to_peer: TokenBucket,
     pub bucket_to_client: TokenBucket,
@@ -123,6 +125,7 @@ impl Allocation {
             bucket_to_peer: TokenBucket::new(n.quota.rate(), n.now.mono),
             bucket_to_client: TokenBucket::new(n.quota.rate(), n.now.mono),
             quota: n.quota,
+            leased: false,
             quality: None,
         }
     }

@@ -21,7 +21,8 @@ pub mod stats;
 mod sim_tests;
 
 pub use server::{
-    AllocationEvent, AllocationEventKind, EndReason, Limits, MAX_PENDING_EVENTS, Reconfigure,
+    AllocationEvent, AllocationEventKind, DEFAULT_LEASE_TIMEOUT, EndReason, LeaseAnswer,
+    LeaseRequest, LeaseStats, Limits, MAX_PARKED, MAX_PENDING_EVENTS, QualitySummary, Reconfigure,
     Server, ServerConfig, Stats, challenge_len,
 };
 
@@ -134,6 +135,20 @@ pub trait Io {
     /// between `data` and peer data connection `id` (RFC 6062 §5.4).
     fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
         let _ = (id, data);
+    }
+
+    // Strict fleet quotas. The defaults have no store: quotas are counted per node.
+
+    /// Asks the fleet's store for a lease for a parked Allocate; the answer comes back
+    /// through [`Server::handle_lease_reply`] with `lease.id`. False: there is no store to
+    /// ask now (no fleet, or it is down), and the Allocate is decided by per-node counting.
+    fn request_lease(&mut self, lease: LeaseRequest<'_>) -> bool {
+        let _ = lease;
+        false
+    }
+    /// Gives back a lease held for `user` (its allocation ended, or was not made after all).
+    fn release_lease(&mut self, user: &str) {
+        let _ = user;
     }
 }
 

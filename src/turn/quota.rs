@@ -164,6 +164,36 @@ impl Quotas {
         Ok(rate)
     }
 
+    /// Whether `acquire(user)` would succeed now, without counting anything: the local check
+    /// an Allocate passes before it is parked for a fleet lease.
+    pub fn check(&self, user: &str) -> Result<(), RequestError> {
+        let s = self.lock();
+        let State { limits, counts: c } = &*s;
+        let rate = limits.rate_for(user);
+        let quota = limits.quota_for(user);
+        let total_quota = limits.total_quota();
+        if total_quota > 0 && c.total.saturating_add(c.fleet_total) >= total_quota {
+            return Err(RequestError::InsufficientCapacity);
+        }
+        if limits.bps_capacity > 0 && c.bps_reserved.saturating_add(rate.bps) > limits.bps_capacity
+        {
+            return Err(RequestError::InsufficientCapacity);
+        }
+        let n = c.per_user.get(user).copied().unwrap_or(0);
+        let elsewhere = c.fleet_per_user.get(user).copied().unwrap_or(0);
+        if quota > 0 && n.saturating_add(elsewhere) >= quota {
+            return Err(RequestError::AllocationQuotaReached);
+        }
+        Ok(())
+    }
+
+    /// The (user, total) allocation limits that apply to `user` (its override, the store's
+    /// realm limits, the file's); 0 means none.
+    pub fn limits_for(&self, user: &str) -> (u32, u32) {
+        let s = self.lock();
+        (s.limits.quota_for(user), s.limits.total_quota())
+    }
+
     /// The (per-user, total) allocation limits in force; 0 means none.
     pub fn limits(&self) -> (u32, u32) {
         let s = self.lock();

@@ -15,6 +15,7 @@ const REALM: &str = "sim.test";
 const UNIX0: u64 = 1_800_000_000;
 
 mod fleet;
+mod lease;
 mod quality;
 mod tcp;
 

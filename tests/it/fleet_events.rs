@@ -1,6 +1,7 @@
 //! Allocation events in a Redis Stream (`redis.events-stream`): an allocation's created,
-//! refreshed and ended entries, the last with the bytes it relayed each way, read back with
-//! `redis-cli XRANGE`.
+//! refreshed and ended entries, the last with the bytes it relayed each way and the
+//! session's call quality (state, RTT per leg, its RTP streams' loss and jitter), read back
+//! with `redis-cli XRANGE`.
 
 use std::time::Duration;
 
@@ -62,8 +63,15 @@ fn created_refreshed_and_ended_with_byte_counts() {
         &channel_bind_attrs(0x4000, peer.local_addr().unwrap()),
     );
     assert_eq!(r.code(), None);
-    for _ in 0..10 {
-        c.send_raw(&channel_data(0x4000, &[7u8; 100]));
+    // Ten RTP packets of one stream (SSRC 0x12345678), sequence number 5 missing: the
+    // relay sees one lost before it.
+    for seq in (0u16..=10).filter(|s| *s != 5) {
+        let mut rtp = [7u8; 100];
+        rtp[..2].copy_from_slice(&[0x80, 0x60]);
+        rtp[2..4].copy_from_slice(&seq.to_be_bytes());
+        rtp[4..8].copy_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+        rtp[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        c.send_raw(&channel_data(0x4000, &rtp));
         let mut buf = [0u8; 200];
         peer.recv_from(&mut buf).expect("relayed to the peer");
     }
@@ -89,6 +97,21 @@ fn created_refreshed_and_ended_with_byte_counts() {
     assert_eq!(field(ended, "bytes_to_peer"), Some("1000"), "{ended:?}");
     assert_eq!(field(ended, "packets_to_peer"), Some("10"));
     assert_eq!(field(ended, "reason"), Some("refreshed0"));
+    assert!(field(ended, "quality_state").is_some(), "{ended:?}");
+    assert_eq!(
+        field(ended, "client_rtt_p50_ms"),
+        Some("-1.0"),
+        "no ICE checks crossed"
+    );
+    let streams = field(ended, "streams").unwrap_or_default();
+    assert!(
+        streams.starts_with("305419896/") && streams.contains("packets=10 lost=1 "),
+        "{ended:?}"
+    );
+    assert!(
+        field(&got[0], "quality_state").is_none(),
+        "only the ended event"
+    );
     let m = crate::admin_http::scrape_parsed(node.admin);
     assert_eq!(
         m.get("turnd_fleet_events_total{outcome=\"written\"}"),

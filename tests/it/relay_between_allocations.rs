@@ -205,6 +205,58 @@ fn allocations_on_two_workers_relay_to_each_other_by_their_advertised_addresses(
     on_two_workers("127.0.0.1", &BEHIND_NAT);
 }
 
+/// Several relay addresses of one family: allocations on the second and third (not the
+/// family's first) relay to each other across workers by the hand-over too.
+#[test]
+fn allocations_on_two_workers_relay_between_extra_relay_addresses() {
+    let args = [
+        "--workers",
+        "2",
+        "--relay-ip",
+        "127.0.0.2",
+        "--relay-ip",
+        "127.0.0.3",
+        "--relay-ip",
+        "127.0.0.4",
+        "--allow-peer",
+        "127.0.0.0/29",
+    ];
+    let (server, admin) = start_with_admin_on("127.0.0.1", &args);
+    let first: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut on: [Option<(RawClient, SocketAddr)>; 2] = [None, None];
+    let mut held = Vec::new();
+    for _ in 0..48 {
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+        let (c, relayed) = allocate(&server);
+        if relayed.ip() == first {
+            held.push(c);
+            continue;
+        }
+        let sessions = get_json(admin, "/sessions");
+        let worker = sessions
+            .as_array()
+            .expect("a session list")
+            .iter()
+            .find(|s| s["relayed"][0] == relayed.to_string())
+            .and_then(|s| s["id"].as_str()?.split('-').next()?.parse::<usize>().ok())
+            .expect("the session of the allocation, with its worker");
+        if on[worker].is_none() {
+            on[worker] = Some((c, relayed));
+        } else {
+            held.push(c);
+        }
+    }
+    let [Some(a), Some(b)] = on else {
+        panic!("no allocation on an extra relay address on each worker");
+    };
+    let delivered = relay_both_ways(a, b);
+    let (same, other) = internal_counts(admin);
+    assert!(other >= delivered, "other worker: {other}");
+    assert_eq!(same, 0.0);
+}
+
 fn on_two_workers(ip: &str, extra: &[&str]) {
     let mut args = vec!["--workers", "2"];
     args.extend(extra);

@@ -72,6 +72,9 @@ pub(crate) struct Handover {
     ips: [Option<(IpAddr, IpAddr)>; 2],
     /// Per family, per port: the owning worker + 1, or 0.
     owners: [Box<[AtomicU8]>; 2],
+    /// The family's other relay addresses (several per family), each advertised as itself,
+    /// with their own owner tables; looked up after the first (a short scan).
+    extra: Vec<(IpAddr, Box<[AtomicU8]>)>,
     inboxes: Vec<Inbox>,
     pool: ArrayQueue<Box<Parcel>>,
     /// Parcels allocated so far (the pool fills as parcels are first needed).
@@ -80,11 +83,12 @@ pub(crate) struct Handover {
 
 impl Handover {
     /// The hand-over for `workers` workers relaying on `relay_ips` (bound and advertised
-    /// address per family); `None` when there is nothing to hand over (one worker, or more
-    /// workers than the table can name).
+    /// address per family) and on the `extra` relay addresses of either family; `None` when
+    /// there is nothing to hand over (one worker, or more workers than the table can name).
     pub(crate) fn new(
         workers: usize,
         relay_ips: [Option<(IpAddr, IpAddr)>; 2],
+        extra: &[IpAddr],
     ) -> io::Result<Option<Arc<Handover>>> {
         if !(2..=MAX_WORKERS).contains(&workers) {
             return Ok(None);
@@ -109,8 +113,16 @@ impl Handover {
                 wake: eventfd()?,
             });
         }
+        let extra = extra
+            .iter()
+            .filter(|ip| {
+                !ip.is_unspecified() && !ips.iter().flatten().any(|(bound, _)| bound == *ip)
+            })
+            .map(|ip| (*ip, table(true)))
+            .collect();
         Ok(Some(Arc::new(Handover {
             owners: [table(ips[0].is_some()), table(ips[1].is_some())],
+            extra,
             ips,
             inboxes,
             pool: ArrayQueue::new(PARCELS_PER_WORKER * workers),
@@ -121,11 +133,15 @@ impl Handover {
     /// The owner slot of a relay address (bound or advertised), if it is one.
     fn slot(&self, addr: &SocketAddr) -> Option<&AtomicU8> {
         let fam = usize::from(addr.is_ipv6());
-        let (bound, advertised) = self.ips[fam]?;
-        if addr.ip() != bound && addr.ip() != advertised {
-            return None;
+        let ip = addr.ip();
+        let port = usize::from(addr.port());
+        if let Some((bound, advertised)) = self.ips[fam]
+            && (ip == bound || ip == advertised)
+        {
+            return self.owners[fam].get(port);
         }
-        self.owners[fam].get(usize::from(addr.port()))
+        let (_, owners) = self.extra.iter().find(|(e, _)| *e == ip)?;
+        owners.get(port)
     }
 
     fn parcel(&self) -> Option<Box<Parcel>> {
@@ -353,7 +369,9 @@ mod tests {
 
     fn pair() -> (HandoverPort, HandoverPort) {
         let ip = "127.0.0.1".parse().unwrap();
-        let h = Handover::new(2, [Some((ip, ip)), None]).unwrap().unwrap();
+        let h = Handover::new(2, [Some((ip, ip)), None], &[])
+            .unwrap()
+            .unwrap();
         (HandoverPort::new(h.clone(), 0), HandoverPort::new(h, 1))
     }
 
@@ -372,15 +390,27 @@ mod tests {
     fn nothing_to_hand_over_with_one_worker_or_no_relay_address() {
         let lo = "127.0.0.1".parse().unwrap();
         let any = "0.0.0.0".parse().unwrap();
-        assert!(Handover::new(1, [Some((lo, lo)), None]).unwrap().is_none());
-        assert!(Handover::new(2, [Some((any, lo)), None]).unwrap().is_none());
-        assert!(Handover::new(2, [Some((lo, lo)), None]).unwrap().is_some());
+        assert!(
+            Handover::new(1, [Some((lo, lo)), None], &[])
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Handover::new(2, [Some((any, lo)), None], &[])
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Handover::new(2, [Some((lo, lo)), None], &[])
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn the_advertised_address_names_the_same_relay() {
         let (bound, adv) = ("10.0.0.5".parse().unwrap(), "203.0.113.5".parse().unwrap());
-        let h = Handover::new(2, [Some((bound, adv)), None])
+        let h = Handover::new(2, [Some((bound, adv)), None], &[])
             .unwrap()
             .unwrap();
         let (mut a, b) = (HandoverPort::new(h.clone(), 0), HandoverPort::new(h, 1));
@@ -390,6 +420,36 @@ mod tests {
         assert!(a.send(rb, ra, b"to the bound address"));
         assert!(!a.send(v4("203.0.113.6:50001"), ra, b"not ours"));
         assert_eq!(drained(&b).len(), 2);
+    }
+
+    #[test]
+    fn every_relay_address_of_a_family_takes_the_hand_over() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let extra: [IpAddr; 3] = [
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.3".parse().unwrap(),
+            lo,
+        ];
+        let h = Handover::new(2, [Some((lo, lo)), None], &extra)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.extra.len(), 2, "the first address is not listed twice");
+        let (mut a, b) = (HandoverPort::new(h.clone(), 0), HandoverPort::new(h, 1));
+        let ra = v4("127.0.0.1:50000");
+        let (rb2, rb3) = (v4("127.0.0.2:50001"), v4("127.0.0.3:50001"));
+        b.claim(&rb2);
+        b.claim(&rb3);
+        assert!(a.send(rb2, ra, b"to the second address"));
+        assert!(a.send(rb3, rb2, b"to the third"));
+        assert!(!a.send(v4("127.0.0.2:50002"), ra, b"nobody's port"));
+        assert!(!a.send(v4("127.0.0.4:50001"), ra, b"not a relay address"));
+        b.release(&rb2);
+        assert!(!a.send(rb2, ra, b"released"));
+        let got = drained(&b);
+        assert_eq!(
+            got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(),
+            vec![(rb2, ra), (rb3, rb2)]
+        );
     }
 
     #[test]

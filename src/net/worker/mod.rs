@@ -41,7 +41,8 @@ use self::udp::{HANDOVER_TOKEN, LISTENER_TOKEN, RelaySocket};
 use super::batch::{Offload, SendQueue, send_now};
 use super::now;
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, RelayId, RelayOptions, Server, ServerConfig, Transport,
+    BindError, ConnectionId, FiveTuple, Io, LeaseRequest, RelayId, RelayOptions, Server,
+    ServerConfig, Transport,
 };
 
 /// The longest the timer task sleeps, so a missed wakeup costs at most this much.
@@ -88,6 +89,8 @@ pub(crate) struct DriverIo {
     gro_datagrams: u64,
     /// TCP and TLS client connections and RFC 6062 peer connections ([`streams`]).
     pub(super) tcp: streams::TcpIo,
+    /// The fleet's lease task (strict fleet quotas) and this worker's index; None without.
+    leases: Option<(crate::fleet::LeaseDesk, usize)>,
 }
 
 /// How much the UDP segmentation offloads did on one worker (see [`DriverIo::offload_counts`]).
@@ -106,6 +109,11 @@ pub struct OffloadCounts {
 }
 
 impl DriverIo {
+    /// Where this worker's parked Allocates ask for their fleet leases.
+    pub(crate) fn set_lease_desk(&mut self, desk: crate::fleet::LeaseDesk, worker: usize) {
+        self.leases = Some((desk, worker));
+    }
+
     /// Datagrams the kernel refused (full socket buffer), to clients and peers.
     pub(crate) fn send_drops(&self) -> u64 {
         self.send_drops
@@ -215,6 +223,17 @@ impl Io for DriverIo {
         self.tcp.claim_connection(id, data, username);
     }
 
+    fn request_lease(&mut self, lease: LeaseRequest<'_>) -> bool {
+        match &self.leases {
+            Some((desk, worker)) => desk.request(*worker, lease),
+            None => false,
+        }
+    }
+    fn release_lease(&mut self, user: &str) {
+        if let Some((desk, _)) = &self.leases {
+            desk.release(user);
+        }
+    }
     fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
         self.tcp.bind_data_connection(id, data);
     }
@@ -305,6 +324,7 @@ pub(super) fn run_worker(
                 gro_reads: 0,
                 gro_datagrams: 0,
                 tcp: Default::default(),
+                leases: None,
             },
         }));
         tokio::task::spawn_local(udp::udp_loop(Rc::downgrade(&state), epoll, offload.gro));

@@ -5,6 +5,7 @@
 use super::*;
 
 /// The result of a successful authentication.
+#[derive(Clone)]
 pub(super) struct Authed {
     pub(super) key: Key,
     pub(super) integrity: Integrity,

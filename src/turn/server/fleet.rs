@@ -48,6 +48,21 @@ pub struct AllocationEvent {
     pub packets_from_peer: u64,
     /// Why it ended (`Ended` only).
     pub reason: Option<EndReason>,
+    /// The session's call quality (`Ended` only, when telemetry observed it).
+    pub quality: Option<QualitySummary>,
+}
+
+/// An ended session's call quality, as its "call quality" log line gives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QualitySummary {
+    /// At the last relayed packet (`active`, `media_stalled`, ...).
+    pub state: &'static str,
+    /// RTT p50 and p95 per leg in milliseconds; -1 without samples.
+    pub client_rtt_ms: (f64, f64),
+    pub peer_rtt_ms: (f64, f64),
+    pub checks_unanswered: u32,
+    /// The RTP streams, `;`-separated: `ssrc/direction/kind packets lost loss% jitter_ms`.
+    pub streams: String,
 }
 
 /// Events captured by a core, when a driver asked for them.
@@ -192,5 +207,18 @@ pub(super) fn event_of(
         packets_to_peer: c.packets_to_peer,
         packets_from_peer: c.packets_from_peer,
         reason,
+        quality: match (kind, &a.quality) {
+            (AllocationEventKind::Ended, Some(q)) => {
+                let s = q.summary();
+                Some(QualitySummary {
+                    state: s.state(),
+                    client_rtt_ms: s.rtt_ms(crate::quality::Leg::Client),
+                    peer_rtt_ms: s.rtt_ms(crate::quality::Leg::Peer),
+                    checks_unanswered: s.checks_unanswered(),
+                    streams: s.to_string(),
+                })
+            }
+            _ => None,
+        },
     }
 }

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha12Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::allocation::{
     Allocation, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, Channel, Counters, NewAllocation,
@@ -41,6 +41,7 @@ use crate::stun::{
 mod auth;
 mod data_path;
 mod fleet;
+mod lease;
 mod request;
 mod tcp_relay;
 mod views;
@@ -60,7 +61,8 @@ const BIND_ATTEMPTS: usize = 8;
 
 use auth::Authed;
 pub use auth::challenge_len;
-pub use fleet::{AllocationEvent, AllocationEventKind, MAX_PENDING_EVENTS};
+pub use fleet::{AllocationEvent, AllocationEventKind, MAX_PENDING_EVENTS, QualitySummary};
+pub use lease::{DEFAULT_LEASE_TIMEOUT, LeaseAnswer, LeaseRequest, LeaseStats, MAX_PARKED};
 
 /// Everything one worker's server needs; shared parts are behind `Arc`.
 pub struct ServerConfig {
@@ -125,6 +127,8 @@ pub struct Stats {
     pub requests_by_method: [u64; METHOD_SLOTS],
     /// Error responses by method slot and code slot ([`super::stats::CODES`]).
     pub errors_by_method: [[u64; CODE_SLOTS]; METHOD_SLOTS],
+    /// The parked path of strict fleet quotas.
+    pub leases: LeaseStats,
     /// Call-quality counters and histograms ([`crate::quality`]).
     pub quality: QualityStats,
 }
@@ -166,6 +170,8 @@ pub struct Server {
     alternate_domain: Option<String>,
     /// Allocation events for a fleet driver, when it asked for them.
     events: fleet::EventLog,
+    /// Allocates parked for a fleet lease (strict fleet quotas).
+    leases: lease::Leases,
     /// The policy of the file (with the own addresses), before the shared store's peer
     /// ranges are added on top ([`Server::set_store`]).
     file_policy: PeerPolicy,
@@ -217,6 +223,7 @@ impl Server {
             redirect: None,
             alternate_domain: None,
             events: Default::default(),
+            leases: Default::default(),
             tcp: Default::default(),
         }
     }
@@ -253,7 +260,10 @@ impl Server {
     }
 
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            leases: self.leases.stats,
+            ..self.stats
+        }
     }
 
     fn alloc(&self, ft: &FiveTuple) -> Option<&Allocation> {
@@ -308,15 +318,18 @@ impl Server {
     /// The earliest moment [`Server::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
-        match (alloc, self.tcp_poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.tcp_poll_timeout(), self.leases.poll_timeout()]
+            .into_iter()
+            .fold(alloc, |a, b| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
     }
 
     /// Expires permissions, channels and allocations whose time has come.
     pub fn handle_timeout(&mut self, now: Time, io: &mut impl Io) {
         self.tcp_handle_timeout(now.mono, io);
+        self.expire_parked(now, io);
         while let Some(&Reverse((t, slot))) = self.timers.peek() {
             if t > now.mono {
                 break;
@@ -340,6 +353,7 @@ impl Server {
 
     /// Ends every allocation (shutdown) at `now`.
     pub fn close_all(&mut self, now: Instant, io: &mut impl Io) {
+        self.abandon_all_parked();
         let slots: Vec<usize> = self.by_tuple.values().copied().collect();
         for s in slots {
             self.delete(s, EndReason::Shutdown, now, io);
@@ -349,6 +363,7 @@ impl Server {
     /// Ends the allocation on a 5-tuple now (its transport connection closed).
     pub fn close_tuple(&mut self, ft: &FiveTuple, now: Instant, io: &mut impl Io) {
         self.tcp_forget(ft);
+        self.abandon_parked(ft);
         if let Some(&s) = self.by_tuple.get(ft) {
             self.delete(s, EndReason::Shutdown, now, io);
         }
@@ -374,6 +389,12 @@ impl Server {
                 | method::CONNECTION_BIND
         ) {
             self.send_unauth_error(now.mono, ft, msg, RequestError::BadRequest, io);
+            return;
+        }
+        // A retransmission of an Allocate parked for its fleet lease: the answer is on its
+        // way, and goes out once.
+        if m == method::ALLOCATE && self.leases.is_parked(ft, msg.transaction_id()) {
+            self.leases.stats.retransmits += 1;
             return;
         }
         // A retransmission gets the answer the original got (RFC 8489 §6.3.1).
@@ -455,6 +476,7 @@ impl Server {
             tcp,
         });
         let slot = self.install(alloc, lifetime);
+        self.take_lease(slot);
         self.record_event(slot, AllocationEventKind::Created, req.now.unix, None);
         if let Some(ev) = self.events.pending.last_mut() {
             ev.lifetime_secs = lifetime.as_secs();
@@ -620,7 +642,10 @@ impl Server {
             self.by_relay.remove(&r.id);
             io.close_relay(r.id);
         }
-        // Dropping `a` at the end gives its quota counts back.
+        // Dropping `a` at the end gives its quota counts back; a fleet lease goes back too.
+        if a.leased {
+            io.release_lease(display_user(&a.username, self.cfg.rest_separator));
+        }
         self.stats.allocations_deleted += 1;
         if self.events.enabled {
             let unix = a.created_unix + now.saturating_duration_since(a.created).as_secs();

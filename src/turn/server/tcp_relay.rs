@@ -156,6 +156,9 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
+        if self.park_for_lease(req, &quota_user, io)? {
+            return Ok(());
+        }
         let quota = QuotaHold::acquire(&self.cfg.quotas, &quota_user, ft.client.ip())?;
         let mut relay = None;
         for _ in 0..BIND_ATTEMPTS {

@@ -101,6 +101,10 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
+        // A reservation's count was taken (and leased) by the Allocate that made it.
+        if token.is_none() && self.park_for_lease(req, &quota_user, io)? {
+            return Ok(());
+        }
         let ip = ft.client.ip();
         // Reservations whose time is up give their quota counts back first.
         self.lock_ports().expire(now.mono);
