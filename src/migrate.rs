@@ -363,61 +363,26 @@ fn is_sensitive(name: &str) -> bool {
 pub fn range_to_cidrs(value: &str) -> Option<Vec<String>> {
     let value = value.trim();
     if value.contains('/') {
+        // A prefix is carried as the operator wrote it.
         return value
             .parse::<crate::turn::peer_policy::Cidr>()
             .ok()
             .map(|_| vec![value.to_owned()]);
     }
-    let (first, last) = match value.split_once('-') {
-        Some((a, b)) => (a.trim().parse::<IpAddr>().ok()?, b.trim().parse().ok()?),
-        None => {
-            let ip: IpAddr = value.parse().ok()?;
-            (ip, ip)
-        }
-    };
-    let (bits, lo, hi) = match (first, last) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            (32u32, u128::from(u32::from(a)), u128::from(u32::from(b)))
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => (128u32, u128::from(a), u128::from(b)),
-        _ => return None,
-    };
-    if lo > hi {
-        return None;
-    }
-    if bits == 128 && lo == 0 && hi == u128::MAX {
-        return Some(vec!["::/0".to_owned()]);
-    }
-    let mut out = Vec::new();
-    let mut cur = lo;
-    loop {
-        // The largest aligned block starting at `cur` that does not pass `hi`.
-        let mut size_log = cur.trailing_zeros().min(bits);
-        while size_log > 0 {
-            let last = cur.checked_add((1u128 << size_log) - 1);
-            if size_log < 128 && last.is_some_and(|l| l <= hi) {
-                break;
-            }
-            size_log -= 1;
-        }
-        let prefix = bits - size_log;
-        let addr = if bits == 32 {
-            IpAddr::V4((cur as u32).into())
-        } else {
-            IpAddr::V6(cur.into())
-        };
-        out.push(if size_log == 0 {
-            addr.to_string()
-        } else {
-            format!("{addr}/{prefix}")
-        });
-        let step = 1u128 << size_log;
-        match cur.checked_add(step) {
-            Some(next) if next <= hi && next > cur => cur = next,
-            _ => break,
-        }
-    }
-    Some(out)
+    let cidrs = crate::turn::peer_policy::parse_range(value).ok()?;
+    Some(
+        cidrs
+            .iter()
+            .map(|c| {
+                let host = if c.addr().is_ipv4() { 32 } else { 128 };
+                if c.prefix() == host {
+                    c.addr().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 fn ip_list(ips: &[IpAddr]) -> toml::Value {
