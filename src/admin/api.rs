@@ -392,15 +392,9 @@ fn credentials(req: &Request, s: &Settings) -> Response {
         _ => return Response::error(400, "user: required, 1 to 256 bytes, no control characters"),
     };
     // The server refuses REST credentials that expire further ahead than auth.max-rest-ttl.
-    let ttl = match req.param("ttl").map(str::parse::<u64>) {
-        None => DEFAULT_TTL.min(max_ttl),
-        Some(Ok(t)) if (1..=max_ttl).contains(&t) => t,
-        _ => {
-            return Response::error(
-                400,
-                &format!("ttl: seconds, 1 to {max_ttl} (auth.max-rest-ttl)"),
-            );
-        }
+    let ttl = match requested_ttl(req, DEFAULT_TTL, max_ttl) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let (username, password) = crate::auth::mint_rest_credential(
         &secret,
@@ -520,5 +514,18 @@ pub(super) fn live_rest_secret(s: &Settings) -> (Option<String>, u64) {
             (c.auth.secrets.first().cloned(), c.auth.max_rest_ttl)
         }
         None => (s.rest_secret.clone(), s.max_rest_ttl),
+    }
+}
+
+/// The `ttl` parameter of a credential request: `default` when absent (both capped by
+/// `auth.max-rest-ttl`, which the server enforces on REST credentials), else 1 to `max_ttl`.
+pub(super) fn requested_ttl(req: &Request, default: u64, max_ttl: u64) -> Result<u64, Response> {
+    match req.param("ttl").map(str::parse::<u64>) {
+        None => Ok(default.min(max_ttl)),
+        Some(Ok(t)) if (1..=max_ttl).contains(&t) => Ok(t),
+        _ => Err(Response::error(
+            400,
+            &format!("ttl: seconds, 1 to {max_ttl} (auth.max-rest-ttl)"),
+        )),
     }
 }

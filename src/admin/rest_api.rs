@@ -78,15 +78,9 @@ pub fn handle(req: &Request, peer: SocketAddr, s: &Settings) -> Response {
             "no REST secret configured (auth.secrets): cannot mint credentials",
         );
     };
-    let ttl = match req.param("ttl").map(str::parse::<u64>) {
-        None => ttl.min(max_ttl),
-        Some(Ok(t)) if (1..=max_ttl).contains(&t) => t,
-        _ => {
-            return Response::error(
-                400,
-                &format!("ttl: seconds, 1 to {max_ttl} (auth.max-rest-ttl)"),
-            );
-        }
+    let ttl = match super::api::requested_ttl(req, ttl, max_ttl) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let (username, password) = crate::auth::mint_rest_credential(
         &secret,
