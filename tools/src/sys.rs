@@ -1,6 +1,6 @@
 //! The few system calls the load tool and the floor forwarder need beyond std: epoll, the
-//! open-file limit, CPU time and memory from /proc, and batched `sendmmsg`/`recvmmsg`.
-//! Linux only.
+//! open-file limit, CPU time (per process and system-wide) and memory from /proc, and
+//! batched `sendmmsg`/`recvmmsg`. Linux only.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -99,6 +99,13 @@ pub fn raise_nofile_limit() -> u64 {
 /// User plus system CPU seconds of a process (`/proc/PID/stat` fields 14 and 15), or `None`
 /// if the process is gone or the file does not parse.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    cpu_times(pid).map(|(user, system)| user + system)
+}
+
+/// User and system CPU seconds of a process, apart (`/proc/PID/stat` fields 14 and 15). With
+/// tick-based accounting the system time includes the softirq work that ran on top of the
+/// process (packets it sent, received by someone else in its context).
+pub fn cpu_times(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -106,10 +113,66 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     // `rest` starts at field 3 (state): utime is field 14, stime field 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
+    let hz = clock_ticks();
+    Some((utime as f64 / hz, stime as f64 / hz))
+}
+
+/// The whole machine's CPU time from the `cpu` line of /proc/stat (all cores together), in
+/// seconds since boot. Differences of two samples are what a benchmark reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SystemCpu {
+    /// Everything but idle and iowait: user + nice + system + irq + softirq + steal.
+    pub busy: f64,
+    /// Time in softirq context (network receive processing, NAPI and XDP on veth), which
+    /// the kernel charges to no process.
+    pub softirq: f64,
+    /// Time in hard interrupts.
+    pub irq: f64,
+    /// Time the hypervisor ran something else while this machine wanted to run.
+    pub steal: f64,
+}
+
+impl SystemCpu {
+    /// The CPU time between `earlier` and `self`.
+    pub fn since(&self, earlier: &SystemCpu) -> SystemCpu {
+        SystemCpu {
+            busy: self.busy - earlier.busy,
+            softirq: self.softirq - earlier.softirq,
+            irq: self.irq - earlier.irq,
+            steal: self.steal - earlier.steal,
+        }
+    }
+}
+
+/// A sample of the machine's CPU time (/proc/stat), or `None` if it cannot be read.
+pub fn system_cpu() -> Option<SystemCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat(&stat, clock_ticks())
+}
+
+/// Parses the aggregate `cpu` line of /proc/stat (fields in clock ticks: user nice system
+/// idle iowait irq softirq steal ...; guest time is already inside user).
+fn parse_proc_stat(stat: &str, hz: f64) -> Option<SystemCpu> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let mut f = [0u64; 8];
+    let mut fields = line.split_whitespace().skip(1);
+    for v in &mut f {
+        *v = fields.next()?.parse().ok()?;
+    }
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = f;
+    let s = |ticks: u64| ticks as f64 / hz;
+    Some(SystemCpu {
+        busy: s(user + nice + system + irq + softirq + steal),
+        softirq: s(softirq),
+        irq: s(irq),
+        steal: s(steal),
+    })
+}
+
+fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Some((utime + stime) as f64 / hz)
+    if hz > 0 { hz as f64 } else { 100.0 }
 }
 
 /// Resident set size of a process in KiB (`VmRSS` in /proc/PID/status).
@@ -248,5 +311,43 @@ impl Mmsg {
             };
         }
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_busy_is_everything_but_idle_and_iowait() {
+        let stat =
+            "cpu  100 20 30 5000 70 4 60 8 0 0\ncpu0 50 10 15 2500 35 2 30 4 0 0\nintr 1 2\n";
+        let c = parse_proc_stat(stat, 100.0).expect("parses");
+        assert_eq!(c.busy, (100 + 20 + 30 + 4 + 60 + 8) as f64 / 100.0);
+        assert_eq!(c.softirq, 0.6);
+        assert_eq!(c.irq, 0.04);
+        assert_eq!(c.steal, 0.08);
+        let later = SystemCpu {
+            busy: c.busy + 1.5,
+            softirq: c.softirq + 0.5,
+            ..c
+        };
+        let d = later.since(&c);
+        assert!((d.busy - 1.5).abs() < 1e-9 && (d.softirq - 0.5).abs() < 1e-9);
+        assert_eq!(d.irq, 0.0);
+    }
+
+    #[test]
+    fn proc_stat_without_an_aggregate_line_or_with_short_fields_is_refused() {
+        assert_eq!(parse_proc_stat("cpu0 1 2 3 4 5 6 7 8\n", 100.0), None);
+        assert_eq!(parse_proc_stat("cpu  1 2 3\n", 100.0), None);
+        assert_eq!(parse_proc_stat("cpu  1 2 x 4 5 6 7 8\n", 100.0), None);
+        assert_eq!(parse_proc_stat("", 100.0), None);
+    }
+
+    #[test]
+    fn this_machine_reports_its_cpu_time() {
+        let c = system_cpu().expect("/proc/stat is readable on Linux");
+        assert!(c.busy > 0.0 && c.busy >= c.softirq + c.irq + c.steal);
     }
 }

@@ -1,5 +1,6 @@
 //! The load tool (`turnd-load`) sets up allocations on the real server, relays its
-//! timestamped packets and prints a parseable report; it refuses non-loopback targets. The
+//! timestamped packets and prints a parseable report; it refuses targets outside loopback and
+//! the benchmarking ranges, and places its clients and echo peers where it is told. The
 //! floor forwarder (`turnd-floor`) carries the same load. Over TCP and TLS
 //! (`--transport tcp|tls`) each allocation has its own stream to the server. Tiny bounded
 //! loads, no timing assertions: only that packets came back and the report parses.
@@ -208,6 +209,85 @@ fn load_tool_refuses_non_loopback_servers() {
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("only loopback"), "{err}");
+}
+
+#[test]
+fn load_tool_refuses_clients_and_peers_outside_loopback_and_the_benchmarking_ranges() {
+    for (flag, value) in [
+        ("--client-ip", "10.0.0.1"),
+        ("--peer-ip", "127.0.0.3,192.0.2.7"),
+        ("--peer-ip", "2001:db8::1"),
+    ] {
+        let (code, _out, err) = run(
+            env!("CARGO_BIN_EXE_turnd-load"),
+            &["--user", "a:b", "--duration", "1", flag, value],
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(1), "{flag} {value}");
+        assert!(err.contains("only loopback"), "{flag} {value}: {err}");
+    }
+}
+
+/// `--client-ip` and `--peer-ip` place the clients and the echo peers (as bench/offload.sh
+/// does in its namespaces, here on other loopback addresses), and the sending window's CPU
+/// time is reported, the machine's and the tool's.
+#[test]
+fn load_tool_places_clients_and_peers_on_the_addresses_given() {
+    let server = TestServer::start("127.0.0.1", &["--allow-peer", "127.0.0.0/8"]);
+    let (code, out, err) = run(
+        env!("CARGO_BIN_EXE_turnd-load"),
+        &[
+            "--server",
+            &server.addr.to_string(),
+            "--user",
+            "alice:wonderland",
+            "--client-ip",
+            "127.0.0.2",
+            "--peer-ip",
+            "127.0.0.3,127.0.0.4",
+            "--peers",
+            "2",
+            "--threads",
+            "1",
+            "-n",
+            "4",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--drain",
+            "3",
+            "--server-pid",
+            &server.pid().to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let peers = out
+        .lines()
+        .find_map(|l| l.strip_prefix("echo peers: "))
+        .unwrap_or_else(|| panic!("no echo peers line:\n{out}"));
+    let ips: Vec<&str> = peers
+        .split_whitespace()
+        .map(|a| a.rsplit_once(':').map_or(a, |(ip, _)| ip))
+        .collect();
+    assert_eq!(ips, ["127.0.0.3", "127.0.0.4"], "{out}");
+    let r = result_line(&out);
+    assert_eq!(num(&r, "ready"), 4.0, "{out}\n{err}");
+    assert!(
+        num(&r, "peer_received") > 0.0,
+        "the echo peers got nothing:\n{out}"
+    );
+    assert!(num(&r, "received") > 0.0, "nothing came back:\n{out}");
+    let window = num(&r, "window_s");
+    assert!((window - 1.0).abs() < 1e-6, "{window}");
+    let (busy, tool) = (num(&r, "system_busy_s"), num(&r, "tool_window_cpu_s"));
+    assert!(
+        busy >= 0.0 && tool >= 0.0 && num(&r, "tool_window_user_s") <= tool,
+        "{out}"
+    );
+    num(&r, "system_softirq_s");
+    num(&r, "server_window_cpu_s");
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! `sendto` of the payload out of the allocation's own socket; a datagram in on that socket,
 //! one `sendto` of ChannelData (or a Data indication) to the client from the listener. One
 //! thread per core, each with its own SO_REUSEPORT listener, epoll and allocations, as in
-//! turnd. IPv4 loopback only; NOT a TURN server: it relays for anyone who asks.
+//! turnd. IPv4 loopback, or the benchmarking range 198.18.0.0/15 that bench/offload.sh puts
+//! in network namespaces with no route out; NOT a TURN server: it relays for anyone who asks.
 //!
 //! `--syscall-cost` forwards nothing: it measures the kernel's CPU cost per loopback
 //! datagram (sendmmsg + recvmmsg on one thread, with and without GSO/GRO) and exits; see
@@ -24,7 +25,7 @@
 //! the same traffic, and no more.
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 use turnd::net::{Offload, SendQueue};
 use turnd::stun::{Class, MAGIC_COOKIE, Message, MessageWriter, attr, channel_data, method};
+use turnd_tools::addr::bench_address;
 use turnd_tools::sys::{self, Epoll, event_buffer};
 use turnd_tools::{gso, syscall_cost};
 
@@ -49,10 +51,11 @@ const BATCH: usize = 64;
     name = "turnd-floor",
     version,
     about = "Minimal UDP forwarder for the TURN traffic pattern (benchmark floor; no auth, \
-             no checks: loopback only)"
+             no checks: loopback and 198.18.0.0/15 only)"
 )]
 struct Args {
-    /// Listen address (IPv4 loopback).
+    /// Listen address (IPv4 loopback, or 198.18.0.0/15 inside a benchmark's namespace); the
+    /// relay sockets bind to the same address.
     #[arg(long, default_value = "127.0.0.1:3479")]
     listen: SocketAddrV4,
     /// Worker threads, 0 for one per core.
@@ -115,8 +118,8 @@ fn main() -> ExitCode {
     if args.syscall_cost {
         return syscall_costs(args.syscall_cost_count);
     }
-    if !args.listen.ip().is_loopback() {
-        eprintln!("turnd-floor: --listen must be a loopback address");
+    if !bench_address(IpAddr::V4(*args.listen.ip())) {
+        eprintln!("turnd-floor: --listen must be a loopback address or one from 198.18.0.0/15");
         return ExitCode::from(2);
     }
     sys::raise_nofile_limit();

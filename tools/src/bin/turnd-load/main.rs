@@ -9,8 +9,9 @@
 //! packets at a fixed offered rate or flat out for a bounded time. It prints offered and
 //! delivered packets per second, loss, latency percentiles and, given `--server-pid`, the
 //! server's CPU seconds per million relayed packets; the last line (`RESULT k=v ...`) is
-//! for scripts. Traffic goes to loopback only: a non-loopback server or relayed address is
-//! refused. `--burst K` makes each allocation send K packets back to back (a video frame's
+//! for scripts. Traffic goes to loopback or to the benchmarking ranges 198.18.0.0/15 and
+//! 2001:2::/48 only (bench/offload.sh puts those on a veth pair between network namespaces
+//! with no route out): any other server, client, peer or relayed address is refused. `--burst K` makes each allocation send K packets back to back (a video frame's
 //! shape), and `--gso` sends each burst as one UDP_SEGMENT message (see `turnd_tools::gso`).
 
 mod hist;
@@ -18,13 +19,15 @@ mod setup;
 mod stream;
 mod traffic;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use turnd::stun::{Class, MessageWriter, attr, channel_data, method};
+use turnd_tools::addr::{BENCH_ADDRESSES, bench_address, loopback_of};
+use turnd_tools::sys::SystemCpu;
 use turnd_tools::{gso, sys};
 
 use hist::Histogram;
@@ -73,9 +76,17 @@ enum Topology {
 )]
 struct Args {
     /// The server's address (its UDP, TCP or TLS listener, per --transport); must be a
-    /// loopback address.
+    /// loopback address or one from 198.18.0.0/15 or 2001:2::/48.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:3478")]
     server: SocketAddr,
+    /// The address the clients' sockets bind to (default: the loopback address of the
+    /// server's family); loopback or 198.18.0.0/15, 2001:2::/48.
+    #[arg(long, value_name = "IP")]
+    client_ip: Option<IpAddr>,
+    /// The addresses the echo peers bind to, comma-separated, used in turn (default: the
+    /// clients' address); loopback or 198.18.0.0/15, 2001:2::/48.
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    peer_ip: Vec<IpAddr>,
     /// How each client reaches the server: its own UDP socket, TCP or TLS connection.
     #[arg(long, value_enum, default_value_t = Transport::Udp)]
     transport: Transport,
@@ -194,10 +205,66 @@ fn credentials(args: &Args) -> Result<Credentials, String> {
     Err("give --user NAME:PASSWORD or --secret SECRET".to_owned())
 }
 
-fn loopback_any(server: SocketAddr) -> SocketAddr {
-    match server.ip() {
-        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0),
+/// Checks that every address the tool sends from or to is loopback or in a benchmarking
+/// range, and returns the clients' and the echo peers' addresses.
+fn addresses(args: &Args) -> Result<(IpAddr, Vec<IpAddr>), String> {
+    if !bench_address(args.server.ip()) {
+        return Err(format!(
+            "--server {}: only {BENCH_ADDRESSES} are accepted",
+            args.server
+        ));
+    }
+    let client = args
+        .client_ip
+        .unwrap_or_else(|| loopback_of(args.server.ip()));
+    if !bench_address(client) {
+        return Err(format!(
+            "--client-ip {client}: only {BENCH_ADDRESSES} are accepted"
+        ));
+    }
+    if client.is_ipv4() != args.server.is_ipv4() {
+        return Err(format!(
+            "--client-ip {client} is not of the family of --server {}",
+            args.server
+        ));
+    }
+    let peers = if args.peer_ip.is_empty() {
+        vec![client]
+    } else {
+        args.peer_ip.clone()
+    };
+    if let Some(p) = peers.iter().find(|p| !bench_address(**p)) {
+        return Err(format!(
+            "--peer-ip {p}: only {BENCH_ADDRESSES} are accepted"
+        ));
+    }
+    Ok((client, peers))
+}
+
+/// CPU time sampled at the start and at the end of the sending window: the whole machine
+/// (/proc/stat), the tool's own process and the server's.
+struct Window {
+    system: Option<SystemCpu>,
+    /// The tool's user and system time.
+    tool: Option<(f64, f64)>,
+    server: Option<f64>,
+}
+
+impl Window {
+    fn sample(pid: Option<&str>) -> Window {
+        Window {
+            system: sys::system_cpu(),
+            tool: sys::cpu_times("self"),
+            server: pid.and_then(sys::cpu_seconds),
+        }
+    }
+}
+
+/// Sleeps until `at` (returns at once if it has passed).
+fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
     }
 }
 
@@ -274,12 +341,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if !args.server.ip().is_loopback() {
-        return Err(format!(
-            "--server {}: only loopback addresses (127.0.0.0/8, ::1) are accepted",
-            args.server
-        ));
-    }
+    let (client_ip, peer_ips) = addresses(args)?;
     if args.rtp && (usize::from(args.size) < MIN_RTP_PAYLOAD || args.transport != Transport::Udp) {
         return Err(format!(
             "--rtp needs --transport udp and --size of at least {MIN_RTP_PAYLOAD}"
@@ -304,7 +366,7 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
     let epoch = Instant::now();
-    let local = loopback_any(args.server);
+    let local = SocketAddr::new(client_ip, 0);
 
     let mut clients = match args.transport {
         Transport::Udp => {
@@ -339,10 +401,10 @@ fn run(args: &Args) -> Result<(), String> {
     );
     for c in &mut clients {
         if let Some(r) = c.relay
-            && !r.ip().is_loopback()
+            && !bench_address(r.ip())
         {
             c.failed = Some(format!(
-                "relayed address {r} is not loopback: refusing to send traffic there"
+                "relayed address {r} is not {BENCH_ADDRESSES}: refusing to send traffic there"
             ));
         }
     }
@@ -351,8 +413,10 @@ fn run(args: &Args) -> Result<(), String> {
     let mut echoes = Vec::new();
     match args.topology {
         Topology::Peer => {
-            for _ in 0..args.peers {
-                let s = UdpSocket::bind(local).map_err(|e| format!("peer socket: {e}"))?;
+            for i in 0..args.peers as usize {
+                let ip = peer_ips[i % peer_ips.len()];
+                let s = UdpSocket::bind(SocketAddr::new(ip, 0))
+                    .map_err(|e| format!("peer socket on {ip}: {e}"))?;
                 let s2 = socket2::SockRef::from(&s);
                 let _ = s2.set_recv_buffer_size(4 << 20);
                 let _ = s2.set_send_buffer_size(4 << 20);
@@ -360,6 +424,8 @@ fn run(args: &Args) -> Result<(), String> {
             }
             let addrs: Vec<SocketAddr> =
                 echoes.iter().filter_map(|s| s.local_addr().ok()).collect();
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            println!("echo peers: {}", list.join(" "));
             for (i, c) in clients.iter_mut().enumerate() {
                 c.peer = addrs.get(i % addrs.len().max(1)).copied();
             }
@@ -488,7 +554,18 @@ fn run(args: &Args) -> Result<(), String> {
     let mut hist = Histogram::new();
     let (mut sent, mut received, mut send_errors) = (0u64, 0u64, 0u64);
     let (mut unsent, mut broken, mut bursts, mut gso_sends) = (0u64, 0u64, 0u64, 0u64);
+    let mut window = None;
     std::thread::scope(|s| {
+        // The sending window's CPU time, sampled by a thread of its own at its two ends.
+        let sampler = {
+            let (plan, pid) = (&plan, pid.as_deref());
+            s.spawn(move || {
+                sleep_until(plan.start);
+                let first = Window::sample(pid);
+                sleep_until(plan.send_until);
+                (first, Window::sample(pid), plan.send_until - plan.start)
+            })
+        };
         for sock in echoes.drain(..) {
             let (plan, shared) = (&plan, &shared);
             s.spawn(move || traffic::echo(sock, plan, shared));
@@ -514,6 +591,7 @@ fn run(args: &Args) -> Result<(), String> {
                 hist.merge(&r.hist);
             }
         }
+        window = sampler.join().ok();
     });
     let ended = Instant::now();
     let server_cpu = match (pid.as_deref().and_then(sys::cpu_seconds), server_cpu0) {
@@ -609,6 +687,32 @@ fn run(args: &Args) -> Result<(), String> {
     }
     println!("tool cpu: {tool_cpu:.2} s");
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    // The sending window: the whole machine's CPU time (all cores, softirq included) and
+    // the tool's and server's own, from its start to its end.
+    let (win_secs, sys_win, tool_win, tool_user_win, server_win) = match &window {
+        Some((a, b, d)) => (
+            Some(d.as_secs_f64()),
+            b.system.zip(a.system).map(|(b, a)| b.since(&a)),
+            b.tool.zip(a.tool).map(|(b, a)| (b.0 + b.1) - (a.0 + a.1)),
+            b.tool.zip(a.tool).map(|(b, a)| b.0 - a.0),
+            b.server.zip(a.server).map(|(b, a)| b - a),
+        ),
+        None => (None, None, None, None, None),
+    };
+    if let (Some(w), Some(c)) = (win_secs, sys_win) {
+        println!(
+            "system cpu (all {} cores, sending window of {w:.2} s): {:.2} s busy ({:.2} softirq, \
+             {:.2} irq, {:.2} steal), the tool {} s ({} s user), the server {} s",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            c.busy,
+            c.softirq,
+            c.irq,
+            c.steal,
+            opt(tool_win),
+            opt(tool_user_win),
+            opt(server_win)
+        );
+    }
     println!(
         "RESULT allocations={n} ready={ready} transport={:?} mode={:?} topology={:?} size={size} rate={} \
          duration={secs:.3} sent={sent} received={received} peer_received={peer_received} \
@@ -616,7 +720,9 @@ fn run(args: &Args) -> Result<(), String> {
          loss_pct={loss_pct:.4} p50_us={p50:.1} p99_us={p99:.1} p999_us={p999:.1} max_us={max:.1} \
          relayed={relayed} server_cpu_s={} cpu_s_per_mpkt={} tool_cpu_s={tool_cpu:.3} setup_s={setup_secs:.3} \
          setup_server_cpu_s={} rss_kib_per_alloc={} unsent={unsent} broken={broken} \
-         burst={burst} gso={} bursts={bursts} gso_sends={gso_sends} peer_gso_sends={peer_gso_sends}",
+         burst={burst} gso={} bursts={bursts} gso_sends={gso_sends} peer_gso_sends={peer_gso_sends} \
+         window_s={} system_busy_s={} system_softirq_s={} system_irq_s={} system_steal_s={} \
+         tool_window_cpu_s={} tool_window_user_s={} server_window_cpu_s={}",
         args.transport,
         args.mode,
         args.topology,
@@ -626,6 +732,14 @@ fn run(args: &Args) -> Result<(), String> {
         opt(setup_cpu),
         opt(rss_per_alloc),
         u8::from(gso),
+        opt(win_secs),
+        opt(sys_win.map(|c| c.busy)),
+        opt(sys_win.map(|c| c.softirq)),
+        opt(sys_win.map(|c| c.irq)),
+        opt(sys_win.map(|c| c.steal)),
+        opt(tool_win),
+        opt(tool_user_win),
+        opt(server_win),
     );
     Ok(())
 }

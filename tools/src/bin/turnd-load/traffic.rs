@@ -432,7 +432,7 @@ fn send_gso(f: &Flow<'_>, k: usize, tx: &mut GsoBatch, plan: &Plan, shared: &Sha
 const ECHO_BATCH: usize = 64;
 
 /// An echo peer: sends every datagram back to where it came from (a relayed address on
-/// loopback), until the end of the drain. Batched with recvmmsg/sendmmsg so the echo costs
+/// loopback or in a benchmarking range), until the end of the drain. Batched with recvmmsg/sendmmsg so the echo costs
 /// the tool two system calls per batch rather than two per packet.
 pub fn echo(sock: UdpSocket, plan: &Plan, shared: &Shared) {
     use std::os::fd::AsRawFd;
@@ -482,15 +482,15 @@ pub fn echo(sock: UdpSocket, plan: &Plan, shared: &Shared) {
         }
         let n = n as usize;
         count += n as u64;
-        let mut all_loopback = true;
+        let mut all_echoable = true;
         for i in 0..n {
             iovs[i].iov_len = hdrs[i].msg_len as usize;
-            all_loopback &= is_loopback(&names[i]);
+            all_echoable &= echoable(&names[i]);
         }
-        if !all_loopback {
-            // Not ours: echo only what came from loopback, one by one.
+        if !all_echoable {
+            // Not ours: echo only what came from loopback or a benchmarking range, one by one.
             for i in 0..n {
-                if is_loopback(&names[i]) {
+                if echoable(&names[i]) {
                     // SAFETY: a header filled in by recvmmsg above.
                     unsafe { libc::sendmsg(fd, &hdrs[i].msg_hdr, 0) };
                 }
@@ -584,7 +584,7 @@ fn echo_gso(sock: UdpSocket, plan: &Plan, shared: &Shared) {
         segs.clear();
         runs.clear();
         for (i, h) in hdrs.iter().enumerate().take(n as usize) {
-            if !is_loopback(&names[i]) {
+            if !echoable(&names[i]) {
                 continue;
             }
             let len = (h.msg_len as usize).min(GRO_BUFFER);
@@ -647,23 +647,25 @@ fn same_source(a: &libc::msghdr, b: &libc::msghdr) -> bool {
     }
 }
 
-/// Whether a source address filled in by the kernel is on loopback.
-fn is_loopback(name: &libc::sockaddr_storage) -> bool {
-    match name.ss_family as i32 {
+/// Whether a source address filled in by the kernel is one the tool may answer: loopback or
+/// a benchmarking range ([`turnd_tools::addr::bench_address`]).
+fn echoable(name: &libc::sockaddr_storage) -> bool {
+    let ip = match name.ss_family as i32 {
         libc::AF_INET => {
             // SAFETY: the family says this storage holds a sockaddr_in.
             let sin =
                 unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            u32::from_be(sin.sin_addr.s_addr) >> 24 == 127
+            std::net::IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this storage holds a sockaddr_in6.
             let sin6 =
                 unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).is_loopback()
+            std::net::IpAddr::from(sin6.sin6_addr.s6_addr)
         }
-        _ => false,
-    }
+        _ => return false,
+    };
+    turnd_tools::addr::bench_address(ip)
 }
 
 #[cfg(test)]
