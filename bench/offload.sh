@@ -22,7 +22,7 @@ ROOT=$(pwd)
 ARGS="$*"
 
 DURATION=5
-RATES="100000 200000 300000 500000 0"
+RATES="20000 50000 100000 200000 0"
 TARGET_RATE=100000
 SERVERS="floor turnd turnd_offload coturn coturn417"
 ALLOCS=100
@@ -33,6 +33,7 @@ REPEAT=1
 MAX_MINUTES=20
 QUIET=0.3
 QUIET_WAIT=60
+NAPI_THREADS=0
 BUILD=1
 INSTALL=1
 CHECK=0
@@ -62,6 +63,11 @@ usage: bench/offload.sh [--check] [options]     (as root)
   --quiet-wait S        ... but at most S seconds, then run anyway (default $QUIET_WAIT; 0
                         does not wait). What the last sample saw goes into bg_cores=
   --out FILE            raw RESULT lines (default bench/results/offload-<time>.txt)
+  --napi-threads        receive processing in NAPI kernel threads on both veth ends (GRO
+                        on and tx checksumming off on both, threaded NAPI on both), so
+                        that none of it is charged to the load tool or the server process:
+                        "all cores - tool" then counts the receive path of both directions
+                        (and any XDP program) as the relay's, for every row alike
   --no-build            use the existing target/release binaries
   --no-install          do not apt-get install coturn when it is missing (skip the row)
 The load of every run: $ALLOCS allocations, ${SIZE}-byte payloads, channel mode, bursts of 1,
@@ -83,6 +89,7 @@ while [ $# -gt 0 ]; do
     --quiet) QUIET=$2; shift ;;
     --quiet-wait) QUIET_WAIT=$2; shift ;;
     --out) OUT=$2; shift ;;
+    --napi-threads) NAPI_THREADS=1 ;;
     --no-build) BUILD=0 ;;
     --no-install) INSTALL=0 ;;
     -h | --help) usage; exit 0 ;;
@@ -260,6 +267,21 @@ done
 #   NAPI; GRO on turns NAPI on. (UDP packets to plain sockets are not coalesced by it.)
 "${IN_L[@]}" ethtool -K vl0 tx off >"$TMP/ethtool.out" 2>&1 || { cat "$TMP/ethtool.out" >&2; exit 1; }
 "${IN_L[@]}" ethtool -K vl0 gro on >"$TMP/ethtool.out" 2>&1 || { cat "$TMP/ethtool.out" >&2; exit 1; }
+# --napi-threads: who pays for the receive path. By default a packet sent into a veth is
+# received (IP, UDP, the socket queue; an XDP program under NAPI too) in softirq on the
+# sender's CPU, right inside its send, and with tick-based CPU accounting that time is
+# charged to the sending process: the server's receive path to the load tool, and an XDP
+# program on vs0 too. With NAPI on both ends for every packet (GRO on; tx checksumming off,
+# without which a veth passes packets from a sender with TSO around NAPI) and threaded
+# NAPI, it all runs in the kernel threads napi/vs0-* and napi/vl0-*, charged to neither.
+if [ "$NAPI_THREADS" = 1 ]; then
+    for end in "$NS_S vs0" "$NS_L vl0"; do
+        read -r ns dev <<<"$end"
+        ip netns exec "$ns" ethtool -K "$dev" tx off gro on >"$TMP/ethtool.out" 2>&1 || { cat "$TMP/ethtool.out" >&2; exit 1; }
+        ip netns exec "$ns" sh -c "echo 1 > /sys/class/net/$dev/threaded" ||
+            { echo "threaded NAPI on $dev refused" >&2; exit 1; }
+    done
+fi
 # No default route in either namespace: only the /24 and /64 on the link are reachable.
 if "${IN_S[@]}" ip route show default | grep -q . || "${IN_L[@]}" ip route show default | grep -q .; then
     echo "a namespace has a default route: refusing to run" >&2
@@ -386,7 +408,8 @@ HZ=$(getconf CLK_TCK)
     echo "# turnd $(git rev-parse --short HEAD 2>/dev/null || echo '?'), coturn $( (turnserver --version 2>/dev/null || echo absent) | head -1), coturn417 ${COTURN417:-unset}"
     echo "# command: bench/offload.sh $ARGS"
     echo "# namespaces: server $NS_S ($SRV_IP, $SRV_IP6 on vs0), load $NS_L ($LOAD_IP, peers $PEER_IPS, $LOAD_IP6 on vl0), one veth pair, no default route"
-    echo "# vl0: $("${IN_L[@]}" ethtool -k vl0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')"
+    echo "# vl0: $("${IN_L[@]}" ethtool -k vl0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_L[@]}" cat /sys/class/net/vl0/threaded)"
+    echo "# vs0: $("${IN_S[@]}" ethtool -k vs0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_S[@]}" cat /sys/class/net/vs0/threaded)"
     echo "# load: $ALLOCS allocations, $SIZE-byte payloads, channel, peer, burst 1, UDP, $THREADS threads, $PEERS echo sockets; servers: $NCPU threads each, a fresh one per run"
     echo "# rows: $ROWS"
     for n in "${NOTES[@]}"; do
