@@ -40,6 +40,7 @@ use crate::stun::{
 
 mod auth;
 mod data_path;
+mod fast_path;
 mod fleet;
 mod lease;
 mod request;
@@ -347,6 +348,7 @@ impl Server {
                 continue;
             }
             a.sweep(now.mono);
+            self.sync_fast_path(slot, now.mono, io);
             self.schedule(slot);
         }
     }
@@ -628,6 +630,8 @@ impl Server {
         };
         self.free_slots.push(slot);
         self.by_tuple.remove(&a.five_tuple);
+        let mut a = a;
+        Server::end_fast_path(&mut self.stats, &mut a, io);
         self.tcp_end_allocation(&a.five_tuple, io);
         {
             let mut pool = match self.cfg.ports.lock() {
