@@ -136,12 +136,20 @@ struct {
 	__type(value, struct neigh);
 } NEIGH SEC(".maps");
 
-// The MTU of each interface the program is attached to, written by user space.
+// Each interface the program is attached to, written by user space: its MTU, and whether
+// to send with bpf_redirect back to itself rather than XDP_TX. A veth's XDP_TX frames wait
+// in its peer's ring until something else wakes the peer, unless the peer runs an XDP
+// program too; a redirect flushes them at the end of the poll.
+struct iface {
+	__u32 mtu;
+	__u32 redirect;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct iface);
 } IFACES SEC(".maps");
 
 struct {
@@ -349,16 +357,17 @@ static __always_inline int route(struct xdp_md *ctx, struct out *o, __u16 ip_len
 		copy16((__u8 *)fib->ipv6_dst, o->dst);
 	}
 	__u32 ifindex = ctx->ingress_ifindex;
-	__u32 *mtu = bpf_map_lookup_elem(&IFACES, &ifindex);
-	if (!mtu || ip_len > *mtu)
+	struct iface *ifc = bpf_map_lookup_elem(&IFACES, &ifindex);
+	if (!ifc || ip_len > ifc->mtu)
 		return -1;
+	int action = ifc->redirect ? XDP_REDIRECT : XDP_TX;
 	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		// Out of the interface it came in on only: XDP_TX needs nothing of another
 		// driver.
 		if (fib->ifindex != ctx->ingress_ifindex)
 			return -1;
-		return 0;
+		return action;
 	}
 	if (rc != BPF_FIB_LKUP_RET_FWD_DISABLED)
 		return -1;
@@ -375,7 +384,7 @@ static __always_inline int route(struct xdp_md *ctx, struct out *o, __u16 ip_len
 		return -1;
 	__builtin_memcpy(fib->dmac, n->mac, ETH_ALEN);
 	__builtin_memcpy(fib->smac, eth->h_dest, ETH_ALEN);
-	return 0;
+	return action;
 }
 
 // Remembers the frame's source MAC as the previous hop of its source address.
@@ -410,7 +419,8 @@ static __always_inline int emit(struct xdp_md *ctx, struct dgram *d, struct out 
 	__u32 hdr = sizeof(struct ethhdr) + ip_hlen + sizeof(struct udphdr) + chan_len;
 
 	struct bpf_fib_lookup fib;
-	if (route(ctx, o, ip_hlen + udp_len, &fib) < 0)
+	int action = route(ctx, o, ip_hlen + udp_len, &fib);
+	if (action < 0)
 		return pass(ST_PASS_ROUTE);
 
 	// The checksum of the new datagram: pseudo-header, UDP header, channel header, data.
@@ -501,6 +511,8 @@ static __always_inline int emit(struct xdp_md *ctx, struct dgram *d, struct out 
 		ch[0] = o->channel;
 		ch[1] = bpf_htons(o->len);
 	}
+	if (action == XDP_REDIRECT)
+		return bpf_redirect(ctx->ingress_ifindex, 0);
 	return XDP_TX;
 }
 
@@ -646,7 +658,7 @@ int turnd_relay(struct xdp_md *ctx)
 					o.channel = pv->channel;
 					__u32 from_slot = c->slot, to_slot = pv->slot;
 					int act = emit(ctx, &d, &o);
-					if (act == XDP_TX) {
+					if (act == XDP_TX || act == XDP_REDIRECT) {
 						add_to_peer(from_slot, n);
 						add_from_peer(to_slot, n);
 						count(ST_LOCAL);
@@ -660,7 +672,7 @@ int turnd_relay(struct xdp_md *ctx)
 				o.channel = 0;
 				__u32 slot = c->slot;
 				int act = emit(ctx, &d, &o);
-				if (act == XDP_TX) {
+				if (act == XDP_TX || act == XDP_REDIRECT) {
 					add_to_peer(slot, n);
 					count(ST_TO_PEER);
 				}
@@ -694,7 +706,7 @@ int turnd_relay(struct xdp_md *ctx)
 	o.len = d.len;
 	__u32 slot = pv->slot;
 	int act = emit(ctx, &d, &o);
-	if (act == XDP_TX) {
+	if (act == XDP_TX || act == XDP_REDIRECT) {
 		add_from_peer(slot, d.len);
 		count(ST_FROM_PEER);
 	}

@@ -163,6 +163,53 @@ fn mtu_of(name: &str) -> Result<u32, String> {
     }
 }
 
+/// An interface's driver name (ETHTOOL_GDRVINFO), e.g. "veth"; empty when it cannot tell.
+fn driver_of(name: &str) -> String {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    let Ok(sock) =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))
+    else {
+        return String::new();
+    };
+    // SAFETY: a zeroed ethtool_drvinfo the kernel fills, pointed to by a zeroed ifreq
+    // holding the interface's NUL-terminated name; both outlive the ioctl.
+    unsafe {
+        let mut info: DrvInfo = std::mem::zeroed();
+        info.cmd = ETHTOOL_GDRVINFO;
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req
+            .ifr_name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+        use std::os::fd::AsRawFd;
+        if libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) != 0 {
+            return String::new();
+        }
+        let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+        String::from_utf8_lossy(&info.driver[..end]).into_owned()
+    }
+}
+
 /// The addresses the program must see: the UDP listeners on a specific address, and the
 /// relay addresses.
 pub fn offload_addresses(listen: &[SocketAddr], relays: &[IpAddr]) -> Vec<IpAddr> {
@@ -267,6 +314,13 @@ struct PeerVal {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
+struct Iface {
+    mtu: u32,
+    redirect: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
 struct SlotCounters {
     packets_to_peer: u64,
     bytes_to_peer: u64,
@@ -326,13 +380,14 @@ mod loaded {
     use aya::programs::{Xdp, XdpMode};
     use aya::util::nr_cpus;
 
-    // SAFETY (all five): plain `repr(C)` structs of integers with explicit padding fields,
+    // SAFETY (all six): plain `repr(C)` structs of integers with explicit padding fields,
     // laid out as the program's structs.
     unsafe impl aya::Pod for ChanKey {}
     unsafe impl aya::Pod for ChanVal {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for PeerVal {}
     unsafe impl aya::Pod for SlotCounters {}
+    unsafe impl aya::Pod for Iface {}
 
     const PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay.bpf.o"));
 
@@ -418,13 +473,17 @@ mod loaded {
             let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?)
                 .map_err(|e| format!("STATS: {e}"))?;
             let cpus = nr_cpus().map_err(|(_, e)| format!("cannot count CPUs: {e}"))?;
-            let mut ifaces_map: BpfHashMap<MapData, u32, u32> =
+            let mut ifaces_map: BpfHashMap<MapData, u32, Iface> =
                 BpfHashMap::try_from(take(&mut ebpf, "IFACES")?)
                     .map_err(|e| format!("IFACES: {e}"))?;
             for a in &attached {
-                let mtu = mtu_of(&a.interface)?;
+                let iface = Iface {
+                    mtu: mtu_of(&a.interface)?,
+                    // See the program's `struct iface`.
+                    redirect: u32::from(driver_of(&a.interface) == "veth"),
+                };
                 ifaces_map
-                    .insert(a.index, mtu, 0)
+                    .insert(a.index, iface, 0)
                     .map_err(|e| format!("IFACES: {e}"))?;
             }
             Ok(KernelPath {

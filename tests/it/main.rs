@@ -50,6 +50,7 @@ mod gstreamer_webrtcbin;
 mod io_uring_sends;
 mod ipv6;
 mod janus_echotest;
+mod kernel_offload;
 mod listen_address_in_use;
 mod log_format;
 mod metrics;
