@@ -5,7 +5,7 @@
 //! below.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::admin_http::scrape_parsed;
 use crate::common::redis::{Node, TestRedis, start_fleet, wait_until};
@@ -51,7 +51,12 @@ fn allocations_granted_while_redis_was_down_take_leases_when_it_is_back() {
     assert_eq!(code, Some(486), "the node's own count still holds");
 
     redis.restart();
+    let back = Instant::now();
     let registered = wait_until(Duration::from_secs(30), || redis.leases("alice") == 2);
+    println!(
+        "leases of the allocations granted while Redis was down registered {:?} after its restart",
+        back.elapsed()
+    );
     assert!(
         registered,
         "A's allocations hold {} leases in Redis, not 2",

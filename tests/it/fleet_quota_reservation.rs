@@ -5,7 +5,7 @@
 //! hands it to the allocation that claims it with its RESERVATION-TOKEN (no double count).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::admin_http::scrape_parsed;
 use crate::common::redis::{TestRedis, start_fleet, wait_until};
@@ -66,6 +66,7 @@ fn a_reservation_holds_a_fleet_lease_until_claimed_or_expired() {
     let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
 
     // Node A: an allocation and its reservation, two leases.
+    let reserved = Instant::now();
     let (mut a1, _token) = reserve(a);
     assert_eq!(redis.leases("alice"), 2, "taken before the answer");
     let (_, code) = allocate(b, &[]);
@@ -84,6 +85,10 @@ fn a_reservation_holds_a_fleet_lease_until_claimed_or_expired() {
         redis.leases("alice") == 1
     });
     assert!(freed, "the expired reservation's lease was not given back");
+    println!(
+        "the unclaimed reservation's lease went back {:?} after it was made (lifetime 30 s)",
+        reserved.elapsed()
+    );
     let (mut c1, code) = allocate(c, &[]);
     assert_eq!(code, None, "C grants once the reservation has expired");
     refresh0(&mut b1);
