@@ -26,9 +26,10 @@ pub struct SimIo {
     /// RFC 6062 calls.
     pub tcp: TcpCalls,
     /// A fleet store to ask for leases (strict fleet quotas): requests are kept in
-    /// `lease_requests` as (id, user, user quota, total quota) for the test to answer.
+    /// `lease_requests` as (id, user, user quota, total quota, leases wanted) for the test
+    /// to answer.
     pub lease_store: bool,
-    pub lease_requests: Vec<(u64, String, u32, u32)>,
+    pub lease_requests: Vec<(u64, String, u32, u32, u32)>,
     /// Users whose leases were given back, in order.
     pub lease_releases: Vec<String>,
 }
@@ -84,8 +85,13 @@ impl Io for SimIo {
     }
     fn request_lease(&mut self, l: LeaseRequest<'_>) -> bool {
         if self.lease_store {
-            self.lease_requests
-                .push((l.id, l.user.to_owned(), l.user_quota, l.total_quota));
+            self.lease_requests.push((
+                l.id,
+                l.user.to_owned(),
+                l.user_quota,
+                l.total_quota,
+                l.count,
+            ));
         }
         self.lease_store
     }

@@ -38,6 +38,8 @@ mod drain;
 mod first_datagram_after_allocate;
 mod fleet_events;
 mod fleet_quota;
+mod fleet_quota_redis_back;
+mod fleet_quota_reservation;
 mod fleet_quota_strict;
 mod fleet_redirect;
 mod fleet_redis_down;
