@@ -419,6 +419,23 @@ mod loaded {
         }
     }
 
+    /// The object's maps made and its program through the verifier, attached nowhere.
+    pub(super) fn load() -> Result<Ebpf, String> {
+        let mut ebpf =
+            Ebpf::load(PROGRAM).map_err(|e| format!("cannot load the eBPF maps: {e}"))?;
+        program(&mut ebpf)?
+            .load()
+            .map_err(|e| format!("the kernel refused the XDP program: {e}"))?;
+        Ok(ebpf)
+    }
+
+    pub(super) fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, String> {
+        ebpf.program_mut("turnd_relay")
+            .ok_or("the eBPF object has no turnd_relay program")?
+            .try_into()
+            .map_err(|e| format!("turnd_relay is not an XDP program: {e}"))
+    }
+
     impl KernelPath {
         /// Loads the program and attaches it to every interface that carries one of
         /// `addrs` (native XDP where the driver has it, generic XDP otherwise). The error
@@ -432,15 +449,8 @@ mod loaded {
                         .into(),
                 );
             }
-            let mut ebpf =
-                Ebpf::load(PROGRAM).map_err(|e| format!("cannot load the eBPF maps: {e}"))?;
-            let prog: &mut Xdp = ebpf
-                .program_mut("turnd_relay")
-                .ok_or("the eBPF object has no turnd_relay program")?
-                .try_into()
-                .map_err(|e| format!("turnd_relay is not an XDP program: {e}"))?;
-            prog.load()
-                .map_err(|e| format!("the kernel refused the XDP program: {e}"))?;
+            let mut ebpf = load()?;
+            let prog = program(&mut ebpf)?;
             let mut attached = Vec::new();
             for (name, index) in ifaces {
                 let mode = match prog.attach_to_if_index(index, XdpMode::Driver) {
@@ -676,5 +686,184 @@ impl WorkerKernel {
     /// The counts so far of an allocation with entries.
     pub fn read(&self, alloc: u64) -> Option<KernelCounts> {
         self.slots.get(&alloc).map(|&s| self.path.read_slot(s))
+    }
+}
+
+/// The program run on frames the test makes (BPF_PROG_TEST_RUN), with entries the test
+/// writes: no interface, no socket, no packet leaves. Needs CAP_BPF (root).
+#[cfg(all(feature = "testing", not(turnd_no_bpf)))]
+pub mod testing {
+    use super::*;
+    use aya::Ebpf;
+    use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    pub struct Harness {
+        ebpf: Ebpf,
+        channels: BpfHashMap<MapData, ChanKey, ChanVal>,
+        peers: BpfHashMap<MapData, PeerKey, PeerVal>,
+        ifaces: BpfHashMap<MapData, u32, Iface>,
+        neigh: BpfHashMap<MapData, [u8; 16], [u8; 12]>,
+        stats: PerCpuArray<MapData, u64>,
+        slots: PerCpuArray<MapData, SlotCounters>,
+    }
+
+    /// The program's verdicts.
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_TX: u32 = 3;
+    pub const XDP_REDIRECT: u32 = 4;
+
+    impl Harness {
+        pub fn load() -> Result<Harness, String> {
+            let mut ebpf = loaded::load()?;
+            let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| format!("no {name} map"));
+            let channels = BpfHashMap::try_from(take("CHANNELS")?).map_err(|e| e.to_string())?;
+            let peers = BpfHashMap::try_from(take("PEERS")?).map_err(|e| e.to_string())?;
+            let ifaces = BpfHashMap::try_from(take("IFACES")?).map_err(|e| e.to_string())?;
+            let neigh = BpfHashMap::try_from(take("NEIGH")?).map_err(|e| e.to_string())?;
+            let stats = PerCpuArray::try_from(take("STATS")?).map_err(|e| e.to_string())?;
+            let slots = PerCpuArray::try_from(take("SLOTS")?).map_err(|e| e.to_string())?;
+            Ok(Harness {
+                ebpf,
+                channels,
+                peers,
+                ifaces,
+                neigh,
+                stats,
+                slots,
+            })
+        }
+
+        /// Declares interface `index` attached, with its MTU.
+        pub fn interface(&mut self, index: u32, mtu: u32) {
+            self.ifaces
+                .insert(index, Iface { mtu, redirect: 0 }, 0)
+                .expect("IFACES");
+        }
+
+        /// The previous hop of `ip` (as the program learns it from frames).
+        pub fn neighbour(&mut self, ip: IpAddr, mac: [u8; 6], index: u32) {
+            let (key, _) = wire(SocketAddr::new(ip, 0));
+            let mut v = [0u8; 12];
+            v[..6].copy_from_slice(&mac);
+            v[8..].copy_from_slice(&index.to_ne_bytes());
+            self.neigh.insert(key, v, 0).expect("NEIGH");
+        }
+
+        /// Installs `e` with its expiry as CLOCK_MONOTONIC nanoseconds, counted in `slot`.
+        pub fn install(&mut self, e: &FastPathEntry, slot: u32, expires_ns: u64) {
+            let (ck, cv, pk, pv) = keys(e, slot, expires_ns);
+            self.peers.insert(pk, pv, 0).expect("PEERS");
+            self.channels.insert(ck, cv, 0).expect("CHANNELS");
+        }
+
+        pub fn remove(&mut self, e: &FastPathEntry) {
+            let (ck, _, pk, _) = keys(e, 0, 0);
+            let _ = self.channels.remove(&ck);
+            let _ = self.peers.remove(&pk);
+        }
+
+        /// What the program did so far, by [`STAT_NAMES`].
+        pub fn stat(&self, name: &str) -> u64 {
+            let i = STAT_NAMES
+                .iter()
+                .position(|n| *n == name)
+                .expect("a stat name");
+            self.stats
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        }
+
+        /// A slot's counts (packets and bytes to the peer, from the peer).
+        pub fn slot(&self, slot: u32) -> KernelCounts {
+            let mut k = KernelCounts::default();
+            if let Ok(v) = self.slots.get(&slot, 0) {
+                for c in v.iter() {
+                    k.packets_to_peer += c.packets_to_peer;
+                    k.bytes_to_peer += c.bytes_to_peer;
+                    k.packets_from_peer += c.packets_from_peer;
+                    k.bytes_from_peer += c.bytes_from_peer;
+                }
+            }
+            k
+        }
+
+        /// Runs the program once on `frame` as if it came in on interface `ifindex` (which
+        /// must exist in the calling thread's network namespace): the verdict and the
+        /// frame as the program left it.
+        pub fn run(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+            #[repr(C)]
+            #[derive(Default)]
+            struct XdpMd {
+                data: u32,
+                data_end: u32,
+                data_meta: u32,
+                ingress_ifindex: u32,
+                rx_queue_index: u32,
+                egress_ifindex: u32,
+            }
+            #[repr(C)]
+            #[derive(Default)]
+            struct TestRun {
+                prog_fd: u32,
+                retval: u32,
+                data_size_in: u32,
+                data_size_out: u32,
+                data_in: u64,
+                data_out: u64,
+                repeat: u32,
+                duration: u32,
+                ctx_size_in: u32,
+                ctx_size_out: u32,
+                ctx_in: u64,
+                ctx_out: u64,
+                flags: u32,
+                cpu: u32,
+                batch_size: u32,
+            }
+            const BPF_PROG_TEST_RUN: libc::c_long = 10;
+            let prog = loaded::program(&mut self.ebpf).expect("the program");
+            let fd = prog.fd().expect("a loaded program");
+            let raw_fd = fd.as_fd().as_raw_fd();
+            let mut out = vec![0u8; frame.len() + 512];
+            let ctx = XdpMd {
+                data_end: frame.len() as u32,
+                ingress_ifindex: ifindex,
+                ..Default::default()
+            };
+            let mut attr = TestRun {
+                prog_fd: raw_fd as u32,
+                data_size_in: frame.len() as u32,
+                data_size_out: out.len() as u32,
+                data_in: frame.as_ptr() as u64,
+                data_out: out.as_mut_ptr() as u64,
+                repeat: 1,
+                ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
+                ctx_in: (&ctx as *const XdpMd) as u64,
+                ..Default::default()
+            };
+            // The struct's 76 bytes without its tail padding: the kernel refuses an attribute
+            // whose bytes past what it knows are not zero.
+            const ATTR_SIZE: usize = 76;
+            // SAFETY: the attribute points at buffers that outlive the call, with their
+            // sizes; the kernel writes at most `data_size_out` bytes to `out`.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_TEST_RUN,
+                    &mut attr as *mut TestRun,
+                    ATTR_SIZE,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "BPF_PROG_TEST_RUN: {}",
+                std::io::Error::last_os_error()
+            );
+            out.truncate(attr.data_size_out as usize);
+            (attr.retval, out)
+        }
     }
 }

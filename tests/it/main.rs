@@ -53,6 +53,7 @@ mod io_uring_sends;
 mod ipv6;
 mod janus_echotest;
 mod kernel_offload;
+mod kernel_offload_program;
 mod listen_address_in_use;
 mod log_format;
 mod metrics;
