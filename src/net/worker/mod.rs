@@ -431,6 +431,7 @@ pub(super) fn deliver_handover(w: &mut Worker, budget: usize) -> bool {
 }
 
 async fn timer_loop(state: Weak<RefCell<Worker>>) {
+    let mut credited = Instant::now();
     loop {
         let next = {
             let Some(s) = state.upgrade() else {
@@ -447,9 +448,12 @@ async fn timer_loop(state: Weak<RefCell<Worker>>) {
         let mut g = s.borrow_mut();
         let w = &mut *g;
         w.core.handle_timeout(now(), &mut w.io);
-        if let Some(k) = &w.io.kernel {
-            // What the kernel relayed joins the allocations' counters at least once a
-            // second (the timer's longest sleep).
+        if let Some(k) = &w.io.kernel
+            && credited.elapsed() >= MAX_TIMER_SLEEP
+        {
+            // What the kernel relayed joins the allocations' counters once a second (the
+            // timer's longest sleep), however often the timers fire.
+            credited = Instant::now();
             w.core.credit_kernel_counts(|alloc| k.read(alloc));
         }
     }
