@@ -336,6 +336,7 @@ struct out {
 	__u32 slot;
 	__u32 data;    // offset of the application data in the received frame
 	__u32 len;     // application data bytes
+	__s64 dsum;    // the data's one's complement sum when already known, else -1
 };
 
 static __always_inline int route(struct xdp_md *ctx, struct out *o, __u16 ip_len,
@@ -424,7 +425,7 @@ static __always_inline int emit(struct xdp_md *ctx, struct dgram *d, struct out 
 		return pass(ST_PASS_ROUTE);
 
 	// The checksum of the new datagram: pseudo-header, UDP header, channel header, data.
-	__s64 ds = data_sum(ctx, o->data, o->len);
+	__s64 ds = o->dsum >= 0 ? o->dsum : data_sum(ctx, o->data, o->len);
 	if (ds < 0)
 		return pass(ST_PASS_MALFORMED);
 	__u64 sum = pseudo_sum(o->src, o->dst, udp_len) + (__u64)ds;
@@ -592,15 +593,21 @@ static __always_inline int parse(struct xdp_md *ctx, struct dgram *d)
 	return 1;
 }
 
-// Whether the received datagram's UDP checksum is right (IPv4 may carry none).
-static __always_inline int checksum_ok(struct xdp_md *ctx, struct dgram *d)
+// Whether the received datagram's UDP checksum is right (IPv4 may carry none), given the
+// sum of its payload from `head` bytes in (`rest`; the first `head` bytes, even in number,
+// are summed here). The payload is summed once: what is relayed reuses `rest`.
+static __always_inline int checksum_ok(struct xdp_md *ctx, struct dgram *d, __u32 head,
+				       __s64 rest)
 {
 	if (d->check == 0)
 		return !d->v6;
-	__s64 s = data_sum(ctx, d->payload - sizeof(struct udphdr), d->len + sizeof(struct udphdr));
-	if (s < 0)
+	if (rest < 0)
 		return 0;
-	__u64 sum = pseudo_sum(d->src, d->dst, d->len + sizeof(struct udphdr)) + (__u64)s;
+	__s64 h = data_sum(ctx, d->payload - sizeof(struct udphdr), sizeof(struct udphdr) + head);
+	if (h < 0)
+		return 0;
+	__u64 sum = pseudo_sum(d->src, d->dst, d->len + sizeof(struct udphdr)) + (__u64)h +
+		    (__u64)rest;
 	return fold(sum) == 0xffff;
 }
 
@@ -638,11 +645,14 @@ int turnd_relay(struct xdp_md *ctx)
 					return pass(ST_PASS_MALFORMED);
 				if (now >= c->expires)
 					return pass(ST_PASS_EXPIRED);
-				if (!checksum_ok(ctx, &d))
+				__u32 pad = d.len - 4 - n;
+				__s64 rest = data_sum(ctx, d.payload + 4, n + pad);
+				if (!checksum_ok(ctx, &d, 4, rest))
 					return pass(ST_PASS_CHECKSUM);
 				learn(ctx, d.src);
 				o.data = d.payload + 4;
 				o.len = n;
+				o.dsum = pad ? -1 : rest;
 				// The peer may be another allocation of this server.
 				struct peer_key pk = {};
 				copy16(pk.relay, c->peer);
@@ -694,7 +704,8 @@ int turnd_relay(struct xdp_md *ctx)
 		return pass(ST_PASS_MALFORMED);
 	if (now >= pv->expires)
 		return pass(ST_PASS_EXPIRED);
-	if (!checksum_ok(ctx, &d))
+	__s64 rest = data_sum(ctx, d.payload, d.len);
+	if (!checksum_ok(ctx, &d, 0, rest))
 		return pass(ST_PASS_CHECKSUM);
 	learn(ctx, d.src);
 	copy16(o.src, pv->server);
@@ -704,6 +715,7 @@ int turnd_relay(struct xdp_md *ctx)
 	o.channel = pv->channel;
 	o.data = d.payload;
 	o.len = d.len;
+	o.dsum = rest;
 	__u32 slot = pv->slot;
 	int act = emit(ctx, &d, &o);
 	if (act == XDP_TX || act == XDP_REDIRECT) {

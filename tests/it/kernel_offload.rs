@@ -202,6 +202,13 @@ fn relay_both_ways(
             break;
         }
     }
+    // Warm-ups that crossed each other: read and dropped before the counted packets.
+    while let Ok((n, _)) = p.recv_from(&mut buf) {
+        assert_eq!(&buf[..n], b"warm-up");
+    }
+    while let Some((_, d)) = recv_channel(c, Duration::from_millis(500)) {
+        assert_eq!(d, b"warm-up back");
+    }
     for i in 0..PACKETS {
         let len = sizes[i as usize % sizes.len()];
         let data = payload(i, len);
