@@ -90,6 +90,10 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.udp-io-uring",
         old.server.udp_io_uring != new.server.udp_io_uring,
     );
+    check(
+        "server.kernel-offload",
+        old.server.kernel_offload != new.server.kernel_offload,
+    );
     check("relay.ips", old.relay_ips() != new.relay_ips());
     check(
         "relay.external-ips",
@@ -141,6 +145,7 @@ fn keep_running_values(old: &Config, mut new: Config) -> Config {
     new.server.workers = old.server.workers;
     new.server.udp_offload = old.server.udp_offload;
     new.server.udp_io_uring = old.server.udp_io_uring;
+    new.server.kernel_offload = old.server.kernel_offload;
     new.relay.ips = old.relay.ips.clone();
     new.relay.external_ips = old.relay.external_ips.clone();
     new.relay.min_port = old.relay.min_port;

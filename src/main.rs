@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(admin) = admin {
-        let admin = admin.with_fleet(fleet);
+        let admin = admin.with_fleet(fleet).with_kernel(running.kernel_path());
         rt.spawn(admin.serve(
             running.control(),
             Some(lifecycle.clone()),

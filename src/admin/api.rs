@@ -96,6 +96,9 @@ async fn metrics_page(control: &Control, s: &Settings) -> Response {
     if let Some(fleet) = &s.fleet {
         body.push_str(&fleet.render_metrics());
     }
+    if let Some(k) = &s.kernel {
+        body.push_str(&metrics::render_kernel(k));
+    }
     Response {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -144,6 +147,13 @@ pub(super) fn session_json(worker: usize, a: &SessionInfo) -> Value {
         "bytes_from_peer": a.bytes_from_peer,
         "dropped": drops,
         "quality": quality_json(a),
+        "kernel": {
+            "channels": a.kernel_channels,
+            "packets_to_peer": a.kernel.packets_to_peer,
+            "bytes_to_peer": a.kernel.bytes_to_peer,
+            "packets_from_peer": a.kernel.packets_from_peer,
+            "bytes_from_peer": a.kernel.bytes_from_peer,
+        },
     })
 }
 

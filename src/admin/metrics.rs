@@ -567,6 +567,41 @@ fn render_quality(o: &mut Out, q: &QualityStats) {
 /// The TCP/TLS listeners' families: open connections by transport, refusals by the cap that
 /// refused, timeouts by kind, handshake failures and write-queue drops. Every label value is
 /// one of a fixed few.
+/// The kernel fast path's families (`server.kernel-offload`): what the XDP program did with
+/// the packets it saw, the channels installed and the installs the full maps refused.
+pub fn render_kernel(k: &crate::net::xdp::KernelPath) -> String {
+    let s = k.stats();
+    let mut o = Out(String::with_capacity(1024));
+    o.family(
+        "turnd_kernel_packets_total",
+        "counter",
+        "Packets the kernel fast path (XDP) relayed (to_peer, from_peer, local: to another \
+         allocation's client) or passed up to the socket path, by reason.",
+    );
+    for (name, v) in crate::net::xdp::STAT_NAMES.iter().zip(s.actions) {
+        o.sample("turnd_kernel_packets_total", &[("action", name)], v);
+    }
+    o.single(
+        "turnd_kernel_channels",
+        "gauge",
+        "Channels installed in the kernel fast path.",
+        s.entries,
+    );
+    o.single(
+        "turnd_kernel_install_failures_total",
+        "counter",
+        "Channels the kernel's maps had no room for (they stay on the socket path).",
+        s.install_failures,
+    );
+    o.single(
+        "turnd_kernel_interfaces",
+        "gauge",
+        "Interfaces the XDP program is attached to.",
+        k.attached().len() as u64,
+    );
+    o.0
+}
+
 pub fn render_streams(t: &crate::net::StreamSnapshot) -> String {
     let mut o = Out(String::with_capacity(2 * 1024));
     o.family(

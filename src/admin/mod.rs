@@ -64,6 +64,8 @@ pub(crate) struct Settings {
     fleet: Option<Fleet>,
     /// The status and self-test pages' logins and samples.
     pages: pages::Pages,
+    /// The kernel fast path (`server.kernel-offload`), for `/metrics`.
+    kernel: Option<std::sync::Arc<crate::net::xdp::KernelPath>>,
 }
 
 /// A bound admin listener, not yet serving.
@@ -104,6 +106,7 @@ impl Admin {
                 streams: None,
                 fleet: None,
                 pages: pages::Pages::new(),
+                kernel: None,
             },
             max_connections: a.max_connections,
         }))
@@ -112,6 +115,15 @@ impl Admin {
     /// Serves the fleet's routes (`GET /cluster`, `POST`/`DELETE /revoke`) and metrics.
     pub fn with_fleet(mut self, fleet: Option<Fleet>) -> Admin {
         self.settings.fleet = fleet;
+        self
+    }
+
+    /// Adds the kernel fast path's counters to `/metrics`.
+    pub fn with_kernel(
+        mut self,
+        kernel: Option<std::sync::Arc<crate::net::xdp::KernelPath>>,
+    ) -> Admin {
+        self.settings.kernel = kernel;
         self
     }
 

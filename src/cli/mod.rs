@@ -300,6 +300,9 @@ pub struct ServeArgs {
     /// 0x4000-0x7FFF [server.strict-channel-numbers = true].
     #[arg(long)]
     pub strict_channel_numbers: bool,
+    /// The kernel fast path: auto, on or off [server.kernel-offload].
+    #[arg(long, value_name = "MODE")]
+    pub kernel_offload: Option<crate::net::xdp::Mode>,
     /// Do not observe relayed payloads for call quality [telemetry.enabled = false].
     #[arg(long)]
     pub no_telemetry: bool,

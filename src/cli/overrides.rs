@@ -54,6 +54,7 @@ impl ServeArgs {
         if cli.no_udp_io_uring {
             config.server.udp_io_uring = false;
         }
+        set(&mut config.server.kernel_offload, &cli.kernel_offload);
         if cli.no_telemetry {
             config.telemetry.enabled = false;
         }

@@ -52,6 +52,9 @@ pub struct ServerSection {
     /// ChannelBind grants only RFC 8656 §12's channel numbers, 0x4000-0x4FFF; false (the
     /// default) grants RFC 5766 §11's 0x4000-0x7FFF, which older clients pick from.
     pub strict_channel_numbers: bool,
+    /// The kernel fast path: ChannelData relayed in XDP (`auto`, `on`, `off`). See
+    /// docs/kernel-offload.md.
+    pub kernel_offload: crate::net::xdp::Mode,
 }
 
 impl Default for ServerSection {
@@ -67,6 +70,7 @@ impl Default for ServerSection {
             udp_offload: true,
             udp_io_uring: true,
             strict_channel_numbers: false,
+            kernel_offload: crate::net::xdp::Mode::Off,
         }
     }
 }

@@ -7,6 +7,12 @@
 //! per node a count (`c:<node>`) and an expiry in Redis' clock (`t:<node>`, unix ms) that
 //! the node's heartbeat renews ([`refresh`]). A count whose expiry has passed (a node
 //! killed with SIGKILL) is not counted and is removed by the next script that sees it.
+//!
+//! Adopted leases (`a:<node>`): what this node granted by per-node counting (Redis down, no
+//! answer in time) holds none; once Redis answers again the workers' cores hand over those
+//! allocations and reservations ([`adopt`]) and the heartbeat writes their count per user,
+//! as a whole value, beside the acquired ones. Ending one of them lowers that value at the
+//! next heartbeat: no decrement of a count Redis never had, so no count goes negative.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,67 +25,82 @@ use super::{Fleet, StoreError, lock};
 use crate::net::Control;
 use crate::turn::{LeaseAnswer, LeaseRequest};
 
-/// Counts the user's and the fleet's live leases and takes one if both are under their
-/// quota. KEYS: the user's hash, the total hash. ARGV: node, user quota, total quota, ttl
-/// in ms (0 quota: none). Returns 0 granted, 1 over the user's quota, 2 over the total.
+/// Counts the user's and the fleet's live leases (acquired and adopted) and takes `n` if
+/// both stay within their quota. KEYS: the user's hash, the total hash. ARGV: node, user
+/// quota, total quota, ttl in ms, n (0 quota: none). Returns 0 granted, 1 over the user's
+/// quota, 2 over the total.
 const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local node = ARGV[1]
 local ttl = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 local function live(key)
   local h = redis.call('HGETALL', key)
   local count, exp = {}, {}
   for i = 1, #h, 2 do
     local f = h[i]
     local p = string.sub(f, 1, 2)
-    if p == 't:' then exp[string.sub(f, 3)] = tonumber(h[i + 1])
-    elseif p == 'c:' then count[string.sub(f, 3)] = tonumber(h[i + 1]) end
+    local who = string.sub(f, 3)
+    if p == 't:' then exp[who] = tonumber(h[i + 1])
+    elseif p == 'c:' or p == 'a:' then count[who] = (count[who] or 0) + tonumber(h[i + 1]) end
   end
   local sum = 0
-  for n, c in pairs(count) do
-    local e = exp[n]
+  for who, c in pairs(count) do
+    local e = exp[who]
     if e and e >= now then sum = sum + c
-    else redis.call('HDEL', key, 'c:' .. n, 't:' .. n) end
+    else redis.call('HDEL', key, 'c:' .. who, 'a:' .. who, 't:' .. who) end
   end
   return sum
 end
 local tq = tonumber(ARGV[3])
 local total = live(KEYS[2])
-if tq > 0 and total >= tq then return 2 end
+if tq > 0 and total + n > tq then return 2 end
 local uq = tonumber(ARGV[2])
-if uq > 0 and live(KEYS[1]) >= uq then return 1 end
+if uq > 0 and live(KEYS[1]) + n > uq then return 1 end
 for i = 1, 2 do
-  redis.call('HINCRBY', KEYS[i], 'c:' .. node, 1)
+  redis.call('HINCRBY', KEYS[i], 'c:' .. node, n)
   redis.call('HSET', KEYS[i], 't:' .. node, now + ttl)
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return 0
 "#;
 
-/// Gives one lease back. KEYS: the user's hash, the total hash. ARGV: node.
+/// Gives one acquired lease back. KEYS: the user's hash, the total hash. ARGV: node. The
+/// expiry stays while the node has adopted leases there.
 const RELEASE: &str = r#"
 for i = 1, 2 do
   local n = redis.call('HINCRBY', KEYS[i], 'c:' .. ARGV[1], -1)
-  if n <= 0 then redis.call('HDEL', KEYS[i], 'c:' .. ARGV[1], 't:' .. ARGV[1]) end
+  if n <= 0 then
+    redis.call('HDEL', KEYS[i], 'c:' .. ARGV[1])
+    if redis.call('HEXISTS', KEYS[i], 'a:' .. ARGV[1]) == 0 then
+      redis.call('HDEL', KEYS[i], 't:' .. ARGV[1])
+    end
+  end
 end
 return 0
 "#;
 
 /// The heartbeat: renews this node's leases. KEYS: hashes. ARGV: node, ttl in ms, then
-/// this node's count for each key. A count missing in Redis (Redis restarted without its
-/// data) is written again; one present is left to the increments and decrements.
+/// per key this node's acquired count and adopted count. An acquired count missing in
+/// Redis (Redis restarted without its data) is written again, one present is left to the
+/// increments and decrements; the adopted count is written as it is (0: removed).
 const REFRESH: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local node = ARGV[1]
 local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  local c = tonumber(ARGV[i + 2])
-  if c > 0 then
-    redis.call('HSETNX', KEYS[i], 'c:' .. node, c)
+  local c = tonumber(ARGV[2 * i + 1])
+  local a = tonumber(ARGV[2 * i + 2])
+  if c > 0 then redis.call('HSETNX', KEYS[i], 'c:' .. node, c) end
+  if a > 0 then redis.call('HSET', KEYS[i], 'a:' .. node, a)
+  else redis.call('HDEL', KEYS[i], 'a:' .. node) end
+  if c > 0 or a > 0 then
     redis.call('HSET', KEYS[i], 't:' .. node, now + ttl)
     redis.call('PEXPIRE', KEYS[i], ttl)
+  elseif redis.call('HEXISTS', KEYS[i], 'c:' .. node) == 0 then
+    redis.call('HDEL', KEYS[i], 't:' .. node)
   end
 end
 return 0
@@ -96,6 +117,7 @@ pub(crate) enum LeaseMsg {
         user: String,
         user_quota: u32,
         total_quota: u32,
+        count: u32,
     },
     Release {
         user: String,
@@ -124,6 +146,7 @@ impl LeaseDesk {
                 user: lease.user.to_owned(),
                 user_quota: lease.user_quota,
                 total_quota: lease.total_quota,
+                count: lease.count.max(1),
             })
             .is_ok()
     }
@@ -143,12 +166,64 @@ pub(super) struct Held {
     total: u32,
     /// Releases that failed (Redis down), retried by the heartbeat.
     owed: Vec<String>,
+    /// Adopted leases per user, and in total under the empty name: written whole by the
+    /// heartbeat. An entry at 0 stays until a heartbeat has removed it from Redis.
+    adopted: FxHashMap<String, u32>,
 }
 
 impl Held {
-    fn add(&mut self, user: &str) {
-        *self.per_user.entry(user.to_owned()).or_default() += 1;
-        self.total += 1;
+    fn add(&mut self, user: &str, n: u32) {
+        *self.per_user.entry(user.to_owned()).or_default() += n;
+        self.total += n;
+    }
+
+    /// Counts the leases of allocations and reservations a core has just handed over
+    /// (one entry per lease).
+    pub(super) fn adopt(&mut self, users: &[String]) {
+        for u in users {
+            *self.adopted.entry(u.clone()).or_default() += 1;
+        }
+        *self.adopted.entry(String::new()).or_default() += users.len() as u32;
+    }
+
+    /// Gives back one adopted lease of `user`, if it has one (the heartbeat writes the new
+    /// count). Leases of one user are alike: whichever of its allocations ended.
+    fn take_adopted(&mut self, user: &str) -> bool {
+        match self.adopted.get_mut(user) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                if let Some(t) = self.adopted.get_mut("") {
+                    *t = t.saturating_sub(1);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adopted leases held now (users and total each count).
+    pub(super) fn adopted_total(&self) -> u32 {
+        self.adopted.get("").copied().unwrap_or(0)
+    }
+
+    /// What the heartbeat writes: per key (a user, or the empty name for the total) the
+    /// acquired and the adopted count.
+    fn snapshot(&self) -> Vec<(String, u32, u32)> {
+        let adopted = |u: &str| self.adopted.get(u).copied().unwrap_or(0);
+        let mut keys: Vec<(String, u32, u32)> = self
+            .per_user
+            .iter()
+            .map(|(u, n)| (u.clone(), *n, adopted(u)))
+            .collect();
+        for (u, a) in &self.adopted {
+            if !u.is_empty() && !self.per_user.contains_key(u) {
+                keys.push((u.clone(), 0, *a));
+            }
+        }
+        if self.total > 0 || self.adopted.contains_key("") {
+            keys.push((String::new(), self.total, adopted("")));
+        }
+        keys
     }
 
     fn remove(&mut self, user: &str) {
@@ -197,10 +272,12 @@ async fn run(fleet: Fleet, control: Control, mut rx: mpsc::UnboundedReceiver<Lea
                 user,
                 user_quota,
                 total_quota,
+                count,
             } => {
                 let control = control.clone();
                 tokio::spawn(async move {
-                    let answer = match acquire(&fleet, &user, user_quota, total_quota).await {
+                    let answer = match acquire(&fleet, &user, user_quota, total_quota, count).await
+                    {
                         Ok(a) => a,
                         Err(e) => {
                             debug!(error = %e, "lease not taken");
@@ -208,7 +285,7 @@ async fn run(fleet: Fleet, control: Control, mut rx: mpsc::UnboundedReceiver<Lea
                         }
                     };
                     if answer == LeaseAnswer::Granted {
-                        lock(&fleet.inner.held).add(&user);
+                        lock(&fleet.inner.held).add(&user, count);
                     }
                     let taken = control
                         .on_worker(worker, move |core, io| {
@@ -218,12 +295,17 @@ async fn run(fleet: Fleet, control: Control, mut rx: mpsc::UnboundedReceiver<Lea
                         .unwrap_or(false);
                     if answer == LeaseAnswer::Granted && !taken {
                         // Too late (timed out, the client gone): given back at once.
-                        release(fleet, user).await;
+                        for _ in 0..count {
+                            release(fleet.clone(), user.clone()).await;
+                        }
                     }
                 });
             }
             LeaseMsg::Release { user } => {
-                tokio::spawn(release(fleet, user));
+                // An adopted lease goes back with the next heartbeat's write.
+                if !lock(&fleet.inner.held).take_adopted(&user) {
+                    tokio::spawn(release(fleet, user));
+                }
             }
         }
     }
@@ -234,6 +316,7 @@ async fn acquire(
     user: &str,
     user_quota: u32,
     total_quota: u32,
+    count: u32,
 ) -> Result<LeaseAnswer, StoreError> {
     let i = &fleet.inner;
     let mut conn = fleet.conn().await?;
@@ -248,6 +331,7 @@ async fn acquire(
             .arg(user_quota)
             .arg(total_quota)
             .arg(ttl_ms)
+            .arg(count)
             .query_async(&mut conn)
             .await?;
         Ok(r)
@@ -300,28 +384,21 @@ async fn release(fleet: Fleet, user: String) {
 }
 
 /// The heartbeat's part: retries the owed releases, then renews the expiry of this node's
-/// leases (and writes back counts Redis lost).
+/// leases (and writes back counts Redis lost), and writes the adopted counts.
 pub(super) async fn refresh(fleet: &Fleet) -> Result<(), StoreError> {
     let i = &fleet.inner;
-    let (owed, mut counts, total) = {
-        let mut h = lock(&i.held);
-        let owed = std::mem::take(&mut h.owed);
-        let counts: Vec<(String, u32)> = h.per_user.iter().map(|(u, n)| (u.clone(), *n)).collect();
-        (owed, counts, h.total)
-    };
+    let owed = std::mem::take(&mut lock(&i.held).owed);
     for user in owed {
         // A failure puts it back on the list.
         release(fleet.clone(), user).await;
     }
-    if total > 0 {
-        counts.push((String::new(), total));
-    }
+    let counts = lock(&i.held).snapshot();
     let ttl_ms = i.cfg.node_ttl.saturating_mul(1000).max(1000);
     for chunk in counts.chunks(REFRESH_CHUNK) {
         let mut conn = fleet.conn().await?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(REFRESH).arg(chunk.len());
-        for (user, _) in chunk {
+        for (user, _, _) in chunk {
             if user.is_empty() {
                 cmd.arg(total_key(&i.realm));
             } else {
@@ -329,8 +406,8 @@ pub(super) async fn refresh(fleet: &Fleet) -> Result<(), StoreError> {
             }
         }
         cmd.arg(&i.node).arg(ttl_ms);
-        for (_, n) in chunk {
-            cmd.arg(*n);
+        for (_, c, a) in chunk {
+            cmd.arg(*c).arg(*a);
         }
         let fut = async {
             let _: i64 = cmd.query_async(&mut conn).await?;
@@ -342,5 +419,32 @@ pub(super) async fn refresh(fleet: &Fleet) -> Result<(), StoreError> {
         fleet.note(r.is_ok());
         r?;
     }
+    // Adopted counts written as 0 are gone from Redis: forget them, unless one was adopted
+    // again meanwhile.
+    let mut h = lock(&i.held);
+    for (user, _, a) in &counts {
+        if *a == 0 && h.adopted.get(user) == Some(&0) {
+            h.adopted.remove(user);
+        }
+    }
     Ok(())
+}
+
+/// Has every worker's core hand over what it granted by per-node counting under a quota
+/// (all of it with `all`, else only when something new was), counts those leases as
+/// adopted, and returns how many. Each core's hand-over is counted on its own thread
+/// before it goes on, so the release of one of them can never come first.
+pub(super) async fn adopt(fleet: &Fleet, control: &Control, all: bool) -> usize {
+    let f = fleet.clone();
+    control
+        .on_each_worker(move |core, _| {
+            let users = core.adopt_unleased(all);
+            if !users.is_empty() {
+                lock(&f.inner.held).adopt(&users);
+            }
+            users.len()
+        })
+        .await
+        .into_iter()
+        .sum()
 }

@@ -96,6 +96,8 @@ struct Inner {
     held: Mutex<lease::Held>,
     /// Lease scripts run (acquire and release).
     lease_commands: AtomicU64,
+    /// Leases registered for what was granted by per-node counting ([`lease::adopt`]).
+    adopted: AtomicU64,
     /// Every node's entry as last read, this one included.
     cluster: Mutex<Vec<NodeEntry>>,
     commands: AtomicU64,
@@ -180,6 +182,7 @@ impl Fleet {
                 strict_active: Arc::new(AtomicBool::new(false)),
                 held: Mutex::new(lease::Held::default()),
                 lease_commands: AtomicU64::new(0),
+                adopted: AtomicU64::new(0),
                 cluster: Mutex::new(Vec::new()),
                 commands: AtomicU64::new(0),
                 command_errors: AtomicU64::new(0),
@@ -257,7 +260,11 @@ impl Fleet {
              # TYPE turnd_fleet_revoked_allocations_total counter\nturnd_fleet_revoked_allocations_total {}\n\
              # HELP turnd_fleet_events_total Allocation events appended to the Redis stream, or lost.\n\
              # TYPE turnd_fleet_events_total counter\n\
-             turnd_fleet_events_total{{outcome=\"written\"}} {}\nturnd_fleet_events_total{{outcome=\"lost\"}} {}\n",
+             turnd_fleet_events_total{{outcome=\"written\"}} {}\nturnd_fleet_events_total{{outcome=\"lost\"}} {}\n\
+             # HELP turnd_fleet_adopted_leases_total Leases registered in Redis, once it answered again, for allocations and reservations granted by per-node counting.\n\
+             # TYPE turnd_fleet_adopted_leases_total counter\nturnd_fleet_adopted_leases_total {}\n\
+             # HELP turnd_fleet_adopted_leases Adopted leases this node holds now.\n\
+             # TYPE turnd_fleet_adopted_leases gauge\nturnd_fleet_adopted_leases {}\n",
             1 - fleet,
             g(&i.commands),
             g(&i.command_errors),
@@ -269,6 +276,8 @@ impl Fleet {
             g(&i.revoked_ended),
             g(&i.events_written),
             g(&i.events_lost),
+            g(&i.adopted),
+            lock(&i.held).adopted_total(),
         )
     }
 

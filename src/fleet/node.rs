@@ -5,7 +5,8 @@
 //!
 //! Quota leases: each allocation holds one in Redis ([`super::lease`]); the heartbeat here
 //! renews this node's with a `redis.node-ttl` expiry, so a node killed with SIGKILL gives its
-//! counts back by itself. The per-user counts in the entry are for `GET /cluster`.
+//! counts back by itself, and registers the leases of what was granted by per-node counting
+//! once Redis answers again. The per-user counts in the entry are for `GET /cluster`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -84,9 +85,23 @@ pub(super) async fn run(fleet: Fleet, control: Control, lifecycle: Option<Lifecy
                     // this node alone; the others' published counts are for `GET /cluster`.
                     control.quotas().set_fleet_counts(FxHashMap::default(), 0);
                     let renewed = super::lease::refresh(&fleet).await;
-                    i.strict_active.store(renewed.is_ok(), Ordering::Relaxed);
+                    let was = i.strict_active.swap(renewed.is_ok(), Ordering::Relaxed);
                     if renewed.is_ok() && !i.fleet_quotas_active.swap(true, Ordering::Relaxed) {
                         info!(nodes = nodes.len(), "quotas counted across the fleet");
+                    }
+                    if renewed.is_ok() {
+                        // What was granted by per-node counting gets its leases now: all of
+                        // it when Redis has just come back, else what the cores flag.
+                        let n = super::lease::adopt(&fleet, &control, !was).await;
+                        if n > 0 {
+                            i.adopted.fetch_add(n as u64, Ordering::Relaxed);
+                            info!(
+                                leases = n,
+                                "leases registered in Redis for allocations and reservations granted by per-node counting"
+                            );
+                            // Written now rather than at the next heartbeat.
+                            let _ = super::lease::refresh(&fleet).await;
+                        }
                     }
                 }
                 *lock(&i.cluster) = nodes;

@@ -18,6 +18,7 @@ mod batch;
 pub mod proxy;
 pub mod tls;
 mod worker;
+pub mod xdp;
 /// The workers' send queue, public for the benchmark floor (`tools/`, `turnd-floor --gso`),
 /// which sends through it to pay the kernel exactly what turnd pays.
 pub use batch::{Offload, SendQueue};
@@ -65,6 +66,8 @@ pub struct Running {
     /// TLS listen addresses as bound (port 0 resolved).
     pub tls_listen: Vec<SocketAddr>,
     streams: Arc<worker::streams::Shared>,
+    /// The kernel fast path, when `server.kernel-offload` loaded it.
+    kernel: Option<Arc<xdp::KernelPath>>,
 }
 
 /// A handle that runs work on every worker thread, for the admin API, reload and drain.
@@ -212,6 +215,11 @@ impl Running {
         StreamMetrics::new(self.streams.clone())
     }
 
+    /// The kernel fast path, when it is in use.
+    pub fn kernel_path(&self) -> Option<Arc<xdp::KernelPath>> {
+        self.kernel.clone()
+    }
+
     /// Ends every allocation, closes every socket and joins the workers.
     pub fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -319,6 +327,32 @@ fn own_addresses(
     own
 }
 
+/// Loads and attaches the kernel fast path as `server.kernel-offload` asks: `off` does
+/// nothing, `auto` logs why it cannot and goes on with sockets, `on` refuses to start.
+fn start_kernel_path(
+    mode: xdp::Mode,
+    listen: &[SocketAddr],
+    relay_ips: &[IpAddr],
+) -> Result<Option<Arc<xdp::KernelPath>>, String> {
+    if mode == xdp::Mode::Off {
+        return Ok(None);
+    }
+    let addrs = xdp::offload_addresses(listen, relay_ips);
+    match xdp::KernelPath::start(&addrs) {
+        Ok(k) => {
+            for a in k.attached() {
+                info!(interface = %a.interface, mode = a.mode, "kernel offload attached (XDP)");
+            }
+            Ok(Some(Arc::new(k)))
+        }
+        Err(e) if mode == xdp::Mode::Auto => {
+            tracing::warn!(reason = %e, "kernel offload not in use (server.kernel-offload = auto); relaying on sockets");
+            Ok(None)
+        }
+        Err(e) => Err(format!("server.kernel-offload = on: {e}")),
+    }
+}
+
 /// Binds every listener and starts the workers. Errors name what failed.
 pub fn start(cfg: &Config) -> Result<Running, String> {
     let workers = match cfg.server.workers {
@@ -384,6 +418,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         .flat_map(|f| pool.addresses(f).collect::<Vec<_>>())
         .collect()
     };
+    let kernel = start_kernel_path(cfg.server.kernel_offload, &listen, &all_relay_ips)?;
     let handover = worker::handover::Handover::new(workers, relay_ips, &all_relay_ips)
         .map_err(|e| format!("cannot set up the hand-over between workers: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
@@ -408,6 +443,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             return Err("worker job queue missing".into());
         };
         let handover = handover.clone();
+        let kernel = kernel.clone();
         let ws = worker::streams::WorkerStreams {
             listeners: tcp_socks,
             shared: streams.clone(),
@@ -423,6 +459,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
                         sockets: socks,
                         offload,
                         handover,
+                        kernel,
                     },
                     core,
                     rx,
@@ -443,6 +480,7 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
         }
     }
     Ok(Running {
+        kernel,
         workers: handles,
         stop,
         control: Control {

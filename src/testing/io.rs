@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 
 use super::LastToClient;
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, LeaseRequest, PEER_HEADROOM, PEER_TAILROOM, RelayId,
-    RelayOptions,
+    BindError, ConnectionId, FastPathEntry, FiveTuple, Io, KernelCounts, LeaseRequest,
+    PEER_HEADROOM, PEER_TAILROOM, RelayId, RelayOptions,
 };
 
 /// A simulated driver: keeps what the core sent and asked for, in order, and fails the binds
@@ -26,11 +26,33 @@ pub struct SimIo {
     /// RFC 6062 calls.
     pub tcp: TcpCalls,
     /// A fleet store to ask for leases (strict fleet quotas): requests are kept in
-    /// `lease_requests` as (id, user, user quota, total quota) for the test to answer.
+    /// `lease_requests` as (id, user, user quota, total quota, leases wanted) for the test
+    /// to answer.
     pub lease_store: bool,
-    pub lease_requests: Vec<(u64, String, u32, u32)>,
+    pub lease_requests: Vec<(u64, String, u32, u32, u32)>,
     /// Users whose leases were given back, in order.
     pub lease_releases: Vec<String>,
+    /// A kernel fast path to offer channels to; its calls in order ("install", "remove"),
+    /// the allocations whose counts were taken ("end"), and the counts it reports per
+    /// allocation id.
+    pub fast_path: bool,
+    pub fast_calls: Vec<(&'static str, FastPathEntry)>,
+    pub fast_ended: Vec<u64>,
+    pub kernel_counts: std::collections::HashMap<u64, KernelCounts>,
+}
+
+impl SimIo {
+    /// The fast path's entries now: installs and rewrites minus removals, by route.
+    pub fn fast_entries(&self) -> Vec<FastPathEntry> {
+        let mut live: Vec<FastPathEntry> = Vec::new();
+        for (call, e) in &self.fast_calls {
+            live.retain(|l| !l.same_route(e));
+            if *call == "install" {
+                live.push(*e);
+            }
+        }
+        live
+    }
 }
 
 /// What the core asked of the driver's TCP side (RFC 6062).
@@ -84,13 +106,31 @@ impl Io for SimIo {
     }
     fn request_lease(&mut self, l: LeaseRequest<'_>) -> bool {
         if self.lease_store {
-            self.lease_requests
-                .push((l.id, l.user.to_owned(), l.user_quota, l.total_quota));
+            self.lease_requests.push((
+                l.id,
+                l.user.to_owned(),
+                l.user_quota,
+                l.total_quota,
+                l.count,
+            ));
         }
         self.lease_store
     }
     fn release_lease(&mut self, user: &str) {
         self.lease_releases.push(user.to_owned());
+    }
+    fn fast_path(&self) -> bool {
+        self.fast_path
+    }
+    fn install_fast_path(&mut self, entry: &FastPathEntry) {
+        self.fast_calls.push(("install", *entry));
+    }
+    fn remove_fast_path(&mut self, entry: &FastPathEntry) {
+        self.fast_calls.push(("remove", *entry));
+    }
+    fn end_fast_path(&mut self, alloc: u64) -> Option<KernelCounts> {
+        self.fast_ended.push(alloc);
+        self.kernel_counts.remove(&alloc)
     }
 }
 

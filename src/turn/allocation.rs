@@ -10,7 +10,7 @@ use super::bandwidth::TokenBucket;
 use super::ports::Family;
 use super::quota::QuotaHold;
 use super::stats::DROP_REASONS;
-use super::{FiveTuple, RelayId, Time};
+use super::{FastPathEntry, FiveTuple, KernelCounts, RelayId, Time};
 use crate::quality::Quality;
 
 /// RFC 8656 §9: a permission lasts 300 seconds unless refreshed.
@@ -86,6 +86,12 @@ pub struct Allocation {
     /// Call quality (`telemetry.enabled`): made on the first relayed packet, so an idle
     /// allocation carries only this pointer.
     pub quality: Option<Box<Quality>>,
+    /// The channels installed in the kernel fast path (`server.kernel-offload`), what the
+    /// kernel relayed for this allocation (already part of `counters`), and the last
+    /// reading of its current kernel counter slot.
+    pub fast: Vec<FastPathEntry>,
+    pub kernel: KernelCounts,
+    pub kernel_seen: KernelCounts,
 }
 
 /// What [`Allocation::new`] needs: the granted relays, the authenticated user and the
@@ -127,6 +133,9 @@ impl Allocation {
             quota: n.quota,
             leased: false,
             quality: None,
+            fast: Vec::new(),
+            kernel: KernelCounts::default(),
+            kernel_seen: KernelCounts::default(),
         }
     }
 

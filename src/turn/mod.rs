@@ -150,6 +150,94 @@ pub trait Io {
     fn release_lease(&mut self, user: &str) {
         let _ = user;
     }
+
+    // The kernel fast path (`server.kernel-offload`). The defaults have none.
+
+    /// Whether the driver has a kernel fast path to offer channels to.
+    fn fast_path(&self) -> bool {
+        false
+    }
+    /// Installs a channel in the kernel fast path, or moves its expiry (the same route with
+    /// a new `expires`). Called only after the core's own checks; the kernel relays nothing
+    /// else.
+    fn install_fast_path(&mut self, entry: &FastPathEntry) {
+        let _ = entry;
+    }
+    /// Takes a channel out of the kernel fast path.
+    fn remove_fast_path(&mut self, entry: &FastPathEntry) {
+        let _ = entry;
+    }
+    /// The allocation `alloc` has no entry left in the kernel: its kernel counts so far,
+    /// after which the driver forgets them.
+    fn end_fast_path(&mut self, alloc: u64) -> Option<KernelCounts> {
+        let _ = alloc;
+        None
+    }
+}
+
+/// One channel the kernel may relay (see [`Io::install_fast_path`]): ChannelData from
+/// `client` on `channel` leaves as UDP from `relay` (the bound address) to `peer`, and UDP
+/// from `peer` to `relay` leaves as ChannelData to the client, until `expires`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastPathEntry {
+    /// The allocation's id (its counters in the kernel).
+    pub alloc: u64,
+    pub client: FiveTuple,
+    pub channel: u16,
+    pub relay: SocketAddr,
+    pub peer: SocketAddr,
+    /// The earliest of the channel's, the permission's and the allocation's expiries.
+    pub expires: Instant,
+}
+
+impl FastPathEntry {
+    /// The same channel between the same addresses, whatever the expiry.
+    pub fn same_route(&self, o: &FastPathEntry) -> bool {
+        FastPathEntry {
+            expires: o.expires,
+            ..*self
+        } == *o
+    }
+}
+
+/// What the kernel relayed for one allocation, counted since its first entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounts {
+    pub packets_to_peer: u64,
+    pub bytes_to_peer: u64,
+    pub packets_from_peer: u64,
+    pub bytes_from_peer: u64,
+}
+
+impl KernelCounts {
+    /// The counts beyond `earlier` (never negative).
+    pub fn since(&self, earlier: &KernelCounts) -> KernelCounts {
+        KernelCounts {
+            packets_to_peer: self.packets_to_peer.saturating_sub(earlier.packets_to_peer),
+            bytes_to_peer: self.bytes_to_peer.saturating_sub(earlier.bytes_to_peer),
+            packets_from_peer: self
+                .packets_from_peer
+                .saturating_sub(earlier.packets_from_peer),
+            bytes_from_peer: self.bytes_from_peer.saturating_sub(earlier.bytes_from_peer),
+        }
+    }
+
+    pub fn add(&mut self, o: &KernelCounts) {
+        self.packets_to_peer += o.packets_to_peer;
+        self.bytes_to_peer += o.bytes_to_peer;
+        self.packets_from_peer += o.packets_from_peer;
+        self.bytes_from_peer += o.bytes_from_peer;
+    }
+
+    /// Field by field, the larger.
+    pub fn max(&self, o: KernelCounts) -> KernelCounts {
+        KernelCounts {
+            packets_to_peer: self.packets_to_peer.max(o.packets_to_peer),
+            bytes_to_peer: self.bytes_to_peer.max(o.bytes_to_peer),
+            packets_from_peer: self.packets_from_peer.max(o.packets_from_peer),
+            bytes_from_peer: self.bytes_from_peer.max(o.bytes_from_peer),
+        }
+    }
 }
 
 /// CONNECTION-ID (RFC 6062 §6.2.1). The top bits name the worker whose core owns the

@@ -56,6 +56,20 @@ struct Reservation {
     /// The reservation's own count in the quotas (it holds a port as an allocation does),
     /// given back when the reservation expires or is cancelled, or handed to the claimer.
     hold: Option<QuotaHold>,
+    /// The quota user whose fleet lease the reservation holds (strict fleet quotas), if
+    /// one: handed to a claimer of that user, or given back through
+    /// [`RelayPorts::take_lapsed_leases`] when the reservation ends unclaimed.
+    lease: Option<String>,
+}
+
+/// A reservation taken over by [`PortPool::claim`]: its port, and what it counted for.
+#[derive(Debug)]
+pub struct Claimed {
+    pub family: Family,
+    pub port: u16,
+    pub hold: Option<QuotaHold>,
+    /// The user whose fleet lease came with it.
+    pub lease: Option<String>,
 }
 
 /// Free/used ports of one range, per family, and the reserved ones.
@@ -66,6 +80,9 @@ pub struct PortPool {
     used: [Vec<u64>; 2],
     in_use: [usize; 2],
     reservations: FxHashMap<u64, Reservation>,
+    /// Fleet leases (their users) of reservations that ended unclaimed, for the core to
+    /// give back.
+    lapsed: Vec<String>,
 }
 
 impl PortPool {
@@ -78,6 +95,7 @@ impl PortPool {
             used: [vec![0; words], vec![0; words]],
             in_use: [0, 0],
             reservations: FxHashMap::default(),
+            lapsed: Vec::new(),
         }
     }
 
@@ -154,31 +172,42 @@ impl PortPool {
                     port: found + 1,
                     expires: now + RESERVATION_LIFETIME,
                     hold: None,
+                    lease: None,
                 },
             );
         }
         Some(found)
     }
 
-    /// Counts a reservation made by [`PortPool::take_even`] in the quotas until it ends.
-    /// False (and the hold given back) when there is no such reservation.
-    pub fn hold_reservation(&mut self, token: u64, hold: QuotaHold) -> bool {
+    /// Counts a reservation made by [`PortPool::take_even`] in the quotas until it ends,
+    /// with the fleet lease of user `lease` if it holds one. False (and the hold given back)
+    /// when there is no such reservation.
+    pub fn hold_reservation(&mut self, token: u64, hold: QuotaHold, lease: Option<String>) -> bool {
         match self.reservations.get_mut(&token) {
             Some(r) => {
                 r.hold = Some(hold);
+                r.lease = lease;
                 true
             }
-            None => false,
+            None => {
+                if let Some(user) = lease {
+                    self.lapsed.push(user);
+                }
+                false
+            }
         }
     }
 
     /// Claims a reserved port by its token; the port stays taken, now by the caller, who
-    /// also gets the reservation's quota hold.
-    pub fn claim(&mut self, token: u64, now: Instant) -> Option<(Family, u16, Option<QuotaHold>)> {
+    /// also gets the reservation's quota hold and fleet lease.
+    pub fn claim(&mut self, token: u64, now: Instant) -> Option<Claimed> {
         self.expire_reservations(now);
-        self.reservations
-            .remove(&token)
-            .map(|r| (r.family, r.port, r.hold))
+        self.reservations.remove(&token).map(|r| Claimed {
+            family: r.family,
+            port: r.port,
+            hold: r.hold,
+            lease: r.lease,
+        })
     }
 
     /// Ends the reservations whose time is up, giving back their ports and quota counts.
@@ -192,10 +221,14 @@ impl PortPool {
         }
     }
 
-    /// Drops a reservation (when the allocation that made it fails), freeing its port.
+    /// Drops a reservation (when the allocation that made it fails, or its time is up),
+    /// freeing its port; its fleet lease goes on the lapsed list.
     pub fn cancel(&mut self, token: u64) {
         if let Some(r) = self.reservations.remove(&token) {
             self.mark(r.family, r.port, false);
+            if let Some(user) = r.lease {
+                self.lapsed.push(user);
+            }
         }
     }
 
@@ -320,27 +353,64 @@ impl RelayPorts {
     }
 
     /// See [`PortPool::hold_reservation`].
-    pub fn hold_reservation(&mut self, token: u64, hold: QuotaHold) -> bool {
-        match self
+    pub fn hold_reservation(&mut self, token: u64, hold: QuotaHold, lease: Option<String>) -> bool {
+        let i = self
             .pools
-            .iter_mut()
-            .find(|(_, p)| p.reservations.contains_key(&token))
-        {
-            Some((_, p)) => p.hold_reservation(token, hold),
-            None => false,
+            .iter()
+            .position(|(_, p)| p.reservations.contains_key(&token));
+        match (i, self.pools.first_mut()) {
+            (Some(i), _) => self.pools[i].1.hold_reservation(token, hold, lease),
+            // No such reservation: the pool of the first address takes the lease back.
+            (None, Some((_, p))) => p.hold_reservation(token, hold, lease),
+            (None, None) => false,
         }
     }
 
     /// See [`PortPool::claim`]; also says on which address the port is.
-    pub fn claim(
-        &mut self,
-        token: u64,
-        now: Instant,
-    ) -> Option<(Family, std::net::IpAddr, u16, Option<QuotaHold>)> {
-        self.pools.iter_mut().find_map(|(ip, p)| {
-            p.claim(token, now)
-                .map(|(family, port, hold)| (family, *ip, port, hold))
-        })
+    pub fn claim(&mut self, token: u64, now: Instant) -> Option<(std::net::IpAddr, Claimed)> {
+        self.pools
+            .iter_mut()
+            .find_map(|(ip, p)| p.claim(token, now).map(|c| (*ip, c)))
+    }
+
+    /// The user whose fleet lease the live reservation `token` holds, if any.
+    pub fn reservation_lease(&self, token: u64) -> Option<&str> {
+        self.pools
+            .iter()
+            .find_map(|(_, p)| p.reservations.get(&token))
+            .and_then(|r| r.lease.as_deref())
+    }
+
+    /// The fleet leases of reservations that ended unclaimed since the last call (one entry
+    /// per lease, its user), for the core to give back.
+    pub fn take_lapsed_leases(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, p) in self.pools.iter_mut() {
+            if out.is_empty() {
+                out = std::mem::take(&mut p.lapsed);
+            } else {
+                out.append(&mut p.lapsed);
+            }
+        }
+        out
+    }
+
+    /// Gives the live reservations that count in the quotas but hold no fleet lease one,
+    /// when `leased(user)` says their user's quota is counted across the fleet; returns their
+    /// users (one entry per reservation), for the driver to register.
+    pub fn adopt_reservations(&mut self, leased: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, p) in self.pools.iter_mut() {
+            for r in p.reservations.values_mut() {
+                if let (None, Some(h)) = (&r.lease, &r.hold)
+                    && leased(h.user())
+                {
+                    r.lease = Some(h.user().to_owned());
+                    out.push(h.user().to_owned());
+                }
+            }
+        }
+        out
     }
 
     /// Ends the reservations whose time is up on every address.
@@ -393,7 +463,8 @@ mod tests {
         r.take(Family::V4, now, 0);
         let (ip, even) = r.take_even(Family::V4, Some(5), now, 0).unwrap();
         assert_eq!(ip, b, "the emptier address");
-        let (fam, cip, port, _) = r.claim(5, now).unwrap();
+        let (cip, c) = r.claim(5, now).unwrap();
+        let (fam, port) = (c.family, c.port);
         assert_eq!((fam, cip, port), (Family::V4, b, even + 1));
     }
 
@@ -421,7 +492,7 @@ mod tests {
         assert_eq!(even % 2, 0);
         assert_eq!(p.in_use(Family::V4), 2);
         assert_eq!(
-            p.claim(42, now).map(|(f, p, _)| (f, p)),
+            p.claim(42, now).map(|c| (c.family, c.port)),
             Some((Family::V4, even + 1))
         );
         assert!(p.claim(42, now).is_none());
@@ -448,8 +519,8 @@ mod tests {
         let now = Instant::now();
         let mut p = PortPool::new(50000, 50003);
         p.take_even(Family::V4, Some(9), now, 0).unwrap();
-        assert!(p.hold_reservation(9, QuotaHold::acquire(&q, "u", ip).unwrap()));
-        assert!(!p.hold_reservation(10, QuotaHold::acquire(&q, "u", ip).unwrap()));
+        assert!(p.hold_reservation(9, QuotaHold::acquire(&q, "u", ip).unwrap(), None));
+        assert!(!p.hold_reservation(10, QuotaHold::acquire(&q, "u", ip).unwrap(), None));
         assert_eq!((q.user_count("u"), q.ip_count(ip)), (1, 1));
         p.expire(now + RESERVATION_LIFETIME);
         assert_eq!((q.user_count("u"), q.ip_count(ip), q.total()), (0, 0, 0));

@@ -368,6 +368,11 @@ impl QuotaHold {
         self.rate
     }
 
+    /// The user this hold counts for.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// Whether this hold counts for `user` from `ip` (an IPv6 client by its /64).
     pub fn is_for(&self, user: &str, ip: IpAddr) -> bool {
         self.user == user && ip_key(self.ip) == ip_key(ip)

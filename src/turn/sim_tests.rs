@@ -14,6 +14,7 @@ use crate::testing::{SimIo, TestClient};
 const REALM: &str = "sim.test";
 const UNIX0: u64 = 1_800_000_000;
 
+mod fast_path;
 mod fleet;
 mod lease;
 mod quality;

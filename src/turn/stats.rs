@@ -172,4 +172,8 @@ pub struct SessionInfo {
     pub tcp_relay: bool,
     /// Call quality, once something was relayed with `telemetry.enabled`.
     pub quality: Option<crate::quality::QualityReport>,
+    /// Channels in the kernel fast path now, and what it relayed (part of the totals
+    /// above; `server.kernel-offload`).
+    pub kernel_channels: usize,
+    pub kernel: super::KernelCounts,
 }

@@ -68,8 +68,11 @@ fn unit_is_hardened_and_notifies() {
     assert_eq!(one("Type"), "notify");
     assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert!(one("ExecStart").starts_with("/usr/local/bin/turnd --config "));
-    assert_eq!(one("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
-    assert_eq!(one("AmbientCapabilities"), "CAP_NET_BIND_SERVICE");
+    // Low ports, and the kernel fast path's program (server.kernel-offload): nothing more.
+    let caps = "CAP_NET_BIND_SERVICE CAP_BPF CAP_NET_ADMIN";
+    assert_eq!(one("CapabilityBoundingSet"), caps);
+    assert_eq!(one("AmbientCapabilities"), caps);
+    assert!(value("SystemCallFilter").contains(&"bpf"));
     assert_eq!(one("NoNewPrivileges"), "yes");
     assert_eq!(one("ProtectSystem"), "strict");
     assert_eq!(one("PrivateTmp"), "yes");

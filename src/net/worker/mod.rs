@@ -40,9 +40,10 @@ use self::local::LocalQueue;
 use self::udp::{HANDOVER_TOKEN, LISTENER_TOKEN, RelaySocket};
 use super::batch::{Offload, SendQueue, send_now};
 use super::now;
+use super::xdp::WorkerKernel;
 use crate::turn::{
-    BindError, ConnectionId, FiveTuple, Io, LeaseRequest, RelayId, RelayOptions, Server,
-    ServerConfig, Transport,
+    BindError, ConnectionId, FastPathEntry, FiveTuple, Io, KernelCounts, LeaseRequest, RelayId,
+    RelayOptions, Server, ServerConfig, Transport,
 };
 
 /// The longest the timer task sleeps, so a missed wakeup costs at most this much.
@@ -91,6 +92,8 @@ pub(crate) struct DriverIo {
     pub(super) tcp: streams::TcpIo,
     /// The fleet's lease task (strict fleet quotas) and this worker's index; None without.
     leases: Option<(crate::fleet::LeaseDesk, usize)>,
+    /// The kernel fast path (`server.kernel-offload`), when in use.
+    kernel: Option<WorkerKernel>,
 }
 
 /// How much the UDP segmentation offloads did on one worker (see [`DriverIo::offload_counts`]).
@@ -234,6 +237,26 @@ impl Io for DriverIo {
             desk.release(user);
         }
     }
+    fn fast_path(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    fn install_fast_path(&mut self, entry: &FastPathEntry) {
+        if let Some(k) = &mut self.kernel {
+            k.install(entry);
+        }
+    }
+
+    fn remove_fast_path(&mut self, entry: &FastPathEntry) {
+        if let Some(k) = &mut self.kernel {
+            k.remove(entry);
+        }
+    }
+
+    fn end_fast_path(&mut self, alloc: u64) -> Option<KernelCounts> {
+        self.kernel.as_mut()?.end(alloc)
+    }
+
     fn bind_data_connection(&mut self, id: ConnectionId, data: &FiveTuple) {
         self.tcp.bind_data_connection(id, data);
     }
@@ -245,6 +268,7 @@ pub(super) struct UdpSetup {
     pub(super) sockets: Vec<(SocketAddr, StdUdpSocket)>,
     pub(super) offload: Offload,
     pub(super) handover: Option<Arc<Handover>>,
+    pub(super) kernel: Option<Arc<crate::net::xdp::KernelPath>>,
 }
 
 pub(super) fn run_worker(
@@ -259,6 +283,7 @@ pub(super) fn run_worker(
         sockets,
         offload,
         handover,
+        kernel,
     } = udp;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -325,6 +350,7 @@ pub(super) fn run_worker(
                 gro_datagrams: 0,
                 tcp: Default::default(),
                 leases: None,
+                kernel: kernel.map(WorkerKernel::new),
             },
         }));
         tokio::task::spawn_local(udp::udp_loop(Rc::downgrade(&state), epoll, offload.gro));
@@ -405,6 +431,7 @@ pub(super) fn deliver_handover(w: &mut Worker, budget: usize) -> bool {
 }
 
 async fn timer_loop(state: Weak<RefCell<Worker>>) {
+    let mut credited = Instant::now();
     loop {
         let next = {
             let Some(s) = state.upgrade() else {
@@ -421,5 +448,13 @@ async fn timer_loop(state: Weak<RefCell<Worker>>) {
         let mut g = s.borrow_mut();
         let w = &mut *g;
         w.core.handle_timeout(now(), &mut w.io);
+        if let Some(k) = &w.io.kernel
+            && credited.elapsed() >= MAX_TIMER_SLEEP
+        {
+            // What the kernel relayed joins the allocations' counters once a second (the
+            // timer's longest sleep), however often the timers fire.
+            credited = Instant::now();
+            w.core.credit_kernel_counts(|alloc| k.read(alloc));
+        }
     }
 }

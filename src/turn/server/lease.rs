@@ -6,6 +6,11 @@
 //! total), or unavailable. No answer within the timeout, no store to ask, or more parked
 //! Allocates than [`MAX_PARKED`]: the Allocate is decided by per-node counting, as while the
 //! store is down.
+//!
+//! An Allocate that reserves the next port (EVEN-PORT with R) asks for two leases at once:
+//! the reservation holds one of its own, given back when it ends unclaimed and handed to the
+//! allocation of the same user that claims it. What was granted by per-node counting holds
+//! none until the driver, with the store back, has it adopted ([`Server::adopt_unleased`]).
 
 use super::*;
 
@@ -25,6 +30,9 @@ pub struct LeaseRequest<'a> {
     /// The user's allocation quota and the total quota; 0 means none.
     pub user_quota: u32,
     pub total_quota: u32,
+    /// Leases wanted at once: 2 for an Allocate that also reserves a port (EVEN-PORT with
+    /// the R bit), else 1.
+    pub count: u32,
 }
 
 /// The store's answer to a [`LeaseRequest`].
@@ -66,6 +74,7 @@ struct Parked {
     request: Vec<u8>,
     auth: Authed,
     user: String,
+    count: u32,
 }
 
 /// How the Allocate being handled now got past the lease gate.
@@ -73,8 +82,9 @@ struct Parked {
 enum Resume {
     /// Fresh: it may be parked.
     No,
-    /// Its lease was granted; `consumed` once an allocation holds it.
-    Leased { consumed: bool },
+    /// Its leases were granted; `left` of them not yet held by the allocation or the
+    /// reservation it made.
+    Leased { left: u32 },
     /// Decided by per-node counting.
     PerNode,
 }
@@ -87,6 +97,12 @@ pub(super) struct Leases {
     next_id: u64,
     timeout: Duration,
     resuming: Resume,
+    /// When the reservations this worker made end, so their counts and leases go back on
+    /// time even when no Allocate touches the port pool.
+    reservations: BinaryHeap<Reverse<Instant>>,
+    /// Something was granted by per-node counting with a quota in force since the last
+    /// [`Server::adopt_unleased`].
+    unleased: bool,
     pub(super) stats: LeaseStats,
 }
 
@@ -99,15 +115,22 @@ impl Default for Leases {
             next_id: 1,
             timeout: DEFAULT_LEASE_TIMEOUT,
             resuming: Resume::No,
+            reservations: BinaryHeap::new(),
+            unleased: false,
             stats: LeaseStats::default(),
         }
     }
 }
 
 impl Leases {
-    /// The earliest moment a parked Allocate times out.
+    /// The earliest moment a parked Allocate times out or a reservation ends.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|Reverse((t, _))| *t)
+        let parked = self.deadlines.peek().map(|Reverse((t, _))| *t);
+        let reserved = self.reservations.peek().map(|Reverse(t)| *t);
+        match (parked, reserved) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether this request is a retransmission of a parked Allocate.
@@ -135,12 +158,15 @@ impl Server {
     }
 
     /// The lease gate of Allocate, after authentication and before anything is taken: with
-    /// a quota in force and a store to ask, checks the local counts and parks the request
-    /// (true). False: go on now (no quota, no store, a resumed request, or the cap reached).
+    /// a quota in force and a store to ask, checks the local counts (with `local_check`)
+    /// and parks the request for `count` leases (true). False: go on now (no quota, no
+    /// store, a resumed request, or the cap reached).
     pub(super) fn park_for_lease(
         &mut self,
         req: Request<'_>,
         quota_user: &str,
+        count: u32,
+        local_check: bool,
         io: &mut impl Io,
     ) -> Result<bool, RequestError> {
         if self.leases.resuming != Resume::No {
@@ -150,7 +176,9 @@ impl Server {
         if user_quota == 0 && total_quota == 0 {
             return Ok(false);
         }
-        self.cfg.quotas.check(quota_user)?;
+        if local_check {
+            self.cfg.quotas.check(quota_user)?;
+        }
         if self.leases.parked.len() >= MAX_PARKED {
             self.leases.stats.overflow += 1;
             return Ok(false);
@@ -161,6 +189,7 @@ impl Server {
             user: quota_user,
             user_quota,
             total_quota,
+            count,
         });
         if !asked {
             return Ok(false);
@@ -176,6 +205,7 @@ impl Server {
                 request: req.msg.raw().to_vec(),
                 auth: req.auth.clone(),
                 user: quota_user.to_owned(),
+                count,
             },
         );
         l.by_txn.insert((*req.ft, txid), id);
@@ -200,8 +230,10 @@ impl Server {
         match answer {
             LeaseAnswer::Granted => {
                 self.leases.stats.granted += 1;
-                if !self.resume(now, &p, Resume::Leased { consumed: false }, io) {
-                    // Refused here after all (a port, the local count): the lease goes back.
+                let left = self.resume(now, &p, Resume::Leased { left: p.count }, io);
+                // Refused here after all (a port, the local count), or fewer held than
+                // granted: those leases go back.
+                for _ in 0..left {
                     io.release_lease(&p.user);
                 }
             }
@@ -270,11 +302,15 @@ impl Server {
         self.leases.stats.abandoned += n;
     }
 
-    /// Handles a parked Allocate again, past the gate. True when the allocation now holds
-    /// the lease (`Leased` only).
-    fn resume(&mut self, now: Time, p: &Parked, mode: Resume, io: &mut impl Io) -> bool {
+    /// Handles a parked Allocate again, past the gate. Returns how many of its granted
+    /// leases neither the allocation nor its reservation holds (`Leased` only).
+    fn resume(&mut self, now: Time, p: &Parked, mode: Resume, io: &mut impl Io) -> u32 {
+        let granted = match mode {
+            Resume::Leased { left } => left,
+            _ => 0,
+        };
         let Ok(msg) = Message::parse(&p.request) else {
-            return false;
+            return granted;
         };
         self.leases.resuming = mode;
         let req = Request {
@@ -286,19 +322,86 @@ impl Server {
         if let Err(e) = self.handle_allocate(req, io) {
             self.send_error(&p.ft, &msg, e, Some(&p.auth), io);
         }
-        let consumed = self.leases.resuming == Resume::Leased { consumed: true };
+        self.give_back_lapsed(io);
+        let left = match self.leases.resuming {
+            Resume::Leased { left } => left,
+            _ => 0,
+        };
         self.leases.resuming = Resume::No;
-        consumed
+        left
     }
 
-    /// Called as an allocation is installed: it holds the lease of the Allocate being
-    /// resumed, if that one was granted one.
-    pub(super) fn take_lease(&mut self, slot: usize) {
-        if self.leases.resuming == (Resume::Leased { consumed: false })
-            && let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut())
+    /// Takes one lease of the Allocate being resumed for what it installs (its allocation,
+    /// its reservation): true when it was granted one not yet held. False without one
+    /// (per-node counting) also marks that something under a quota holds no lease, when
+    /// `quota_user` has a quota in force, for the next [`Server::adopt_unleased`].
+    pub(super) fn take_lease(&mut self, quota_user: &str) -> bool {
+        if let Resume::Leased { left } = &mut self.leases.resuming
+            && *left > 0
         {
-            a.leased = true;
-            self.leases.resuming = Resume::Leased { consumed: true };
+            *left -= 1;
+            return true;
         }
+        if !self.leases.unleased && self.cfg.quotas.limits_for(quota_user) != (0, 0) {
+            self.leases.unleased = true;
+        }
+        false
+    }
+
+    /// A reservation made now ends at `expires`: wake then to end it, so its quota count
+    /// and lease go back on time.
+    pub(super) fn note_reservation(&mut self, expires: Instant) {
+        self.leases.reservations.push(Reverse(expires));
+    }
+
+    /// Ends the reservations whose time is up (see [`Server::note_reservation`]).
+    pub(super) fn expire_reservations(&mut self, now: Instant, io: &mut impl Io) {
+        let mut due = false;
+        while let Some(&Reverse(t)) = self.leases.reservations.peek() {
+            if t > now {
+                break;
+            }
+            self.leases.reservations.pop();
+            due = true;
+        }
+        if due {
+            self.lock_ports().expire(now);
+            self.give_back_lapsed(io);
+        }
+    }
+
+    /// Gives back the fleet leases of reservations that ended unclaimed (on any worker:
+    /// the port pool is shared, and so is the driver's lease desk).
+    pub(super) fn give_back_lapsed(&mut self, io: &mut impl Io) {
+        for user in self.lock_ports().take_lapsed_leases() {
+            io.release_lease(&user);
+        }
+    }
+
+    /// Marks the live allocations and reservations that count against a quota in force but
+    /// hold no fleet lease (granted by per-node counting while the store was down, or when
+    /// no lease came in time) as holding one, and returns their users, one entry each: the
+    /// driver registers these leases in the store, over the quota if need be (nothing is
+    /// ended; new Allocates are refused until the counts fall), and from then on they are
+    /// given back as they end. Without `all`, returns at once unless something was granted
+    /// without a lease since the last call.
+    pub fn adopt_unleased(&mut self, all: bool) -> Vec<String> {
+        if !all && !self.leases.unleased {
+            return Vec::new();
+        }
+        self.leases.unleased = false;
+        let quotas = self.cfg.quotas.clone();
+        let counted = |user: &str| quotas.limits_for(user) != (0, 0);
+        let sep = self.cfg.rest_separator;
+        let mut users = Vec::new();
+        for a in self.slots.iter_mut().flatten() {
+            let user = display_user(&a.username, sep);
+            if !a.leased && counted(user) {
+                a.leased = true;
+                users.push(user.to_owned());
+            }
+        }
+        users.extend(self.lock_ports().adopt_reservations(counted));
+        users
     }
 }

@@ -21,7 +21,7 @@ use super::allocation::{
 };
 use super::error::RequestError;
 use super::peer_policy::PeerPolicy;
-use super::ports::{Family, RelayPorts};
+use super::ports::{Family, RESERVATION_LIFETIME, RelayPorts};
 use super::quota::{QuotaHold, Quotas};
 use super::rate_limit::ResponseLimiter;
 use super::stats::{
@@ -40,6 +40,7 @@ use crate::stun::{
 
 mod auth;
 mod data_path;
+mod fast_path;
 mod fleet;
 mod lease;
 mod request;
@@ -330,6 +331,7 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Time, io: &mut impl Io) {
         self.tcp_handle_timeout(now.mono, io);
         self.expire_parked(now, io);
+        self.expire_reservations(now.mono, io);
         while let Some(&Reverse((t, slot))) = self.timers.peek() {
             if t > now.mono {
                 break;
@@ -347,6 +349,7 @@ impl Server {
                 continue;
             }
             a.sweep(now.mono);
+            self.sync_fast_path(slot, now.mono, io);
             self.schedule(slot);
         }
     }
@@ -441,7 +444,12 @@ impl Server {
             auth: &auth,
         };
         let done = match m {
-            method::ALLOCATE => self.handle_allocate(req, io),
+            method::ALLOCATE => {
+                let r = self.handle_allocate(req, io);
+                // Reservations that ended meanwhile give their fleet leases back.
+                self.give_back_lapsed(io);
+                r
+            }
             method::REFRESH => self.handle_refresh(req, io),
             method::CREATE_PERMISSION => self.handle_create_permission(req, io),
             method::CONNECT => self.handle_connect(req, io),
@@ -455,7 +463,8 @@ impl Server {
     }
 
     /// Makes the allocation an Allocate was granted (UDP relays, or an RFC 6062 TCP relay)
-    /// and installs it; returns its slot and lifetime.
+    /// and installs it; returns its slot and lifetime. It holds a fleet lease when it took
+    /// over a claimed reservation's (`lease_claimed`) or the resumed Allocate has one left.
     fn grant(
         &mut self,
         req: Request<'_>,
@@ -463,7 +472,10 @@ impl Server {
         username: String,
         quota: QuotaHold,
         tcp: bool,
+        lease_claimed: bool,
     ) -> (usize, Duration) {
+        let sep = self.cfg.rest_separator;
+        let leased = lease_claimed || self.take_lease(display_user(&username, sep));
         let lifetime = self.lifetime(req.msg);
         let alloc = Allocation::new(NewAllocation {
             five_tuple: *req.ft,
@@ -476,7 +488,9 @@ impl Server {
             tcp,
         });
         let slot = self.install(alloc, lifetime);
-        self.take_lease(slot);
+        if let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) {
+            a.leased = leased;
+        }
         self.record_event(slot, AllocationEventKind::Created, req.now.unix, None);
         if let Some(ev) = self.events.pending.last_mut() {
             ev.lifetime_secs = lifetime.as_secs();
@@ -628,6 +642,8 @@ impl Server {
         };
         self.free_slots.push(slot);
         self.by_tuple.remove(&a.five_tuple);
+        let mut a = a;
+        Server::end_fast_path(&mut self.stats, &mut a, io);
         self.tcp_end_allocation(&a.five_tuple, io);
         {
             let mut pool = match self.cfg.ports.lock() {

@@ -156,7 +156,7 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
-        if self.park_for_lease(req, &quota_user, io)? {
+        if self.park_for_lease(req, &quota_user, 1, true, io)? {
             return Ok(());
         }
         let quota = QuotaHold::acquire(&self.cfg.quotas, &quota_user, ft.client.ip())?;
@@ -190,7 +190,7 @@ impl Server {
         };
         let mut relays = [None, None];
         relays[family.index()] = Some(relay);
-        let (slot, lifetime) = self.grant(req, relays, username, quota, true);
+        let (slot, lifetime) = self.grant(req, relays, username, quota, true, false);
         let mut w = self.writer(msg, Class::Success);
         w.xor_address(attr::XOR_RELAYED_ADDRESS, relay.advertised)
             .u32_attr(attr::LIFETIME, lifetime.as_secs() as u32)

@@ -91,6 +91,8 @@ impl Server {
             bytes_from_peer: c.bytes_from_peer,
             drops: c.drops,
             tcp_relay: a.tcp,
+            kernel_channels: a.fast.len(),
+            kernel: a.kernel,
             quality: match &a.quality {
                 Some(q) => Some(q.report(now)),
                 // Nothing relayed yet: an idle report, unless telemetry is off.

@@ -3,6 +3,7 @@
 //! not write).
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod redis;
 pub mod stream;
 

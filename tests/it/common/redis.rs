@@ -170,6 +170,26 @@ impl TestRedis {
     }
 }
 
+impl TestRedis {
+    /// The fleet leases of `user` in this Redis (strict quotas): every node's acquired
+    /// (`c:<node>`) and adopted (`a:<node>`) count, summed. Panics on a negative count.
+    pub fn leases(&self, user: &str) -> i64 {
+        let out = self.cli(&["HGETALL", &format!("turnd/lease/{REALM}/user/{user}")]);
+        let lines: Vec<&str> = out.lines().collect();
+        let mut sum = 0;
+        for pair in lines.chunks(2) {
+            if let [field, value] = pair
+                && (field.starts_with("c:") || field.starts_with("a:"))
+            {
+                let n: i64 = value.trim().parse().expect("a lease count");
+                assert!(n >= 0, "negative lease count {field} = {n} in {out}");
+                sum += n;
+            }
+        }
+        sum
+    }
+}
+
 impl Drop for TestRedis {
     fn drop(&mut self) {
         self.kill();

@@ -101,8 +101,13 @@ impl Server {
             return self.refuse_draining(ft, msg, auth, alternates, io);
         }
         let quota_user = display_user(&username, self.cfg.rest_separator).to_string();
-        // A reservation's count was taken (and leased) by the Allocate that made it.
-        if token.is_none() && self.park_for_lease(req, &quota_user, io)? {
+        // Strict fleet quotas: a reservation holds a fleet lease of its own (an Allocate that
+        // makes one asks for two), which the claim of a user's own reservation takes over;
+        // any other claim asks for one. Its local count was taken with the reservation.
+        let lease_waiting = token
+            .is_some_and(|t| self.lock_ports().reservation_lease(t) == Some(quota_user.as_str()));
+        let count = if even_port == Some(true) { 2 } else { 1 };
+        if !lease_waiting && self.park_for_lease(req, &quota_user, count, token.is_none(), io)? {
             return Ok(());
         }
         let ip = ft.client.ip();
@@ -110,12 +115,23 @@ impl Server {
         self.lock_ports().expire(now.mono);
         let opts = RelayOptions { dont_fragment };
         let mut new_token = None;
-        let (primary, quota) = if let Some(t) = token {
-            let Some((fam, bind_ip, port, held)) = self.lock_ports().claim(t, now.mono) else {
+        let (primary, quota, lease_claimed) = if let Some(t) = token {
+            let Some((bind_ip, claimed)) = self.lock_ports().claim(t, now.mono) else {
                 return Err(RequestError::InsufficientCapacity);
             };
+            let (fam, port) = (claimed.family, claimed.port);
+            // The reservation's lease becomes the allocation's when it is the same user's
+            // (no double count); another user's goes back.
+            let lease_claimed = match claimed.lease {
+                Some(u) if u == quota_user => true,
+                Some(u) => {
+                    io.release_lease(&u);
+                    false
+                }
+                None => false,
+            };
             // The reservation's count becomes the allocation's when it is the same client's.
-            let quota = match held {
+            let quota = match claimed.hold {
                 Some(h) if h.is_for(&quota_user, ip) => Ok(h),
                 _ => QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip),
             };
@@ -123,6 +139,9 @@ impl Server {
                 Ok(q) => q,
                 Err(code) => {
                     self.lock_ports().release(fam, bind_ip, port);
+                    if lease_claimed {
+                        io.release_lease(&quota_user);
+                    }
                     return Err(code);
                 }
             };
@@ -130,8 +149,11 @@ impl Server {
             let r = self.bind_port(fam, bind_ip, port, opts, io);
             if r.is_none() {
                 self.lock_ports().release(fam, bind_ip, port);
+                if lease_claimed {
+                    io.release_lease(&quota_user);
+                }
             }
-            (r, quota)
+            (r, quota, lease_claimed)
         } else {
             let quota = QuotaHold::acquire(&self.cfg.quotas, &quota_user, ip)?;
             // A reservation holds a port as an allocation does, so it counts as one against
@@ -147,10 +169,13 @@ impl Server {
             let token = reserve.as_ref().map(|(t, _)| *t);
             let r = self.open_relay(now.mono, family, even_port.is_some(), token, opts, io);
             if let (Some(_), Some((t, hold))) = (&r, reserve) {
-                self.lock_ports().hold_reservation(t, hold);
+                // One of the resumed Allocate's leases, when it has them.
+                let lease = self.take_lease(&quota_user).then(|| quota_user.clone());
+                self.lock_ports().hold_reservation(t, hold, lease);
+                self.note_reservation(now.mono + RESERVATION_LIFETIME);
                 new_token = Some(t);
             }
-            (r, quota)
+            (r, quota, false)
         };
         let Some(primary) = primary else {
             return Err(RequestError::InsufficientCapacity);
@@ -170,7 +195,7 @@ impl Server {
                 address_error = Some(RequestError::InsufficientCapacity);
             }
         }
-        let (slot, lifetime) = self.grant(req, relays, username, quota, false);
+        let (slot, lifetime) = self.grant(req, relays, username, quota, false, lease_claimed);
         let mut w = self.writer(msg, Class::Success);
         for r in relays.iter().flatten() {
             w.xor_address(attr::XOR_RELAYED_ADDRESS, r.advertised);

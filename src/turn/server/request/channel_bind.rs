@@ -101,6 +101,7 @@ impl Server {
         );
         a.channel_by_peer.insert(peer, number);
         a.permissions.insert(peer.ip(), t + PERMISSION_LIFETIME);
+        self.sync_fast_path(slot, t, io);
         let txid = msg.transaction_id();
         self.writer(msg, Class::Success);
         self.seal_and_send(ft, msg, Some(auth), io);

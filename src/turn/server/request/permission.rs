@@ -69,6 +69,7 @@ impl Server {
         for ip in peers[..n].iter().flatten() {
             a.permissions.insert(*ip, now.mono + PERMISSION_LIFETIME);
         }
+        self.sync_fast_path(slot, now.mono, io);
         self.writer(msg, Class::Success);
         self.seal_and_send(ft, msg, Some(auth), io);
         self.cache_last(slot, txid, now.mono);

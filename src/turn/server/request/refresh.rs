@@ -51,12 +51,13 @@ impl Server {
         let txid = msg.transaction_id();
         if zero {
             match (family, dual) {
-                (Some(f), true) => self.close_family(slot, f, io),
+                (Some(f), true) => self.close_family(slot, f, now.mono, io),
                 _ => self.delete(slot, EndReason::Refreshed0, now.mono, io),
             }
         } else if let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) {
             a.expires = now.mono + lifetime;
             a.credential_expiry = auth.expiry.or(a.credential_expiry);
+            self.sync_fast_path(slot, now.mono, io);
         }
         if !zero && self.events.enabled {
             self.record_event(slot, AllocationEventKind::Refreshed, now.unix, None);
@@ -80,16 +81,22 @@ impl Server {
         &mut self,
         slot: usize,
         family: Family,
+        now: Instant,
         io: &mut impl Io,
     ) {
-        let Some(a) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+        let Some(r) = self
+            .slots
+            .get_mut(slot)
+            .and_then(|s| s.as_mut())
+            .and_then(|a| a.relays[family.index()].take())
+        else {
             return;
         };
-        if let Some(r) = a.relays[family.index()].take() {
-            self.by_relay.remove(&r.id);
-            io.close_relay(r.id);
-            self.lock_ports().release(r.family, r.bound.ip(), r.port);
-        }
+        // The family's channels leave the kernel before its socket closes.
+        self.sync_fast_path(slot, now, io);
+        self.by_relay.remove(&r.id);
+        io.close_relay(r.id);
+        self.lock_ports().release(r.family, r.bound.ip(), r.port);
     }
 }
 
