@@ -133,35 +133,36 @@ def main():
               f"{ratio(d.get('turnd_offload'), d.get('coturn'))} | "
               f"{ratio(d.get('turnd'), d.get('coturn'))} |")
 
-    # CPU per relayed packet (all cores − tool) and loss at every offered rate: where the
-    # machine is not yet saturated the per-packet cost is the server's; past that it is
-    # the whole machine divided by what got through.
+    # CPU per relayed packet and loss at every offered rate: where the machine is not yet
+    # saturated the per-packet cost is the relay's; past that it is the whole machine divided
+    # by what got through.
     rates = []
     for r in rows:
         if ok(r) and r.get("rate") not in rates:
             rates.append(r.get("rate"))
     rates.sort(key=lambda x: int(x) if x.isdigit() and x != "0" else 1 << 60)
-    print()
-    print("By offered rate: CPU per relayed packet, all cores − tool (µs; medians), and loss "
-          "(%; medians):")
-    print()
-    print("| offered | " + " | ".join(servers) + " | turnd_offload/coturn417 "
-          "| turnd_offload/turnd | turnd/coturn | turnd/coturn417 | loss % "
-          + " / ".join(servers) + " |")
-    print("|---:|" + "---:|" * len(servers) + "---:|---:|---:|---:|---|")
-    for rate in rates:
-        v, loss = {}, {}
-        for s in servers:
-            at = [r for r in rows if r["server"] == s and ok(r) and r.get("rate") == rate]
-            v[s] = median((per_packet(r) or {}).get("net") for r in at)
-            loss[s] = median(num(r, "loss_pct") for r in at)
-        offered = "flat out" if rate == "0" else f"{int(rate):,}"
-        vals = " | ".join(fmt(v.get(s), 2) for s in servers)
-        losses = " / ".join(fmt(loss.get(s), 1) for s in servers)
-        print(f"| {offered} | {vals} | {ratio(v.get('turnd_offload'), v.get('coturn417'))} | "
-              f"{ratio(v.get('turnd_offload'), v.get('turnd'))} | "
-              f"{ratio(v.get('turnd'), v.get('coturn'))} | "
-              f"{ratio(v.get('turnd'), v.get('coturn417'))} | {losses} |")
+    for key, what in (("net", "all cores − tool"), ("total", "all cores")):
+        print()
+        print(f"By offered rate: CPU per relayed packet, {what} (µs; medians), and loss "
+              "(%; medians):")
+        print()
+        print("| offered | " + " | ".join(servers) + " | turnd_offload/coturn417 "
+              "| turnd_offload/turnd | turnd/coturn | turnd/coturn417 | loss % "
+              + " / ".join(servers) + " |")
+        print("|---:|" + "---:|" * len(servers) + "---:|---:|---:|---:|---|")
+        for rate in rates:
+            v, loss = {}, {}
+            for s in servers:
+                at = [r for r in rows if r["server"] == s and ok(r) and r.get("rate") == rate]
+                v[s] = median((per_packet(r) or {}).get(key) for r in at)
+                loss[s] = median(num(r, "loss_pct") for r in at)
+            offered = "flat out" if rate == "0" else f"{int(rate):,}"
+            vals = " | ".join(fmt(v.get(s), 2) for s in servers)
+            losses = " / ".join(fmt(loss.get(s), 1) for s in servers)
+            print(f"| {offered} | {vals} | {ratio(v.get('turnd_offload'), v.get('coturn417'))} | "
+                  f"{ratio(v.get('turnd_offload'), v.get('turnd'))} | "
+                  f"{ratio(v.get('turnd'), v.get('coturn'))} | "
+                  f"{ratio(v.get('turnd'), v.get('coturn417'))} | {losses} |")
     return 0
 
 
