@@ -234,7 +234,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 for ns in "$NS_S" "$NS_L"; do
     if ip netns list | grep -qw "^$ns"; then
         if [ -n "$(ip netns pids "$ns" 2>/dev/null)" ]; then
-            echo "namespace $ns exists with processes in it (another bench/offload.sh run?)" >&2
+            echo "namespace $ns exists with processes in it: another bench/offload.sh run, or one" \
+                "that was SIGKILLed (its processes: ip netns pids $ns)" >&2
             exit 1
         fi
         echo "removing namespace $ns left by an earlier run" >&2
