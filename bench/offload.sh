@@ -385,6 +385,41 @@ attached() {
     echo "${a:-none}"
 }
 
+# Where packets were dropped, for the loss column: the veth pair's drop and error counters
+# (ethtool -S of both ends: queue drops, XDP drops, XDP_TX and ndo_xdp_xmit errors; and the
+# interfaces' rx_dropped and tx_dropped: a full NAPI ring drops at the sender) and the
+# UDP receive-buffer overflows of each namespace (/proc/net/snmp) and the machine's backlog
+# drops (/proc/net/softnet_stat, all CPUs: packets that found netdev_max_backlog full), as
+# "veth srv_udp load_udp backlog".
+drop_counts() {
+    local veth=0 v
+    for v in $("${IN_S[@]}" ethtool -S vs0 2>/dev/null | awk '/drops|errors/ { s += $2 } END { print s + 0 }') \
+        $("${IN_L[@]}" ethtool -S vl0 2>/dev/null | awk '/drops|errors/ { s += $2 } END { print s + 0 }') \
+        $("${IN_S[@]}" cat /sys/class/net/vs0/statistics/rx_dropped /sys/class/net/vs0/statistics/tx_dropped) \
+        $("${IN_L[@]}" cat /sys/class/net/vl0/statistics/rx_dropped /sys/class/net/vl0/statistics/tx_dropped); do
+        veth=$((veth + v))
+    done
+    echo "$veth $(udp_rcvbuf_errors "${IN_S[@]}") $(udp_rcvbuf_errors "${IN_L[@]}") $(backlog_drops)"
+}
+
+# The second column of /proc/net/softnet_stat (hexadecimal), summed over the CPUs.
+backlog_drops() {
+    local sum=0 _p dropped _rest
+    while read -r _p dropped _rest; do
+        sum=$((sum + 16#$dropped))
+    done </proc/net/softnet_stat
+    echo "$sum"
+}
+
+# RcvbufErrors of UDP and UDP6 in the namespace the command prefix enters.
+udp_rcvbuf_errors() {
+    "$@" cat /proc/net/snmp /proc/net/snmp6 2>/dev/null | awk '
+        $1 == "Udp:" && $2 == "InDatagrams" { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") col = i; next }
+        $1 == "Udp:" && col { s += $col }
+        $1 == "Udp6RcvbufErrors" { s += $2 }
+        END { print s + 0 }'
+}
+
 # The machine's busy CPU time in clock ticks (/proc/stat: all but idle and iowait).
 busy_ticks() {
     local _cpu user nice system _idle _iowait irq softirq steal _rest
@@ -445,18 +480,25 @@ run() {
         fi
         waited=$((waited + 1))
     done
-    local att
+    local att d0 d1
     att=$(attached)
+    d0=$(drop_counts)
     line=$(load -n "$ALLOCS" --mode channel --topology peer --burst 1 --rate "$rate" \
         --duration "$DURATION" --size "$SIZE" --threads "$THREADS" --peers "$PEERS" \
         --server-pid "$SERVER_PID" --setup-timeout 30 2>"$TMP/load.err" |
         sed -n 's/^RESULT //p') || true
+    d1=$(drop_counts)
     stop_server
     if [ -z "$line" ]; then
         echo "run failed: $s rate=$rate: $(head -3 "$TMP/load.err")" >&2
         line="allocations=$ALLOCS rate=$rate failed=1"
     fi
-    echo "server=$s phase=$phase bg_cores=$bg quiet_wait_s=$waited attached=$att $line" | tee -a "$OUT" >&2
+    local drops
+    # shellcheck disable=SC2086 # word splitting of the three counts is the point
+    drops=$(paste -d' ' <(printf '%s\n' $d0) <(printf '%s\n' $d1) |
+        awk 'BEGIN { split("veth_drops srv_udp_rcvbuf_errors load_udp_rcvbuf_errors backlog_drops", k, " ") }
+            { printf "%s=%d ", k[NR], $2 - $1 }')
+    echo "server=$s phase=$phase bg_cores=$bg quiet_wait_s=$waited attached=$att ${drops}$line" | tee -a "$OUT" >&2
 }
 
 for _ in $(seq 1 "$REPEAT"); do

@@ -63,6 +63,16 @@ def per_packet(r):
     }
 
 
+def drops(r):
+    """Where packets were dropped during the run, as bench/offload.sh counts them: the veth
+    pair, the server namespace's UDP receive buffers, the load namespace's, and the
+    machine's backlog."""
+    keys = ("veth_drops", "srv_udp_rcvbuf_errors", "load_udp_rcvbuf_errors", "backlog_drops")
+    if not any(k in r for k in keys):
+        return "-"
+    return " / ".join(fmt(num(r, k), 0) for k in keys)
+
+
 def ok(r):
     return not r.get("failed") and num(r, "relayed")
 
@@ -81,13 +91,13 @@ def main():
     print("| server | offered | sent pps | delivered pps | loss % | p50 µs | p99 µs "
           "| CPU µs/pkt, all cores | all cores − tool | all cores − tool user time "
           "| all cores − tool − background | server process | background cores "
-          "| kernel program |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| kernel program | dropped: veth / server UDP / load UDP / backlog |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         rate = r.get("rate", "?")
         offered = "flat out" if rate == "0" else f"{int(rate):,}" if rate.isdigit() else rate
         if not ok(r):
-            print(f"| {r['server']} | {offered} | failed | | | | | | | | | | | |")
+            print(f"| {r['server']} | {offered} | failed | | | | | | | | | | | | |")
             continue
         p = per_packet(r) or {}
         print(f"| {r['server']} | {offered} | {fmt(num(r, 'offered_pps'), 0)} | "
@@ -96,7 +106,7 @@ def main():
               f"{fmt(p.get('total'), 2)} | {fmt(p.get('net'), 2)} | "
               f"{fmt(p.get('net_user'), 2)} | {fmt(p.get('net_less_bg'), 2)} | "
               f"{fmt(p.get('server'), 2)} | {fmt(num(r, 'bg_cores'), 2)} | "
-              f"{r.get('attached', '-')} |")
+              f"{r.get('attached', '-')} | {drops(r)} |")
 
     def median(vals):
         vals = [v for v in vals if v is not None]
