@@ -27,6 +27,8 @@ TARGET_RATE=100000
 SERVERS="floor turnd turnd_offload coturn coturn417"
 ALLOCS=100
 SIZE=200
+BURST=1
+GSO=
 THREADS=2
 PEERS=2
 REPEAT=1
@@ -63,6 +65,10 @@ usage: bench/offload.sh [--check] [options]     (as root)
   --quiet-wait S        ... but at most S seconds, then run anyway (default $QUIET_WAIT; 0
                         does not wait). What the last sample saw goes into bg_cores=
   --out FILE            raw RESULT lines (default bench/results/offload-<time>.txt)
+  --burst K             packets each allocation sends back to back (turnd-load --burst;
+                        default 1, the issue's CPU measure); with --gso each burst is one
+                        UDP GSO send: a cheaper load tool, for the highest-rate question
+  --gso                 (see --burst)
   --napi-threads        receive processing in NAPI kernel threads on both veth ends (GRO
                         on and tx checksumming off on both, threaded NAPI on both), so
                         that none of it is charged to the load tool or the server process:
@@ -70,7 +76,7 @@ usage: bench/offload.sh [--check] [options]     (as root)
                         (and any XDP program) as the relay's, for every row alike
   --no-build            use the existing target/release binaries
   --no-install          do not apt-get install coturn when it is missing (skip the row)
-The load of every run: $ALLOCS allocations, ${SIZE}-byte payloads, channel mode, bursts of 1,
+The load of every run: $ALLOCS allocations, ${SIZE}-byte payloads, channel mode, bursts of $BURST,
 echo peers (peer topology), clients over UDP.
 EOF
 }
@@ -90,6 +96,8 @@ while [ $# -gt 0 ]; do
     --quiet-wait) QUIET_WAIT=$2; shift ;;
     --out) OUT=$2; shift ;;
     --napi-threads) NAPI_THREADS=1 ;;
+    --burst) BURST=$2; shift ;;
+    --gso) GSO=--gso ;;
     --no-build) BUILD=0 ;;
     --no-install) INSTALL=0 ;;
     -h | --help) usage; exit 0 ;;
@@ -446,7 +454,7 @@ HZ=$(getconf CLK_TCK)
     echo "# namespaces: server $NS_S ($SRV_IP, $SRV_IP6 on vs0), load $NS_L ($LOAD_IP, peers $PEER_IPS, $LOAD_IP6 on vl0), one veth pair, no default route"
     echo "# vl0: $("${IN_L[@]}" ethtool -k vl0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_L[@]}" cat /sys/class/net/vl0/threaded)"
     echo "# vs0: $("${IN_S[@]}" ethtool -k vs0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_S[@]}" cat /sys/class/net/vs0/threaded)"
-    echo "# load: $ALLOCS allocations, $SIZE-byte payloads, channel, peer, burst 1, UDP, $THREADS threads, $PEERS echo sockets; servers: $NCPU threads each, a fresh one per run"
+    echo "# load: $ALLOCS allocations, $SIZE-byte payloads, channel, peer, burst $BURST${GSO:+ (GSO)}, UDP, $THREADS threads, $PEERS echo sockets; servers: $NCPU threads each, a fresh one per run"
     echo "# rows: $ROWS"
     for n in "${NOTES[@]}"; do
         echo "# note: $n"
@@ -483,7 +491,8 @@ run() {
     local att d0 d1
     att=$(attached)
     d0=$(drop_counts)
-    line=$(load -n "$ALLOCS" --mode channel --topology peer --burst 1 --rate "$rate" \
+    # shellcheck disable=SC2086 # $GSO is empty or one flag
+    line=$(load -n "$ALLOCS" --mode channel --topology peer --burst "$BURST" $GSO --rate "$rate" \
         --duration "$DURATION" --size "$SIZE" --threads "$THREADS" --peers "$PEERS" \
         --server-pid "$SERVER_PID" --setup-timeout 30 2>"$TMP/load.err" |
         sed -n 's/^RESULT //p') || true
