@@ -140,22 +140,29 @@ fn interfaces_for(addrs: &[IpAddr]) -> Result<Vec<(String, u32)>, String> {
     Ok(out)
 }
 
+/// A socket for interface ioctls, and an `ifreq` naming interface `name` (the rest zeroed).
+fn ifreq_for(name: &str) -> std::io::Result<(std::net::UdpSocket, libc::ifreq)> {
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    // SAFETY: ifreq is plain data, valid zeroed.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // At most IFNAMSIZ-1 bytes: the zeroed last one ends the name.
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    Ok((sock, req))
+}
+
 /// An interface's MTU (SIOCGIFMTU).
 fn mtu_of(name: &str) -> Result<u32, String> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0")
-        .or_else(|_| std::net::UdpSocket::bind("[::]:0"))
-        .map_err(|e| format!("cannot read the MTU of {name}: {e}"))?;
-    // SAFETY: an ifreq zeroed, its name copied in (NUL-terminated, at most IFNAMSIZ-1
-    // bytes), read back after the ioctl fills its MTU.
+    let (sock, mut req) =
+        ifreq_for(name).map_err(|e| format!("cannot read the MTU of {name}: {e}"))?;
+    // SAFETY: the ioctl fills the MTU of the ifreq it is given, which names the interface.
     unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req
-            .ifr_name
-            .iter_mut()
-            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *d = s as libc::c_char;
-        }
         use std::os::fd::AsRawFd;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) != 0 {
             return Err(format!(
@@ -186,24 +193,14 @@ fn driver_of(name: &str) -> String {
     }
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     const ETHTOOL_GDRVINFO: u32 = 3;
-    let Ok(sock) =
-        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))
-    else {
+    let Ok((sock, mut req)) = ifreq_for(name) else {
         return String::new();
     };
-    // SAFETY: a zeroed ethtool_drvinfo the kernel fills, pointed to by a zeroed ifreq
-    // holding the interface's NUL-terminated name; both outlive the ioctl.
+    // SAFETY: a zeroed ethtool_drvinfo the kernel fills, pointed to by the ifreq naming the
+    // interface; both outlive the ioctl.
     unsafe {
         let mut info: DrvInfo = std::mem::zeroed();
         info.cmd = ETHTOOL_GDRVINFO;
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req
-            .ifr_name
-            .iter_mut()
-            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *d = s as libc::c_char;
-        }
         req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
         use std::os::fd::AsRawFd;
         if libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) != 0 {
