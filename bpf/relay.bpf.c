@@ -625,12 +625,14 @@ int turnd_relay(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	struct out o = {};
 
-	// ChannelData from a client: channel numbers 0x4000-0x4FFF (RFC 8656 §12).
+	// ChannelData from a client: 0x4000-0x4FFF (RFC 8656 §12) and, as turnd grants them
+	// unless server.strict-channel-numbers, RFC 5766's 0x4000-0x7FFF (coturn's uclient
+	// picks from all of it). Only numbers user space bound are in the map anyway.
 	if (d.len >= 4) {
 		__u8 *p = data + (d.payload & 0xfff);
 		if ((void *)(p + 4) > end)
 			return pass(ST_PASS_MALFORMED);
-		if ((p[0] & 0xf0) == 0x40) {
+		if ((p[0] & 0xc0) == 0x40) {
 			struct chan_key k = {};
 			copy16(k.client, d.src);
 			copy16(k.server, d.dst);

@@ -430,6 +430,20 @@ mod loaded {
         Ok(ebpf)
     }
 
+    /// A counter slot's counts, summed over the CPUs (zero if it cannot be read).
+    pub(super) fn sum_slot(slots: &PerCpuArray<MapData, SlotCounters>, slot: u32) -> KernelCounts {
+        let mut k = KernelCounts::default();
+        if let Ok(v) = slots.get(&slot, 0) {
+            for c in v.iter() {
+                k.packets_to_peer += c.packets_to_peer;
+                k.bytes_to_peer += c.bytes_to_peer;
+                k.packets_from_peer += c.packets_from_peer;
+                k.bytes_from_peer += c.bytes_from_peer;
+            }
+        }
+        k
+    }
+
     pub(super) fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, String> {
         ebpf.program_mut("turnd_relay")
             .ok_or("the eBPF object has no turnd_relay program")?
@@ -544,16 +558,7 @@ mod loaded {
         /// A slot's counts, summed over the CPUs.
         pub fn read_slot(&self, slot: u32) -> KernelCounts {
             let m = self.maps();
-            let mut k = KernelCounts::default();
-            if let Ok(v) = m.slots.get(&slot, 0) {
-                for c in v.iter() {
-                    k.packets_to_peer += c.packets_to_peer;
-                    k.bytes_to_peer += c.bytes_to_peer;
-                    k.packets_from_peer += c.packets_from_peer;
-                    k.bytes_from_peer += c.bytes_from_peer;
-                }
-            }
-            k
+            sum_slot(&m.slots, slot)
         }
 
         /// Writes (or rewrites, with a new expiry) both directions of a channel. False when
@@ -778,16 +783,7 @@ pub mod testing {
 
         /// A slot's counts (packets and bytes to the peer, from the peer).
         pub fn slot(&self, slot: u32) -> KernelCounts {
-            let mut k = KernelCounts::default();
-            if let Ok(v) = self.slots.get(&slot, 0) {
-                for c in v.iter() {
-                    k.packets_to_peer += c.packets_to_peer;
-                    k.bytes_to_peer += c.bytes_to_peer;
-                    k.packets_from_peer += c.packets_from_peer;
-                    k.bytes_from_peer += c.bytes_from_peer;
-                }
-            }
-            k
+            loaded::sum_slot(&self.slots, slot)
         }
 
         /// Runs the program once on `frame` as if it came in on interface `ifindex` (which

@@ -101,11 +101,11 @@ impl Drop for EchoPeer {
 
 /// uclient's closing statistics.
 #[derive(Debug, PartialEq, Eq)]
-struct Totals {
-    sent: u64,
-    received: u64,
-    lost: u64,
-    send_dropped: u64,
+pub(crate) struct Totals {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub send_dropped: u64,
 }
 
 /// The number after `key` in `line`.
@@ -122,7 +122,7 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
 /// Reads the closing lines of a uclient run:
 /// `start_mclient: tot_send_msgs=N, tot_recv_msgs=M` (the one without `msz=`, printed
 /// once all sessions have ended) and `Total lost packets L (..%), total send dropped D`.
-fn parse_totals(output: &str) -> Option<Totals> {
+pub(crate) fn parse_totals(output: &str) -> Option<Totals> {
     let counts = output
         .lines()
         .rev()

@@ -319,6 +319,77 @@ fn ipv4_channel_traffic_goes_through_the_kernel_whole_and_in_order_until_the_all
     assert_eq!(o.kernel("to_peer"), before);
 }
 
+/// coturn's own client (`turnutils_uclient`, default mode: RTP and RTCP allocations with
+/// EVEN-PORT and channels) and echo peer (`turnutils_peer`), both in the load namespace:
+/// every message comes back, and the kernel relayed them.
+#[test]
+fn coturn_uclient_relays_through_the_kernel() {
+    use crate::coturn_uclient::{parse_totals, tool};
+    let o = start("on", "");
+    let uclient = tool("turnutils_uclient");
+    let mut peer = std::process::Command::new("ip")
+        .args(["netns", "exec", &o.pair.load])
+        .arg(tool("turnutils_peer"))
+        .args(["-L", LOAD4[1], "-p", "3480"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn turnutils_peer");
+    // Until the echo peer answers.
+    let peer_addr: SocketAddr = format!("{}:3480", LOAD4[1]).parse().unwrap();
+    let echoing = o.pair.in_load(|| {
+        let s = UdpSocket::bind((LOAD4[2], 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        (0..50).any(|_| {
+            let _ = s.send_to(b"ping", peer_addr);
+            s.recv_from(&mut buf).is_ok()
+        })
+    });
+    assert!(echoing, "turnutils_peer does not echo");
+    let (to, from) = (o.kernel("to_peer"), o.kernel("from_peer"));
+    let uclient = uclient.display().to_string();
+    let argv = [
+        "netns",
+        "exec",
+        &o.pair.load,
+        &uclient,
+        "-u",
+        "alice",
+        "-w",
+        "wonderland",
+        "-e",
+        LOAD4[1],
+        "-r",
+        "3480",
+        "-L",
+        LOAD4[0],
+        "-n",
+        "200",
+        "-m",
+        "2",
+        "-l",
+        "200",
+        "-p",
+        "3478",
+        SERVER4,
+    ];
+    let (code, stdout, stderr) = crate::common::run_binary("ip", &argv, Duration::from_secs(120));
+    kill(&mut peer);
+    let output = format!("{stdout}{stderr}");
+    assert_eq!(code, Some(0), "uclient: {output}");
+    let t = parse_totals(&output).unwrap_or_else(|| panic!("no totals: {output}"));
+    // Two clients, 200 messages each.
+    assert_eq!((t.sent, t.received, t.lost), (400, 400, 0), "{output}");
+    let (to2, from2) = (o.kernel("to_peer"), o.kernel("from_peer"));
+    assert!(
+        to2 > to && from2 > from,
+        "kernel to_peer {to}->{to2}, from_peer {from}->{from2}; {}",
+        o.kernel_summary()
+    );
+}
+
 #[test]
 fn ipv6_and_mixed_family_allocations_go_through_the_kernel() {
     let o = start("on", "");

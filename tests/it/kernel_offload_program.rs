@@ -243,10 +243,30 @@ fn channel_data_leaves_as_udp_and_udp_comes_back_as_channel_data() {
             assert_eq!(o.payload, channel_data(0x4001, &d, 0));
             assert_eq!((o.dst_mac, o.src_mac), (CLIENT_MAC, OUR_MAC));
         }
+        // RFC 5766's upper numbers, which turnd grants unless strict-channel-numbers.
+        let high = entry(
+            "198.18.0.2:40001",
+            "198.18.0.1:3478",
+            0x7ffe,
+            "198.18.0.1:50001",
+            "198.18.0.3:60000",
+        );
+        h.install(&high, 8, LATER);
+        let d = data(100);
+        let f = frame(
+            high.client.client,
+            high.client.server,
+            &channel_data(0x7ffe, &d, 0),
+            OUR_MAC,
+            CLIENT_MAC,
+        );
+        let (verdict, out) = h.run(&f, LO);
+        assert_eq!(verdict, XDP_TX, "channel 0x7ffe");
+        assert_eq!(parse(&out).payload, d);
         let k = h.slot(7);
         assert_eq!((k.packets_to_peer, k.packets_from_peer), (6, 6));
         assert_eq!(k.bytes_to_peer, 1 + 4 + 5 + 200 + 1001 + 1400);
-        assert_eq!(h.stat("to_peer"), 6);
+        assert_eq!(h.stat("to_peer"), 7);
         assert_eq!(h.stat("from_peer"), 6);
     });
 }
