@@ -36,6 +36,7 @@ MAX_MINUTES=20
 QUIET=0.3
 QUIET_WAIT=60
 NAPI_THREADS=0
+KERNEL_LOAD=0
 BUILD=1
 INSTALL=1
 CHECK=0
@@ -74,6 +75,12 @@ usage: bench/offload.sh [--check] [options]     (as root)
                         that none of it is charged to the load tool or the server process:
                         "all cores - tool" then counts the receive path of both directions
                         (and any XDP program) as the relay's, for every row alike
+  --kernel-load         the load's data side in the kernel (turnd-load --kernel-load vl0):
+                        an XDP program sends the clients' ChannelData out of vl0 and one on
+                        vl0 echoes for the peers and counts what comes back, so the tool
+                        costs little next to the server and the server sets the highest
+                        rate; needs GRO on and tx checksumming off on both ends (set for
+                        every row). Combine with --napi-threads for fair accounting
   --no-build            use the existing target/release binaries
   --no-install          do not apt-get install coturn when it is missing (skip the row)
 The load of every run: $ALLOCS allocations, ${SIZE}-byte payloads, channel mode, bursts of $BURST,
@@ -96,6 +103,7 @@ while [ $# -gt 0 ]; do
     --quiet-wait) QUIET_WAIT=$2; shift ;;
     --out) OUT=$2; shift ;;
     --napi-threads) NAPI_THREADS=1 ;;
+    --kernel-load) KERNEL_LOAD=1 ;;
     --burst) BURST=$2; shift ;;
     --gso) GSO=--gso ;;
     --no-build) BUILD=0 ;;
@@ -283,6 +291,13 @@ done
 # program on vs0 too. With NAPI on both ends for every packet (GRO on; tx checksumming off,
 # without which a veth passes packets from a sender with TSO around NAPI) and threaded
 # NAPI, it all runs in the kernel threads napi/vs0-* and napi/vl0-*, charged to neither.
+# --kernel-load: the tool's frames are XDP frames sent into vl0, and the echoes leave vl0 by
+# redirect: the server end must receive through NAPI too (GRO on), and the server's packets
+# must carry full checksums (tx off) for the echo program, which swaps addresses and ports
+# and leaves the checksum as it found it.
+if [ "$KERNEL_LOAD" = 1 ]; then
+    "${IN_S[@]}" ethtool -K vs0 tx off gro on >"$TMP/ethtool.out" 2>&1 || { cat "$TMP/ethtool.out" >&2; exit 1; }
+fi
 if [ "$NAPI_THREADS" = 1 ]; then
     for end in "$NS_S vs0" "$NS_L vl0"; do
         read -r ns dev <<<"$end"
@@ -394,7 +409,8 @@ attached() {
 }
 
 # Where packets were dropped, for the loss column: the veth pair's drop and error counters
-# (ethtool -S of both ends: queue drops, XDP drops, XDP_TX and ndo_xdp_xmit errors; and the
+# (ethtool -S of both ends: queue drops, XDP drops, XDP_TX and ndo_xdp_xmit errors, but not
+# vl0's XDP drops under --kernel-load, which are turnd-load's sink consuming what came back; and the
 # interfaces' rx_dropped and tx_dropped: a full NAPI ring drops at the sender) and the
 # UDP receive-buffer overflows of each namespace (/proc/net/snmp) and the machine's backlog
 # drops (/proc/net/softnet_stat, all CPUs: packets that found netdev_max_backlog full), as
@@ -402,7 +418,9 @@ attached() {
 drop_counts() {
     local veth=0 v
     for v in $("${IN_S[@]}" ethtool -S vs0 2>/dev/null | awk '/drops|errors/ { s += $2 } END { print s + 0 }') \
-        $("${IN_L[@]}" ethtool -S vl0 2>/dev/null | awk '/drops|errors/ { s += $2 } END { print s + 0 }') \
+        $("${IN_L[@]}" ethtool -S vl0 2>/dev/null | awk -v kl="$KERNEL_LOAD" '
+            kl == 1 && /xdp_drops/ { next }   # --kernel-load: the sink taking the round trips back
+            /drops|errors/ { s += $2 } END { print s + 0 }') \
         $("${IN_S[@]}" cat /sys/class/net/vs0/statistics/rx_dropped /sys/class/net/vs0/statistics/tx_dropped) \
         $("${IN_L[@]}" cat /sys/class/net/vl0/statistics/rx_dropped /sys/class/net/vl0/statistics/tx_dropped); do
         veth=$((veth + v))
@@ -454,6 +472,7 @@ HZ=$(getconf CLK_TCK)
     echo "# namespaces: server $NS_S ($SRV_IP, $SRV_IP6 on vs0), load $NS_L ($LOAD_IP, peers $PEER_IPS, $LOAD_IP6 on vl0), one veth pair, no default route"
     echo "# vl0: $("${IN_L[@]}" ethtool -k vl0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_L[@]}" cat /sys/class/net/vl0/threaded)"
     echo "# vs0: $("${IN_S[@]}" ethtool -k vs0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_S[@]}" cat /sys/class/net/vs0/threaded)"
+    [ "$KERNEL_LOAD" = 1 ] && echo "# load data side in the kernel (turnd-load --kernel-load vl0): XDP live frames out, XDP echo and sink on vl0"
     echo "# load: $ALLOCS allocations, $SIZE-byte payloads, channel, peer, burst $BURST${GSO:+ (GSO)}, UDP, $THREADS threads, $PEERS echo sockets; servers: $NCPU threads each, a fresh one per run"
     echo "# rows: $ROWS"
     for n in "${NOTES[@]}"; do
@@ -491,8 +510,10 @@ run() {
     local att d0 d1
     att=$(attached)
     d0=$(drop_counts)
+    local kl=()
+    [ "$KERNEL_LOAD" = 1 ] && kl=(--kernel-load vl0)
     # shellcheck disable=SC2086 # $GSO is empty or one flag
-    line=$(load -n "$ALLOCS" --mode channel --topology peer --burst "$BURST" $GSO --rate "$rate" \
+    line=$(load -n "$ALLOCS" --mode channel --topology peer --burst "$BURST" $GSO "${kl[@]}" --rate "$rate" \
         --duration "$DURATION" --size "$SIZE" --threads "$THREADS" --peers "$PEERS" \
         --server-pid "$SERVER_PID" --setup-timeout 30 2>"$TMP/load.err" |
         sed -n 's/^RESULT //p') || true

@@ -7,4 +7,5 @@ mod floor_gso;
 mod floor_syscall_cost;
 mod load_tool;
 mod load_tool_bursts;
+mod load_tool_kernel;
 mod load_tool_rtp;

@@ -49,6 +49,18 @@ impl Histogram {
         self.max = self.max.max(v);
     }
 
+    /// Adds `n` values to bucket `idx` (of this layout, as the kernel load's histogram
+    /// counts them; `--kernel-load`).
+    pub fn record_bucket(&mut self, idx: usize, n: u64) {
+        self.counts[idx.min(BUCKETS - 1)] += n;
+        self.total += n;
+    }
+
+    /// The largest value recorded, where values came in by bucket.
+    pub fn note_max(&mut self, v: u64) {
+        self.max = self.max.max(v);
+    }
+
     pub fn merge(&mut self, other: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;

@@ -15,6 +15,7 @@
 //! shape), and `--gso` sends each burst as one UDP_SEGMENT message (see `turnd_tools::gso`).
 
 mod hist;
+mod kernel;
 mod setup;
 mod stream;
 mod traffic;
@@ -156,6 +157,13 @@ struct Args {
     /// --size at least 28).
     #[arg(long)]
     rtp: bool,
+    /// The data side in the kernel (`bpf/load.bpf.c`): after the setup, an XDP program run
+    /// in live-frames mode sends the clients' ChannelData out of IFACE, and one attached to
+    /// IFACE echoes for the peers and counts and times what comes back, so the load costs
+    /// little next to the server (IPv4 UDP clients, channel mode, peer topology, bursts of
+    /// 1; root; for bench/offload.sh --kernel-load).
+    #[arg(long, value_name = "IFACE")]
+    kernel_load: Option<String>,
     /// Most seconds allowed for setting up (and for releasing) the allocations.
     #[arg(long, default_value_t = 60.0, value_parser = parse_duration)]
     setup_timeout: f64,
@@ -356,6 +364,21 @@ fn run(args: &Args) -> Result<(), String> {
     if args.transport != Transport::Tls && (args.ca.is_some() || args.insecure) {
         return Err("--ca and --insecure apply to --transport tls only".to_owned());
     }
+    if args.kernel_load.is_some()
+        && (args.transport != Transport::Udp
+            || args.mode != Mode::Channel
+            || args.topology != Topology::Peer
+            || args.burst != 1
+            || args.gso
+            || args.rtp
+            || !args.server.is_ipv4())
+    {
+        return Err(
+            "--kernel-load takes an IPv4 server, --transport udp, --mode channel, --topology \
+             peer and bursts of 1 (no --gso, no --rtp)"
+                .to_owned(),
+        );
+    }
     let creds = credentials(args)?;
     let n = args.allocations as usize;
     let threads = (args.threads as usize).min(n).max(1);
@@ -508,6 +531,29 @@ fn run(args: &Args) -> Result<(), String> {
             _ => true,
         };
     let size = args.size as usize;
+    let mut kernel_load = match (&args.kernel_load, args.server) {
+        (Some(iface), SocketAddr::V4(server)) => {
+            let flows: Vec<kernel::KernelFlow> = clients
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.failed.is_none() && c.peer.is_some())
+                .filter_map(|(i, c)| match &c.conn {
+                    Conn::Udp(sock) => match sock.local_addr() {
+                        Ok(SocketAddr::V4(a)) => Some(kernel::KernelFlow {
+                            client: a,
+                            id: i as u32,
+                        }),
+                        _ => None,
+                    },
+                    Conn::Stream(_) => None,
+                })
+                .collect();
+            Some(kernel::KernelLoad::prepare(
+                iface, server, CHANNEL, size, &flows,
+            )?)
+        }
+        _ => None,
+    };
     let mut per_thread: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
     let mut per_thread_streams: Vec<Vec<StreamFlow>> = (0..threads).map(|_| Vec::new()).collect();
     let mut k = 0usize;
@@ -555,6 +601,7 @@ fn run(args: &Args) -> Result<(), String> {
     let (mut sent, mut received, mut send_errors) = (0u64, 0u64, 0u64);
     let (mut unsent, mut broken, mut bursts, mut gso_sends) = (0u64, 0u64, 0u64, 0u64);
     let mut window = None;
+    let mut kernel_error = None;
     std::thread::scope(|s| {
         // The sending window's CPU time, sampled by a thread of its own at its two ends.
         let sampler = {
@@ -566,6 +613,26 @@ fn run(args: &Args) -> Result<(), String> {
                 (first, Window::sample(pid), plan.send_until - plan.start)
             })
         };
+        if let Some(k) = kernel_load.as_mut() {
+            // The echo peers' sockets stay bound (the ports stay theirs); the program on
+            // the interface answers for them.
+            match k.run(
+                args.rate as f64,
+                plan.start,
+                plan.send_until,
+                plan.drain_until,
+            ) {
+                Ok(r) => {
+                    sent = r.sent;
+                    received = r.received;
+                    shared.peer_received.store(r.echoed, Ordering::SeqCst);
+                    hist = r.hist;
+                }
+                Err(e) => kernel_error = Some(e),
+            }
+            window = sampler.join().ok();
+            return;
+        }
         for sock in echoes.drain(..) {
             let (plan, shared) = (&plan, &shared);
             s.spawn(move || traffic::echo(sock, plan, shared));
@@ -594,6 +661,11 @@ fn run(args: &Args) -> Result<(), String> {
         window = sampler.join().ok();
     });
     let ended = Instant::now();
+    // Detaches the program from the interface: the release below goes through sockets.
+    drop(kernel_load);
+    if let Some(e) = kernel_error {
+        return Err(e);
+    }
     let server_cpu = match (pid.as_deref().and_then(sys::cpu_seconds), server_cpu0) {
         (Some(b), Some(a)) => Some(b - a),
         _ => None,
