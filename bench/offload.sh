@@ -114,6 +114,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# --kernel-load: every allocation gets an echo peer endpoint of its own (the program on vl0
+# answers for any port; the sockets only hold the ports). coturn's --multiplex-peer
+# demultiplexes a relay thread's shared socket by peer IP:port and refuses a second
+# allocation on an endpoint another already uses (508): with 2 echo sockets it sets up 4 of
+# 100 allocations.
+if [ "$KERNEL_LOAD" = 1 ] && [[ " $ARGS " != *" --peers "* ]]; then
+    PEERS=$ALLOCS
+fi
 if [ "$CHECK" = 1 ]; then
     DURATION=1
     RATES="100000"
@@ -472,7 +480,7 @@ HZ=$(getconf CLK_TCK)
     echo "# namespaces: server $NS_S ($SRV_IP, $SRV_IP6 on vs0), load $NS_L ($LOAD_IP, peers $PEER_IPS, $LOAD_IP6 on vl0), one veth pair, no default route"
     echo "# vl0: $("${IN_L[@]}" ethtool -k vl0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_L[@]}" cat /sys/class/net/vl0/threaded)"
     echo "# vs0: $("${IN_S[@]}" ethtool -k vs0 | grep -E '^(tx-checksumming|generic-receive-offload):' | tr -s ' \n' ' ')threaded NAPI $("${IN_S[@]}" cat /sys/class/net/vs0/threaded)"
-    [ "$KERNEL_LOAD" = 1 ] && echo "# load data side in the kernel (turnd-load --kernel-load vl0): XDP live frames out, XDP echo and sink on vl0"
+    [ "$KERNEL_LOAD" = 1 ] && echo "# load data side in the kernel (turnd-load --kernel-load vl0): frames from a packet socket, XDP echo and sink on vl0, $PEERS echo endpoints"
     echo "# load: $ALLOCS allocations, $SIZE-byte payloads, channel, peer, burst $BURST${GSO:+ (GSO)}, UDP, $THREADS threads, $PEERS echo sockets; servers: $NCPU threads each, a fresh one per run"
     echo "# rows: $ROWS"
     for n in "${NOTES[@]}"; do

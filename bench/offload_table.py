@@ -100,7 +100,11 @@ def main():
             print(f"| {r['server']} | {offered} | failed | | | | | | | | | | | | |")
             continue
         p = per_packet(r) or {}
-        print(f"| {r['server']} | {offered} | {fmt(num(r, 'offered_pps'), 0)} | "
+        # A server that set up fewer allocations than asked carried the load on fewer flows.
+        name = r["server"]
+        if num(r, "ready") is not None and num(r, "ready") != num(r, "allocations"):
+            name += f" ({fmt(num(r, 'ready'), 0)} of {fmt(num(r, 'allocations'), 0)} allocations)"
+        print(f"| {name} | {offered} | {fmt(num(r, 'offered_pps'), 0)} | "
               f"{fmt(num(r, 'delivered_pps'), 0)} | {fmt(num(r, 'loss_pct'), 2)} | "
               f"{fmt(num(r, 'p50_us'))} | {fmt(num(r, 'p99_us'))} | "
               f"{fmt(p.get('total'), 2)} | {fmt(p.get('net'), 2)} | "

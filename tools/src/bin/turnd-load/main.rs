@@ -135,9 +135,11 @@ struct Args {
     #[arg(long, default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
-    /// Echo sockets (one thread each) in peer topology.
+    /// Echo sockets (one thread each) in peer topology; up to 64, or as many as there are
+    /// allocations with --kernel-load (there the sockets only hold the ports, each
+    /// allocation can have a peer endpoint of its own, and no thread reads them).
     #[arg(long, default_value_t = 2,
-          value_parser = clap::value_parser!(u32).range(1..=64))]
+          value_parser = clap::value_parser!(u32).range(1..=20_000))]
     peers: u32,
     /// The server's process id: report its CPU time per relayed packet (from /proc).
     #[arg(long, value_name = "PID")]
@@ -377,6 +379,11 @@ fn run(args: &Args) -> Result<(), String> {
             "--kernel-load takes an IPv4 server, --transport udp, --mode channel, --topology \
              peer and bursts of 1 (no --gso, no --rtp)"
                 .to_owned(),
+        );
+    }
+    if args.peers > 64 && args.kernel_load.is_none() {
+        return Err(
+            "--peers: at most 64 echo sockets (one thread each) without --kernel-load".to_owned(),
         );
     }
     let creds = credentials(args)?;
