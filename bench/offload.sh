@@ -117,7 +117,7 @@ done
 # --kernel-load: every allocation gets an echo peer endpoint of its own (the program on vl0
 # answers for any port; the sockets only hold the ports). coturn's --multiplex-peer
 # demultiplexes a relay thread's shared socket by peer IP:port and refuses a second
-# allocation on an endpoint another already uses (508): with 2 echo sockets it sets up 4 of
+# allocation on an endpoint another already uses: with 2 echo sockets it sets up 4 of
 # 100 allocations.
 if [ "$KERNEL_LOAD" = 1 ] && [[ " $ARGS " != *" --peers "* ]]; then
     PEERS=$ALLOCS
